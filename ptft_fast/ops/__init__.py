@@ -1,0 +1,30 @@
+"""ptft_fast.ops — the four op families, each with a backend choice per call.
+
+``layer_norm``, ``attention``, ``linear_cross_entropy``, ``lora_linear``; references in
+``ptft_fast.ops.reference``; backend selection in ``ptft_fast.ops.dispatch``.
+"""
+
+from ptft_fast.ops import torch_backend  # noqa: F401  (registers the reference backend)
+from ptft_fast.ops.attention import attention
+from ptft_fast.ops.cross_entropy import linear_cross_entropy
+from ptft_fast.ops.dispatch import (
+    BackendUnavailableError,
+    backend_available,
+    current_backend,
+    registered,
+    use_backend,
+)
+from ptft_fast.ops.layer_norm import layer_norm
+from ptft_fast.ops.lora import lora_linear
+
+__all__ = [
+    "BackendUnavailableError",
+    "attention",
+    "backend_available",
+    "current_backend",
+    "layer_norm",
+    "linear_cross_entropy",
+    "lora_linear",
+    "registered",
+    "use_backend",
+]

@@ -1,0 +1,137 @@
+"""Public op: scaled dot-product attention (padded or varlen, causal, bias, dropout, GQA)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ptft_fast.ops import checks
+from ptft_fast.ops.dispatch import resolve
+
+OP = "attention"
+
+
+def _check_bias(bias: torch.Tensor, full: tuple[int, int, int, int]) -> None:
+    checks.tensor(OP, "attn_bias", bias)
+    ok = bias.dim() <= 4 and all(
+        b in (1, f) for b, f in zip(bias.shape[::-1], full[::-1], strict=False)
+    )
+    if not ok:
+        raise ValueError(f"{OP}: attn_bias must broadcast to (B, Hq, Tq, Tk) = {full}, got {tuple(bias.shape)}")
+
+
+def _check_max_seqlen(name: str, value, cu: torch.Tensor) -> int:
+    if value is None:  # derive it (a host read; pass it to avoid the sync on GPU)
+        return int((cu[1:] - cu[:-1]).max().item())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{OP}: {name} must be a positive int, got {value!r}")
+    if cu.device.type == "cpu":
+        longest = int((cu[1:] - cu[:-1]).max())
+        if longest > value:
+            raise ValueError(f"{OP}: {name}={value} is smaller than the longest sequence ({longest})")
+    return value
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    attn_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + attn_bias + mask) v, FlashAttention conventions.
+
+    Args:
+        q: (B, Tq, Hq, D), or packed (total_q, Hq, D) with cu_seqlens_q.
+        k, v: (B, Tk, Hkv, D), or packed (total_k, Hkv, D); Hq % Hkv == 0 (GQA/MQA).
+        causal: query i attends key j iff j <= i + (Tk - Tq) (aligned bottom-right, per
+            sequence in varlen form; equal lengths give the usual lower triangle).
+        key_padding_mask: (B, Tk) bool, True = attend. Padded form only.
+        cu_seqlens_q, cu_seqlens_k: (B + 1,) int32/int64 prefix sums of sequence lengths; give
+            both for the varlen form.
+        max_seqlen_q, max_seqlen_k: longest sequence; derived (a host read) when None.
+        attn_bias: additive, differentiable, broadcastable to (B, Hq, Tq, Tk) (T5 relative
+            position bias, ALiBi); in varlen form Tq/Tk are max_seqlen_q/k.
+        dropout_p: attention-probability dropout, in [0, 1).
+        softmax_scale: default 1/sqrt(D).
+        backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
+
+    Returns:
+        Like q: (B, Tq, Hq, D) or (total_q, Hq, D). Queries that see no key return zeros.
+    """
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    ndim = 3 if varlen else 4
+    layout = "(total, H, D) in varlen form" if varlen else "(B, T, H, D)"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        checks.tensor(OP, name, t)
+        if t.dim() != ndim:
+            raise ValueError(f"{OP}: {name} must be {layout}, got shape {tuple(t.shape)}")
+        checks.not_empty(OP, name, t)
+    checks.same_device(OP, "q", q, k=k, v=v)
+    checks.same_dtype(OP, "q", q, k=k, v=v)
+    if k.shape != v.shape:
+        raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{OP}: head dim D of q ({q.shape[-1]}) and k ({k.shape[-1]}) must match")
+    hq, hkv = q.shape[-2], k.shape[-2]
+    if hq % hkv != 0:
+        raise ValueError(f"{OP}: Hq must be divisible by Hkv (GQA/MQA), got Hq={hq}, Hkv={hkv}")
+    checks.probability(OP, "dropout_p", dropout_p)
+    if softmax_scale is not None:
+        checks.positive(OP, "softmax_scale", softmax_scale)
+
+    if varlen:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            raise ValueError(f"{OP}: varlen form needs both cu_seqlens_q and cu_seqlens_k")
+        if key_padding_mask is not None:
+            raise ValueError(f"{OP}: key_padding_mask is for the padded form; varlen lengths come from cu_seqlens")
+        bq = checks.cu_seqlens(OP, "cu_seqlens_q", cu_seqlens_q, q.shape[0], q)
+        bk = checks.cu_seqlens(OP, "cu_seqlens_k", cu_seqlens_k, k.shape[0], q)
+        if bq != bk:
+            raise ValueError(f"{OP}: cu_seqlens_q ({bq} sequences) and cu_seqlens_k ({bk}) must describe one batch")
+        max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, cu_seqlens_q)
+        max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, cu_seqlens_k)
+        full = (bq, hq, max_seqlen_q, max_seqlen_k)
+    else:
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"{OP}: batch of q ({q.shape[0]}) and k ({k.shape[0]}) must match")
+        full = (q.shape[0], hq, q.shape[1], k.shape[1])
+        if key_padding_mask is not None:
+            checks.tensor(OP, "key_padding_mask", key_padding_mask, floating=False)
+            if key_padding_mask.dtype != torch.bool:
+                raise TypeError(f"{OP}: key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}")
+            checks.shape(OP, "key_padding_mask", key_padding_mask, (k.shape[0], k.shape[1]), "(B, Tk)")
+            checks.same_device(OP, "q", q, key_padding_mask=key_padding_mask)
+    if attn_bias is not None:
+        _check_bias(attn_bias, full)
+        checks.same_device(OP, "q", q, attn_bias=attn_bias)
+    impl = resolve(OP, backend, q.device)
+    return impl(
+        q,
+        k,
+        v,
+        causal=bool(causal),
+        key_padding_mask=key_padding_mask,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        attn_bias=attn_bias,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale if softmax_scale is None else float(softmax_scale),
+    )
+
+
+def default_scale(head_dim: int) -> float:
+    """The softmax scale used when none is given: 1 / sqrt(D)."""
+    return 1.0 / math.sqrt(head_dim)

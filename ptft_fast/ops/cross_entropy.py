@@ -1,0 +1,93 @@
+"""Public op: fused linear + cross-entropy that never materializes the full (N, V) logits."""
+
+from __future__ import annotations
+
+import torch
+
+from ptft_fast.ops import checks
+from ptft_fast.ops.dispatch import resolve
+
+OP = "linear_cross_entropy"
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_labels_in_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Labels lie in [0, V) or equal ignore_index: ValueError on CPU, async device assert on GPU."""
+    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
+    if labels.device.type == "cpu":
+        if bad.any():
+            value = labels[bad][0].item()
+            raise ValueError(
+                f"{OP}: labels must be in [0, {vocab}) or ignore_index={ignore_index}, found {value}"
+            )
+    else:
+        torch._assert_async(~bad.any(), f"{OP}: labels must be in [0, {vocab}) or ignore_index={ignore_index}")
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T + bias`` against ``labels``, chunked and masked.
+
+    Rows labeled ``ignore_index`` are dropped before the vocab projection (masked-token loss for
+    MLM); the rest is processed in (rows, vocab) blocks with an online log-sum-exp, so the (N, V)
+    logits never exist. No host synchronization on GPU.
+
+    Args:
+        hidden: (..., H) final hidden states.
+        weight: (V, H) output projection (often the tied input embedding).
+        labels: (...) int64 targets in [0, V), or ignore_index.
+        bias: (V,) or None.
+        ignore_index: label value excluded from the loss and its normalization.
+        label_smoothing: in [0, 1), as in ``F.cross_entropy``.
+        z_loss: coefficient of the auxiliary logsumexp² term (PaLM), >= 0.
+        reduction: "mean" (over labeled rows) | "sum" | "none" (labels-shaped, 0 where ignored).
+        backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
+
+    Returns:
+        Scalar loss, or labels-shaped losses for reduction="none", in hidden's dtype.
+    """
+    checks.tensor(OP, "hidden", hidden)
+    checks.tensor(OP, "weight", weight, ndim=2)
+    checks.tensor(OP, "labels", labels, floating=False)
+    if labels.dtype not in checks.INDEX_DTYPES:
+        raise TypeError(f"{OP}: labels must be int64 or int32, got {labels.dtype}")
+    if hidden.dim() < 1 or tuple(hidden.shape[:-1]) != tuple(labels.shape):
+        raise ValueError(
+            f"{OP}: hidden must be labels.shape + (H,), got hidden {tuple(hidden.shape)} "
+            f"and labels {tuple(labels.shape)}"
+        )
+    checks.not_empty(OP, "hidden", hidden)
+    checks.size(OP, "weight", weight, 1, hidden.shape[-1], "hidden.shape[-1] (H)")
+    checks.not_empty(OP, "weight", weight)
+    if bias is not None:
+        checks.tensor(OP, "bias", bias, ndim=1)
+        checks.shape(OP, "bias", bias, (weight.shape[0],), "weight.shape[0] (V)")
+    checks.same_device(OP, "hidden", hidden, weight=weight, labels=labels, bias=bias)
+    checks.same_dtype(OP, "hidden", hidden, weight=weight)
+    checks.probability(OP, "label_smoothing", label_smoothing)
+    checks.positive(OP, "z_loss", z_loss, allow_zero=True)
+    checks.choice(OP, "reduction", reduction, REDUCTIONS)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{OP}: ignore_index must be an int, got {type(ignore_index).__name__}")
+    check_labels_in_range(labels, weight.shape[0], ignore_index)
+    impl = resolve(OP, backend, hidden.device)
+    return impl(
+        hidden,
+        weight,
+        labels,
+        bias,
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        reduction=reduction,
+    )

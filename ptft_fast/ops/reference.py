@@ -1,0 +1,357 @@
+"""Pure-PyTorch references of every ptft_fast op.
+
+They are the CPU path (``backend="torch"``, called with ``upcast=False``: native fused ops in the
+input dtype) and the test oracle for the kernels (``upcast=True``: computed in fp32, or fp64 for
+fp64 inputs, and cast back). Inputs are assumed valid; the public ops in ``ptft_fast.ops`` check
+them first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Elements of one (rows x vocab) logits block in linear_cross_entropy (64 MiB in fp32).
+LCE_BLOCK_ELEMS = 1 << 24
+LCE_VOCAB_CHUNK = 1 << 16
+
+
+def _compute_dtype(t: torch.Tensor, upcast: bool) -> torch.dtype:
+    return t.dtype if (not upcast or t.dtype == torch.float64) else torch.float32
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------------- layer norm
+
+
+def layer_norm_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    residual: torch.Tensor | None = None,
+    rms: bool = False,
+    dropout_p: float = 0.0,
+    return_residual: bool = False,
+    upcast: bool = True,
+):
+    """norm(dropout(x) + residual) over the last dim.
+
+    x, residual: (..., H); weight, bias: (H,). Returns y like x, and with ``return_residual`` also
+    the pre-norm sum h = dropout(x) + residual (the next block's residual stream).
+    """
+    if dropout_p > 0.0:
+        x = F.dropout(x, dropout_p, training=True)
+    h = x if residual is None else x + residual
+    cdt = _compute_dtype(h, upcast)
+    hc, w, b = h.to(cdt), _cast(weight, cdt), _cast(bias, cdt)
+    if rms:
+        y = F.rms_norm(hc, (h.shape[-1],), w, eps)
+        if b is not None:
+            y = y + b
+    else:
+        y = F.layer_norm(hc, (h.shape[-1],), w, b, eps)
+    y = y.to(x.dtype)
+    return (y, h) if return_residual else y
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+def varlen_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed tokens: (sequence index, position within its sequence), each (total,) int64."""
+    cu = cu_seqlens.long()
+    tok = torch.arange(total, device=cu.device)
+    seq = torch.searchsorted(cu[1:], tok, right=True)
+    return seq, tok - cu[seq]
+
+
+def _pad_varlen(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int):
+    """(total, H, D) packed → (B, max_seqlen, H, D) zero-padded, plus flat row index (total,)."""
+    batch = cu_seqlens.numel() - 1
+    seq, pos = varlen_positions(cu_seqlens, x.shape[0])
+    flat = seq * max_seqlen + pos
+    out = x.new_zeros(batch * max_seqlen, *x.shape[1:]).index_copy(0, flat, x)
+    return out.view(batch, max_seqlen, *x.shape[1:]), flat
+
+
+def _lengths_mask(cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, max_seqlen) bool True where a position holds a token, and the lengths (B,)."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    pos = torch.arange(max_seqlen, device=cu_seqlens.device)
+    return pos[None, :] < lengths[:, None], lengths
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    attn_bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + bias + mask) v through ``F.scaled_dot_product_attention``.
+
+    q: (B, Tq, Hq, D), k/v: (B, Tk, Hkv, D), or packed (total, H, D) with cu_seqlens_q/k (B+1,)
+    and max_seqlen_q/k. key_padding_mask: (B, Tk) bool, True = attend. attn_bias: broadcastable
+    to (B, Hq, Tq, Tk) (padded coordinates in varlen form). ``causal`` is aligned to the bottom
+    right: query i sees key j iff j <= i + (Tk - Tq), per sequence. Queries that see no key give
+    zeros. Returns like q.
+    """
+    out_dtype = q.dtype
+    cdt = _compute_dtype(q, upcast)
+    q, k, v, attn_bias = q.to(cdt), k.to(cdt), v.to(cdt), _cast(attn_bias, cdt)
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        q, q_rows = _pad_varlen(q, cu_seqlens_q, max_seqlen_q)
+        k, _ = _pad_varlen(k, cu_seqlens_k, max_seqlen_k)
+        v, _ = _pad_varlen(v, cu_seqlens_k, max_seqlen_k)
+        key_padding_mask, len_k = _lengths_mask(cu_seqlens_k, max_seqlen_k)
+        len_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+        causal_offset = (len_k - len_q)[:, None, None, None]  # (B, 1, 1, 1)
+    else:
+        causal_offset = k.shape[1] - q.shape[1]
+    tq, tk = q.shape[1], k.shape[1]
+    # (B, T, H, D) → (B, H, T, D) for SDPA
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    gqa = qt.shape[1] != kt.shape[1]
+
+    allowed = None  # bool, broadcastable to (B, H, Tq, Tk)
+    if key_padding_mask is not None:
+        allowed = key_padding_mask[:, None, None, :]
+    if causal and (allowed is not None or attn_bias is not None or varlen or tq != tk):
+        i = torch.arange(tq, device=q.device)[:, None]
+        j = torch.arange(tk, device=q.device)[None, :]
+        tri = j <= i + causal_offset
+        allowed = tri if allowed is None else allowed & tri
+    use_is_causal = causal and allowed is None
+
+    mask = attn_bias
+    no_key = None
+    if allowed is not None:
+        # Rows with no visible key: let them see everything (finite softmax, clean grads), zero after.
+        no_key = ~allowed.any(dim=-1, keepdim=True)
+        allowed = allowed | no_key
+        if attn_bias is None:
+            mask = allowed
+        else:
+            mask = attn_bias.masked_fill(~allowed, float("-inf"))
+    out = F.scaled_dot_product_attention(
+        qt, kt, vt, attn_mask=mask, dropout_p=dropout_p, is_causal=use_is_causal, scale=softmax_scale, enable_gqa=gqa
+    )
+    if no_key is not None:
+        out = out.masked_fill(no_key, 0.0)
+    out = out.transpose(1, 2)  # (B, Tq, Hq, D)
+    if varlen:
+        out = out.reshape(-1, *out.shape[2:]).index_select(0, q_rows)
+    return out.to(out_dtype)
+
+
+# ----------------------------------------------------------------------- linear cross-entropy
+
+
+def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
+    """Loss and log-sum-exp per row of ``h @ weight.T + bias`` vs labels ``y``, chunked.
+
+    h: (M, H), weight: (V, H), bias: (V,) | None, y: (M,) all valid. With ``grad_scale`` (M,) the
+    gradients of sum(grad_scale * loss) are produced in the same pass: dh (M, H) in h's dtype,
+    dW (V, H) and db (V,) in fp32. Logits exist only as (rows, vocab_chunk) blocks.
+    """
+    m_rows, vocab = h.shape[0], weight.shape[0]
+    vchunk = min(vocab, LCE_VOCAB_CHUNK)
+    rchunk = max(1, LCE_BLOCK_ELEMS // vchunk)
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    loss = torch.empty(m_rows, dtype=acc, device=h.device)
+    lse_all = torch.empty_like(loss)
+    want_grad = grad_scale is not None
+    if want_grad:
+        dh = torch.empty_like(h)
+        dw = torch.zeros(weight.shape, dtype=acc, device=h.device)
+        db = torch.zeros(vocab, dtype=acc, device=h.device) if bias is not None else None
+
+    def logits_block(hc, v0, v1):
+        z = hc @ weight[v0:v1].T
+        if bias is not None:
+            z = z + bias[v0:v1]
+        return z.to(acc)
+
+    for r0 in range(0, m_rows, rchunk):
+        hc, yc = h[r0 : r0 + rchunk], y[r0 : r0 + rchunk]
+        n = hc.shape[0]
+        run_max = torch.full((n,), float("-inf"), dtype=acc, device=h.device)
+        run_sum = torch.zeros(n, dtype=acc, device=h.device)
+        z_label = torch.zeros(n, dtype=acc, device=h.device)
+        z_total = torch.zeros(n, dtype=acc, device=h.device)
+        single = None
+        for v0 in range(0, vocab, vchunk):  # online log-sum-exp over vocab chunks
+            v1 = min(v0 + vchunk, vocab)
+            z = logits_block(hc, v0, v1)
+            new_max = torch.maximum(run_max, z.amax(dim=1))
+            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(z - new_max[:, None]).sum(dim=1)
+            run_max = new_max
+            in_chunk = (yc >= v0) & (yc < v1)
+            picked = z.gather(1, (yc - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
+            z_label = torch.where(in_chunk, picked, z_label)
+            if smoothing > 0.0:
+                z_total = z_total + z.sum(dim=1)
+            single = z if v1 - v0 == vocab else None
+        lse = run_max + torch.log(run_sum)
+        row_loss = (1.0 - smoothing) * (lse - z_label)
+        if smoothing > 0.0:
+            row_loss = row_loss + smoothing * (lse - z_total / vocab)
+        if z_loss > 0.0:
+            row_loss = row_loss + z_loss * lse * lse
+        loss[r0 : r0 + n], lse_all[r0 : r0 + n] = row_loss, lse
+        if not want_grad:
+            continue
+        g = grad_scale[r0 : r0 + n].to(acc)
+        coef = (g * (1.0 + 2.0 * z_loss * lse))[:, None]
+        dh_c = torch.zeros(hc.shape, dtype=acc, device=h.device)
+        for v0 in range(0, vocab, vchunk):
+            v1 = min(v0 + vchunk, vocab)
+            z = single if single is not None else logits_block(hc, v0, v1)
+            d = torch.exp(z - lse[:, None]).mul_(coef)  # dloss/dlogits, in place of the block
+            if smoothing > 0.0:
+                d.sub_((g * smoothing / vocab)[:, None])
+            in_chunk = (yc >= v0) & (yc < v1)
+            col = (yc - v0).clamp(0, v1 - v0 - 1)[:, None]
+            d.scatter_add_(1, col, -((1.0 - smoothing) * g * in_chunk)[:, None])
+            dh_c += d @ weight[v0:v1].to(acc)
+            dw[v0:v1] += d.T @ hc.to(acc)
+            if db is not None:
+                db[v0:v1] += d.sum(dim=0)
+        dh[r0 : r0 + n] = dh_c.to(h.dtype)
+    grads = (dh, dw, db) if want_grad else None
+    return loss, lse_all, grads
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Chunked linear + cross-entropy; gradients produced in the forward pass when the loss is
+    reduced to a scalar (one logits pass), recomputed in backward for reduction="none"."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, smoothing, z_loss, reduction):
+        valid = labels != ignore_index
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        if hidden.device.type == "cpu":
+            # Dropping unlabeled rows needs their count on the host: free on CPU, a sync on GPU.
+            rows = valid.nonzero().squeeze(1)
+            h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
+            row_weight = torch.ones(rows.shape, dtype=acc, device=hidden.device)
+        else:
+            rows, h, y = None, hidden, labels.masked_fill(~valid, 0)
+            row_weight = valid.to(acc)
+        count = valid.sum()
+        needs_grad = any(ctx.needs_input_grad[:3])
+        early = needs_grad and reduction != "none"
+        scale = None
+        if early:
+            scale = row_weight / count.clamp(min=1) if reduction == "mean" else row_weight
+        row_loss, lse, grads = _lce_rows(h, weight, bias, y, smoothing, z_loss, scale)
+        row_loss = row_loss * row_weight
+        ctx.weight_dtype = weight.dtype
+        ctx.meta = (ignore_index, smoothing, z_loss, reduction, hidden.shape[0], early)
+        if early:
+            ctx.save_for_backward(rows, *(g for g in grads if g is not None))
+            ctx.has_bias = grads[2] is not None
+        else:
+            ctx.save_for_backward(rows, h, weight, bias, y, row_weight)
+        if reduction == "none":
+            full = row_loss.new_zeros(hidden.shape[0])
+            out = full.index_copy(0, rows, row_loss) if rows is not None else row_loss
+            return out.to(hidden.dtype)
+        total = row_loss.sum()
+        return (total / count if reduction == "mean" else total).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ignore_index, smoothing, z_loss, reduction, n_rows, early = ctx.meta
+        if early:
+            rows, dh, dw, *rest = ctx.saved_tensors
+            db = rest[0] if ctx.has_bias else None
+            g = grad_out.to(dw.dtype)
+            dh = dh * g.to(dh.dtype)
+            dw, db = dw * g, (db * g if db is not None else None)
+        else:
+            rows, h, weight, bias, y, row_weight = ctx.saved_tensors
+            g = grad_out.to(row_weight.dtype).reshape(-1)
+            g = g.index_select(0, rows) if rows is not None else g
+            _, _, (dh, dw, db) = _lce_rows(h, weight, bias, y, smoothing, z_loss, g * row_weight)
+        if rows is not None:
+            dh = dh.new_zeros(n_rows, dh.shape[1]).index_copy(0, rows, dh)
+        weight_dtype = ctx.weight_dtype
+        return (  # one entry per forward input
+            dh,
+            dw.to(weight_dtype),
+            db.to(weight_dtype) if db is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+    upcast: bool = True,
+) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T + bias, labels) without materializing the (N, V) logits.
+
+    hidden: (..., H), weight: (V, H), bias: (V,) | None, labels: (...) int64 in [0, V) or
+    ``ignore_index``. Rows labeled ``ignore_index`` never reach the matmul. ``label_smoothing``
+    follows ``F.cross_entropy``; ``z_loss`` adds z_loss · logsumexp² per row. Returns a scalar, or
+    labels-shaped per-row losses (0 at ignored rows) for reduction="none".
+    """
+    out_shape = labels.shape
+    cdt = _compute_dtype(hidden, upcast)
+    h2, w, b = hidden.reshape(-1, hidden.shape[-1]).to(cdt), weight.to(cdt), _cast(bias, cdt)
+    out = _LinearCrossEntropy.apply(h2, w, b, labels.reshape(-1), ignore_index, label_smoothing, z_loss, reduction)
+    out = out.to(hidden.dtype)
+    return out.reshape(out_shape) if reduction == "none" else out
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+
+
+def lora_linear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    *,
+    dropout_p: float = 0.0,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ.
+
+    x: (..., in), weight: (out, in), bias: (out,) | None, lora_a: (r, in), lora_b: (out, r).
+    Returns (..., out) in x's dtype.
+    """
+    cdt = _compute_dtype(x, upcast)
+    xc, w, b, a, bb = x.to(cdt), weight.to(cdt), _cast(bias, cdt), lora_a.to(cdt), lora_b.to(cdt)
+    base = F.linear(xc, w, b)
+    xd = F.dropout(xc, dropout_p, training=True) if dropout_p > 0.0 else xc
+    return (base + scaling * F.linear(F.linear(xd, a), bb)).to(x.dtype)
