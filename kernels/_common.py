@@ -1,0 +1,29 @@
+"""Small helpers shared by the Triton launchers (no kernels here)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (>= 1): Triton block sizes must be powers of two."""
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+def draw_seed() -> int:
+    """A Philox seed from torch's default CPU generator (so ``torch.manual_seed`` makes kernels
+    reproducible); reading it is a host op on a CPU tensor, never a GPU sync."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def num_programs_cap(device: torch.device) -> int:
+    """How many persistent programs to launch for grid-stride kernels: a few per SM on GPU, a
+    handful under the interpreter (each program is a Python loop there)."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
