@@ -72,10 +72,7 @@ def _layer_norm_bwd_kernel(
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < n_cols
-    if HAS_W:
-        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        w = tl.where(cmask, 1.0, 0.0)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32) if HAS_W else tl.where(cmask, 1.0, 0.0)
     dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     n_blocks = tl.cdiv(n_rows, BLOCK_M)
@@ -182,7 +179,11 @@ def layer_norm_bwd(
     """
     n_rows, n_cols = dy.shape
     dx = torch.empty((n_rows, n_cols), dtype=x_dtype, device=dy.device)
-    dres = None if residual_dtype is None else torch.empty((n_rows, n_cols), dtype=residual_dtype, device=dy.device)
+    dres = (
+        None
+        if residual_dtype is None
+        else torch.empty((n_rows, n_cols), dtype=residual_dtype, device=dy.device)
+    )
     block_m, block_n, num_warps = _blocks(n_cols)
     nprog = max(1, min(triton.cdiv(n_rows, block_m), num_programs_cap(dy.device)))
     dw_part = torch.empty((nprog, n_cols), dtype=torch.float32, device=dy.device)

@@ -46,7 +46,9 @@ class _LayerNormFn(torch.autograd.Function):
         if dh_out is not None:
             dh_out = dh_out.reshape(-1, shape[-1]).contiguous()
         dy2 = dy.reshape(-1, shape[-1]).contiguous()
-        dx, dres, dw, db = layer_norm_bwd(dy2, h, weight, mean, rstd, dh_out, rms, dropout_p, seed, x_dtype, res_dtype)
+        dx, dres, dw, db = layer_norm_bwd(
+            dy2, h, weight, mean, rstd, dh_out, rms, dropout_p, seed, x_dtype, res_dtype
+        )
         dweight = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         dbias = None if ctx.bias_dtype is None else db.to(ctx.bias_dtype)
         dres = None if dres is None else dres.view(shape)

@@ -9,7 +9,9 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def assert_rule(name: str, out: torch.Tensor, ref32: torch.Tensor, ref_low: torch.Tensor | None, atol: float = 1e-5):
+def assert_rule(
+    name: str, out: torch.Tensor, ref32: torch.Tensor, ref_low: torch.Tensor | None, atol: float = 1e-5
+):
     """|out - ref32| <= 2 * |ref_low - ref32| + atol * (1 + max|ref32|).
 
     out: kernel result; ref32: the fp32 oracle; ref_low: PyTorch's own result in out's dtype (None
@@ -21,4 +23,6 @@ def assert_rule(name: str, out: torch.Tensor, ref32: torch.Tensor, ref_low: torc
     scale = ref32.abs().max().item() if ref32.numel() else 0.0
     bound = 2.0 * torch_err + atol * (1.0 + scale)
     err = max_err(out, ref32)
-    assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g} (torch's own error {torch_err:.3g})"
+    assert err <= bound, (
+        f"{name}: max error {err:.3g} > bound {bound:.3g} (torch's own error {torch_err:.3g})"
+    )

@@ -45,7 +45,9 @@ def check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=True
     if dropout_p > 0.0:
         # The kernel's mask for the seed drawn after manual_seed(7): dropout of ones, read from h.
         torch.manual_seed(7)
-        _, ones_h = layer_norm(torch.ones_like(x), None, None, return_residual=True, dropout_p=dropout_p, backend="triton")
+        _, ones_h = layer_norm(
+            torch.ones_like(x), None, None, return_residual=True, dropout_p=dropout_p, backend="triton"
+        )
         mask_scale = ones_h.float()
         kept = (mask_scale > 0).float().mean().item()
         assert abs(kept - (1 - dropout_p)) < 0.25 + 2.0 / x.numel() ** 0.5
@@ -56,12 +58,19 @@ def check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=True
 
     # The kernel applies dropout itself: feed it x, and the references x * mask / (1 - p).
     out = _run(kernel, x, w, b, r, None, dtype, **kw)
-    ref32 = _run(lambda *a, **k: layer_norm_ref(*a, upcast=True, **k), x, w, b, r, mask_scale, torch.float32, **kw)
+    ref32 = _run(
+        lambda *a, **k: layer_norm_ref(*a, upcast=True, **k), x, w, b, r, mask_scale, torch.float32, **kw
+    )
     low = None
     if dtype != torch.float32:
         low = _run(lambda *a, **k: layer_norm_ref(*a, upcast=False, **k), x, w, b, r, mask_scale, dtype, **kw)
     for name in out:
-        assert_rule(f"{name} {shape} {dtype}", out[name].float(), ref32[name], None if low is None else low[name].float())
+        assert_rule(
+            f"{name} {shape} {dtype}",
+            out[name].float(),
+            ref32[name],
+            None if low is None else low[name].float(),
+        )
 
 
 SHAPES = [(1, 1), (3, 7), (5, 31), (2, 3, 24), (17, 65), (4, 127), (3, 1000)]
