@@ -1,0 +1,102 @@
+"""The ``ptft_fast`` entry of transformers' ``AttentionInterface``.
+
+transformers models look their attention function up by ``config._attn_implementation`` and
+call it as ``fn(module, query, key, value, attention_mask, scaling=..., dropout=...,
+**kwargs)`` with q/k/v in (B, H, T, D). We register one function per backend choice under its
+own name (so the choice survives gradient-checkpoint recomputation, unlike a context manager),
+together with transformers' SDPA-style mask builder for the same name: boolean masks, True =
+attend, or None when a plain causal/bidirectional pattern suffices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ptft_fast import ops
+
+UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "s_aux")
+
+
+def implementation_name(backend: str | None) -> str:
+    """The attention-implementation name registered for ``backend``: "ptft_fast[_<backend>]"."""
+    return "ptft_fast" if backend is None else f"ptft_fast_{backend}"
+
+
+def _mask_to_ops(mask: torch.Tensor, bias: torch.Tensor | None, query: torch.Tensor):
+    """A transformers 4-D mask → (key_padding_mask, attn_bias) for ``ops.attention``.
+
+    mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk). A bool mask that
+    only depends on (batch, key) — the padding mask of an encoder, stored expanded with stride 0
+    over Tq — becomes a (B, Tk) key_padding_mask; any other bool mask is folded into the bias like
+    transformers' SDPA path does (masked scores set to the dtype's minimum).
+    """
+    if mask.dim() != 4:
+        raise ValueError(f"ptft_fast attention: expected a 4-D attention mask, got shape {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        mask = mask.to(query.dtype)
+        return None, mask if bias is None else bias + mask
+    batch, keys = query.shape[0], mask.shape[-1]
+    if mask.shape[1] == 1 and (mask.shape[2] == 1 or mask.stride(2) == 0):
+        return mask[:, 0, 0, :].expand(batch, keys), bias
+    kept = bias if bias is not None else torch.zeros((), dtype=query.dtype, device=query.device)
+    return None, torch.where(mask, kept, torch.finfo(query.dtype).min)
+
+
+def make_attention_function(backend: str | None):
+    """The transformers attention function that runs ``ops.attention`` on ``backend``."""
+
+    def ptft_fast_attention(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        is_causal: bool | None = None,
+        position_bias: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        """query: (B, Hq, Tq, D); key, value: (B, Hkv, Tk, D); attention_mask: None, bool
+        (True = attend) or additive, broadcastable to (B, Hq, Tq, Tk); position_bias: additive
+        (T5), same broadcast. Returns ((B, Tq, Hq, D), None) — no attention weights."""
+        for name in UNSUPPORTED_KWARGS:
+            if kwargs.get(name) is not None:
+                raise NotImplementedError(f"ptft_fast attention does not support {name}={kwargs[name]!r}")
+        tq = query.shape[2]
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        # As in transformers' SDPA path: a causal layer gets no mask when the pattern is plain causal.
+        causal = bool(causal) and tq > 1 and attention_mask is None
+        key_padding_mask, bias = None, position_bias
+        if attention_mask is not None:
+            key_padding_mask, bias = _mask_to_ops(attention_mask, bias, query)
+        elif causal and key.shape[2] > tq:
+            # Prefill into an empty static cache: transformers aligns causal top-left and the keys
+            # past Tq are unused slots; drop them (ops.attention aligns bottom-right).
+            key, value = key[:, :, :tq], value[:, :, :tq]
+            bias = None if bias is None else bias[..., :tq]
+        out = ops.attention(
+            query.transpose(1, 2),  # (B, Tq, Hq, D)
+            key.transpose(1, 2),  # (B, Tk, Hkv, D)
+            value.transpose(1, 2),
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            attn_bias=bias,
+            dropout_p=dropout,
+            softmax_scale=scaling,
+            backend=backend,
+        )
+        return out, None
+
+    return ptft_fast_attention
+
+
+def register(backend: str | None) -> str:
+    """Register the attention and mask functions for ``backend`` (re-registering replaces); returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    name = implementation_name(backend)
+    AttentionInterface.register(name, make_attention_function(backend))
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
