@@ -8,17 +8,31 @@ import torch
 
 from ptft_fast.ops import checks
 from ptft_fast.ops.dispatch import resolve
+from ptft_fast.ops.relative_bias import RelativePositionBias
 
 OP = "attention"
 
 
-def _check_bias(bias: torch.Tensor, full: tuple[int, int, int, int]) -> None:
+def _check_relative_bias(bias: RelativePositionBias, n_heads: int) -> None:
+    checks.tensor(OP, "attn_bias.table", bias.table, ndim=2)
+    for name in ("num_buckets", "max_distance"):
+        value = getattr(bias, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{OP}: attn_bias.{name} must be an int >= 2, got {value!r}")
+    expected = (bias.num_buckets, n_heads)
+    checks.shape(OP, "attn_bias.table", bias.table, expected, "(num_buckets, Hq)")
+
+
+def _check_bias(bias, full: tuple[int, int, int, int]) -> None:
+    if isinstance(bias, RelativePositionBias):
+        _check_relative_bias(bias, full[1])
+        return
     checks.tensor(OP, "attn_bias", bias)
-    ok = bias.dim() <= 4 and all(
-        b in (1, f) for b, f in zip(bias.shape[::-1], full[::-1], strict=False)
-    )
+    ok = bias.dim() <= 4 and all(b in (1, f) for b, f in zip(bias.shape[::-1], full[::-1], strict=False))
     if not ok:
-        raise ValueError(f"{OP}: attn_bias must broadcast to (B, Hq, Tq, Tk) = {full}, got {tuple(bias.shape)}")
+        raise ValueError(
+            f"{OP}: attn_bias must broadcast to (B, Hq, Tq, Tk) = {full}, got {tuple(bias.shape)}"
+        )
 
 
 def _check_max_seqlen(name: str, value, cu: torch.Tensor) -> int:
@@ -61,7 +75,9 @@ def attention(
             both for the varlen form.
         max_seqlen_q, max_seqlen_k: longest sequence; derived (a host read) when None.
         attn_bias: additive, differentiable, broadcastable to (B, Hq, Tq, Tk) (T5 relative
-            position bias, ALiBi); in varlen form Tq/Tk are max_seqlen_q/k.
+            position bias, ALiBi); in varlen form Tq/Tk are max_seqlen_q/k. Or a
+            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton backend
+            looks it up in-kernel (gradient into its table), others materialize it.
         dropout_p: attention-probability dropout, in [0, 1).
         softmax_scale: default 1/sqrt(D).
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
@@ -94,11 +110,15 @@ def attention(
         if cu_seqlens_q is None or cu_seqlens_k is None:
             raise ValueError(f"{OP}: varlen form needs both cu_seqlens_q and cu_seqlens_k")
         if key_padding_mask is not None:
-            raise ValueError(f"{OP}: key_padding_mask is for the padded form; varlen lengths come from cu_seqlens")
+            raise ValueError(
+                f"{OP}: key_padding_mask is for the padded form; varlen lengths come from cu_seqlens"
+            )
         bq = checks.cu_seqlens(OP, "cu_seqlens_q", cu_seqlens_q, q.shape[0], q)
         bk = checks.cu_seqlens(OP, "cu_seqlens_k", cu_seqlens_k, k.shape[0], q)
         if bq != bk:
-            raise ValueError(f"{OP}: cu_seqlens_q ({bq} sequences) and cu_seqlens_k ({bk}) must describe one batch")
+            raise ValueError(
+                f"{OP}: cu_seqlens_q ({bq} sequences) and cu_seqlens_k ({bk}) must describe one batch"
+            )
         max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, cu_seqlens_q)
         max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, cu_seqlens_k)
         full = (bq, hq, max_seqlen_q, max_seqlen_k)
@@ -109,12 +129,15 @@ def attention(
         if key_padding_mask is not None:
             checks.tensor(OP, "key_padding_mask", key_padding_mask, floating=False)
             if key_padding_mask.dtype != torch.bool:
-                raise TypeError(f"{OP}: key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}")
+                raise TypeError(
+                    f"{OP}: key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}"
+                )
             checks.shape(OP, "key_padding_mask", key_padding_mask, (k.shape[0], k.shape[1]), "(B, Tk)")
             checks.same_device(OP, "q", q, key_padding_mask=key_padding_mask)
     if attn_bias is not None:
         _check_bias(attn_bias, full)
-        checks.same_device(OP, "q", q, attn_bias=attn_bias)
+        bias_tensor = attn_bias.table if isinstance(attn_bias, RelativePositionBias) else attn_bias
+        checks.same_device(OP, "q", q, attn_bias=bias_tensor)
     impl = resolve(OP, backend, q.device)
     return impl(
         q,

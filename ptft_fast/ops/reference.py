@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptft_fast.ops.relative_bias import RelativePositionBias
+
 # Elements of one (rows x vocab) logits block in linear_cross_entropy (64 MiB in fp32).
 LCE_BLOCK_ELEMS = 1 << 24
 LCE_VOCAB_CHUNK = 1 << 16
@@ -106,12 +108,15 @@ def attention_ref(
 
     q: (B, Tq, Hq, D), k/v: (B, Tk, Hkv, D), or packed (total, H, D) with cu_seqlens_q/k (B+1,)
     and max_seqlen_q/k. key_padding_mask: (B, Tk) bool, True = attend. attn_bias: broadcastable
-    to (B, Hq, Tq, Tk) (padded coordinates in varlen form). ``causal`` is aligned to the bottom
-    right: query i sees key j iff j <= i + (Tk - Tq), per sequence. Queries that see no key give
-    zeros. Returns like q.
+    to (B, Hq, Tq, Tk) (padded coordinates in varlen form), or a ``RelativePositionBias`` (T5,
+    materialized here). ``causal`` is aligned to the bottom right: query i sees key j iff
+    j <= i + (Tk - Tq), per sequence. Queries that see no key give zeros. Returns like q.
     """
     out_dtype = q.dtype
     cdt = _compute_dtype(q, upcast)
+    if isinstance(attn_bias, RelativePositionBias):  # T5 bias given as its table: materialize
+        tq, tk = (max_seqlen_q, max_seqlen_k) if cu_seqlens_q is not None else (q.shape[1], k.shape[1])
+        attn_bias = attn_bias.materialize(tq, tk)
     q, k, v, attn_bias = q.to(cdt), k.to(cdt), v.to(cdt), _cast(attn_bias, cdt)
     varlen = cu_seqlens_q is not None
     if varlen:

@@ -9,11 +9,17 @@ CI path), where ``triton_op``'s tracing machinery does not apply; Dynamo traces
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from ptft_fast.kernels._common import draw_seed
+from ptft_fast.kernels.attention import attention_fwd
+from ptft_fast.kernels.attention_bwd import attention_bwd
 from ptft_fast.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 from ptft_fast.ops.dispatch import register
+from ptft_fast.ops.relative_bias import RelativePositionBias
 
 # ----------------------------------------------------------------------------------- layer norm
 
@@ -61,3 +67,114 @@ def layer_norm_triton(
 ):
     """See :func:`ptft_fast.ops.layer_norm`."""
     return _LayerNormFn.apply(x, weight, bias, residual, eps, rms, dropout_p, return_residual)
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+@dataclass(frozen=True)
+class _AttnMeta:
+    """Non-differentiable launch parameters of one attention call."""
+
+    batch: int
+    max_q: int
+    max_k: int
+    cu_q: torch.Tensor | None
+    cu_k: torch.Tensor | None
+    causal: bool
+    kpm: torch.Tensor | None  # (B, Tk) int8
+    rel_lut: torch.Tensor | None  # (max_q + max_k - 1,) int32
+    p: float
+    seed: int
+    scale: float
+
+    def launch_args(self, bias4, rel_table):
+        return dict(
+            batch=self.batch, max_q=self.max_q, max_k=self.max_k, cu_q=self.cu_q, cu_k=self.cu_k,
+            causal=self.causal, kpm=self.kpm, bias4=bias4, rel_lut=self.rel_lut, rel_table=rel_table,
+            p=self.p, seed=self.seed, scale=self.scale,
+        )  # fmt: skip
+
+
+class _AttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, rel_table, meta):
+        # (B, T, H, D) → (B·T, H, D): padded batches are varlen with fixed starts
+        q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]).contiguous() for t in (q, k, v))
+        bias4 = None if bias is None else bias.view((1,) * (4 - bias.dim()) + tuple(bias.shape))
+        table = None if rel_table is None else rel_table.contiguous()
+        o, lse = attention_fwd(q3, k3, v3, **meta.launch_args(bias4, table))
+        ctx.save_for_backward(q3, k3, v3, o, lse, bias4, table)
+        ctx.meta = meta
+        ctx.shapes = (q.shape, k.shape, None if bias is None else bias.shape)
+        return o.view(q.shape)
+
+    @staticmethod
+    def backward(ctx, do):
+        q3, k3, v3, o, lse, bias4, table = ctx.saved_tensors
+        q_shape, k_shape, bias_shape = ctx.shapes
+        bias_grad = bias4 is not None and ctx.needs_input_grad[3]
+        rel_grad = table is not None and ctx.needs_input_grad[4]
+        do3 = do.reshape(o.shape).contiguous()
+        dq, dk, dv, dbias_full, dtable = attention_bwd(
+            do3,
+            q3,
+            k3,
+            v3,
+            o,
+            lse,
+            **ctx.meta.launch_args(bias4, table),
+            bias_grad=bias_grad,
+            rel_grad=rel_grad,
+        )
+        dbias = None
+        if bias_grad:  # sum the full (B, H, Tq, Tk) gradient over the bias's broadcast dims
+            dims = [d for d in range(4) if bias4.shape[d] == 1 and dbias_full.shape[d] != 1]
+            dbias = (
+                (dbias_full.sum(dims, keepdim=True) if dims else dbias_full)
+                .reshape(bias_shape)
+                .to(bias4.dtype)
+            )
+        dtable = None if dtable is None else dtable.to(table.dtype)
+        return dq.view(q_shape), dk.view(k_shape), dv.view(k_shape), dbias, dtable, None
+
+
+@register("attention", "triton")
+def attention_triton(
+    q,
+    k,
+    v,
+    *,
+    causal=False,
+    key_padding_mask=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+    attn_bias=None,
+    dropout_p=0.0,
+    softmax_scale=None,
+):
+    """See :func:`ptft_fast.ops.attention`."""
+    if cu_seqlens_q is not None:
+        batch, max_q, max_k = cu_seqlens_q.numel() - 1, max_seqlen_q, max_seqlen_k
+        cu_q, cu_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    else:
+        batch, max_q, max_k = q.shape[0], q.shape[1], k.shape[1]
+        cu_q = cu_k = None
+    rel = attn_bias if isinstance(attn_bias, RelativePositionBias) else None
+    meta = _AttnMeta(
+        batch=batch,
+        max_q=max_q,
+        max_k=max_k,
+        cu_q=cu_q,
+        cu_k=cu_k,
+        causal=causal,
+        kpm=None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous(),
+        rel_lut=None if rel is None else rel.bucket_lut(max_q, max_k),
+        p=float(dropout_p),
+        seed=draw_seed() if dropout_p > 0.0 else 0,
+        scale=softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1]),
+    )
+    dense = None if rel is not None else attn_bias
+    return _AttentionFn.apply(q, k, v, dense, None if rel is None else rel.table, meta)

@@ -1,0 +1,185 @@
+"""Triton attention vs the reference: output and grads of q, k, v and the bias (dense or T5 table)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from kernel_tolerance import assert_rule
+
+from ptft_fast.kernels._common import draw_seed
+from ptft_fast.kernels.attention import attention_dropout_keep
+from ptft_fast.ops import attention
+from ptft_fast.ops.reference import attention_ref
+from ptft_fast.ops.relative_bias import RelativePositionBias, relative_position_bucket
+
+pytestmark = pytest.mark.triton
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _grads(fn, leaves: dict, cast, **kw):
+    """fn(**leaves cast to ``cast``, **kw); returns output and the grads of every leaf for a fixed
+    random output gradient."""
+    lv = {n: t.detach().to(cast).requires_grad_() for n, t in leaves.items()}
+    args = dict(lv)
+    rel = kw.pop("rel", None)
+    if rel is not None:
+        args["attn_bias"] = RelativePositionBias(args.pop("table"), **rel)
+    out = fn(**args, **kw)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, cast)
+    grads = torch.autograd.grad(out, list(lv.values()), g)
+    return {"out": out.detach(), **{f"d{n}": t for n, t in zip(lv, grads, strict=True)}}
+
+
+def check(leaves: dict, dtype=torch.float32, **kw):
+    """Triton vs the fp32 reference (and PyTorch's own error in ``dtype``) for attention(**kw)."""
+
+    def kernel(**a):
+        return attention(**a, backend="triton")
+
+    def ref(upcast):
+        return lambda **a: attention_ref(**a, upcast=upcast)
+
+    out = _grads(kernel, leaves, dtype, **kw)
+    ref32 = _grads(ref(True), leaves, torch.float32, **kw)
+    low = None
+    if dtype != torch.float32:
+        low = _grads(ref(False), leaves, dtype, **kw)
+    for name in out:
+        lo = None if low is None else low[name].float()
+        assert_rule(f"{name} {kw.get('causal')}", out[name].float(), ref32[name], lo, atol=2e-5)
+
+
+def qkv(b, tq, tk, hq, hkv, d, device=DEV):
+    return {
+        "q": torch.randn(b, tq, hq, d, device=device),
+        "k": torch.randn(b, tk, hkv, d, device=device),
+        "v": torch.randn(b, tk, hkv, d, device=device),
+    }
+
+
+# (B, Tq, Tk, Hq, Hkv, D): 1, primes, 2^k - 1, GQA/MQA, head dims 32/64/80/96/128 and odd ones
+SHAPES = [
+    (1, 1, 1, 1, 1, 32),
+    (2, 33, 17, 4, 2, 24),
+    (1, 7, 31, 3, 1, 40),
+    (2, 16, 16, 2, 2, 64),
+    (1, 13, 13, 1, 1, 80),
+    (1, 3, 9, 2, 2, 96),
+    (1, 15, 15, 2, 1, 128),
+    (1, 31, 31, 1, 1, 5),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded(shape, causal):
+    check(qkv(*shape), causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_mask(causal):
+    leaves = qkv(3, 11, 13, 2, 1, 32)
+    kpm = torch.rand(3, 13, device=DEV) > 0.3
+    kpm[1] = False  # a sequence with no visible key: zeros out, zero grads
+    kpm[2, :1] = False
+    check(leaves, causal=causal, key_padding_mask=kpm)
+
+
+@pytest.mark.parametrize("bias_shape", [(2, 3, 9, 14), (9, 14), (2, 1, 9, 14), (1, 3, 1, 14), (3, 9, 1)])
+def test_dense_bias_grad(bias_shape):
+    leaves = {**qkv(2, 9, 14, 3, 3, 32), "attn_bias": torch.randn(bias_shape, device=DEV)}
+    check(leaves, causal=True)
+    check(leaves, causal=False)
+
+
+def _cu(lengths):
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=DEV)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen(causal):
+    len_q, len_k = [5, 1, 12, 3], [7, 3, 12, 1]
+    leaves = {
+        "q": torch.randn(sum(len_q), 4, 24, device=DEV),
+        "k": torch.randn(sum(len_k), 2, 24, device=DEV),
+        "v": torch.randn(sum(len_k), 2, 24, device=DEV),
+        "attn_bias": torch.randn(4, 4, 12, 12, device=DEV),
+    }
+    kw = dict(cu_seqlens_q=_cu(len_q), cu_seqlens_k=_cu(len_k), max_seqlen_q=12, max_seqlen_k=12)
+    check(leaves, causal=causal, **kw)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_t5_relative_bias_in_kernel(bidirectional):
+    leaves = {**qkv(2, 29, 33, 3, 3, 32), "table": 0.5 * torch.randn(8, 3, device=DEV)}
+    rel = dict(bidirectional=bidirectional, num_buckets=8, max_distance=20)
+    check(leaves, causal=not bidirectional, rel=rel)
+
+
+def test_t5_bucket_matches_hugging_face():
+    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    rel = torch.arange(-300, 300)[None, :] - torch.arange(0, 40)[:, None]
+    for bidirectional in (True, False):
+        for nb, md in ((32, 128), (8, 20), (16, 64)):
+            ours = relative_position_bucket(rel, bidirectional, nb, md)
+            hf = t5.T5Attention._relative_position_bucket(rel, bidirectional, nb, md)
+            assert torch.equal(ours, hf)
+
+
+def _dropout_composition(q, k, v, keep, p, causal, attn_bias=None):
+    """softmax(S) ∘ keep / (1 - p) @ v in fp32, the same mask as the kernel."""
+    hq, hkv = q.shape[2], k.shape[2]
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    kt, vt = kt.repeat_interleave(hq // hkv, 1), vt.repeat_interleave(hq // hkv, 1)
+    s = qt @ kt.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if attn_bias is not None:
+        s = s + attn_bias
+    if causal:
+        tq, tk = s.shape[-2:]
+        tri = torch.ones(tq, tk, dtype=torch.bool, device=s.device).tril(tk - tq)
+        s = s.masked_fill(~tri, float("-inf"))
+    pr = torch.softmax(s, -1) * keep / (1 - p)
+    return (pr @ vt).transpose(1, 2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_same_mask_fwd_bwd(causal):
+    b, tq, tk, hq, hkv, d, p = 2, 17, 17, 4, 2, 32, 0.3
+    leaves = {**qkv(b, tq, tk, hq, hkv, d), "attn_bias": torch.randn(1, hq, tq, tk, device=DEV)}
+    torch.manual_seed(5)
+    keep = attention_dropout_keep(b, hq, tq, tk, p, draw_seed(), DEV)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.05
+    torch.manual_seed(5)  # the op draws the same seed
+    out = _grads(
+        lambda **a: attention(**a, dropout_p=p, causal=causal, backend="triton"), leaves, torch.float32
+    )
+    ref = _grads(lambda **a: _dropout_composition(**a, keep=keep, p=p, causal=causal), leaves, torch.float32)
+    for name in out:
+        assert_rule(name, out[name], ref[name], None, atol=2e-5)
+
+
+def test_backward_deterministic():
+    leaves = {n: t.requires_grad_() for n, t in qkv(2, 33, 33, 4, 1, 40).items()}
+    grads = []
+    for _ in range(2):
+        out = attention(**leaves, causal=True, backend="triton")
+        grads.append(torch.autograd.grad(out.sum(), list(leaves.values())))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_fp16():
+    leaves = {**qkv(2, 19, 23, 2, 1, 64), "attn_bias": torch.randn(2, 1, 19, 23, device=DEV)}
+    check(leaves, torch.float16, causal=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [32, 64, 80, 96, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_real_shapes(dtype, d, causal):
+    check(qkv(2, 1023, 1025, 8, 2, d), dtype, causal=causal)
+    leaves = {**qkv(2, 512, 512, 4, 4, d), "table": torch.randn(32, 4, device=DEV)}
+    check(leaves, dtype, causal=causal, rel=dict(bidirectional=not causal, num_buckets=32, max_distance=128))
