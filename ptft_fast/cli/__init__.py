@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("bench",)
+SUBCOMMANDS = ("bench", "prepare")
 
 
 def build_parser() -> argparse.ArgumentParser:

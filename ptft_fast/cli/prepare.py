@@ -1,0 +1,127 @@
+"""``ptft prepare``: clean a corpus, optionally train a tokenizer and write token shards.
+
+    ptft prepare data/ extra.jsonl --out prepared/ --tokenizer wordpiece --vocab-size 8000
+    ptft prepare --embedded --out prepared/ --tokenizer bpe
+
+Writes ``OUT/corpus.jsonl`` and ``OUT/report.json`` (and prints the report table); with
+``--tokenizer`` or ``--tokenizer-from`` also ``OUT/tokenizer.json`` and ``OUT/shards/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "prepare", help="clean, dedup and scrub a corpus; train a tokenizer; write token shards"
+    )
+    p.add_argument("inputs", nargs="*", help=".txt / .jsonl files or folders (streamed)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--embedded", action="store_true", help="use the embedded pydoc_data.topics corpus")
+    p.add_argument("--jsonl-field", default="text", help="text field of .jsonl records (default: text)")
+    p.add_argument(
+        "--txt-docs", choices=("blank", "line", "file"), default="blank", help="document unit of .txt files"
+    )
+    f = p.add_argument_group("quality filters (a negative value switches a rule off)")
+    f.add_argument("--min-chars", type=int, default=50)
+    f.add_argument("--max-chars", type=int, default=1_000_000)
+    f.add_argument("--min-words", type=int, default=5)
+    f.add_argument("--min-alpha-ratio", type=float, default=0.6)
+    f.add_argument("--max-symbol-ratio", type=float, default=0.1)
+    f.add_argument("--max-dup-line-frac", type=float, default=0.3)
+    f.add_argument("--max-dup-ngram-frac", type=float, default=0.2)
+    f.add_argument("--ngram-size", type=int, default=5)
+    d = p.add_argument_group("dedup and PII")
+    d.add_argument("--no-exact-dedup", action="store_true")
+    d.add_argument("--no-near-dedup", action="store_true")
+    d.add_argument("--near-threshold", type=float, default=0.8, help="MinHash-LSH Jaccard threshold")
+    d.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
+    d.add_argument("--no-pii", action="store_true", help="do not scrub e-mails, phones and IPs")
+    t = p.add_argument_group("tokenizer and shards")
+    t.add_argument("--tokenizer", choices=("wordpiece", "bpe", "unigram"), help="train this kind")
+    t.add_argument("--tokenizer-from", help="use an existing tokenizer.json or HF tokenizer folder")
+    t.add_argument("--vocab-size", type=int, default=8000)
+    t.add_argument("--num-sentinels", type=int, default=100, help="unigram (T5) sentinels")
+    t.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard")
+    t.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def _opt(v):
+    return None if v is not None and v < 0 else v
+
+
+def run(args: argparse.Namespace) -> int:
+    from ptft_fast.data.corpus import embedded_documents, read_documents
+    from ptft_fast.data.dedup import NearDedupConfig
+    from ptft_fast.data.filters import FilterConfig
+    from ptft_fast.data.prepare import PrepareConfig, prepare_corpus, read_prepared
+    from ptft_fast.data.shards import ShardConfig, write_shards
+    from ptft_fast.data.tokenizer import PtftTokenizer, TokenizerConfig, train_tokenizer
+
+    if not args.inputs and not args.embedded:
+        raise ValueError("give INPUT files/folders or --embedded")
+    if args.tokenizer and args.tokenizer_from:
+        raise ValueError("--tokenizer and --tokenizer-from are exclusive")
+    out = Path(args.out)
+    broken: list = []
+    docs = read_documents(
+        args.inputs, broken.append, jsonl_field=args.jsonl_field, txt_doc_split=args.txt_docs
+    )
+    if args.embedded:
+        import itertools
+
+        docs = itertools.chain(embedded_documents(), docs)
+    cfg = PrepareConfig(
+        filters=FilterConfig(
+            min_chars=_opt(args.min_chars),
+            max_chars=_opt(args.max_chars),
+            min_words=_opt(args.min_words),
+            min_alpha_ratio=_opt(args.min_alpha_ratio),
+            max_symbol_ratio=_opt(args.max_symbol_ratio),
+            max_dup_line_frac=_opt(args.max_dup_line_frac),
+            max_dup_ngram_frac=_opt(args.max_dup_ngram_frac),
+            ngram_size=args.ngram_size,
+        ),
+        exact_dedup=not args.no_exact_dedup,
+        near_dedup=not args.no_near_dedup,
+        near=NearDedupConfig(threshold=args.near_threshold, num_perm=args.num_perm),
+        scrub_pii=not args.no_pii,
+        progress=not args.no_progress,
+    )
+    report = prepare_corpus(docs, out, cfg, broken)
+    print(report.table())
+    for b in report.broken_lines[:20]:
+        print(f"skipped {b.source}:{b.line}: {b.reason}", file=sys.stderr)
+    if len(report.broken_lines) > 20:
+        print(f"... {len(report.broken_lines) - 20} more skipped lines in report.json", file=sys.stderr)
+    if report.docs_out == 0:
+        print("no documents left after cleaning", file=sys.stderr)
+        return 1
+    if not (args.tokenizer or args.tokenizer_from):
+        return 0
+    if args.tokenizer_from:
+        tok = PtftTokenizer.from_file(args.tokenizer_from)
+    else:
+        tcfg = TokenizerConfig(
+            kind=args.tokenizer, vocab_size=args.vocab_size, num_sentinels=args.num_sentinels
+        )
+        tok = train_tokenizer(read_prepared(out), tcfg)
+    tok.save(out)
+    index = write_shards(
+        read_prepared(out),
+        tok,
+        out / "shards",
+        ShardConfig(shard_tokens=args.shard_tokens, num_workers=args.workers, progress=not args.no_progress),
+    )
+    print(
+        f"tokenizer ({tok.kind}, vocab {tok.vocab_size}) -> {out / 'tokenizer.json'}; "
+        f"{index['num_tokens']} tokens in {index['num_docs']} docs, {len(index['shards'])} shard(s) "
+        f"({index['dtype']}) -> {out / 'shards'}"
+    )
+    return 0

@@ -1,0 +1,26 @@
+"""Shared fixtures: small tokenizers trained once per session on the embedded corpus."""
+
+import pytest
+
+from ptft_fast.data.corpus import embedded_corpus
+from ptft_fast.data.tokenizer import TokenizerConfig, train_tokenizer
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return embedded_corpus()
+
+
+@pytest.fixture(scope="session")
+def wordpiece(corpus):
+    return train_tokenizer(corpus, TokenizerConfig(kind="wordpiece", vocab_size=2000))
+
+
+@pytest.fixture(scope="session")
+def bpe(corpus):
+    return train_tokenizer(corpus, TokenizerConfig(kind="bpe", vocab_size=1000))
+
+
+@pytest.fixture(scope="session")
+def unigram(corpus):
+    return train_tokenizer(corpus[:30], TokenizerConfig(kind="unigram", vocab_size=1000, num_sentinels=20))
