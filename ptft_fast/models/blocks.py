@@ -1,0 +1,305 @@
+"""Blocks shared by every model: norm, attention, MLP, a transformer layer, packing, outputs.
+
+Everything numeric goes through ``ptft_fast.ops`` (layer_norm, attention); projections are plain
+``nn.Linear``. Shapes: x is (B, T, C) in the padded form or (total, C) packed (varlen).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ptft_fast import ops
+from ptft_fast.models.config import ModelConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, Tk, H, D) each
+
+
+@dataclass
+class KVCache:
+    """Keys/values of past positions for incremental decoding, one entry per decoder layer.
+
+    ``self_attn[i]`` grows by the new positions every step; ``cross_attn[i]`` holds the projected
+    encoder memory (computed once, on the first step).
+    """
+
+    self_attn: list[KV | None] = field(default_factory=list)
+    cross_attn: list[KV | None] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions (0 when empty)."""
+        first = self.self_attn[0] if self.self_attn else None
+        return 0 if first is None else first[0].shape[1]
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor | None = None  # scalar mean loss over labeled tokens
+    logits: torch.Tensor | None = None  # (B, T, V); None when only the loss was asked for
+    hidden_states: torch.Tensor | None = None  # (B, T, C) last (decoder) layer, after the final norm
+    nsp_logits: torch.Tensor | None = None  # (B, 2) next-sentence prediction (BERT pre-training)
+    encoder_hidden_states: torch.Tensor | None = None  # (B, S, C) encoder-decoder models
+    cache: KVCache | None = None  # with use_cache=True
+
+
+@dataclass
+class Packing:
+    """Padding-free layout of a padded batch: the tokens where attention_mask is True, packed.
+
+    indices: (total,) flat positions in (B * T); cu_seqlens: (B + 1,) int32 prefix sums.
+    """
+
+    indices: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    batch: int
+    seqlen: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> Packing:
+        mask = attention_mask.bool()
+        lengths = mask.sum(dim=1, dtype=torch.int32)
+        cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        indices = mask.reshape(-1).nonzero().squeeze(1)
+        return cls(indices, cu, max(int(lengths.max()), 1), mask.shape[0], mask.shape[1])
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) → (total, ...)."""
+        return x.reshape(self.batch * self.seqlen, *x.shape[2:]).index_select(0, self.indices)
+
+    def repad(self, x: torch.Tensor) -> torch.Tensor:
+        """(total, ...) → (B, T, ...) with zeros at padding."""
+        out = x.new_zeros(self.batch * self.seqlen, *x.shape[1:]).index_copy(0, self.indices, x)
+        return out.view(self.batch, self.seqlen, *x.shape[1:])
+
+    def attention_kwargs(self) -> dict:
+        cu, m = self.cu_seqlens, self.max_seqlen
+        return dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m)
+
+
+def activation_fn(name: str):
+    """The elementwise activation for a config name (validated by ModelConfig)."""
+    if name == "gelu_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[name]
+
+
+class Norm(nn.Module):
+    """LayerNorm (weight + bias) or RMSNorm (weight only) through ``ops.layer_norm``.
+
+    ``forward(x, residual=..., dropout_p=...)`` is the fused norm(dropout(x) + residual) of a block.
+    """
+
+    def __init__(self, size: int, eps: float, *, rms: bool = False):
+        super().__init__()
+        self.eps, self.rms = eps, rms
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = None if rms else nn.Parameter(torch.zeros(size))
+
+    def forward(self, x, residual=None, dropout_p: float = 0.0, return_residual: bool = False):
+        return ops.layer_norm(
+            x,
+            self.weight,
+            self.bias,
+            self.eps,
+            residual=residual,
+            rms=self.rms,
+            dropout_p=dropout_p if self.training else 0.0,
+            return_residual=return_residual,
+        )
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention with fused projections (one GEMM for q, k, v).
+
+    Self: ``qkv`` (C → 3·H·D). Cross: ``q`` (C → H·D) on the decoder, ``kv`` (C → 2·H·D) on the
+    encoder memory. ``out`` (H·D → C). T5 uses no softmax scaling (folded into its init).
+    """
+
+    def __init__(self, config: ModelConfig, *, cross: bool = False, bias: bool = True):
+        super().__init__()
+        self.heads, self.head_dim = config.num_heads, config.resolved_head_dim
+        inner, hidden = config.attn_dim, config.hidden_size
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(hidden, inner, bias=bias)
+            self.kv = nn.Linear(hidden, 2 * inner, bias=bias)
+        else:
+            self.qkv = nn.Linear(hidden, 3 * inner, bias=bias)
+        self.out = nn.Linear(inner, hidden, bias=bias)
+        self.dropout = config.attention_dropout
+        self.softmax_scale = 1.0 if config.arch == "t5" else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        memory: torch.Tensor | None = None,
+        past: KV | None = None,
+        causal: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
+        packing: Packing | None = None,
+    ) -> tuple[torch.Tensor, KV]:
+        """x: (B, T, C) or packed (total, C); memory: (B, S, C) for cross-attention.
+
+        Returns the output like x and the (keys, values) to cache: for self-attention the past
+        ones concatenated with the new ones, (B, past + T, H, D).
+        """
+        lead = x.shape[:-1]
+        hd = (self.heads, self.head_dim)
+        if self.cross:
+            q = self.q(x).view(*lead, *hd)
+            if past is None:
+                k, v = self.kv(memory).view(*memory.shape[:-1], 2, *hd).unbind(-3)
+            else:
+                k, v = past
+        else:
+            q, k, v = self.qkv(x).view(*lead, 3, *hd).unbind(-3)  # (B, T, H, D) each
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+        extra = packing.attention_kwargs() if packing is not None else {}
+        o = ops.attention(
+            q,
+            k,
+            v,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            attn_bias=attn_bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            softmax_scale=self.softmax_scale,
+            **extra,
+        )
+        return self.out(o.reshape(*lead, -1)), (k, v)
+
+
+class MLP(nn.Module):
+    """fc_out(act(fc_in(x))), or gated (T5 v1.1): fc_in = [W0; W1] → act(x W0) * (x W1)."""
+
+    def __init__(self, config: ModelConfig, *, bias: bool = True):
+        super().__init__()
+        self.gated = config.gated_ffn
+        width = config.ffn_size * (2 if self.gated else 1)
+        self.fc_in = nn.Linear(config.hidden_size, width, bias=bias)
+        self.fc_out = nn.Linear(config.ffn_size, config.hidden_size, bias=bias)
+        self.act = activation_fn(config.activation)
+        self.dropout = config.activation_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc_in(x)
+        if self.gated:
+            gate, lin = h.chunk(2, dim=-1)
+            h = self.act(gate) * lin
+        else:
+            h = self.act(h)
+        if self.dropout > 0.0 and self.training:
+            h = F.dropout(h, self.dropout, training=True)
+        return self.fc_out(h)
+
+
+class Layer(nn.Module):
+    """One transformer layer: self-attention, optional cross-attention, MLP.
+
+    Post-norm (BERT, BART): x = norm(x + dropout(sublayer(x))) per sublayer.
+    Pre-norm (GPT-2, T5): x = x + dropout(sublayer(norm(x))); each residual add is fused with
+    the next sublayer's norm (``ops.layer_norm(..., residual=x, return_residual=True)``).
+    """
+
+    def __init__(self, config: ModelConfig, *, cross: bool, pre_norm: bool, rms: bool, bias: bool):
+        super().__init__()
+        eps = config.norm_eps
+        self.pre_norm = pre_norm
+        self.dropout = config.dropout
+        self.attn = Attention(config, bias=bias)
+        self.attn_norm = Norm(config.hidden_size, eps, rms=rms)
+        self.cross = Attention(config, cross=True, bias=bias) if cross else None
+        self.cross_norm = Norm(config.hidden_size, eps, rms=rms) if cross else None
+        self.mlp = MLP(config, bias=bias)
+        self.mlp_norm = Norm(config.hidden_size, eps, rms=rms)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
+        packing: Packing | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        past_self: KV | None = None,
+        past_cross: KV | None = None,
+    ) -> tuple[torch.Tensor, KV, KV | None]:
+        p = self.dropout if self.training else 0.0
+        self_kw = dict(causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, packing=packing)
+        cross_kv = None
+        if self.pre_norm:
+            a, self_kv = self.attn(self.attn_norm(x), past=past_self, **self_kw)
+            if self.cross is not None:
+                n, x = self.cross_norm(a, residual=x, dropout_p=p, return_residual=True)
+                a, cross_kv = self.cross(n, memory=memory, past=past_cross, key_padding_mask=memory_mask)
+            n, x = self.mlp_norm(a, residual=x, dropout_p=p, return_residual=True)
+            m = self.mlp(n)
+            return x + (F.dropout(m, p, training=True) if p > 0.0 else m), self_kv, cross_kv
+        a, self_kv = self.attn(x, past=past_self, **self_kw)
+        x = self.attn_norm(a, residual=x, dropout_p=p)
+        if self.cross is not None:
+            a, cross_kv = self.cross(x, memory=memory, past=past_cross, key_padding_mask=memory_mask)
+            x = self.cross_norm(a, residual=x, dropout_p=p)
+        return self.mlp_norm(self.mlp(x), residual=x, dropout_p=p), self_kv, cross_kv
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    x: torch.Tensor,
+    *,
+    checkpointing: bool,
+    cache: KVCache | None = None,
+    use_cache: bool = False,
+    **kw,
+) -> tuple[torch.Tensor, KVCache | None]:
+    """Apply ``layers`` in order, with gradient checkpointing and/or a KV cache.
+
+    With ``use_cache`` the returned cache holds every layer's keys/values (extending ``cache``).
+    Checkpointing recomputes each layer in backward (dropout masks are replayed: RNG state is
+    saved) and is only active while training with grad enabled.
+    """
+    recompute = checkpointing and torch.is_grad_enabled() and layers.training
+    if recompute and use_cache:
+        raise ValueError("use_cache=True cannot be combined with gradient checkpointing while training")
+    new = KVCache() if use_cache else None
+    for i, layer in enumerate(layers):
+        past_self = cache.self_attn[i] if cache is not None else None
+        past_cross = cache.cross_attn[i] if cache is not None and cache.cross_attn else None
+        if recompute:
+            x, kv, ckv = checkpoint(
+                layer, x, use_reentrant=False, past_self=past_self, past_cross=past_cross, **kw
+            )
+        else:
+            x, kv, ckv = layer(x, past_self=past_self, past_cross=past_cross, **kw)
+        if new is not None:
+            new.self_attn.append(kv)
+            new.cross_attn.append(ckv)
+    return x, new
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) for linear/embedding weights, zeros for biases (norms keep ones/zeros)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                nn.init.zeros_(m.weight[m.padding_idx])
+
+
+def embed_scale(config: ModelConfig) -> float:
+    """BART's optional sqrt(d_model) token-embedding scale."""
+    return math.sqrt(config.hidden_size) if config.scale_embedding else 1.0

@@ -1,0 +1,133 @@
+"""Encoder-only models: post-norm BERT / RoBERTa with learned absolute positions and token types.
+
+``Encoder`` is the embedding + layer stack; ``EncoderForMaskedLM`` adds the tied MLM head (and,
+with ``config.nsp_head``, BERT's pooler + next-sentence head). With ``config.varlen`` a padded
+batch runs padding-free: tokens are packed, attention uses cu_seqlens, and outputs are repadded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptft_fast.models.blocks import Layer, ModelOutput, Norm, Packing, init_weights, run_layers
+from ptft_fast.models.config import ModelConfig
+from ptft_fast.models.heads import IGNORE_INDEX, MLMHead, NSPHead
+
+
+def roberta_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """RoBERTa position ids: non-pad tokens count up from pad_token_id + 1, pads get pad_token_id."""
+    real = input_ids.ne(pad_token_id).int()
+    return (torch.cumsum(real, dim=1) * real).long() + pad_token_id
+
+
+class Encoder(nn.Module):
+    """Embeddings (token + position + type, LayerNorm, dropout) and post-norm layers."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, c, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, c)
+        self.embed_types = nn.Embedding(config.type_vocab_size, c) if config.type_vocab_size > 0 else None
+        self.embed_norm = Norm(c, config.norm_eps)
+        self.layers = nn.ModuleList(
+            Layer(config, cross=False, pre_norm=False, rms=False, bias=True) for _ in range(config.num_layers)
+        )
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        offset = cfg.pad_token_id + 1 if cfg.arch == "roberta" else 0
+        if input_ids.shape[1] + offset > cfg.max_position_embeddings:
+            raise ValueError(
+                f"{cfg.arch}: sequence length {input_ids.shape[1]} (+ position offset {offset}) exceeds "
+                f"max_position_embeddings={cfg.max_position_embeddings}"
+            )
+        if cfg.arch == "roberta":
+            positions = roberta_positions(input_ids, cfg.pad_token_id)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        x = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        if self.embed_types is not None:
+            if token_type_ids is None:
+                x = x + self.embed_types.weight[0]
+            else:
+                x = x + self.embed_types(token_type_ids)
+        return self.embed_norm(x, dropout_p=0.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        packing: Packing | None = None,
+    ) -> torch.Tensor:
+        """input_ids: (B, T); attention_mask: (B, T) 1/True = token. Returns (B, T, C), or packed
+        (total, C) when ``packing`` is given (padding-free path)."""
+        x = self.embed(input_ids, token_type_ids)
+        if self.training and self.config.dropout > 0.0:
+            x = nn.functional.dropout(x, self.config.dropout, training=True)
+        kw: dict = {}
+        if packing is not None:
+            x = packing.unpad(x)
+            kw["packing"] = packing
+        elif attention_mask is not None:
+            kw["key_padding_mask"] = attention_mask.bool()
+        x, _ = run_layers(self.layers, x, checkpointing=self.config.gradient_checkpointing, **kw)
+        return x
+
+
+class EncoderForMaskedLM(nn.Module):
+    """BERT / RoBERTa with the tied MLM head (and optional NSP head)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.arch not in ("bert", "roberta"):
+            raise ValueError(f"EncoderForMaskedLM: config.arch must be bert or roberta, got {config.arch!r}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.mlm = MLMHead(config)
+        self.nsp = NSPHead(config) if config.nsp_head else None
+        init_weights(self, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+        *,
+        return_logits: bool | None = None,
+    ) -> ModelOutput:
+        """input_ids, attention_mask, token_type_ids, labels: (B, T); next_sentence_label: (B,).
+
+        labels hold token ids at masked positions and IGNORE_INDEX (-100) elsewhere. The full
+        (B, T, V) logits are computed when there are no labels or ``return_logits=True``; the
+        loss alone touches only the labeled rows. Padding positions of hidden_states are zeros
+        on the varlen path.
+        """
+        if return_logits is None:
+            return_logits = labels is None
+        varlen = self.config.varlen and attention_mask is not None and not bool(attention_mask.all())
+        packing = Packing.from_mask(attention_mask) if varlen else None
+        h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing)
+        weight = self.encoder.embed_tokens.weight
+        loss = None
+        if labels is not None:
+            tok_labels = packing.unpad(labels) if packing is not None else labels
+            loss = self.mlm.loss(h, weight, tok_labels)
+        if packing is not None:
+            h = packing.repad(h)
+        nsp_logits = self.nsp(h) if self.nsp is not None else None
+        if next_sentence_label is not None:
+            if nsp_logits is None:
+                raise ValueError(
+                    "next_sentence_label given but the model has no NSP head (config.nsp_head=False)"
+                )
+            nsp_loss = nn.functional.cross_entropy(nsp_logits, next_sentence_label, ignore_index=IGNORE_INDEX)
+            loss = nsp_loss if loss is None else loss + nsp_loss
+        logits = self.mlm.logits(h, weight) if return_logits else None
+        return ModelOutput(loss=loss, logits=logits, hidden_states=h, nsp_logits=nsp_logits)
