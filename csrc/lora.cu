@@ -1,0 +1,149 @@
+// LoRA linear: y = x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ.
+//
+// The frozen base projection x Wᵀ is a plain GEMM and runs on cuBLAS from the binding. The
+// kernels here are the low-rank path: the down projection u = dropout(x) Aᵀ on tensor cores with
+// the dropout fused into the operand load (the dropped x never exists), and the up projection
+// u Bᵀ fused with the scaling, the bias and the add onto the base output. Backward helpers:
+// the dropout mask applied to x (for dA) and to the low-rank input gradient (for dx).
+#include "gemm_nt.cuh"
+
+namespace ptft {
+namespace {
+
+template <typename T>
+Operand<T> dense(const void* ptr, int64_t rows, int64_t k) {
+  Operand<T> op;
+  op.ptr = static_cast<const T*>(ptr);
+  op.ld = k;
+  op.rows = rows;
+  op.k = k;
+  op.index = nullptr;
+  op.vec = aligned16(ptr) && k % 8 == 0;
+  op.drop.on = false;
+  op.drop.p = 0.f;
+  op.drop.scale = 1.f;
+  op.drop.seed = op.drop.offset = 0;
+  return op;
+}
+
+// Calls fn(row, col, value) for every in-range element of the calling thread's accumulators.
+template <typename Fn>
+__device__ __forceinline__ void for_each_acc(const float (&acc)[8][4], int64_t m0, int64_t n0, int64_t m, int64_t n,
+                                             Fn fn) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = m0 + warp * 16 + g + 8 * (e >> 1), col = n0 + nt * 8 + 2 * t + (e & 1);
+      if (row < m && col < n) fn(row, col, acc[nt][e]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads)
+    lora_down_cuda(Operand<T> X, Operand<T> A, PtftDropout drop, T* __restrict__ u) {
+  __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
+  __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
+  X.drop.init(drop);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kGemmBM, n0 = static_cast<int64_t>(blockIdx.y) * kGemmBN;
+  float acc[8][4];
+  zero_acc(acc);
+  gemm_nt_tile(acc, X, m0, X.rows, A, n0, A.rows, sA, sB);
+  const int64_t r = A.rows;
+  for_each_acc(acc, m0, n0, X.rows, r, [&](int64_t row, int64_t col, float v) { u[row * r + col] = from_f<T>(v); });
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads)
+    lora_up_add_cuda(Operand<T> U, Operand<T> Bm, const T* __restrict__ base, const T* __restrict__ bias, float scaling,
+                     T* __restrict__ y) {
+  __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
+  __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kGemmBM, n0 = static_cast<int64_t>(blockIdx.y) * kGemmBN;
+  float acc[8][4];
+  zero_acc(acc);
+  gemm_nt_tile(acc, U, m0, U.rows, Bm, n0, Bm.rows, sA, sB);
+  const int64_t out = Bm.rows;
+  for_each_acc(acc, m0, n0, U.rows, out, [&](int64_t row, int64_t col, float v) {
+    float s = to_f(base[row * out + col]) + scaling * v;
+    if (bias != nullptr) s += to_f(bias[col]);
+    y[row * out + col] = from_f<T>(s);
+  });
+}
+
+template <typename T>
+__global__ void dropout_apply_cuda(const T* __restrict__ x, T* __restrict__ y, int64_t n, PtftDropout drop_args) {
+  DropState drop;
+  drop.init(drop_args);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = from_f<T>(to_f(x[i]) * drop.factor(i));
+  }
+}
+
+template <typename T>
+__global__ void lora_dx_combine_cuda(const T* __restrict__ dx_base, const T* __restrict__ t, T* __restrict__ dx,
+                                     int64_t n, PtftDropout drop_args) {
+  DropState drop;
+  drop.init(drop_args);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dx[i] = from_f<T>(to_f(dx_base[i]) + to_f(t[i]) * drop.factor(i));
+  }
+}
+
+unsigned elementwise_grid(int64_t n) {
+  const int64_t blocks = ceil_div(n, 256);
+  return static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
+}
+
+}  // namespace
+}  // namespace ptft
+
+cudaError_t ptft_lora_down(PtftDtype dtype, const void* x, const void* lora_a, void* u, int64_t m, int64_t in,
+                           int64_t r, PtftDropout drop, cudaStream_t stream) {
+  if (m < 1 || in < 1 || r < 1) return cudaErrorInvalidValue;
+  PTFT_DISPATCH_HALF(dtype, {
+    const dim3 grid(static_cast<unsigned>(ptft::ceil_div(m, ptft::kGemmBM)),
+                    static_cast<unsigned>(ptft::ceil_div(r, ptft::kGemmBN)));
+    ptft::lora_down_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(ptft::dense<T>(x, m, in),
+                                                                     ptft::dense<T>(lora_a, r, in), drop,
+                                                                     static_cast<T*>(u));
+  })
+  return cudaGetLastError();
+}
+
+cudaError_t ptft_lora_up_add(PtftDtype dtype, const void* u, const void* lora_b, const void* base, const void* bias,
+                             void* y, int64_t m, int64_t out, int64_t r, float scaling, cudaStream_t stream) {
+  if (m < 1 || out < 1 || r < 1) return cudaErrorInvalidValue;
+  PTFT_DISPATCH_HALF(dtype, {
+    const dim3 grid(static_cast<unsigned>(ptft::ceil_div(m, ptft::kGemmBM)),
+                    static_cast<unsigned>(ptft::ceil_div(out, ptft::kGemmBN)));
+    ptft::lora_up_add_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(
+        ptft::dense<T>(u, m, r), ptft::dense<T>(lora_b, out, r), static_cast<const T*>(base),
+        static_cast<const T*>(bias), scaling, static_cast<T*>(y));
+  })
+  return cudaGetLastError();
+}
+
+cudaError_t ptft_dropout_apply(PtftDtype dtype, const void* x, void* y, int64_t n, PtftDropout drop,
+                               cudaStream_t stream) {
+  if (n < 1) return cudaErrorInvalidValue;
+  PTFT_DISPATCH_HALF(dtype, {
+    ptft::dropout_apply_cuda<T><<<ptft::elementwise_grid(n), 256, 0, stream>>>(static_cast<const T*>(x),
+                                                                               static_cast<T*>(y), n, drop);
+  })
+  return cudaGetLastError();
+}
+
+cudaError_t ptft_lora_dx_combine(PtftDtype dtype, const void* dx_base, const void* t, void* dx, int64_t n,
+                                 PtftDropout drop, cudaStream_t stream) {
+  if (n < 1) return cudaErrorInvalidValue;
+  PTFT_DISPATCH_HALF(dtype, {
+    ptft::lora_dx_combine_cuda<T><<<ptft::elementwise_grid(n), 256, 0, stream>>>(
+        static_cast<const T*>(dx_base), static_cast<const T*>(t), static_cast<T*>(dx), n, drop);
+  })
+  return cudaGetLastError();
+}
