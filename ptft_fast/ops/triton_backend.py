@@ -17,6 +17,11 @@ import torch
 from ptft_fast.kernels._common import draw_seed
 from ptft_fast.kernels.attention import attention_fwd
 from ptft_fast.kernels.attention_bwd import attention_bwd
+from ptft_fast.kernels.cross_entropy import (
+    linear_cross_entropy_bwd,
+    linear_cross_entropy_fwd,
+    pack_labeled_rows,
+)
 from ptft_fast.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 from ptft_fast.ops.dispatch import register
 from ptft_fast.ops.relative_bias import RelativePositionBias
@@ -178,3 +183,55 @@ def attention_triton(
     )
     dense = None if rel is not None else attn_bias
     return _AttentionFn.apply(q, k, v, dense, None if rel is None else rel.table, meta)
+
+
+# ------------------------------------------------------------------------- linear cross-entropy
+
+
+class _LinearCrossEntropyFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, smoothing, z_loss, reduction):
+        h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+        y = labels.reshape(-1).contiguous()
+        w = weight.contiguous()
+        rows, count = pack_labeled_rows(y, ignore_index)  # on the device: no host sync
+        loss, lse = linear_cross_entropy_fwd(h2, w, bias, y, rows, count, smoothing, z_loss)
+        ctx.save_for_backward(h2, w, bias, y, rows, count, lse)
+        ctx.meta = (smoothing, z_loss, reduction, hidden.shape)
+        if reduction == "none":
+            return loss.view(labels.shape).to(hidden.dtype)
+        total = loss.sum()
+        return (total / count[0] if reduction == "mean" else total).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h2, w, bias, y, rows, count, lse = ctx.saved_tensors
+        smoothing, z_loss, reduction, h_shape = ctx.meta
+        g = grad_out.float()
+        if reduction == "none":
+            grad_rows = g.reshape(-1).contiguous()
+        else:
+            if reduction == "mean":
+                g = g / count[0].clamp(min=1)
+            grad_rows = g.expand(y.shape).contiguous()
+        dh, dw, db = linear_cross_entropy_bwd(h2, w, bias, y, rows, count, lse, grad_rows, smoothing, z_loss)
+        return (
+            dh.to(h2.dtype).view(h_shape),
+            dw.to(w.dtype),
+            None if db is None else db.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+@register("linear_cross_entropy", "triton")
+def linear_cross_entropy_triton(
+    hidden, weight, labels, bias=None, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, reduction="mean"
+):
+    """See :func:`ptft_fast.ops.linear_cross_entropy`."""
+    return _LinearCrossEntropyFn.apply(
+        hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, reduction
+    )
