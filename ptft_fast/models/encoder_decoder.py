@@ -157,6 +157,31 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
         if config.arch == "bart":
             self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
         init_weights(self, config.initializer_range)
+        if config.arch == "t5":
+            self._t5_init()
+
+    @torch.no_grad()
+    def _t5_init(self) -> None:
+        """T5's fan-in init: no softmax scale and an output scaled by d_model**-0.5 assume it."""
+        cfg = self.config
+        d, inner = cfg.hidden_size, cfg.attn_dim
+        nn.init.normal_(self.shared.weight, 0.0, 1.0)
+        if self.lm_head.weight is not None:
+            nn.init.normal_(self.lm_head.weight, 0.0, 1.0)
+        for stack in (self.encoder, self.decoder):
+            nn.init.normal_(stack.rel_bias.embed.weight, 0.0, d**-0.5)
+            for layer in stack.layers:
+                for attn in (layer.attn, layer.cross):
+                    if attn is None:
+                        continue
+                    proj = attn.q.weight if attn.cross else attn.qkv.weight
+                    nn.init.normal_(proj, 0.0, d**-0.5)  # keys and values
+                    nn.init.normal_(proj[:inner], 0.0, (d * cfg.resolved_head_dim) ** -0.5)  # queries
+                    if attn.cross:
+                        nn.init.normal_(attn.kv.weight, 0.0, d**-0.5)
+                    nn.init.normal_(attn.out.weight, 0.0, inner**-0.5)
+                nn.init.normal_(layer.mlp.fc_in.weight, 0.0, d**-0.5)
+                nn.init.normal_(layer.mlp.fc_out.weight, 0.0, cfg.ffn_size**-0.5)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) → encoder memory (B, S, C)."""
