@@ -23,6 +23,7 @@ from ptft_fast.kernels.cross_entropy import (
     pack_labeled_rows,
 )
 from ptft_fast.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
+from ptft_fast.kernels.lora import lora_bwd, lora_fwd
 from ptft_fast.ops.dispatch import register
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
@@ -235,3 +236,35 @@ def linear_cross_entropy_triton(
     return _LinearCrossEntropyFn.apply(
         hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, reduction
     )
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+
+
+class _LoraLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        seed = draw_seed() if dropout_p > 0.0 else 0
+        y, t = lora_fwd(x2, weight, bias, lora_a, lora_b, scaling, dropout_p, seed)
+        ctx.save_for_backward(x2, t, weight, lora_a, lora_b)
+        ctx.meta = (shape, scaling, dropout_p, seed)
+        return y.view(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, t, weight, lora_a, lora_b = ctx.saved_tensors
+        shape, scaling, dropout_p, seed = ctx.meta
+        dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
+        dx, dla, dlb = lora_bwd(dy2, x2, t, weight, lora_a, lora_b, scaling, dropout_p, seed)
+        # the base weight is normally frozen; its grads only when asked for
+        dw = (dy2.t() @ x2).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        db = dy2.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        return dx.view(shape), dw, db, dla, dlb, None, None
+
+
+@register("lora_linear", "triton")
+def lora_linear_triton(x, weight, bias, lora_a, lora_b, scaling, *, dropout_p=0.0):
+    """See :func:`ptft_fast.ops.lora_linear`."""
+    return _LoraLinearFn.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p)
