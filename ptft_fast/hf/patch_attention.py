@@ -4,8 +4,10 @@ transformers models look their attention function up by ``config._attn_implement
 call it as ``fn(module, query, key, value, attention_mask, scaling=..., dropout=...,
 **kwargs)`` with q/k/v in (B, H, T, D). We register one function per backend choice under its
 own name (so the choice survives gradient-checkpoint recomputation, unlike a context manager),
-together with transformers' SDPA-style mask builder for the same name: boolean masks, True =
-attend, or None when a plain causal/bidirectional pattern suffices.
+together with a mask builder for the same name: transformers' SDPA-style boolean masks (True =
+attend, or None when a plain causal/bidirectional pattern suffices), except that a padding-only
+bidirectional mask stays compact, (B, 1, 1, Tk), and reaches ``ops.attention`` as its
+``key_padding_mask`` instead of a dense (B, 1, Tq, Tk) bias.
 """
 
 from __future__ import annotations
@@ -22,13 +24,33 @@ def implementation_name(backend: str | None) -> str:
     return "ptft_fast" if backend is None else f"ptft_fast_{backend}"
 
 
+def build_mask(**kwargs) -> torch.Tensor | None:
+    """transformers' mask-interface entry: ``sdpa_mask``, but padding-only bidirectional masks
+    (encoders, cross-attention) as (B, 1, 1, Tk) bool instead of expanded to (B, 1, Tq, Tk)."""
+    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
+
+    padding = kwargs.get("attention_mask")
+    if (
+        kwargs.get("mask_function") is bidirectional_mask_function
+        and padding is not None
+        and padding.dim() == 2
+        and padding.shape[-1] == kwargs.get("kv_length")
+        and not kwargs.get("kv_offset")
+        and kwargs.get("local_size") is None
+    ):
+        if kwargs.get("allow_is_bidirectional_skip") and bool(padding.all()):
+            return None  # nothing masked, as sdpa_mask decides (the same host read)
+        return padding.to(torch.bool)[:, None, None, :]
+    return sdpa_mask(**kwargs)
+
+
 def _mask_to_ops(mask: torch.Tensor, bias: torch.Tensor | None, query: torch.Tensor):
     """A transformers 4-D mask → (key_padding_mask, attn_bias) for ``ops.attention``.
 
     mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk). A bool mask that
-    only depends on (batch, key) — the padding mask of an encoder, stored expanded with stride 0
-    over Tq — becomes a (B, Tk) key_padding_mask; any other bool mask is folded into the bias like
-    transformers' SDPA path does (masked scores set to the dtype's minimum).
+    only depends on (batch, key) — (B, 1, 1, Tk) from ``build_mask``, or stored expanded with
+    stride 0 over Tq — becomes a (B, Tk) key_padding_mask; any other bool mask is folded into the
+    bias like transformers' SDPA path does (masked scores set to the dtype's minimum).
     """
     if mask.dim() != 4:
         raise ValueError(f"ptft_fast attention: expected a 4-D attention mask, got shape {tuple(mask.shape)}")
@@ -94,9 +116,9 @@ def make_attention_function(backend: str | None):
 def register(backend: str | None) -> str:
     """Register the attention and mask functions for ``backend`` (re-registering replaces); returns the name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     name = implementation_name(backend)
     AttentionInterface.register(name, make_attention_function(backend))
-    AttentionMaskInterface.register(name, sdpa_mask)
+    AttentionMaskInterface.register(name, build_mask)
     return name

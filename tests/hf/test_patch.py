@@ -125,6 +125,28 @@ def test_patched_model_matches_original(family, op_calls):
         torch.testing.assert_close(grads[name].grad, p.grad, **TOL, msg=name)
 
 
+def test_padding_masks_reach_ops_attention_compactly(monkeypatch):
+    """Encoder and cross-attention padding arrive as a (B, Tk) key_padding_mask, not a dense bias;
+    causal layers without padding get causal=True and no mask."""
+    seen = []
+    real = ops.attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((kwargs["key_padding_mask"], kwargs["attn_bias"], kwargs["causal"]))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(ops, "attention", spy)
+    model, batch = t5()
+    ptft_fast.patch(model)
+    model(**batch)
+    mask = batch["attention_mask"].bool()
+    encoder, decoder_self, decoder_cross = seen[:2], seen[2::2], seen[3::2]
+    for kpm, bias, causal in encoder + decoder_cross:
+        assert torch.equal(kpm, mask) and bias.shape[:2] == (1, 4) and not causal
+    for kpm, _, causal in decoder_self:
+        assert kpm is None and causal
+
+
 def test_tuple_output_and_eval_with_labels_keeps_logits():
     model, batch = gpt2()
     ref = copy.deepcopy(model)

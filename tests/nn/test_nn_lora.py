@@ -87,3 +87,34 @@ def test_bad_arguments():
         LoRALinear(4, 4, r=0)
     with pytest.raises(TypeError, match=r"nn\.Linear"):
         LoRALinear.from_linear(nn.Conv1d(2, 2, 1))
+
+
+def test_matches_peft_lora_layer():
+    peft = pytest.importorskip("peft")
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(12, 20)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    peft_model = peft.get_peft_model(Tiny(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["proj"]))
+    theirs = peft_model.base_model.model.proj
+    with torch.no_grad():
+        theirs.lora_B["default"].weight.normal_()
+    ours = LoRALinear.from_linear(nn.Linear(12, 20), r=4, alpha=8)
+    ours.load_state_dict(
+        {
+            "weight": theirs.base_layer.weight,
+            "bias": theirs.base_layer.bias,
+            "lora_A": theirs.lora_A["default"].weight,
+            "lora_B": theirs.lora_B["default"].weight,
+        }
+    )
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(ours(x), theirs(x))
+    ours.merge()
+    theirs.merge()
+    torch.testing.assert_close(ours.weight, theirs.base_layer.weight)
