@@ -45,23 +45,26 @@ def build_mask(**kwargs) -> torch.Tensor | None:
 
 
 def _mask_to_ops(mask: torch.Tensor, bias: torch.Tensor | None, query: torch.Tensor):
-    """A transformers 4-D mask → (key_padding_mask, attn_bias) for ``ops.attention``.
+    """A transformers 4-D mask → (key_padding_mask, attn_bias, no_key) for ``ops.attention``.
 
     mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk). A bool mask that
     only depends on (batch, key) — (B, 1, 1, Tk) from ``build_mask``, or stored expanded with
-    stride 0 over Tq — becomes a (B, Tk) key_padding_mask; any other bool mask is folded into the
-    bias like transformers' SDPA path does (masked scores set to the dtype's minimum).
+    stride 0 over Tq — becomes a (B, Tk) key_padding_mask. Any other bool mask is folded into the
+    bias as transformers' SDPA path does, masked scores at the dtype's (finite) minimum; ``no_key``
+    (B, Tq, H or 1, 1) then marks the queries that see no key (left padding), whose output is
+    zeroed afterwards as SDPA and the ops contract do.
     """
     if mask.dim() != 4:
         raise ValueError(f"ptft_fast attention: expected a 4-D attention mask, got shape {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         mask = mask.to(query.dtype)
-        return None, mask if bias is None else bias + mask
+        return None, (mask if bias is None else bias + mask), None
     batch, keys = query.shape[0], mask.shape[-1]
     if mask.shape[1] == 1 and (mask.shape[2] == 1 or mask.stride(2) == 0):
-        return mask[:, 0, 0, :].expand(batch, keys), bias
+        return mask[:, 0, 0, :].expand(batch, keys), bias, None
     kept = bias if bias is not None else torch.zeros((), dtype=query.dtype, device=query.device)
-    return None, torch.where(mask, kept, torch.finfo(query.dtype).min)
+    no_key = ~mask.any(dim=-1, keepdim=True).transpose(1, 2)  # (B, Tq, H or 1, 1)
+    return None, torch.where(mask, kept, torch.finfo(query.dtype).min), no_key
 
 
 def make_attention_function(backend: str | None):
@@ -89,9 +92,9 @@ def make_attention_function(backend: str | None):
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         # As in transformers' SDPA path: a causal layer gets no mask when the pattern is plain causal.
         causal = bool(causal) and tq > 1 and attention_mask is None
-        key_padding_mask, bias = None, position_bias
+        key_padding_mask, bias, no_key = None, position_bias, None
         if attention_mask is not None:
-            key_padding_mask, bias = _mask_to_ops(attention_mask, bias, query)
+            key_padding_mask, bias, no_key = _mask_to_ops(attention_mask, bias, query)
         elif causal and key.shape[2] > tq:
             # Prefill into an empty static cache: transformers aligns causal top-left and the keys
             # past Tq are unused slots; drop them (ops.attention aligns bottom-right).
@@ -108,6 +111,8 @@ def make_attention_function(backend: str | None):
             softmax_scale=scaling,
             backend=backend,
         )
+        if no_key is not None:
+            out = out.masked_fill(no_key, 0.0)
         return out, None
 
     return ptft_fast_attention

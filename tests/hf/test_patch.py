@@ -125,6 +125,22 @@ def test_patched_model_matches_original(family, op_calls):
         torch.testing.assert_close(grads[name].grad, p.grad, **TOL, msg=name)
 
 
+def test_left_padding_matches_everywhere():
+    """Left padding: the pad queries of a causal model see no key; they give zeros like SDPA."""
+    model, batch = gpt2()
+    ref = copy.deepcopy(model)
+    ptft_fast.patch(model)
+    batch["attention_mask"] = batch["attention_mask"].flip(1)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**inputs).logits, ref.eval()(**inputs).logits, **TOL)
+    model.train()(**batch).loss.backward()
+    ref.train()(**batch).loss.backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
+
+
 def test_padding_masks_reach_ops_attention_compactly(monkeypatch):
     """Encoder and cross-attention padding arrive as a (B, Tk) key_padding_mask, not a dense bias;
     causal layers without padding get causal=True and no mask."""
@@ -219,8 +235,8 @@ def test_attention_function_matches_transformers_sdpa(case):
     mask, bias, causal = None, None, case in ("causal", "causal_padding", "gqa")
     if case == "padding":
         mask = keep[:, None, None, :].expand(b, 1, t, t)  # as transformers builds it: stride 0 over Tq
-    elif case == "causal_padding":
-        mask = keep[:, None, None, :] & tri
+    elif case == "causal_padding":  # left padding: the first queries of row 1 see no key
+        mask = keep.flip(1)[:, None, None, :] & tri
     elif case == "float_mask":
         mask = torch.randn(b, 1, t, t)
     elif case == "position_bias":
