@@ -24,3 +24,19 @@ def bpe(corpus):
 @pytest.fixture(scope="session")
 def unigram(corpus):
     return train_tokenizer(corpus[:30], TokenizerConfig(kind="unigram", vocab_size=1000, num_sentinels=20))
+
+
+@pytest.fixture(scope="session")
+def wp_docs(corpus, wordpiece) -> list[list[int]]:
+    """The embedded corpus as WordPiece ids, one list per document (~125k tokens)."""
+    return wordpiece.encode_batch(corpus)
+
+
+def _chunks(docs: list[list[int]], length: int) -> list[list[int]]:
+    """Consecutive ``length``-token pieces of every document (the remainder of each is dropped)."""
+    return [d[i : i + length] for d in docs for i in range(0, len(d) - length + 1, length)]
+
+
+@pytest.fixture(scope="session")
+def chunks():
+    return _chunks

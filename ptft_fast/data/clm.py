@@ -1,0 +1,119 @@
+"""Causal LM and prefix LM collators.
+
+Labels follow the Hugging Face convention: ``labels`` is aligned with ``input_ids`` and the model
+shifts (logits at t predict labels at t + 1); -100 is ignored.
+
+- :class:`CLMCollator`: padded batches of separate sequences.
+- :class:`PackedCLMCollator`: rows from :class:`~ptft_fast.data.packing.PackedStream`; adds
+  ``doc_ids``, ``position_ids`` (restart per document), ``cu_seqlens`` / ``max_seqlen`` for varlen
+  attention, and sets the label of every document's first token to -100 so no token is ever
+  predicted from another document.
+- :class:`PrefixLMCollator`: bidirectional attention over a prefix, causal after it; the loss
+  covers only the positions after the prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ptft_fast.data.collate import IGNORE_INDEX, as_id_list, attention_mask_from_lengths, pad_sequences
+from ptft_fast.data.packing import PackedSequence, cu_seqlens_from_doc_ids, position_ids_from_doc_ids
+
+
+@dataclass
+class CLMCollator:
+    """Sequences of ids → input_ids (B, T), attention_mask (B, T), labels (B, T) (-100 on pad)."""
+
+    pad_id: int
+    max_length: int | None = None  # pad to exactly this; default the longest
+
+    def __call__(self, examples: Sequence) -> dict[str, torch.Tensor]:
+        ids = [as_id_list(e) for e in examples]
+        input_ids = pad_sequences(ids, self.pad_id, self.max_length)
+        attention_mask = attention_mask_from_lengths([len(r) for r in ids], input_ids.shape[1])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX),
+        }
+
+
+@dataclass
+class PackedCLMCollator:
+    """Packed rows → input_ids, labels, attention_mask, doc_ids, position_ids (all (B, T)),
+    cu_seqlens (S + 1,) int32 over the flattened B·T tokens, max_seqlen (0-dim int64)."""
+
+    def __call__(self, rows: Sequence[PackedSequence]) -> dict[str, torch.Tensor]:
+        input_ids = torch.from_numpy(np.stack([r.input_ids for r in rows])).long()
+        doc_ids = torch.from_numpy(np.stack([r.doc_ids for r in rows])).long()
+        attention_mask = (doc_ids >= 0).long()
+        position_ids = position_ids_from_doc_ids(doc_ids)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        labels = labels.masked_fill(position_ids == 0, IGNORE_INDEX)  # never predicted across documents
+        cu_seqlens, max_seqlen = cu_seqlens_from_doc_ids(doc_ids)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "doc_ids": doc_ids,
+            "position_ids": position_ids,
+            "cu_seqlens": cu_seqlens,
+            "max_seqlen": torch.tensor(max_seqlen),
+        }
+
+
+@dataclass
+class PrefixLMCollator:
+    """Sequences → a prefix-LM batch.
+
+    prefix_length: fixed prefix length (clipped to len - 1), or None for uniform in [1, len - 1]
+    per example. Output: input_ids, attention_mask, labels (-100 on the prefix and padding),
+    prefix_lengths (B,), prefix_mask (B, T) bool — True where attention is bidirectional (the
+    prefix); use :func:`prefix_lm_attention_mask` for the dense (B, T, T) form.
+    """
+
+    pad_id: int
+    prefix_length: int | None = None
+    max_length: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, examples: Sequence) -> dict[str, torch.Tensor]:
+        ids = [as_id_list(e) for e in examples]
+        if any(len(r) < 2 for r in ids):
+            raise ValueError("prefix LM needs sequences of at least 2 tokens")
+        lengths = torch.tensor([len(r) for r in ids])
+        if self.prefix_length is None:
+            u = torch.rand(len(ids), generator=self._gen)
+            prefix = 1 + (u * (lengths - 1).double()).long()  # uniform in [1, len - 1]
+        else:
+            prefix = torch.clamp(torch.full_like(lengths, self.prefix_length), max=lengths - 1)
+        input_ids = pad_sequences(ids, self.pad_id, self.max_length)
+        t = input_ids.shape[1]
+        attention_mask = attention_mask_from_lengths(lengths.tolist(), t)
+        prefix_mask = torch.arange(t)[None, :] < prefix[:, None]
+        labels = input_ids.masked_fill((attention_mask == 0) | prefix_mask, IGNORE_INDEX)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "prefix_lengths": prefix,
+            "prefix_mask": prefix_mask,
+        }
+
+
+def prefix_lm_attention_mask(prefix_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool, True = query i may attend key j: j ≤ i, or j inside the prefix; never padding.
+
+    prefix_mask: (B, T) bool; attention_mask: (B, T) 0/1.
+    """
+    t = prefix_mask.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()[None]
+    allowed = causal | prefix_mask[:, None, :]
+    return allowed & attention_mask.bool()[:, None, :]

@@ -1,0 +1,75 @@
+"""CLM (padded and packed) and prefix LM collators."""
+
+import numpy as np
+import torch
+
+from ptft_fast.data.clm import CLMCollator, PackedCLMCollator, PrefixLMCollator, prefix_lm_attention_mask
+from ptft_fast.data.packing import PackedSequence, block_causal_mask
+
+
+def test_clm_padding_and_labels():
+    b = CLMCollator(pad_id=0)([[5, 6, 7], [8, 9]])
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert b["labels"].tolist() == [[5, 6, 7], [8, 9, -100]]
+
+
+def _packed_rows(wp_docs, seq_len=64, eos=3):
+    """Pack the embedded documents (+eos) greedily, splitting at row ends."""
+    rows, ids, docs = [], [], []
+    for d, toks in enumerate(wp_docs):
+        for t in [*toks, eos]:
+            ids.append(t)
+            docs.append(d)
+            if len(ids) == seq_len:
+                rows.append(PackedSequence(np.array(ids), np.array(docs)))
+                ids, docs = [], []
+    pad = seq_len - len(ids)
+    rows.append(PackedSequence(np.array(ids + [0] * pad), np.array(docs + [-1] * pad)))
+    return rows
+
+
+def test_packed_clm_never_crosses_documents(wp_docs):
+    rows = _packed_rows(wp_docs[:20])
+    b = PackedCLMCollator()(rows[-32:])
+    ids, labels, doc_ids, pos = b["input_ids"], b["labels"], b["doc_ids"], b["position_ids"]
+    bsz, t = ids.shape
+    cu = b["cu_seqlens"]
+    assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == bsz * t
+    assert int(b["max_seqlen"]) == int((cu[1:] - cu[:-1]).max())
+    flat_docs = doc_ids.reshape(-1)
+    for a, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        assert (flat_docs[a:e] == flat_docs[a]).all(), "a segment mixes documents"
+        assert a // t == (e - 1) // t, "a segment crosses a row"
+        assert pos.reshape(-1)[a:e].tolist() == list(range(e - a))
+    mask = block_causal_mask(cu, bsz * t)
+    q, k = torch.nonzero(mask, as_tuple=True)
+    assert (flat_docs[q] == flat_docs[k]).all() and (k <= q).all()
+    # a token is only ever a target of the previous token of the same document
+    for r in range(bsz):
+        for j in range(1, t):
+            if labels[r, j] != -100:
+                assert doc_ids[r, j] == doc_ids[r, j - 1] >= 0
+                assert labels[r, j] == ids[r, j]
+    starts = (pos == 0) & (doc_ids >= 0)
+    assert (labels[starts] == -100).all() and (labels[doc_ids < 0] == -100).all()
+    assert (b["attention_mask"] == (doc_ids >= 0).long()).all()
+
+
+def test_prefix_lm_masks_and_labels():
+    coll = PrefixLMCollator(pad_id=0, prefix_length=2)
+    b = coll([[5, 6, 7, 8], [9, 10, 11]])
+    assert b["prefix_lengths"].tolist() == [2, 2]
+    assert b["labels"].tolist() == [[-100, -100, 7, 8], [-100, -100, 11, -100]]
+    m = prefix_lm_attention_mask(b["prefix_mask"], b["attention_mask"])
+    expect0 = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(m[0], expect0)
+    assert not m[1, :, 3].any()  # padding is never attended
+
+
+def test_prefix_lm_random_prefix_is_uniform(wp_docs):
+    coll = PrefixLMCollator(pad_id=0, seed=1)
+    seqs = [list(range(1, 11))] * 20_000
+    p = coll(seqs)["prefix_lengths"].numpy()
+    assert p.min() == 1 and p.max() == 9
+    assert np.allclose(np.bincount(p, minlength=10)[1:] / len(p), 1 / 9, atol=0.01)
