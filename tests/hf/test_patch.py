@@ -141,6 +141,17 @@ def test_left_padding_matches_everywhere():
         torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
 
 
+@pytest.mark.parametrize("build", [gpt2, t5])
+def test_greedy_generation_with_kv_cache_matches(build):
+    model, batch = build()
+    ref = copy.deepcopy(model)
+    ptft_fast.patch(model)
+    mask = batch["attention_mask"].flip(1) if build is gpt2 else batch["attention_mask"]
+    kwargs = {"attention_mask": mask, "max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    expected = ref.eval().generate(batch["input_ids"], **kwargs)
+    assert torch.equal(model.eval().generate(batch["input_ids"], **kwargs), expected)
+
+
 def test_padding_masks_reach_ops_attention_compactly(monkeypatch):
     """Encoder and cross-attention padding arrive as a (B, Tk) key_padding_mask, not a dense bias;
     causal layers without padding get causal=True and no mask."""
