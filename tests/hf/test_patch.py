@@ -45,15 +45,40 @@ def _batch(b=3, t=11):
     return ids, mask
 
 
+def _mlm_batch():
+    ids, mask = _batch()
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]  # masked-LM targets on a third of the positions
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _clm_batch():
+    ids, mask = _batch()
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
 def bert():
     cfg = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )  # fmt: skip
-    ids, mask = _batch()
-    labels = torch.full_like(ids, -100)
-    labels[:, ::3] = ids[:, ::3]  # masked-LM targets on a third of the positions
-    return transformers.BertForMaskedLM(cfg), {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return transformers.BertForMaskedLM(cfg), _mlm_batch()
+
+
+def roberta():
+    cfg = transformers.RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=40, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return transformers.RobertaForMaskedLM(cfg), _mlm_batch()
+
+
+def bert_causal():
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, is_decoder=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return transformers.BertLMHeadModel(cfg), _clm_batch()
 
 
 def gpt2():
@@ -61,12 +86,7 @@ def gpt2():
         vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )  # fmt: skip
-    ids, mask = _batch()
-    return transformers.GPT2LMHeadModel(cfg), {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": ids.masked_fill(mask == 0, -100),
-    }
+    return transformers.GPT2LMHeadModel(cfg), _clm_batch()
 
 
 def t5():
@@ -84,7 +104,14 @@ def t5():
     }
 
 
-FAMILIES = {"bert": (bert, 6, 2), "gpt2": (gpt2, 5, 2), "t5": (t5, 12, 6)}  # builder, norms, attention layers
+# family → builder, norms, attention layers
+FAMILIES = {
+    "bert": (bert, 6, 2),
+    "gpt2": (gpt2, 5, 2),
+    "t5": (t5, 12, 6),
+    "roberta": (roberta, 4, 1),
+    "bert-causal": (bert_causal, 4, 1),
+}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -95,7 +122,7 @@ def test_patched_model_matches_original(family, op_calls):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     report = ptft_fast.patch(model)
 
-    assert report.family == family and report.model == type(model).__name__
+    assert report.family == family.split("-")[0] and report.model == type(model).__name__
     assert len(report.norms) == n_norms and report.attention == "ptft_fast"
     assert report.attention_modules == n_attention and report.loss is not None and not report.not_patched
     after = model.state_dict()
