@@ -213,6 +213,16 @@ def test_tuple_output_and_eval_with_labels_keeps_logits():
     torch.testing.assert_close(out.loss, out_ref.loss, **TOL)
 
 
+def test_labels_passed_by_position():
+    model, batch = bert()
+    ref = copy.deepcopy(model)
+    ptft_fast.patch(model)
+    args = (batch["input_ids"], batch["attention_mask"], None, None, None, None, None, batch["labels"])
+    out = model.train()(*args)
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, ref.train()(*args).loss, **TOL)
+
+
 def test_causal_lm_honours_num_items_in_batch():
     model, batch = gpt2()
     ref = copy.deepcopy(model)
