@@ -44,6 +44,10 @@ class MaskingConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.strategy == "span" and self.fixed_count:
+            raise ValueError(
+                "fixed_count applies to 'token' and 'whole_word'; span masking completes its last span"
+            )
         if self.mask_replace_prob + self.random_replace_prob > 1.0:
             raise ValueError("mask_replace_prob + random_replace_prob must be <= 1")
 

@@ -138,17 +138,29 @@ class PtftTokenizer:
     ``<extra_id_k>``; ``special_ids`` are all special/added token ids.
     """
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, special_tokens: dict[str, str] | None = None) -> None:
+        """special_tokens: role ("pad", "unk", "cls", "sep", "mask", "bos", "eos") → token text,
+        overriding the names each family uses (e.g. from an HF tokenizer folder's config)."""
         self.backend = tokenizer
         vocab = tokenizer.get_vocab(with_added_tokens=True)
+        special_tokens = special_tokens or {}
+        for role, token in special_tokens.items():
+            if role not in _ROLE_NAMES:
+                raise ValueError(f"special_tokens role must be one of {tuple(_ROLE_NAMES)}, got {role!r}")
+            if token not in vocab:
+                raise ValueError(f"special_tokens[{role!r}] = {token!r} is not in the vocabulary")
         for role, names in _ROLE_NAMES.items():
-            setattr(self, f"{role}_id", next((vocab[n] for n in names if n in vocab), None))
+            if role in special_tokens:
+                setattr(self, f"{role}_id", vocab[special_tokens[role]])
+            else:
+                setattr(self, f"{role}_id", next((vocab[n] for n in names if n in vocab), None))
         sentinels = []
         while f"<extra_id_{len(sentinels)}>" in vocab:
             sentinels.append(vocab[f"<extra_id_{len(sentinels)}>"])
         self.sentinel_ids: list[int] = sentinels
         specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
         specials |= {n for names in _ROLE_NAMES.values() for n in names if n in vocab}
+        specials |= set(special_tokens.values())
         self.special_ids: list[int] = sorted(vocab[s] for s in specials)
 
     # ---------------------------------------------------------------- vocab facts
@@ -285,7 +297,11 @@ class PtftTokenizer:
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no {TOKENIZER_FILE} at {str(path)!r}")
-        return cls(Tokenizer.from_file(str(file)))
+        backend = Tokenizer.from_file(str(file))
+        vocab = backend.get_vocab(with_added_tokens=True)
+        # roles an HF config names but the vocabulary lacks fall back to the family defaults
+        roles = {r: t for r, t in _hf_special_tokens(file.parent).items() if t in vocab}
+        return cls(backend, roles)
 
     @classmethod
     def from_str(cls, text: str) -> PtftTokenizer:
@@ -293,3 +309,21 @@ class PtftTokenizer:
 
     def to_str(self) -> str:
         return self.backend.to_str()
+
+
+def _hf_special_tokens(folder: Path) -> dict[str, str]:
+    """Roles named in an HF folder's ``tokenizer_config.json`` / ``special_tokens_map.json``
+    (entries are strings or ``{"content": ...}`` dicts; the map wins); empty without them."""
+    out = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        entries = json.loads(file.read_text(encoding="utf-8"))
+        for role in _ROLE_NAMES:
+            value = entries.get(f"{role}_token")
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                out[role] = value
+    return out

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from ptft_fast.data.tokenizer import PtftTokenizer
 
@@ -84,6 +85,21 @@ def test_loads_hf_tokenizer_directory_and_matches_transformers(wordpiece, tmp_pa
     )
     for key in ("input_ids", "token_type_ids", "attention_mask"):
         np.testing.assert_array_equal(mine[key], ref[key])
+
+
+def test_hf_special_tokens_map_names_the_roles(bpe, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    backend = Tokenizer.from_str(bpe.backend.to_str())
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, mask_token="<blank>", pad_token="<pad>"
+    )
+    hf.save_pretrained(tmp_path)
+    ours = PtftTokenizer.from_file(tmp_path)
+    blank = ours.backend.token_to_id("<blank>")
+    assert blank is not None and ours.mask_id == blank != bpe.mask_id
+    assert blank in ours.special_ids and ours.pad_id == bpe.pad_id
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        PtftTokenizer(backend, {"mask": "<nope>"})
 
 
 def test_padding_truncation_options(wordpiece):
