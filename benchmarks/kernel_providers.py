@@ -1,0 +1,75 @@
+"""Provider factories shared by the per-op kernel benchmarks (bench_attention, bench_layer_norm,
+bench_cross_entropy, bench_lora): every ptft backend, torch.compile of a composition, and
+optional peers (flash-attn, Liger-Kernel) that raise ``Unavailable`` when not importable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+
+from ptft_fast.benchmarks.harness import Unavailable
+from ptft_fast.ops.dispatch import BACKENDS, backend_available
+
+
+def fwd_bwd(fn: Callable[[], object], inputs) -> Callable[[], object]:
+    """A callable running fn() and the gradients of its (first) output's sum w.r.t. inputs."""
+
+    def step():
+        out = fn()
+        out = out[0] if isinstance(out, tuple) else out
+        return torch.autograd.grad(out.float().sum(), inputs)
+
+    return step
+
+
+def ptft(call: Callable[[str], Callable[[], object]]) -> dict:
+    """One provider per ptft backend; ``call(backend)`` returns the callable to time."""
+
+    def factory(name):
+        def make():
+            ok, why = backend_available(name)
+            if not ok:
+                raise Unavailable(why)
+            return call(name)
+
+        return make
+
+    return {f"ptft-{name}": factory(name) for name in BACKENDS}
+
+
+def compiled(fn: Callable, device: torch.device) -> Callable:
+    """torch.compile(fn); only benchmarked on CUDA (on CPU compile time dwarfs the op)."""
+    if device.type != "cuda":
+        raise Unavailable("torch.compile is only benchmarked on CUDA")
+    return torch.compile(fn, dynamic=False)
+
+
+def optional(module: str, what: str):
+    """Import ``module`` or raise Unavailable naming the pip package ``what``."""
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # peers fail to import in many ways (missing CUDA, ABI)
+        raise Unavailable(f"{what} is not importable here ({type(exc).__name__}: {exc})") from None
+
+
+def require_cuda(device: torch.device, what: str) -> None:
+    if device.type != "cuda":
+        raise Unavailable(f"{what} needs a CUDA device")
+
+
+def checked(make: Callable[[], Callable[[], object]]) -> Callable[[], Callable[[], object]]:
+    """Factory wrapper: run the provider once up front; a RuntimeError or TypeError (no kernel for this
+    device/dtype/shape, e.g. SDPA's cuDNN backend on CPU) becomes an Unavailable row."""
+
+    def factory():
+        fn = make()
+        try:
+            fn()
+        except (RuntimeError, TypeError) as exc:
+            raise Unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+        return fn
+
+    return factory
