@@ -13,6 +13,7 @@ atomically and ``index.json`` last, so a folder with an index is complete.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -66,6 +67,18 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+def _windowed_imap(pool, batches: Iterator[list[str]], window: int) -> Iterator[list[list[int]]]:
+    """``pool.imap`` over at most ``window`` batches at a time, in order.
+
+    Pool.imap alone drains its input eagerly; windows keep a streamed corpus streamed.
+    """
+    while True:
+        chunk = list(itertools.islice(batches, window))
+        if not chunk:
+            return
+        yield from pool.imap(_encode_batch, chunk, chunksize=1)
 
 
 class _ShardWriter:
@@ -140,7 +153,7 @@ def write_shards(
                     del os.environ["TOKENIZERS_PARALLELISM"]
                 else:
                     os.environ["TOKENIZERS_PARALLELISM"] = old
-            results = pool.imap(_encode_batch, _batches(texts, cfg.batch_docs), chunksize=1)
+            results = _windowed_imap(pool, _batches(texts, cfg.batch_docs), 4 * workers)
         else:
             results = (tokenizer.encode_batch(b) for b in _batches(texts, cfg.batch_docs))
         for batch in results:

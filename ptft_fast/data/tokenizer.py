@@ -142,6 +142,10 @@ class PtftTokenizer:
         """special_tokens: role ("pad", "unk", "cls", "sep", "mask", "bos", "eos") → token text,
         overriding the names each family uses (e.g. from an HF tokenizer folder's config)."""
         self.backend = tokenizer
+        # padding/truncation saved in a tokenizer.json would silently cut shard documents;
+        # __call__ sets them per call instead
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         special_tokens = special_tokens or {}
         for role, token in special_tokens.items():

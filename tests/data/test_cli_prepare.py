@@ -3,8 +3,7 @@
 import argparse
 import importlib.util
 import json
-
-import pytest
+import sys
 
 from ptft_fast.cli import prepare as prepare_cli
 from ptft_fast.data.shards import TokenShards
@@ -20,7 +19,11 @@ def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ptft")
     prepare_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["prepare", *argv])
-    return args.func(args)
+    try:  # what ptft_fast.cli.main does with bad input
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"ptft prepare: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def test_prepare_embedded_with_tokenizer_and_shards(tmp_path, capsys):
@@ -61,6 +64,8 @@ def test_prepare_folder_of_txt_and_jsonl(tmp_path, capsys, corpus):
     assert TokenShards(out / "shards").num_docs == len(texts) == report["docs_out"]
 
 
-def test_prepare_needs_inputs(tmp_path):
-    with pytest.raises(ValueError, match="INPUT"):
-        _run(["--out", str(tmp_path)])
+def test_prepare_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert _run(["--out", str(tmp_path)]) == 2
+    assert "give INPUT files/folders or --embedded" in capsys.readouterr().err
+    assert _run([str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2
+    assert "missing.txt" in capsys.readouterr().err

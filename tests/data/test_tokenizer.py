@@ -102,6 +102,15 @@ def test_hf_special_tokens_map_names_the_roles(bpe, tmp_path):
         PtftTokenizer(backend, {"mask": "<nope>"})
 
 
+def test_saved_padding_and_truncation_do_not_leak_into_encode(wordpiece):
+    backend = Tokenizer.from_str(wordpiece.backend.to_str())
+    backend.enable_truncation(4)
+    backend.enable_padding(length=64)
+    tok = PtftTokenizer(Tokenizer.from_str(backend.to_str()))
+    assert tok.encode(TEXT) == wordpiece.encode(TEXT)
+    assert len(tok.encode(TEXT)) > 4
+
+
 def test_padding_truncation_options(wordpiece):
     out = wordpiece([TEXT, "hi"], padding="max_length", truncation=True, max_length=8)
     assert out["input_ids"].shape == (2, 8)
