@@ -1,0 +1,458 @@
+"""CUDA C++ kernels (backend="cuda") vs the fp32 references: forward and every gradient, the
+DESIGN.md tolerance rule, shapes with 1, primes and 2^k - 1, dropout through recovered masks,
+torch.library.opcheck on every op, torch.compile tracing, no host sync in the cross-entropy.
+
+GPU only: skipped without CUDA (conftest) or without a built ptft_fast._C.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+from kernel_tolerance import assert_rule
+
+from ptft_fast.ops import attention, layer_norm, linear_cross_entropy, lora_linear
+from ptft_fast.ops.dispatch import backend_available
+from ptft_fast.ops.reference import (
+    attention_ref,
+    layer_norm_ref,
+    linear_cross_entropy_ref,
+    lora_linear_ref,
+)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not backend_available("cuda")[0], reason="cuda backend unavailable (ptft_fast._C not built)"
+    ),
+]
+DEV = "cuda"
+HALF = [torch.bfloat16, torch.float16]
+
+
+def _leaves(tensors, dtype):
+    return [None if t is None else t.detach().to(dtype).requires_grad_() for t in tensors]
+
+
+def _grads(out, leaves, names, seed=1):
+    """Backward of a fixed random projection of ``out``; returns {name: grad}."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    proj = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+    (out * proj).sum().backward()
+    return {n: t.grad for n, t in zip(names, leaves, strict=True) if t is not None and t.grad is not None}
+
+
+def _compare(tag, ours, ref32, low):
+    assert set(ours) == set(ref32), f"{tag}: outputs {sorted(ours)} vs {sorted(ref32)}"
+    for name in ours:
+        lo = None if low is None else low[name].float()
+        assert_rule(f"{tag} {name}", ours[name].float(), ref32[name].float(), lo)
+
+
+# ----------------------------------------------------------------------------------- layer norm
+
+
+def _ln_run(fn, x, w, b, r, dtype, x_scale=None, **kw):
+    lx, lw, lb, lr = _leaves((x, w, b, r), dtype)
+    xin = lx if x_scale is None else lx * x_scale.to(dtype)
+    y, h = fn(xin, lw, lb, residual=lr, return_residual=True, **kw)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    gy, gh = (torch.randn(t.shape, generator=g).to(DEV, t.dtype) for t in (y, h))
+    ((y * gy).sum() + (h * gh).sum()).backward()
+    out = {"y": y.detach(), "h": h.detach()}
+    out.update(
+        {
+            n: t.grad
+            for n, t in zip(("dx", "dw", "db", "dres"), (lx, lw, lb, lr), strict=True)
+            if t is not None
+        }
+    )
+    return out
+
+
+def _ln_check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=True, dropout_p=0.0):
+    hidden = shape[-1]
+    x = torch.randn(shape, device=DEV)
+    w = 1.0 + 0.5 * torch.randn(hidden, device=DEV) if affine else None
+    b = 0.3 * torch.randn(hidden, device=DEV) if with_bias else None
+    r = torch.randn(shape, device=DEV) if with_res else None
+    mask = None
+    if dropout_p > 0.0:  # the kernel's mask for this seed: dropout of ones, read back from h
+        torch.manual_seed(7)
+        _, mask = layer_norm(
+            torch.ones(shape, device=DEV, dtype=dtype),
+            None,
+            return_residual=True,
+            dropout_p=dropout_p,
+            backend="cuda",
+        )
+        mask = mask.float()
+        kept = (mask > 0).float().mean().item()
+        assert abs(kept - (1 - dropout_p)) < 0.1 + 3.0 / mask.numel() ** 0.5
+        torch.manual_seed(7)
+    kw = dict(rms=rms, eps=1e-5)
+    ours = _ln_run(
+        lambda *a, **k: layer_norm(*a, dropout_p=dropout_p, backend="cuda", **k), x, w, b, r, dtype, **kw
+    )
+    ref32 = _ln_run(
+        lambda *a, **k: layer_norm_ref(*a, upcast=True, **k), x, w, b, r, torch.float32, mask, **kw
+    )
+    low = None
+    if dtype != torch.float32:
+        low = _ln_run(lambda *a, **k: layer_norm_ref(*a, upcast=False, **k), x, w, b, r, dtype, mask, **kw)
+    _compare(f"layer_norm {shape} {dtype} rms={rms} p={dropout_p}", ours, ref32, low)
+
+
+LN_SHAPES = [(1, 1), (3, 7), (5, 31), (2, 3, 64), (17, 127), (4, 1000), (2, 4099)]
+
+
+@pytest.mark.parametrize("shape", LN_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("rms", [False, True])
+def test_layer_norm(shape, dtype, rms):
+    _ln_check(shape, dtype, rms=rms)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_layer_norm_options(rms):
+    _ln_check((6, 40), torch.bfloat16, rms=rms, affine=False, with_bias=False, with_res=False)
+    _ln_check((6, 40), torch.float16, rms=rms, with_bias=False)
+    _ln_check((9, 33), torch.float32, rms=rms, dropout_p=0.3)
+    _ln_check((9, 257), torch.bfloat16, rms=rms, dropout_p=0.5, with_res=False)
+
+
+def test_layer_norm_fp32_weight_with_bf16_x():
+    x = torch.randn(5, 96, device=DEV, dtype=torch.bfloat16)
+    w, b = torch.randn(96, device=DEV), torch.randn(96, device=DEV)
+    ours = layer_norm(x, w, b, backend="cuda")
+    ref = layer_norm_ref(x, w, b, upcast=True)
+    low = layer_norm_ref(x, w.bfloat16(), b.bfloat16(), upcast=False)
+    assert_rule("layer_norm fp32 weight", ours.float(), ref.float(), low.float())
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+def _attn_run(fn, q, k, v, bias, dtype, **kw):
+    leaves = _leaves((q, k, v, bias), dtype)
+    out = fn(*leaves[:3], attn_bias=leaves[3], **kw)
+    res = {"out": out.detach()}
+    res.update(_grads(out, leaves, ("dq", "dk", "dv", "dbias")))
+    return res
+
+
+def _attn_check(b, tq, tk, hq, hkv, d, dtype, *, bias_shape=None, padding=False, **kw):
+    q = torch.randn(b, tq, hq, d, device=DEV)
+    k = torch.randn(b, tk, hkv, d, device=DEV)
+    v = torch.randn(b, tk, hkv, d, device=DEV)
+    bias = None if bias_shape is None else torch.randn(bias_shape, device=DEV)
+    if padding:
+        lengths = torch.randint(1, tk + 1, (b,), device=DEV)
+        kw["key_padding_mask"] = torch.arange(tk, device=DEV)[None, :] < lengths[:, None]
+    ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), q, k, v, bias, dtype, **kw)
+    ref32 = _attn_run(
+        lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, **kw
+    )
+    low = _attn_run(lambda *a, **k_: attention_ref(*a, upcast=False, **k_), q, k, v, bias, dtype, **kw)
+    _compare(f"attention {(b, tq, tk, hq, hkv, d)} {dtype} {kw.keys()}", ours, ref32, low)
+
+
+ATTN_SHAPES = [  # (B, Tq, Tk, Hq, Hkv)
+    (1, 1, 1, 1, 1),
+    (2, 7, 7, 2, 2),
+    (1, 31, 63, 4, 2),
+    (3, 64, 64, 2, 1),
+    (1, 127, 97, 3, 3),
+    (2, 257, 129, 4, 4),
+]
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention(shape, d, causal):
+    for dtype in HALF:
+        _attn_check(*shape, d, dtype, causal=causal)
+
+
+@pytest.mark.parametrize("bias_shape", [(2, 4, 33, 47), (4, 33, 47), (1, 1, 33, 47), (47,), (2, 1, 1, 47)])
+def test_attention_bias_grad_and_padding(bias_shape):
+    _attn_check(2, 33, 47, 4, 2, 64, torch.bfloat16, bias_shape=bias_shape, padding=True, causal=True)
+    _attn_check(2, 33, 47, 4, 4, 128, torch.float16, bias_shape=bias_shape, padding=True)
+
+
+def test_attention_softmax_scale():
+    _attn_check(2, 19, 23, 2, 1, 64, torch.bfloat16, softmax_scale=0.3)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d", [64, 128])
+def test_attention_varlen(causal, d):
+    lq, lk = [1, 7, 64, 31], [3, 7, 127, 16]
+    cu_q = torch.tensor([0, *torch.tensor(lq).cumsum(0).tolist()], device=DEV, dtype=torch.int32)
+    cu_k = torch.tensor([0, *torch.tensor(lk).cumsum(0).tolist()], device=DEV, dtype=torch.int32)
+    q = torch.randn(sum(lq), 4, d, device=DEV)
+    k = torch.randn(sum(lk), 2, d, device=DEV)
+    v = torch.randn(sum(lk), 2, d, device=DEV)
+    bias = torch.randn(1, 4, max(lq), max(lk), device=DEV)
+    kw = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(lq), max_seqlen_k=max(lk))
+    for dtype in HALF:
+        ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), q, k, v, bias, dtype, **kw)
+        ref32 = _attn_run(
+            lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, **kw
+        )
+        low = _attn_run(lambda *a, **k_: attention_ref(*a, upcast=False, **k_), q, k, v, bias, dtype, **kw)
+        _compare(f"attention varlen d={d} causal={causal} {dtype}", ours, ref32, low)
+
+
+def test_attention_unsupported_head_dim_is_a_clear_error():
+    q = torch.randn(1, 4, 2, 80, device=DEV, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head dim"):
+        attention(q, q, q, backend="cuda")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout(causal):
+    """One-hot v reveals the dropped probabilities P·mask/(1-p); then fwd and grads vs a manual
+    fp32 reference with that mask (same seed → same mask)."""
+    b, t, h, d, p = 2, 37, 2, 64, 0.3
+    q = torch.randn(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    onehot = torch.zeros(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    onehot[:, torch.arange(t), :, torch.arange(t)] = 1.0
+    torch.manual_seed(11)
+    pd = attention(q, k, onehot, causal=causal, dropout_p=p, backend="cuda")[
+        ..., :t
+    ].float()  # (b, tq, h, tk)
+    scale = d**-0.5
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    if causal:
+        s = s.masked_fill(torch.ones(t, t, device=DEV, dtype=torch.bool).triu(1), float("-inf"))
+    probs = s.softmax(-1)
+    mask = (pd.permute(0, 2, 1, 3) > 0).float()  # (b, h, tq, tk)
+    kept = mask[probs > 1e-3].mean().item()
+    assert abs(kept - (1 - p)) < 0.05
+    torch.testing.assert_close(pd.permute(0, 2, 1, 3), probs * mask / (1 - p), atol=2e-2, rtol=2e-2)
+
+    v = torch.randn(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+
+    def manual(q_, k_, v_):
+        s_ = torch.einsum("bqhd,bkhd->bhqk", q_, k_) * scale
+        if causal:
+            s_ = s_.masked_fill(torch.ones(t, t, device=DEV, dtype=torch.bool).triu(1), float("-inf"))
+        return torch.einsum("bhqk,bkhd->bqhd", s_.softmax(-1) * mask / (1 - p), v_)
+
+    torch.manual_seed(11)
+    ours = _attn_run(
+        lambda *a, **k_: attention(*a, causal=causal, dropout_p=p, backend="cuda"),
+        q,
+        k,
+        v,
+        None,
+        torch.bfloat16,
+    )
+    ref32 = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, torch.float32)
+    low = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, torch.bfloat16)
+    _compare("attention dropout", ours, ref32, low)
+
+
+# ------------------------------------------------------------------------- linear cross-entropy
+
+
+def _lce_run(fn, h, w, bias, labels, dtype, **kw):
+    leaves = _leaves((h, w, bias), dtype)
+    loss = fn(leaves[0], leaves[1], labels, leaves[2], **kw)
+    res = {"loss": loss.detach()}
+    res.update(_grads(loss, leaves, ("dh", "dw", "db")))
+    return res
+
+
+def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
+    h = torch.randn(n, hdim, device=DEV)
+    w = torch.randn(vocab, hdim, device=DEV) / hdim**0.5
+    bias = torch.randn(vocab, device=DEV) if with_bias else None
+    labels = torch.randint(0, vocab, (n,), device=DEV)
+    labels[torch.rand(n, device=DEV) < ignore_frac] = -100
+    ours = _lce_run(
+        lambda *a, **k: linear_cross_entropy(*a, backend="cuda", **k), h, w, bias, labels, dtype, **kw
+    )
+    ref32 = _lce_run(
+        lambda *a, **k: linear_cross_entropy_ref(*a, upcast=True, **k),
+        h,
+        w,
+        bias,
+        labels,
+        torch.float32,
+        **kw,
+    )
+    low = _lce_run(
+        lambda *a, **k: linear_cross_entropy_ref(*a, upcast=False, **k), h, w, bias, labels, dtype, **kw
+    )
+    _compare(f"lce {(n, hdim, vocab)} {dtype} {kw}", ours, ref32, low)
+
+
+LCE_SHAPES = [(1, 8, 1), (7, 31, 13), (33, 64, 127), (127, 128, 2049), (300, 96, 5003)]
+
+
+@pytest.mark.parametrize("shape", LCE_SHAPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_cross_entropy(shape, reduction):
+    for dtype in HALF:
+        _lce_check(*shape, dtype, reduction=reduction, ignore_frac=0.0 if shape[0] == 1 else 0.3)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_cross_entropy_smoothing_and_z_loss(with_bias):
+    _lce_check(65, 64, 1000, torch.bfloat16, with_bias=with_bias, label_smoothing=0.1, z_loss=1e-3)
+    _lce_check(65, 64, 1000, torch.float16, with_bias=with_bias, label_smoothing=0.2, reduction="none")
+
+
+def test_linear_cross_entropy_all_ignored_and_no_host_sync():
+    h = torch.randn(9, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(50, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.full((9,), -100, device=DEV)
+    loss = linear_cross_entropy(h, w, labels, reduction="sum", backend="cuda")
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.abs().max().item() == 0.0 and w.grad.abs().max().item() == 0.0
+    labels[::2] = 3
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = linear_cross_entropy(h, w, labels, backend="cuda")
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+
+
+def _lora_run(fn, x, w, b, a, bb, dtype, scaling, x_scale=None, train_base=False):
+    lx, la, lb = _leaves((x, a, bb), dtype)
+    lw = w.detach().to(dtype).requires_grad_(train_base)
+    lbias = None if b is None else b.detach().to(dtype).requires_grad_(train_base)
+    xin = lx if x_scale is None else lx * x_scale.to(dtype)
+    y = fn(xin, lw, lbias, la, lb, scaling)
+    names, leaves = ["dx", "da", "db_lora"], [lx, la, lb]
+    if train_base:
+        names += ["dw", "dbias"]
+        leaves += [lw, lbias]
+    res = {"y": y.detach()}
+    res.update(_grads(y, leaves, names))
+    return res
+
+
+def _lora_check(m, fin, fout, r, dtype, *, with_bias=True, train_base=False, dropout_p=0.0):
+    x = torch.randn(m, fin, device=DEV)
+    w = torch.randn(fout, fin, device=DEV) / fin**0.5
+    b = torch.randn(fout, device=DEV) if with_bias else None
+    a = torch.randn(r, fin, device=DEV) / fin**0.5
+    bb = torch.randn(fout, r, device=DEV) / r**0.5
+    scaling = 2.0
+    mask = None
+    if dropout_p > 0.0:  # A = I, B = I, W = 0: y = dropout(ones) reveals the mask of this seed
+        eye = torch.eye(fin, device=DEV, dtype=dtype)
+        torch.manual_seed(5)
+        mask = lora_linear(
+            torch.ones(m, fin, device=DEV, dtype=dtype), torch.zeros_like(eye), None, eye, eye, 1.0,
+            dropout_p=dropout_p, backend="cuda",
+        ).float()  # fmt: skip
+        torch.manual_seed(5)
+
+    def ours_fn(*args):
+        return lora_linear(*args, dropout_p=dropout_p, backend="cuda")
+
+    def ref_fn(upcast):
+        def f(xin, w_, b_, a_, bb_, s):
+            # the reference applies the mask to the low-rank input only
+            if mask is None:
+                return lora_linear_ref(xin, w_, b_, a_, bb_, s, upcast=upcast)
+            base = lora_linear_ref(xin, w_, b_, torch.zeros_like(a_), bb_, s, upcast=upcast)
+            low_rank = lora_linear_ref(
+                xin * mask.to(xin.dtype), torch.zeros_like(w_), None, a_, bb_, s, upcast=upcast
+            )
+            return base + low_rank
+
+        return f
+
+    ours = _lora_run(ours_fn, x, w, b, a, bb, dtype, scaling, train_base=train_base)
+    ref32 = _lora_run(ref_fn(True), x, w, b, a, bb, torch.float32, scaling, train_base=train_base)
+    low = _lora_run(ref_fn(False), x, w, b, a, bb, dtype, scaling, train_base=train_base)
+    _compare(f"lora {(m, fin, fout, r)} {dtype} p={dropout_p}", ours, ref32, low)
+
+
+LORA_SHAPES = [(1, 8, 8, 1), (7, 31, 13, 3), (33, 64, 127, 8), (127, 256, 96, 16), (255, 128, 257, 64)]
+
+
+@pytest.mark.parametrize("shape", LORA_SHAPES)
+def test_lora_linear(shape):
+    for dtype in HALF:
+        _lora_check(*shape, dtype)
+
+
+def test_lora_linear_trainable_base_and_dropout():
+    _lora_check(33, 64, 48, 8, torch.bfloat16, train_base=True)
+    _lora_check(17, 64, 64, 8, torch.bfloat16, with_bias=False, train_base=True)
+    _lora_check(29, 64, 40, 4, torch.float16, dropout_p=0.25)
+
+
+# --------------------------------------------------------------------- opcheck and torch.compile
+
+
+def _opcheck_cases():
+    bf = dict(device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(6, 64, **bf, requires_grad=True)
+    w = torch.randn(64, device=DEV, requires_grad=True)
+    rng = torch.tensor([123, 456], device=DEV)
+    q = torch.randn(2, 9, 4, 64, **bf, requires_grad=True)
+    k = torch.randn(2, 11, 2, 64, **bf, requires_grad=True)
+    bias = torch.randn(4, 9, 11, **bf, requires_grad=True)
+    h = torch.randn(7, 64, **bf, requires_grad=True)
+    wv = torch.randn(50, 64, **bf, requires_grad=True)
+    labels = torch.tensor([1, -100, 3, 4, -100, 49, 0], device=DEV)
+    la = torch.randn(4, 64, **bf, requires_grad=True)
+    lb = torch.randn(32, 4, **bf, requires_grad=True)
+    wl = torch.randn(32, 64, **bf)
+    ops = torch.ops.ptft_fast
+    return [
+        (
+            ops.layer_norm_fwd.default,
+            (x, w, w.detach().clone(), x.detach().clone(), rng, 1e-5, False, 0.1, True),
+        ),
+        (ops.layer_norm_fwd.default, (x, None, None, None, None, 1e-5, True, 0.0, False)),
+        (
+            ops.attention_fwd.default,
+            (q, k, k.detach().clone(), None, None, None, bias, rng, 9, 11, True, 0.1, 0.125),
+        ),
+        (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.1, 1e-4, "mean")),
+        (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.0, 0.0, "none")),
+        (ops.lora_fwd.default, (x, wl, None, la, lb, rng, 2.0, 0.1)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opcheck(case):
+    op, args = _opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def test_torch_compile_traces_the_ops():
+    x = torch.randn(4, 16, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+
+    def f(x_, w_):
+        y = layer_norm(x_, w_, backend="cuda")
+        q = y.view(4, 16, 1, 64)
+        return attention(q, q, q, causal=True, backend="cuda").float().sum()
+
+    eager = f(x, w)
+    compiled = torch.compile(f, fullgraph=True)(x, w)
+    torch.testing.assert_close(compiled, eager, rtol=1e-2, atol=1e-2)
+    compiled.backward()
+    assert x.grad is not None and w.grad is not None
