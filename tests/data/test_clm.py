@@ -1,6 +1,7 @@
 """CLM (padded and packed) and prefix LM collators."""
 
 import numpy as np
+import pytest
 import torch
 
 from ptft_fast.data.clm import CLMCollator, PackedCLMCollator, PrefixLMCollator, prefix_lm_attention_mask
@@ -73,3 +74,29 @@ def test_prefix_lm_random_prefix_is_uniform(wp_docs):
     p = coll(seqs)["prefix_lengths"].numpy()
     assert p.min() == 1 and p.max() == 9
     assert np.allclose(np.bincount(p, minlength=10)[1:] / len(p), 1 / 9, atol=0.01)
+
+
+def test_packed_batch_drives_varlen_attention_without_leaks(wp_docs):
+    ops = pytest.importorskip("ptft_fast.ops")
+    b = PackedCLMCollator()(_packed_rows(wp_docs[:6], seq_len=48)[:6])
+    bsz, t = b["input_ids"].shape
+    total, h, d = bsz * t, 2, 8
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(total, h, d, generator=g, dtype=torch.float64) for _ in range(3))
+    cu, max_len = b["cu_seqlens"], int(b["max_seqlen"])
+    kw = dict(causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
+    out = ops.attention(q, k, v, backend="torch", **kw)
+    # dense oracle with the block-causal mask built from the same cu_seqlens
+    mask = block_causal_mask(cu, total)
+    scores = torch.einsum("qhd,khd->hqk", q, k) / d**0.5
+    ref = torch.einsum("hqk,khd->qhd", scores.masked_fill(~mask, float("-inf")).softmax(-1), v)
+    torch.testing.assert_close(out, ref)
+    # changing one document's keys/values changes nothing for the other documents
+    flat = b["doc_ids"].reshape(-1)
+    victim = flat == flat[t // 2]
+    k2, v2 = k.clone(), v.clone()
+    k2[victim] += 5.0
+    v2[victim] -= 3.0
+    out2 = ops.attention(q, k2, v2, backend="torch", **kw)
+    torch.testing.assert_close(out2[~victim], out[~victim])
+    assert not torch.allclose(out2[victim], out[victim])
