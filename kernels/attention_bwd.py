@@ -1,10 +1,12 @@
-"""FlashAttention-style attention backward (Triton), deterministic.
+"""FlashAttention-style attention backward (Triton), with a deterministic option.
 
-Two kernels recompute P = exp(S - lse) block by block: one per query block accumulates dQ (and
-the bias gradients), one per key block accumulates dK and dV, looping over the query heads of
-its GQA group. Every output element is owned by one program, so no atomics and a bitwise
-reproducible result — except the T5 table gradient, whose (bucket, head) cells are shared by
-many (i, j) and are accumulated with fp32 atomics.
+Every pass recomputes P = exp(S - lse) block by block. A program per key block accumulates dK
+and dV, looping over the query heads of its GQA group and over query blocks. Default (fast):
+that same pass adds each block's dQ contribution with fp32 atomics. Deterministic (with
+``torch.use_deterministic_algorithms(True)``): a second kernel, one program per query block,
+accumulates dQ (and the bias gradients) itself, so every output element is owned by one program
+and the result is bitwise reproducible — except the T5 table gradient, whose (bucket, head)
+cells are shared by many (i, j) and always use fp32 atomics.
 
 With dropout, O = (P ∘ Z) V for Z = keep / (1 - p): dV = (P ∘ Z)ᵀ dO, dP = (dO Vᵀ) ∘ Z,
 dS = P ∘ (dP - δ) where δ = rowsum(dO ∘ O).
@@ -83,11 +85,12 @@ def _attention_bwd_dq_kernel(
 
 @triton.jit
 def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ32, DBIAS, DTABLE,
     CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE,
     n_heads, n_kv_heads, head_dim, max_q, max_k, scale, p, seed,
     VARLEN: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    FUSED_DQ: tl.constexpr, BIAS_GRAD: tl.constexpr, REL_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -124,7 +127,7 @@ def _attention_bwd_dkdv_kernel(
             row = (q0 + offs_m) * n_heads + h
             lse = tl.load(LSE + row, mask=offs_m < len_q, other=float("inf"))
             delta = tl.load(DELTA + row, mask=offs_m < len_q, other=0.0)
-            s, _ = _scores(
+            s, valid = _scores(
                 q, k, b, h, offs_m, offs_n, len_q, len_k, scale,
                 KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k,
                 CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, IEEE,
@@ -139,16 +142,26 @@ def _attention_bwd_dkdv_kernel(
                 dv += _dot(tl.trans(pr.to(do.dtype)), do, IEEE)
             ds = pr * (dp - delta[:, None])
             dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+            if FUSED_DQ:  # non-deterministic mode: one pass, dQ summed over key blocks atomically
+                tl.atomic_add(DQ32 + q_off, _dot(ds.to(k.dtype), k, IEEE) * scale, mask=qmask)
+            inside = (offs_m[:, None] < len_q) & (offs_n[None, :] < len_k)
+            if BIAS_GRAD:
+                base = (b * n_heads + h).to(tl.int64) * max_q * max_k
+                tl.store(DBIAS + base + offs_m[:, None] * max_k + offs_n[None, :], ds, mask=inside)
+            if REL_GRAD:
+                bucket = tl.load(LUT + (offs_n[None, :] - offs_m[:, None] + max_q - 1), mask=inside, other=0)
+                tl.atomic_add(DTABLE + bucket * n_heads + h, ds, mask=inside & valid)
     tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kvmask)
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kvmask)
 
 
 def attention_bwd(
     do, q, k, v, o, lse, *, batch, max_q, max_k, cu_q, cu_k, causal, kpm, bias4, rel_lut, rel_table,
-    p, seed, scale, bias_grad, rel_grad,
+    p, seed, scale, bias_grad, rel_grad, deterministic=True,
 ):  # fmt: skip
     """Backward launcher; arguments as :func:`ptft_fast.kernels.attention.attention_fwd` plus
-    do (Nq, Hq, D), o and lse from the forward.
+    do (Nq, Hq, D), o and lse from the forward. ``deterministic``: separate dQ pass (bitwise
+    reproducible, no atomics on dQ); else a single pass accumulating dQ with fp32 atomics.
 
     Returns:
         dq, dk, dv like q, k, v; dbias_full (B, Hq, max_q, max_k) fp32 or None (``bias_grad``);
@@ -157,7 +170,7 @@ def attention_bwd(
     n_heads, head_dim = q.shape[1], q.shape[2]
     n_kv = k.shape[1]
     delta = (do.float() * o.float()).sum(-1)  # (Nq, Hq)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = torch.empty_like(q) if deterministic else None, torch.empty_like(k), torch.empty_like(v)
     dbias = (
         torch.zeros((batch, n_heads, max_q, max_k), dtype=torch.float32, device=q.device)
         if bias_grad
@@ -173,12 +186,22 @@ def attention_bwd(
         HAS_REL=rel_table is not None, DROPOUT=p > 0.0, IEEE=q.dtype == torch.float32,
         BLOCK_D=bd, num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    _attention_bwd_dq_kernel[(triton.cdiv(max_q, bm), batch * n_heads)](
-        q, k, v, do, lse, delta, dq, dbias, dtable, *common, scale, p, seed,
-        BIAS_GRAD=bias_grad, REL_GRAD=rel_grad, BLOCK_M=bm, BLOCK_N=bn, **flags,
-    )  # fmt: skip
-    # dK/dV programs own key blocks: use the key-block size as their row tile
-    _attention_bwd_dkdv_kernel[(triton.cdiv(max_k, bn), batch * n_kv)](
-        q, k, v, do, lse, delta, dk, dv, *common, scale, p, seed, BLOCK_M=bn, BLOCK_N=bm, **flags,
-    )  # fmt: skip
+    dkdv_grid = (triton.cdiv(max_k, bn), batch * n_kv)
+    if deterministic:
+        _attention_bwd_dq_kernel[(triton.cdiv(max_q, bm), batch * n_heads)](
+            q, k, v, do, lse, delta, dq, dbias, dtable, *common, scale, p, seed,
+            BIAS_GRAD=bias_grad, REL_GRAD=rel_grad, BLOCK_M=bm, BLOCK_N=bn, **flags,
+        )  # fmt: skip
+        # dK/dV programs own key blocks: use the key-block size as their row tile
+        _attention_bwd_dkdv_kernel[dkdv_grid](
+            q, k, v, do, lse, delta, dk, dv, None, None, None, *common, scale, p, seed,
+            FUSED_DQ=False, BIAS_GRAD=False, REL_GRAD=False, BLOCK_M=bn, BLOCK_N=bm, **flags,
+        )  # fmt: skip
+    else:
+        dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        _attention_bwd_dkdv_kernel[dkdv_grid](
+            q, k, v, do, lse, delta, dk, dv, dq32, dbias, dtable, *common, scale, p, seed,
+            FUSED_DQ=True, BIAS_GRAD=bias_grad, REL_GRAD=rel_grad, BLOCK_M=bn, BLOCK_N=bm, **flags,
+        )  # fmt: skip
+        dq = dq32.to(q.dtype)
     return dq, dk, dv, dbias, dtable

@@ -132,6 +132,8 @@ class _AttentionFn(torch.autograd.Function):
             **ctx.meta.launch_args(bias4, table),
             bias_grad=bias_grad,
             rel_grad=rel_grad,
+            # torch.use_deterministic_algorithms(True) selects the atomic-free two-pass backward
+            deterministic=torch.are_deterministic_algorithms_enabled(),
         )
         dbias = None
         if bias_grad:  # sum the full (B, H, Tq, Tk) gradient over the bias's broadcast dims

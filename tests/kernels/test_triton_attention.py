@@ -161,13 +161,36 @@ def test_dropout_same_mask_fwd_bwd(causal):
         assert_rule(name, out[name], ref[name], None, atol=2e-5)
 
 
-def test_backward_deterministic():
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_backward_deterministic(deterministic):
     leaves = {n: t.requires_grad_() for n, t in qkv(2, 33, 33, 4, 1, 40).items()}
     grads = []
     for _ in range(2):
         out = attention(**leaves, causal=True, backend="triton")
         grads.append(torch.autograd.grad(out.sum(), list(leaves.values())))
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_deterministic_two_pass_backward(deterministic, causal):
+    # the atomic-free path: separate dQ kernel that also produces the dense and T5 bias grads
+    check({**qkv(2, 19, 33, 4, 2, 24), "attn_bias": torch.randn(2, 1, 19, 33, device=DEV)}, causal=causal)
+    check({**qkv(1, 17, 17, 2, 2, 32), "table": torch.randn(8, 2, device=DEV)}, causal=causal,
+          rel=dict(bidirectional=not causal, num_buckets=8, max_distance=16))  # fmt: skip
+    len_q, len_k = [5, 1, 12], [7, 3, 12]
+    leaves = {
+        "q": torch.randn(sum(len_q), 2, 16, device=DEV),
+        "k": torch.randn(sum(len_k), 1, 16, device=DEV),
+        "v": torch.randn(sum(len_k), 1, 16, device=DEV),
+    }
+    kw = dict(cu_seqlens_q=_cu(len_q), cu_seqlens_k=_cu(len_k), max_seqlen_q=12, max_seqlen_k=12)
+    check(leaves, causal=causal, key_padding_mask=None, **kw)
 
 
 def test_fp16():
