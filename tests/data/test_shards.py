@@ -116,3 +116,19 @@ def test_cu_seqlens_never_cross_documents():
     qi, kj = torch.nonzero(mask, as_tuple=True)
     assert (flat[qi] == flat[kj]).all() and (row[qi] == row[kj]).all() and (kj <= qi).all()
     assert DocRef(1, 2) == DocRef(1, 2)
+
+
+def test_large_vocab_uses_uint32(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from ptft_fast.data.tokenizer import PtftTokenizer
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, 70_000)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PtftTokenizer(backend)
+    texts = ["w1 w65535 w65536 w69999", "w70000 w3"]
+    index = write_shards(texts, tok, tmp_path, ShardConfig(num_workers=1, progress=False))
+    assert index["dtype"] == "uint32"
+    docs = [d.tolist() for d in TokenShards(tmp_path).documents()]
+    assert docs == [[1, 65535, 65536, 69999], [0, 3]]
