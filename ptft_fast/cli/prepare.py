@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ptft_fast.data.corpus import embedded_documents, read_documents
     from ptft_fast.data.dedup import NearDedupConfig
     from ptft_fast.data.filters import FilterConfig
-    from ptft_fast.data.prepare import PrepareConfig, prepare_corpus, read_prepared
+    from ptft_fast.data.prepare import PrepareConfig, iter_prepared, prepare_corpus
     from ptft_fast.data.shards import ShardConfig, write_shards
     from ptft_fast.data.tokenizer import PtftTokenizer, TokenizerConfig, train_tokenizer
 
@@ -111,10 +111,10 @@ def run(args: argparse.Namespace) -> int:
         tcfg = TokenizerConfig(
             kind=args.tokenizer, vocab_size=args.vocab_size, num_sentinels=args.num_sentinels
         )
-        tok = train_tokenizer(read_prepared(out), tcfg)
+        tok = train_tokenizer(iter_prepared(out), tcfg)
     tok.save(out)
     index = write_shards(
-        read_prepared(out),
+        iter_prepared(out),
         tok,
         out / "shards",
         ShardConfig(shard_tokens=args.shard_tokens, num_workers=args.workers, progress=not args.no_progress),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,7 +161,13 @@ def prepare_corpus(
     return report
 
 
-def read_prepared(out_dir: str | os.PathLike) -> list[str]:
-    """The texts of a prepared ``corpus.jsonl``."""
+def iter_prepared(out_dir: str | os.PathLike) -> Iterator[str]:
+    """Stream the texts of a prepared ``corpus.jsonl``."""
     with open(Path(out_dir) / CORPUS_FILE, encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh]
+        for line in fh:
+            yield json.loads(line)["text"]
+
+
+def read_prepared(out_dir: str | os.PathLike) -> list[str]:
+    """The texts of a prepared ``corpus.jsonl`` as a list."""
+    return list(iter_prepared(out_dir))
