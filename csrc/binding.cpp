@@ -286,18 +286,17 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
   a.cu_k = s.varlen ? cu_k->data_ptr<int32_t>() : nullptr;
   a.key_padding_mask = nullptr;
   if (kpm.has_value()) {
-    PTFT_CHECK_INPUT_N(OP, (*kpm), "kpm", q);
-    PTFT_CHECK_DTYPE_N(OP, (*kpm), "kpm", at::kBool);
-    PTFT_CHECK_SHAPE_N(OP, (*kpm), "kpm", s.batch, max_k);
+    PTFT_CHECK_INPUT_N(OP, (*kpm), "key_padding_mask", q);
+    PTFT_CHECK_DTYPE_N(OP, (*kpm), "key_padding_mask", at::kBool);
+    PTFT_CHECK_SHAPE_N(OP, (*kpm), "key_padding_mask", s.batch, max_k);
     a.key_padding_mask = static_cast<const uint8_t*>(kpm->data_ptr());
   }
   a.bias = nullptr;
   a.bias_sb = a.bias_sh = a.bias_sq = a.bias_sk = 0;
   if (bias.has_value()) {
     const at::Tensor& bt = *bias;
-    PTFT_CHECK_CUDA(OP, bt);
-    PTFT_CHECK_SAME_DEVICE(OP, bt, q);
-    PTFT_CHECK_DTYPE(OP, bt, q.scalar_type());
+    PTFT_CHECK_INPUT_N(OP, bt, "attn_bias", q);  // contiguous, so the broadcast below is a view
+    PTFT_CHECK_DTYPE_N(OP, bt, "attn_bias", q.scalar_type());
     TORCH_CHECK_VALUE(bt.dim() <= 4, OP, ": attn_bias must have <= 4 dims, got shape ", bt.sizes());
     std::vector<int64_t> shape4(4 - bt.dim(), 1);
     shape4.insert(shape4.end(), bt.sizes().begin(), bt.sizes().end());

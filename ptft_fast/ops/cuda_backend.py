@@ -130,8 +130,8 @@ def adapt_attention(
         cu_q = cu_k = None
     if isinstance(attn_bias, RelativePositionBias):  # T5 bias: materialize (grad flows to the table)
         attn_bias = attn_bias.materialize(tq, tk)
-    if attn_bias is not None:
-        attn_bias = attn_bias.to(q.dtype)
+    if attn_bias is not None:  # contiguous: the binding broadcasts it with zero strides, as a view
+        attn_bias = attn_bias.to(q.dtype).contiguous()
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
     return AttentionArgs(
