@@ -76,7 +76,7 @@ def _cuda_build_plan():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
     include_dirs = [os.path.join(ROOT, "csrc")]
     try:  # CUTLASS/CuTe headers from the nvidia-cutlass package, when installed
-        import cutlass_library  # noqa: F401
+        import cutlass_library
 
         cutlass_root = os.path.dirname(cutlass_library.__file__)
         include_dirs += glob.glob(os.path.join(cutlass_root, "source", "include")) + glob.glob(

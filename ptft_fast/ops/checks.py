@@ -7,6 +7,7 @@ kernel or a silently wrong result.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -40,7 +41,9 @@ def not_empty(op: str, name: str, t: torch.Tensor) -> None:
 
 def size(op: str, name: str, t: torch.Tensor, dim: int, expected: int, rule: str) -> None:
     if t.shape[dim] != expected:
-        raise ValueError(f"{op}: {name}.shape[{dim}] must equal {rule} = {expected}, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{op}: {name}.shape[{dim}] must equal {rule} = {expected}, got shape {tuple(t.shape)}"
+        )
 
 
 def shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...], rule: str) -> None:
@@ -51,13 +54,17 @@ def shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...], rule: 
 def same_device(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
     for name, t in others.items():
         if t is not None and t.device != ref.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; move both to one device")
+            raise ValueError(
+                f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; move both to one device"
+            )
 
 
 def same_dtype(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
     for name, t in others.items():
         if t is not None and t.dtype != ref.dtype:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match")
+            raise TypeError(
+                f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match"
+            )
 
 
 def probability(op: str, name: str, p) -> float:
@@ -94,7 +101,9 @@ def cu_seqlens(op: str, name: str, cu: torch.Tensor, total: int, ref: torch.Tens
     if cu.dtype not in INDEX_DTYPES:
         raise TypeError(f"{op}: {name} must be int32 or int64, got {cu.dtype}")
     if cu.dim() != 1 or cu.numel() < 2:
-        raise ValueError(f"{op}: {name} must be 1-D with at least 2 entries (batch + 1), got shape {tuple(cu.shape)}")
+        raise ValueError(
+            f"{op}: {name} must be 1-D with at least 2 entries (batch + 1), got shape {tuple(cu.shape)}"
+        )
     same_device(op, "q", ref, **{name: cu})
     if cu.device.type != "cpu":
         # Reading values would synchronize with the device: check them asynchronously instead.
@@ -104,7 +113,7 @@ def cu_seqlens(op: str, name: str, cu: torch.Tensor, total: int, ref: torch.Tens
     host = cu.tolist()
     if host[0] != 0:
         raise ValueError(f"{op}: {name}[0] must be 0, got {host[0]}")
-    if any(b < a for a, b in zip(host, host[1:])):
+    if any(b < a for a, b in itertools.pairwise(host)):
         raise ValueError(f"{op}: {name} must be non-decreasing, got {host}")
     if host[-1] != total:
         raise ValueError(f"{op}: {name}[-1] must equal the number of tokens {total}, got {host[-1]}")

@@ -21,7 +21,9 @@ def check_labels_in_range(labels: torch.Tensor, vocab: int, ignore_index: int) -
                 f"{OP}: labels must be in [0, {vocab}) or ignore_index={ignore_index}, found {value}"
             )
     else:
-        torch._assert_async(~bad.any(), f"{OP}: labels must be in [0, {vocab}) or ignore_index={ignore_index}")
+        torch._assert_async(
+            ~bad.any(), f"{OP}: labels must be in [0, {vocab}) or ignore_index={ignore_index}"
+        )
 
 
 def linear_cross_entropy(

@@ -174,8 +174,10 @@ def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
                 f"{op}: backend {name!r} has no implementation of this op (implemented: {have})"
             )
         _EXPLICIT_CACHE[(op, name)] = impl
-    if name in ("triton", "cuda") and device.type != "cuda" and not (
-        name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+    if (
+        name in ("triton", "cuda")
+        and device.type != "cuda"
+        and not (name == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
     ):
         raise BackendUnavailableError(
             f"{op}: backend {name!r} runs on CUDA tensors, got tensors on {device}; "

@@ -149,12 +149,16 @@ def attention_ref(
         # Rows with no visible key: let them see everything (finite softmax, clean grads), zero after.
         no_key = ~allowed.any(dim=-1, keepdim=True)
         allowed = allowed | no_key
-        if attn_bias is None:
-            mask = allowed
-        else:
-            mask = attn_bias.masked_fill(~allowed, float("-inf"))
+        mask = allowed if attn_bias is None else attn_bias.masked_fill(~allowed, float("-inf"))
     out = F.scaled_dot_product_attention(
-        qt, kt, vt, attn_mask=mask, dropout_p=dropout_p, is_causal=use_is_causal, scale=softmax_scale, enable_gqa=gqa
+        qt,
+        kt,
+        vt,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=use_is_causal,
+        scale=softmax_scale,
+        enable_gqa=gqa,
     )
     if no_key is not None:
         out = out.masked_fill(no_key, 0.0)
@@ -168,7 +172,7 @@ def attention_ref(
 
 
 def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
-    """Loss and log-sum-exp per row of ``h @ weight.T + bias`` vs labels ``y``, chunked.
+    """Loss per row of ``h @ weight.T + bias`` vs labels ``y``, chunked.
 
     h: (M, H), weight: (V, H), bias: (V,) | None, y: (M,) all valid. With ``grad_scale`` (M,) the
     gradients of sum(grad_scale * loss) are produced in the same pass: dh (M, H) in h's dtype,
@@ -179,7 +183,6 @@ def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
     rchunk = max(1, LCE_BLOCK_ELEMS // vchunk)
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     loss = torch.empty(m_rows, dtype=acc, device=h.device)
-    lse_all = torch.empty_like(loss)
     want_grad = grad_scale is not None
     if want_grad:
         dh = torch.empty_like(h)
@@ -195,51 +198,58 @@ def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
     for r0 in range(0, m_rows, rchunk):
         hc, yc = h[r0 : r0 + rchunk], y[r0 : r0 + rchunk]
         n = hc.shape[0]
-        run_max = torch.full((n,), float("-inf"), dtype=acc, device=h.device)
-        run_sum = torch.zeros(n, dtype=acc, device=h.device)
-        z_label = torch.zeros(n, dtype=acc, device=h.device)
-        z_total = torch.zeros(n, dtype=acc, device=h.device)
-        single = None
-        for v0 in range(0, vocab, vchunk):  # online log-sum-exp over vocab chunks
-            v1 = min(v0 + vchunk, vocab)
-            z = logits_block(hc, v0, v1)
-            new_max = torch.maximum(run_max, z.amax(dim=1))
-            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(z - new_max[:, None]).sum(dim=1)
-            run_max = new_max
-            in_chunk = (yc >= v0) & (yc < v1)
-            picked = z.gather(1, (yc - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
-            z_label = torch.where(in_chunk, picked, z_label)
-            if smoothing > 0.0:
-                z_total = z_total + z.sum(dim=1)
-            single = z if v1 - v0 == vocab else None
-        lse = run_max + torch.log(run_sum)
+        if vchunk == vocab:  # one block holds the whole vocab: plain log-sum-exp
+            z = logits_block(hc, 0, vocab)
+            lse = torch.logsumexp(z, dim=1)
+            z_label = z.gather(1, yc[:, None]).squeeze(1)
+            z_total = z.sum(dim=1) if smoothing > 0.0 else None
+        else:  # online log-sum-exp over vocab chunks
+            z = None
+            run_max = torch.full((n,), float("-inf"), dtype=acc, device=h.device)
+            run_sum = torch.zeros(n, dtype=acc, device=h.device)
+            z_label = torch.zeros(n, dtype=acc, device=h.device)
+            z_total = torch.zeros(n, dtype=acc, device=h.device)
+            for v0 in range(0, vocab, vchunk):
+                v1 = min(v0 + vchunk, vocab)
+                zc = logits_block(hc, v0, v1)
+                new_max = torch.maximum(run_max, zc.amax(dim=1))
+                run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(zc - new_max[:, None]).sum(dim=1)
+                run_max = new_max
+                in_chunk = (yc >= v0) & (yc < v1)
+                picked = zc.gather(1, (yc - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
+                z_label = torch.where(in_chunk, picked, z_label)
+                if smoothing > 0.0:
+                    z_total = z_total + zc.sum(dim=1)
+            lse = run_max + torch.log(run_sum)
         row_loss = (1.0 - smoothing) * (lse - z_label)
         if smoothing > 0.0:
             row_loss = row_loss + smoothing * (lse - z_total / vocab)
         if z_loss > 0.0:
             row_loss = row_loss + z_loss * lse * lse
-        loss[r0 : r0 + n], lse_all[r0 : r0 + n] = row_loss, lse
+        loss[r0 : r0 + n] = row_loss
         if not want_grad:
             continue
         g = grad_scale[r0 : r0 + n].to(acc)
         coef = (g * (1.0 + 2.0 * z_loss * lse))[:, None]
         dh_c = torch.zeros(hc.shape, dtype=acc, device=h.device)
+        hc_acc = hc.to(acc)
         for v0 in range(0, vocab, vchunk):
             v1 = min(v0 + vchunk, vocab)
-            z = single if single is not None else logits_block(hc, v0, v1)
-            d = torch.exp(z - lse[:, None]).mul_(coef)  # dloss/dlogits, in place of the block
+            d = z if z is not None else logits_block(hc, v0, v1)
+            # dloss/dlogits = coef · softmax − g · ((1 − ε) onehot + ε / V), built in place
+            d = d.sub_(lse[:, None]).exp_().mul_(coef)
             if smoothing > 0.0:
                 d.sub_((g * smoothing / vocab)[:, None])
             in_chunk = (yc >= v0) & (yc < v1)
             col = (yc - v0).clamp(0, v1 - v0 - 1)[:, None]
             d.scatter_add_(1, col, -((1.0 - smoothing) * g * in_chunk)[:, None])
-            dh_c += d @ weight[v0:v1].to(acc)
-            dw[v0:v1] += d.T @ hc.to(acc)
+            dh_c.addmm_(d, weight[v0:v1].to(acc))
+            dw[v0:v1].addmm_(d.T, hc_acc)
             if db is not None:
                 db[v0:v1] += d.sum(dim=0)
         dh[r0 : r0 + n] = dh_c.to(h.dtype)
     grads = (dh, dw, db) if want_grad else None
-    return loss, lse_all, grads
+    return loss, grads
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -264,10 +274,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = None
         if early:
             scale = row_weight / count.clamp(min=1) if reduction == "mean" else row_weight
-        row_loss, lse, grads = _lce_rows(h, weight, bias, y, smoothing, z_loss, scale)
+        row_loss, grads = _lce_rows(h, weight, bias, y, smoothing, z_loss, scale)
         row_loss = row_loss * row_weight
         ctx.weight_dtype = weight.dtype
-        ctx.meta = (ignore_index, smoothing, z_loss, reduction, hidden.shape[0], early)
+        ctx.meta = (smoothing, z_loss, hidden.shape[0], early)
         if early:
             ctx.save_for_backward(rows, *(g for g in grads if g is not None))
             ctx.has_bias = grads[2] is not None
@@ -282,7 +292,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        ignore_index, smoothing, z_loss, reduction, n_rows, early = ctx.meta
+        smoothing, z_loss, n_rows, early = ctx.meta
         if early:
             rows, dh, dw, *rest = ctx.saved_tensors
             db = rest[0] if ctx.has_bias else None
@@ -293,7 +303,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows, h, weight, bias, y, row_weight = ctx.saved_tensors
             g = grad_out.to(row_weight.dtype).reshape(-1)
             g = g.index_select(0, rows) if rows is not None else g
-            _, _, (dh, dw, db) = _lce_rows(h, weight, bias, y, smoothing, z_loss, g * row_weight)
+            _, (dh, dw, db) = _lce_rows(h, weight, bias, y, smoothing, z_loss, g * row_weight)
         if rows is not None:
             dh = dh.new_zeros(n_rows, dh.shape[1]).index_copy(0, rows, dh)
         weight_dtype = ctx.weight_dtype
@@ -331,7 +341,9 @@ def linear_cross_entropy_ref(
     out_shape = labels.shape
     cdt = _compute_dtype(hidden, upcast)
     h2, w, b = hidden.reshape(-1, hidden.shape[-1]).to(cdt), weight.to(cdt), _cast(bias, cdt)
-    out = _LinearCrossEntropy.apply(h2, w, b, labels.reshape(-1), ignore_index, label_smoothing, z_loss, reduction)
+    out = _LinearCrossEntropy.apply(
+        h2, w, b, labels.reshape(-1), ignore_index, label_smoothing, z_loss, reduction
+    )
     out = out.to(hidden.dtype)
     return out.reshape(out_shape) if reduction == "none" else out
 
