@@ -1,0 +1,49 @@
+# ptft_fast — one Makefile: setup, test, lint, bench, demo.
+# Each target creates/uses its own virtualenv ($(VENV)) and installs what it needs.
+# TORCH_SPEC pins the torch build: torch==2.13.0 is the CPU wheel on CPU-only machines here;
+# on a CUDA machine pass e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index, or pre-install torch.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint format bench demo csrc-check clean
+
+setup: $(VENV)/.ptft-installed
+
+$(VENV)/.ptft-installed: pyproject.toml setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+# The whole suite on this machine (GPU tests skip without a GPU; Triton kernels run under
+# TRITON_INTERPRET=1 on CPU). pytest's exit 5 (no tests collected) fails the target.
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(VENV)/bin/ptft bench all --plot benchmarks/results/all.png
+
+# Main job on the embedded default (no download).
+demo: setup
+	$(VENV)/bin/ptft bench ops --quick --plot benchmarks/results/ops-quick.png
+
+csrc-check: setup
+	PYTHON=$(PY) bash .ci/check_csrc.sh
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
