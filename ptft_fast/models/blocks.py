@@ -83,6 +83,20 @@ class Packing:
         return dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m)
 
 
+def effective_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """attention_mask as bool, or None when it masks nothing.
+
+    Checked on CPU only (a free host read there, a sync on GPU): without a mask, attention takes
+    SDPA's unmasked (or is_causal) fast path instead of building and applying a boolean mask.
+    """
+    if attention_mask is None:
+        return None
+    mask = attention_mask.bool()
+    if mask.device.type == "cpu" and bool(mask.all()):
+        return None
+    return mask
+
+
 def activation_fn(name: str):
     """The elementwise activation for a config name (validated by ModelConfig)."""
     if name == "gelu_tanh":

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptft_fast.models.blocks import KVCache, Layer, ModelOutput, Norm, init_weights, run_layers
+from ptft_fast.models.blocks import (
+    KVCache,
+    Layer,
+    ModelOutput,
+    Norm,
+    effective_mask,
+    init_weights,
+    run_layers,
+)
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import LMHead
 
@@ -61,7 +69,7 @@ class DecoderForCausalLM(nn.Module):
         x = self.embed_tokens(input_ids) + self.embed_positions(positions)
         if self.training and cfg.dropout > 0.0:
             x = nn.functional.dropout(x, cfg.dropout, training=True)
-        mask = attention_mask.bool() if attention_mask is not None else None
+        mask = effective_mask(attention_mask)
         x, new_cache = run_layers(
             self.layers,
             x,

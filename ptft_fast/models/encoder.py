@@ -10,7 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptft_fast.models.blocks import Layer, ModelOutput, Norm, Packing, init_weights, run_layers
+from ptft_fast.models.blocks import (
+    Layer,
+    ModelOutput,
+    Norm,
+    Packing,
+    effective_mask,
+    init_weights,
+    run_layers,
+)
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, MLMHead, NSPHead
 
@@ -73,8 +81,8 @@ class Encoder(nn.Module):
         if packing is not None:
             x = packing.unpad(x)
             kw["packing"] = packing
-        elif attention_mask is not None:
-            kw["key_padding_mask"] = attention_mask.bool()
+        else:
+            kw["key_padding_mask"] = effective_mask(attention_mask)
         x, _ = run_layers(self.layers, x, checkpointing=self.config.gradient_checkpointing, **kw)
         return x
 
@@ -111,8 +119,10 @@ class EncoderForMaskedLM(nn.Module):
         """
         if return_logits is None:
             return_logits = labels is None
-        varlen = self.config.varlen and attention_mask is not None and not bool(attention_mask.all())
-        packing = Packing.from_mask(attention_mask) if varlen else None
+        attention_mask = effective_mask(attention_mask)
+        packing = (
+            Packing.from_mask(attention_mask) if self.config.varlen and attention_mask is not None else None
+        )
         h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing)
         weight = self.encoder.embed_tokens.weight
         loss = None

@@ -14,7 +14,16 @@ import math
 import torch
 from torch import nn
 
-from ptft_fast.models.blocks import KVCache, Layer, ModelOutput, Norm, embed_scale, init_weights, run_layers
+from ptft_fast.models.blocks import (
+    KVCache,
+    Layer,
+    ModelOutput,
+    Norm,
+    effective_mask,
+    embed_scale,
+    init_weights,
+    run_layers,
+)
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, LMHead
 
@@ -119,10 +128,10 @@ class Stack(nn.Module):
             cache=cache,
             use_cache=use_cache,
             causal=self.is_decoder,
-            key_padding_mask=attention_mask.bool() if attention_mask is not None else None,
+            key_padding_mask=effective_mask(attention_mask),
             attn_bias=bias,
             memory=memory,
-            memory_mask=memory_mask.bool() if memory_mask is not None else None,
+            memory_mask=effective_mask(memory_mask),
         )
         if self.t5:
             x = self.final_norm(x)

@@ -1,0 +1,208 @@
+"""CPU training step: ptft_fast models vs transformers (issue 3, item 6).
+
+BERT MLM (4 layers, hidden 256, 4 heads, FFN 1024, vocab 30522, batch 8×128, 15% of tokens
+masked) vs ``BertForMaskedLM``, and a GPT-2-style CLM of the same size (vocab 50257) vs
+``GPT2LMHeadModel``; one AdamW step each (zero_grad, forward, backward, step). Same numerics: our
+model is loaded from the transformers model's saved weights, both get the same batch and the same
+optimizer settings, dropout is 0 in both, and the step-0 losses are checked equal before timing.
+Tokens/s and peak memory are measured in the same run (ratio vs transformers).
+
+Peak memory is the peak RSS growth during one steady-state step (after a warm-up step, so the
+optimizer state exists for both): the kernel's high-water mark is reset through
+``/proc/self/clear_refs`` right before the step and read back from ``VmHWM`` after it. This runs
+in-process: the harness's forked-child measurement hangs once torch's OpenMP pool has been used
+in the parent. glibc's adaptive mmap threshold would let freed tensors stay resident and blur the
+number, so the script re-executes itself with a fixed ``MALLOC_MMAP_THRESHOLD_`` (large tensors
+are mmapped and returned on free), the same for both providers.
+
+Run: ``python -m ptft_fast.benchmarks.bench_models_cpu [--quick]`` → table on stdout, rows
+appended to ``benchmarks/results/models_cpu.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from ptft_fast.benchmarks.harness import RESULTS_DIR, Case, Unavailable, environment, format_table, write_csv
+
+KIND = "train"
+MASK_TOKEN = 103  # BERT's [MASK]
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise Unavailable(f"transformers is not installed: {exc}") from exc
+    return transformers
+
+
+def _mlm_batch(vocab: int, batch: int, seq: int, mask_rate: float) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab, (batch, seq), generator=gen)
+    masked = torch.rand(batch, seq, generator=gen) < mask_rate
+    labels = torch.where(masked, ids, -100)
+    inputs = ids.masked_fill(masked, MASK_TOKEN)
+    return dict(input_ids=inputs, attention_mask=torch.ones_like(ids), labels=labels)
+
+
+def _clm_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+    return dict(input_ids=ids, labels=ids.clone())
+
+
+def _step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_step_memory_mb(step) -> float | None:
+    """Peak RSS growth (MiB) of one call of ``step`` (after one warm-up call); None without /proc."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    step()
+    gc.collect()
+    base = _proc_status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the VmHWM high-water mark to the current RSS
+    step()
+    return (_proc_status_kb("VmHWM") - base) / 1024
+
+
+def _pair(hf_model, batch: dict[str, torch.Tensor]):
+    """(hf model, our model loaded from its weights), step-0 losses checked equal."""
+    from ptft_fast.hf import load_pretrained
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model.save_pretrained(tmp)
+        ours, _ = load_pretrained(tmp)
+    with torch.no_grad():
+        ref, got = hf_model(**batch).loss, ours(**batch).loss
+    if not torch.allclose(ref, got, atol=1e-4, rtol=1e-4):
+        raise AssertionError(
+            f"step-0 loss differs: transformers {ref.item():.6f} vs ptft_fast {got.item():.6f}"
+        )
+    return hf_model, ours
+
+
+def _interleaved(case: Case, steps: dict, device, *, baseline: str, warmup: int, repeats: int) -> list[dict]:
+    """Time the providers' steps alternately (ABBA order), so load from other processes on a
+    shared machine hits both alike; p20/p50/p80 per provider and the ratio of p50s, as in
+    ``harness.run_case``, plus the median of the per-round ratios."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    env = environment(device)
+    rows = []
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10, method="inclusive")
+        p50 = statistics.median(ts)
+        rows.append(
+            dict(
+                op=case.op, provider=name, shape=case.shape, dtype=case.dtype, mode=case.mode,
+                p20_ms=q[1], p50_ms=p50, p80_ms=q[7], tokens_per_s=case.tokens / (p50 / 1e3), baseline=baseline,
+                ratio_vs_baseline=statistics.median(times[baseline]) / p50, **env,
+            )
+        )  # fmt: skip
+        paired = statistics.median(b / t for b, t in zip(times[baseline], ts, strict=True))
+        rows[-1]["paired_ratio"] = paired
+    return rows
+
+
+def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> list[dict]:
+    hf_model, ours = _pair(hf_model, batch)
+    b, t = batch["input_ids"].shape
+    labeled = int((batch["labels"] != -100).sum())
+    vocab = hf_model.config.vocab_size
+    case = Case(name, f"B={b} T={t} H=256 L=4 V={vocab} labeled={labeled}", "float32", "step", tokens=b * t)
+    steps = {"transformers": _step_fn(hf_model, batch), "ptft_fast": _step_fn(ours, batch)}
+    memory = {name: peak_step_memory_mb(fn) for name, fn in steps.items()}
+    rows = _interleaved(case, steps, device, baseline="transformers", warmup=warmup, repeats=repeats)
+    for row in rows:
+        row["peak_mem_mb"] = memory[row["provider"]]
+        if memory["transformers"] and row["peak_mem_mb"] is not None:
+            row["mem_vs_baseline"] = row["peak_mem_mb"] / memory["transformers"]
+    return rows
+
+
+def suite(device: torch.device, quick: bool) -> list[dict]:
+    if device.type != "cpu":
+        return []
+    t = _transformers()
+    torch.manual_seed(0)
+    warmup, repeats = (1, 4) if quick else (2, 12)
+    batch, seq = (2, 64) if quick else (8, 128)
+    size = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+    no_drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    bert = t.BertForMaskedLM(t.BertConfig(vocab_size=30522, **size, **no_drop))
+    rows = _case(
+        "bert_mlm", bert, _mlm_batch(30522, batch, seq, 0.15), warmup=warmup, repeats=repeats, device=device
+    )
+    gpt_cfg = t.GPT2Config(vocab_size=50257, n_embd=256, n_layer=4, n_head=4, n_inner=1024, n_positions=1024)
+    gpt_cfg.resid_pdrop = gpt_cfg.embd_pdrop = gpt_cfg.attn_pdrop = 0.0
+    gpt = t.GPT2LMHeadModel(gpt_cfg)
+    rows += _case(
+        "gpt2_clm", gpt, _clm_batch(50257, batch, seq), warmup=warmup, repeats=repeats, device=device
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batch, few repeats (smoke test)")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "models_cpu.csv"), help="CSV to append rows to")
+    args = parser.parse_args(argv)
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "ptft_fast.benchmarks.bench_models_cpu", *sys.argv[1:]],
+            {**os.environ, **MALLOC_ENV},
+        )
+    rows = suite(torch.device("cpu"), args.quick)
+    print(f"torch threads: {torch.get_num_threads()}")
+    print(format_table(rows))
+    for row in rows:
+        if row["provider"] != "transformers":
+            print(
+                f"{row['op']}: paired per-round speed ratio (median) {row['paired_ratio']:.3f}x, "
+                f"memory ratio {row.get('mem_vs_baseline', float('nan')):.3f}x"
+            )
+    if not args.quick:
+        print(f"rows appended to {write_csv(rows, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
