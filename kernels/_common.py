@@ -27,3 +27,8 @@ def num_programs_cap(device: torch.device) -> int:
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+def contiguous(*tensors):
+    """Each tensor made contiguous (None stays None): the kernels index rows as dense memory."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)

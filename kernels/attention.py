@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, next_pow2
+from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2
 
 
 @triton.jit
@@ -173,6 +173,7 @@ def attention_fwd(
     Returns:
         o (Nq, Hq, D) like q; lse (Nq, Hq) fp32 (+inf for queries that see no key).
     """
+    q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table = contiguous(q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table)
     n_q, n_heads, head_dim = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((n_q, n_heads), dtype=torch.float32, device=q.device)

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ptft_fast.kernels._common import contiguous
 from ptft_fast.kernels.attention import _dot, _keep, _scores, _seq_bounds, blocks
 
 
@@ -167,6 +168,9 @@ def attention_bwd(
         dq, dk, dv like q, k, v; dbias_full (B, Hq, max_q, max_k) fp32 or None (``bias_grad``);
         dtable (num_buckets, Hq) fp32 or None (``rel_grad``).
     """
+    do, q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table = contiguous(
+        do, q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table
+    )
     n_heads, head_dim = q.shape[1], q.shape[2]
     n_kv = k.shape[1]
     delta = (do.float() * o.float()).sum(-1)  # (Nq, Hq)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET
+from ptft_fast.kernels._common import INTERPRET, contiguous
 
 
 @triton.jit
@@ -161,6 +161,7 @@ def linear_cross_entropy_fwd(hidden, weight, bias, labels, rows, count, smoothin
     Returns:
         loss (N,) fp32 (0 at ignored rows), lse (N,) fp32 (undefined at ignored rows).
     """
+    hidden, weight, bias, labels = contiguous(hidden, weight, bias, labels)
     n_rows, n_hidden = hidden.shape
     loss = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device)
     lse = torch.empty_like(loss)
@@ -182,6 +183,7 @@ def linear_cross_entropy_bwd(hidden, weight, bias, labels, rows, count, lse, gra
     Returns:
         dh (N, H) fp32 (0 at ignored rows), dW (V, H) fp32, db (V,) fp32 or None.
     """
+    hidden, weight, bias, labels, grad_rows = contiguous(hidden, weight, bias, labels, grad_rows)
     n_rows, n_hidden = hidden.shape
     dh = torch.zeros((n_rows, n_hidden), dtype=torch.float32, device=hidden.device)
     dw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)

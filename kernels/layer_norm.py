@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import next_pow2, num_programs_cap
+from ptft_fast.kernels._common import contiguous, next_pow2, num_programs_cap
 
 
 @triton.jit
@@ -137,6 +137,7 @@ def layer_norm_fwd(
     Returns:
         y (M, H) like x, h (M, H) or None, mean (M,) fp32 (zeros for RMS), rstd (M,) fp32.
     """
+    x, residual, weight, bias = contiguous(x, residual, weight, bias)
     n_rows, n_cols = x.shape
     y = torch.empty_like(x)
     h = torch.empty((n_rows, n_cols), dtype=h_dtype, device=x.device) if store_h else None
@@ -177,6 +178,7 @@ def layer_norm_bwd(
     Returns:
         dx (M, H), dresidual (M, H) or None, dweight (H,) fp32, dbias (H,) fp32.
     """
+    dy, h, weight, dh_out = contiguous(dy, h, weight, dh_out)
     n_rows, n_cols = dy.shape
     dx = torch.empty((n_rows, n_cols), dtype=x_dtype, device=dy.device)
     dres = (

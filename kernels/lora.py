@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, next_pow2
+from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2
 
 
 @triton.jit
@@ -140,6 +140,7 @@ def fused_mm(x, w_kn, t, l_jn, lora_scale, bias, out_dtype, p=0.0, seed=0):
     w_kn and l_jn may be transposed views (only their strides are used); x, t contiguous.
     Returns (M, N) in ``out_dtype``.
     """
+    x, t, bias = contiguous(x, t, bias)
     n_rows, n_red = x.shape
     n_out = w_kn.shape[1]
     y = torch.empty((n_rows, n_out), dtype=out_dtype, device=x.device)
@@ -164,6 +165,7 @@ def lora_fwd(x, weight, bias, lora_a, lora_b, scaling, p, seed):
     Returns:
         y (M, out) like x, and t = dropout(x) Aᵀ (M, r) for backward.
     """
+    x, lora_a = contiguous(x, lora_a)
     n_rows, n_in = x.shape
     rank = lora_a.shape[0]
     t = torch.empty((n_rows, rank), dtype=x.dtype, device=x.device)
@@ -183,6 +185,7 @@ def lora_bwd(dy, x, t, weight, lora_a, lora_b, scaling, p, seed):
     Returns:
         dx (M, in) like x, dA (r, in) and dB (out, r) in lora_a's dtype.
     """
+    dy, x, t = contiguous(dy, x, t)
     n_rows, n_in = x.shape
     rank = lora_a.shape[0]
     dt = (dy @ lora_b.to(dy.dtype)).mul_(scaling).contiguous()  # (M, r)

@@ -26,3 +26,18 @@ def assert_rule(
     assert err <= bound, (
         f"{name}: max error {err:.3g} > bound {bound:.3g} (torch's own error {torch_err:.3g})"
     )
+
+
+def compare_with_grads(name: str, kernel, reference, inputs: dict, atol: float = 1e-5):
+    """kernel(**inputs) vs reference(**inputs) in fp32: output and the grads of every floating
+    input that requires grad (inputs may be non-contiguous views)."""
+    diff = {n: t for n, t in inputs.items() if isinstance(t, torch.Tensor) and t.requires_grad}
+    results = []
+    for fn in (kernel, reference):
+        out = fn(**inputs)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, out.dtype)
+        results.append((out, torch.autograd.grad(out, list(diff.values()), g)))
+    (out, grads), (ref, ref_grads) = results
+    assert_rule(f"{name} out", out, ref, None, atol)
+    for n, got, want in zip(diff, grads, ref_grads, strict=True):
+        assert_rule(f"{name} d{n}", got, want, None, atol)

@@ -206,3 +206,20 @@ def test_gpu_real_shapes(dtype, d, causal):
     check(qkv(2, 1023, 1025, 8, 2, d), dtype, causal=causal)
     leaves = {**qkv(2, 512, 512, 4, 4, d), "table": torch.randn(32, 4, device=DEV)}
     check(leaves, dtype, causal=causal, rel=dict(bidirectional=not causal, num_buckets=32, max_distance=128))
+
+
+def test_non_contiguous_inputs():
+    from kernel_tolerance import compare_with_grads
+
+    def bhtd(b, h, t, d):  # (B, T, H, D) views of (B, H, T, D) storage
+        return torch.randn(b, h, t, d, device=DEV).transpose(1, 2).requires_grad_()
+
+    inputs = {
+        "q": bhtd(2, 4, 11, 32),
+        "k": bhtd(2, 2, 13, 32),
+        "v": bhtd(2, 2, 13, 32),
+        "attn_bias": torch.randn(2, 4, 13, 11, device=DEV).transpose(2, 3).requires_grad_(),
+        "key_padding_mask": (torch.rand(13, 2, device=DEV) > 0.2).t(),
+        "causal": True,
+    }
+    compare_with_grads("attn", lambda **a: attention(**a, backend="triton"), attention_ref, inputs, atol=2e-5)

@@ -112,3 +112,19 @@ def test_gpu_real_shapes(dtype, labeled):
     check(
         (1023,), 1024, 32003, labeled=labeled, dtype=dtype, reduction="none", label_smoothing=0.1, z_loss=1e-4
     )
+
+
+def test_non_contiguous_inputs():
+    from kernel_tolerance import compare_with_grads
+
+    labels = torch.randint(0, 37, (9, 3), device=DEV).t()
+    labels[0, :4] = -100
+    inputs = {
+        "hidden": torch.randn(9, 3, 24, device=DEV).transpose(0, 1).requires_grad_(),
+        "weight": (torch.randn(37, 48, device=DEV)[:, ::2] / 5).requires_grad_(),
+        "labels": labels,
+        "bias": torch.randn(74, device=DEV)[::2].requires_grad_(),
+        "reduction": "none",
+    }
+    kernel = lambda **a: linear_cross_entropy(**a, backend="triton")  # noqa: E731
+    compare_with_grads("lce", kernel, linear_cross_entropy_ref, inputs)

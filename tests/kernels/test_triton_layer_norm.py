@@ -115,3 +115,16 @@ def test_dropout_reproducible_and_plain_output():
 def test_gpu(shape, dtype, rms):
     check(shape, dtype, rms=rms)
     check(shape, dtype, rms=rms, dropout_p=0.1)
+
+
+def test_non_contiguous_inputs():
+    from kernel_tolerance import compare_with_grads
+
+    x = torch.randn(40, 6, device=DEV).t().requires_grad_()  # (6, 40) transposed view
+    inputs = {
+        "x": x,
+        "weight": torch.randn(80, device=DEV)[::2].requires_grad_(),
+        "bias": torch.randn(80, device=DEV)[1::2].requires_grad_(),
+        "residual": torch.randn(6, 80, device=DEV)[:, ::2].requires_grad_(),
+    }
+    compare_with_grads("ln", lambda **a: layer_norm(**a, backend="triton"), layer_norm_ref, inputs)

@@ -104,3 +104,18 @@ def test_fp16():
 def test_gpu_real_shapes(dtype):
     check((4, 511), 4096, 4096, 16, dtype=dtype)
     check((1023,), 1024, 4095, 64, dtype=dtype, p=0.1)
+
+
+def test_non_contiguous_inputs():
+    from kernel_tolerance import compare_with_grads
+
+    inputs = {
+        "x": torch.randn(24, 7, device=DEV).t().requires_grad_(),
+        "weight": torch.randn(24, 32, device=DEV).t()[::2] / 5,  # (out=16, in=24), strided
+        "bias": torch.randn(32, device=DEV)[::2],
+        "lora_a": torch.randn(24, 4, device=DEV).t().requires_grad_(),
+        "lora_b": torch.randn(4, 16, device=DEV).t().requires_grad_(),
+        "scaling": 0.5,
+    }
+    kernel = lambda **a: lora_linear(**a, backend="triton")  # noqa: E731
+    compare_with_grads("lora", kernel, lora_linear_ref, inputs)
