@@ -35,6 +35,10 @@ __device__ __forceinline__ SeqInfo seq_info(const PtftAttnArgs& p, int b) {
     s.lq = p.cu_q[b + 1] - p.cu_q[b];
     s.k0 = p.cu_k[b];
     s.lk = p.cu_k[b + 1] - p.cu_k[b];
+    // max_seqlen_q/k too small would index lse/bias/mask out of bounds: the Python layer asserts
+    // against it on the device; clamping here keeps every access in bounds regardless.
+    s.lq = min(s.lq, p.max_q);
+    s.lk = min(s.lk, p.max_k);
   } else {
     s.q0 = static_cast<int64_t>(b) * p.max_q;
     s.lq = p.max_q;

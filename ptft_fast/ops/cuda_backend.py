@@ -125,6 +125,12 @@ def adapt_attention(
         tq, tk = int(max_seqlen_q), int(max_seqlen_k)
         cu_q = cu_seqlens_q.to(torch.int32).contiguous()
         cu_k = cu_seqlens_k.to(torch.int32).contiguous()
+        if q.device.type == "cuda":  # the public op checks this on the host only for CPU tensors
+            for name, cu, longest in (("max_seqlen_q", cu_q, tq), ("max_seqlen_k", cu_k, tk)):
+                ok = (cu[1:] - cu[:-1]).max() <= longest
+                torch._assert_async(
+                    ok, f"{_where(op)}: {name}={longest} is smaller than the longest sequence"
+                )
     else:
         tq, tk = q.shape[1], k.shape[1]
         cu_q = cu_k = None
