@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kernel_tolerance import assert_rule
 
 from ptft_fast.kernels._common import draw_seed
@@ -101,15 +103,33 @@ def _cu(lengths):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_varlen(causal):
-    len_q, len_k = [5, 1, 12, 3], [7, 3, 12, 1]
+    len_q, len_k = [5, 1, 12, 0, 3], [7, 3, 12, 2, 0]  # empty sequences and a query without keys
     leaves = {
         "q": torch.randn(sum(len_q), 4, 24, device=DEV),
         "k": torch.randn(sum(len_k), 2, 24, device=DEV),
         "v": torch.randn(sum(len_k), 2, 24, device=DEV),
-        "attn_bias": torch.randn(4, 4, 12, 12, device=DEV),
+        "attn_bias": torch.randn(5, 4, 12, 12, device=DEV),
     }
     kw = dict(cu_seqlens_q=_cu(len_q), cu_seqlens_k=_cu(len_k), max_seqlen_q=12, max_seqlen_k=12)
     check(leaves, causal=causal, **kw)
+
+
+def test_varlen_t5_bias():
+    len_q = [4, 9, 1]
+    leaves = {
+        "q": torch.randn(sum(len_q), 2, 32, device=DEV),
+        "k": torch.randn(sum(len_q), 2, 32, device=DEV),
+        "v": torch.randn(sum(len_q), 2, 32, device=DEV),
+        "table": torch.randn(6, 2, device=DEV),
+    }
+    kw = dict(cu_seqlens_q=_cu(len_q), cu_seqlens_k=_cu(len_q), max_seqlen_q=9, max_seqlen_k=9)
+    check(leaves, causal=False, rel=dict(bidirectional=True, num_buckets=6, max_distance=8), **kw)
+
+
+def test_head_dim_limit():
+    q = torch.randn(1, 2, 1, 257, device=DEV)
+    with pytest.raises(ValueError, match="head dim"):
+        attention(q, q, q, backend="triton")
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -223,3 +243,21 @@ def test_non_contiguous_inputs():
         "causal": True,
     }
     compare_with_grads("attn", lambda **a: attention(**a, backend="triton"), attention_ref, inputs, atol=2e-5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    b=st.integers(1, 2),
+    tq=st.integers(1, 21),
+    tk=st.integers(1, 21),
+    hkv=st.integers(1, 2),
+    group=st.integers(1, 3),
+    d=st.sampled_from([8, 16, 24, 33, 64]),
+    causal=st.booleans(),
+    masked=st.booleans(),
+)
+def test_fuzz_shapes(b, tq, tk, hkv, group, d, causal, masked):
+    kw = {"causal": causal}
+    if masked:
+        kw["key_padding_mask"] = torch.rand(b, tk, device=DEV) > 0.3
+    check(qkv(b, tq, tk, hkv * group, hkv, d), **kw)
