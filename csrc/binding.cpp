@@ -499,6 +499,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
       if (bias.has_value()) db.narrow(0, v0, nv).add_(d.sum(0, /*keepdim=*/false, at::kFloat));
     }
   }
+  if (red != 0) {  // the scalar loss gradient, / labeled count for mean (device-side, no sync)
+    at::Tensor g = grad.reshape({});
+    if (red == 2) g = g / count.reshape({}).clamp_min(1).to(at::kFloat);
+    dh_c.mul_(g);
+    dw.mul_(g);
+    if (bias.has_value()) db.mul_(g);
+  }
   at::Tensor dhidden = at::zeros_like(hidden);
   PTFT_CHECK_LAUNCH(OP, ptft_lce_scatter_rows(dt, dh_c.data_ptr<float>(), rows.data_ptr<int32_t>(),
                                               count.data_ptr<int32_t>(), n, h, dhidden.data_ptr(), stream()));

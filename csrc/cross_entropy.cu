@@ -8,8 +8,9 @@
 //    reduce them to per-row online-softmax partials (max, sum exp, sum z, label logit); a row
 //    kernel combines the partials into lse and the loss (label smoothing, z-loss), and one block
 //    reduces the losses (deterministic order) — the mean divides by the device-side count.
-// 3. ptft_lce_dlogits: recomputes a logits block and writes dloss/dlogits for it; the binding
-//    multiplies these blocks into dhidden and dweight with cuBLAS.
+// 3. ptft_lce_dlogits: recomputes a logits block and writes dloss/dlogits for it (unscaled by
+//    the scalar loss gradient for sum/mean); the binding multiplies these blocks into dhidden and
+//    dweight with cuBLAS and applies that scalar.
 #include "gemm_nt.cuh"
 
 namespace ptft {
@@ -192,7 +193,9 @@ __global__ void __launch_bounds__(kGemmThreads)
       const int64_t orig = rows[rc];
       lab = labels[orig];
       l = lse[rc];
-      gs = reduction == 0 ? grad[orig] : reduction == 1 ? grad[0] : grad[0] / static_cast<float>(n_valid);
+      // sum/mean: the scalar loss gradient is applied by the caller after the GEMMs, so the
+      // stored 16-bit dlogits keep full range (no underflow of tiny probabilities · 1/count)
+      gs = reduction == 0 ? grad[orig] : 1.f;
       coef = 1.f + 2.f * z_loss * l;
     }
     T* drow = dlogits + (rc - r0) * nv;

@@ -91,7 +91,9 @@ cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight
                          int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss, int reduction,
                          float* workspace, float* lse, float* row_loss, float* loss, cudaStream_t stream);
 // dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv) into dlogits (nr, nv) in
-// dtype; rows past count get zeros. grad: the loss gradient, scalar for sum/mean, (n,) for none.
+// dtype; rows past count get zeros. grad: (n,) loss gradient for reduction none (applied per
+// row); for sum/mean the blocks are left unscaled and the caller multiplies the products by the
+// scalar gradient (/ count for mean), keeping the 16-bit blocks clear of underflow.
 cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
                              const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
                              const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
