@@ -3,11 +3,14 @@ rows only, without the (N, V) logits and without a host sync.
 
 Row selection stays on the device: a prefix sum over ``labels != ignore_index`` packs the labeled
 row indices to the front of ROWS and their count into COUNT; the grid covers all N rows and
-programs past COUNT return at once, so the launch never needs the count on the host. Each
-program owns BLOCK_M labeled rows and walks the vocab in BLOCK_V blocks, computing the logits
-block with tl.dot over BLOCK_H slices of the hidden dim (the matmul is inside the kernel, fused
-with the online log-sum-exp). Backward recomputes each logits block once and turns it into
-dlogits, then dh (rows owned: plain stores) and dW/db (shared across programs: fp32 atomics).
+programs past COUNT return at once, so the launch never needs the count on the host. A program
+owns BLOCK_M labeled rows and one of N_SPLIT contiguous vocab ranges (the split keeps the GPU
+busy when few rows are labeled) and walks it in BLOCK_V blocks, computing each logits block with
+tl.dot over BLOCK_H slices of the hidden dim: the matmul is inside the kernel, fused with the
+online log-sum-exp. The per-split (max, sum, label logit, logit sum) partials are merged per row
+by a few elementwise torch ops. Backward recomputes each logits block once, turns it into
+dlogits and accumulates dh, dW and db with fp32 atomics (dh is shared by the vocab splits, dW/db
+by the row blocks).
 """
 
 from __future__ import annotations
@@ -44,15 +47,17 @@ def _logits_block(HID, W, BIAS, idx, rmask, offs_v, vmask, n_hidden, HAS_BIAS: t
 
 @triton.jit
 def _lce_fwd_kernel(
-    HID, W, BIAS, LABELS, ROWS, COUNT, LOSS, LSE,
-    n_hidden, n_vocab, smoothing, z_loss,
+    HID, W, BIAS, LABELS, ROWS, COUNT, M_PART, L_PART, ZL_PART, ZS_PART,
+    n_rows, n_hidden, n_vocab, split_len,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
+    """Partials of vocab split program_id(1) for BLOCK_M labeled rows, stored at [split, row]."""
     start = tl.program_id(0) * BLOCK_M
     n_valid = tl.load(COUNT)
     if start >= n_valid:  # only labeled rows are computed
         return
+    split = tl.program_id(1)
     slot = start + tl.arange(0, BLOCK_M)
     rmask = slot < n_valid
     idx = tl.load(ROWS + slot, mask=rmask, other=0).to(tl.int64)
@@ -61,9 +66,10 @@ def _lce_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     z_label = tl.zeros([BLOCK_M], dtype=tl.float32)
     z_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for v0 in range(0, n_vocab, BLOCK_V):
+    v_end = tl.minimum(n_vocab, (split + 1) * split_len)
+    for v0 in range(split * split_len, v_end, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
-        vmask = offs_v < n_vocab
+        vmask = offs_v < v_end
         z = _logits_block(
             HID, W, BIAS, idx, rmask, offs_v, vmask, n_hidden, HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_H
         )
@@ -73,16 +79,17 @@ def _lce_fwd_kernel(
         m_new = tl.maximum(m_i, tl.max(z, axis=1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
         m_i = m_new
-    lse = m_i + tl.log(l_i)
-    loss = (1.0 - smoothing) * (lse - z_label) + smoothing * (lse - z_sum / n_vocab) + z_loss * lse * lse
-    tl.store(LOSS + idx, loss, mask=rmask)
-    tl.store(LSE + idx, lse, mask=rmask)
+    part = split * n_rows + idx
+    tl.store(M_PART + part, m_i, mask=rmask)
+    tl.store(L_PART + part, l_i, mask=rmask)
+    tl.store(ZL_PART + part, z_label, mask=rmask)
+    tl.store(ZS_PART + part, z_sum, mask=rmask)
 
 
 @triton.jit
 def _lce_bwd_kernel(
     HID, W, BIAS, LABELS, ROWS, COUNT, LSE, GRAD, DH, DW, DB,
-    n_hidden, n_vocab, smoothing, z_loss,
+    n_hidden, n_vocab, split_len, smoothing, z_loss,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
@@ -90,6 +97,7 @@ def _lce_bwd_kernel(
     n_valid = tl.load(COUNT)
     if start >= n_valid:
         return
+    split = tl.program_id(1)
     slot = start + tl.arange(0, BLOCK_M)
     rmask = slot < n_valid
     idx = tl.load(ROWS + slot, mask=rmask, other=0).to(tl.int64)
@@ -97,9 +105,10 @@ def _lce_bwd_kernel(
     lse = tl.load(LSE + idx, mask=rmask, other=0.0)
     g = tl.load(GRAD + idx, mask=rmask, other=0.0)  # d(total)/d(row loss)
     coef = g * (1.0 + 2.0 * z_loss * lse)
-    for v0 in range(0, n_vocab, BLOCK_V):
+    v_end = tl.minimum(n_vocab, (split + 1) * split_len)
+    for v0 in range(split * split_len, v_end, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
-        vmask = offs_v < n_vocab
+        vmask = offs_v < v_end
         z = _logits_block(
             HID, W, BIAS, idx, rmask, offs_v, vmask, n_hidden, HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_H
         )
@@ -117,15 +126,13 @@ def _lce_bwd_kernel(
             wm = vmask[:, None] & hmask[None, :]
             x = tl.load(HID + idx[:, None] * n_hidden + offs_h[None, :], mask=xm, other=0.0)
             w = tl.load(W + offs_v[:, None] * n_hidden + offs_h[None, :], mask=wm, other=0.0)
-            dh_ptr = DH + idx[:, None] * n_hidden + offs_h[None, :]
             if IEEE:
                 dh_part = tl.dot(d_in, w, input_precision="ieee")
                 dw_part = tl.dot(tl.trans(d_in), x, input_precision="ieee")
             else:
                 dh_part = tl.dot(d_in, w)
                 dw_part = tl.dot(tl.trans(d_in), x)
-            # this program owns its rows of DH: read-modify-write without atomics
-            tl.store(dh_ptr, tl.load(dh_ptr, mask=xm, other=0.0) + dh_part, mask=xm)
+            tl.atomic_add(DH + idx[:, None] * n_hidden + offs_h[None, :], dh_part, mask=xm)
             tl.atomic_add(DW + offs_v[:, None] * n_hidden + offs_h[None, :], dw_part, mask=wm)
 
 
@@ -134,6 +141,21 @@ def _blocks(device: torch.device) -> tuple[int, int, int, int]:
     if INTERPRET or device.type != "cuda":
         return 16, 32, 32, 4
     return 64, 128, 64, 8
+
+
+def _vocab_split(
+    n_rows: int, n_vocab: int, block_m: int, block_v: int, device: torch.device
+) -> tuple[int, int]:
+    """(number of vocab splits, split length): enough programs to fill the GPU even when only
+    ~1/8 of the row blocks are labeled (the count is not known on the host)."""
+    v_blocks = triton.cdiv(n_vocab, block_v)
+    if INTERPRET or device.type != "cuda":
+        n_split = min(v_blocks, 2)  # exercise the split merge in CPU tests
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        n_split = max(1, min(v_blocks, 16, triton.cdiv(8 * 2 * sms, triton.cdiv(n_rows, block_m))))
+    split_len = triton.cdiv(v_blocks, n_split) * block_v
+    return triton.cdiv(n_vocab, split_len), split_len
 
 
 def pack_labeled_rows(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +177,7 @@ def linear_cross_entropy_fwd(hidden, weight, bias, labels, rows, count, smoothin
     """Per-row loss and log-sum-exp.
 
     Args:
-        hidden: (N, H) contiguous. weight: (V, H) contiguous. bias: (V,) or None. labels: (N,).
+        hidden: (N, H). weight: (V, H). bias: (V,) or None. labels: (N,).
         rows, count: from :func:`pack_labeled_rows`.
 
     Returns:
@@ -163,16 +185,27 @@ def linear_cross_entropy_fwd(hidden, weight, bias, labels, rows, count, smoothin
     """
     hidden, weight, bias, labels = contiguous(hidden, weight, bias, labels)
     n_rows, n_hidden = hidden.shape
-    loss = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device)
-    lse = torch.empty_like(loss)
+    n_vocab = weight.shape[0]
     bm, bv, bh, warps = _blocks(hidden.device)
-    _lce_fwd_kernel[(triton.cdiv(n_rows, bm),)](
-        hidden, weight, bias, labels, rows, count, loss, lse,
-        n_hidden, weight.shape[0], smoothing, z_loss,
+    n_split, split_len = _vocab_split(n_rows, n_vocab, bm, bv, hidden.device)
+    # partials of ignored rows stay at the neutral (-inf, 0, 0, 0)
+    m_part = torch.full((n_split, n_rows), float("-inf"), dtype=torch.float32, device=hidden.device)
+    l_part, zl_part, zs_part = (torch.zeros_like(m_part) for _ in range(3))
+    _lce_fwd_kernel[(triton.cdiv(n_rows, bm), n_split)](
+        hidden, weight, bias, labels, rows, count, m_part, l_part, zl_part, zs_part,
+        n_rows, n_hidden, n_vocab, split_len,
         HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_V=bv, BLOCK_H=bh, num_warps=warps,
     )  # fmt: skip
-    return loss, lse
+    # merge the splits' online log-sum-exp states
+    m = m_part.amax(0)
+    labeled = torch.isfinite(m)
+    m = torch.where(labeled, m, 0.0)
+    total = (l_part * torch.exp(m_part - m)).sum(0)
+    lse = m + torch.log(torch.where(labeled, total, 1.0))
+    z_label, z_sum = zl_part.sum(0), zs_part.sum(0)
+    loss = (1.0 - smoothing) * (lse - z_label) + smoothing * (lse - z_sum / n_vocab) + z_loss * lse * lse
+    return torch.where(labeled, loss, 0.0), lse
 
 
 def linear_cross_entropy_bwd(hidden, weight, bias, labels, rows, count, lse, grad_rows, smoothing, z_loss):
@@ -189,9 +222,10 @@ def linear_cross_entropy_bwd(hidden, weight, bias, labels, rows, count, lse, gra
     dw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)
     db = torch.zeros(weight.shape[0], dtype=torch.float32, device=hidden.device) if bias is not None else None
     bm, bv, bh, warps = _blocks(hidden.device)
-    _lce_bwd_kernel[(triton.cdiv(n_rows, bm),)](
+    n_split, split_len = _vocab_split(n_rows, weight.shape[0], bm, bv, hidden.device)
+    _lce_bwd_kernel[(triton.cdiv(n_rows, bm), n_split)](
         hidden, weight, bias, labels, rows, count, lse, grad_rows, dh, dw, db,
-        n_hidden, weight.shape[0], smoothing, z_loss,
+        n_hidden, weight.shape[0], split_len, smoothing, z_loss,
         HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_V=bv, BLOCK_H=bh, num_warps=warps,
     )  # fmt: skip
