@@ -146,15 +146,19 @@ def _attention_keep_kernel(
         tl.store(base + offs_m[:, None] * max_k + offs_n[None, :], keep.to(tl.int8), mask=mask)
 
 
-def blocks(head_dim: int, device: torch.device) -> tuple[int, int, int, int, int]:
+def blocks(head_dim: int, dtype: torch.dtype, device: torch.device, backward: bool = False):
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). Head dims pad to a power of two >= 16
-    (tl.dot's minimum); smaller key blocks for large D keep K/V tiles in shared memory."""
+    (tl.dot's minimum). Large head dims, 4-byte inputs and the backward (two (BLOCK, D) fp32
+    accumulators per program) get smaller tiles so tiles fit in shared memory and registers."""
     block_d = max(16, next_pow2(head_dim))
     if INTERPRET or device.type != "cuda":
         return 32, 32, block_d, 4, 1
-    if block_d <= 64:
+    wide = block_d * (dtype.itemsize // 2)  # tile width in 2-byte units
+    if backward:
+        return 64, 64 if wide <= 128 else 32, block_d, 4 if wide <= 64 else 8, 2
+    if wide <= 64:
         return 128, 64, block_d, 4, 3
-    return 128, 32 if block_d > 128 else 64, block_d, 8, 2
+    return (128, 64, block_d, 8, 2) if wide <= 128 else (64, 32, block_d, 8, 2)
 
 
 def attention_fwd(
@@ -177,7 +181,7 @@ def attention_fwd(
     n_q, n_heads, head_dim = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((n_q, n_heads), dtype=torch.float32, device=q.device)
-    bm, bn, bd, warps, stages = blocks(head_dim, q.device)
+    bm, bn, bd, warps, stages = blocks(head_dim, q.dtype, q.device)
     sb = bias4.stride() if bias4 is not None else (0, 0, 0, 0)
     sb = tuple(0 if bias4 is not None and bias4.shape[i] == 1 else s for i, s in enumerate(sb))
     grid = (triton.cdiv(max_q, bm), batch * n_heads)

@@ -181,7 +181,7 @@ def attention_bwd(
         else None
     )
     dtable = torch.zeros(rel_table.shape, dtype=torch.float32, device=q.device) if rel_grad else None
-    bm, bn, bd, warps, stages = blocks(head_dim, q.device)
+    bm, bn, bd, warps, stages = blocks(head_dim, q.dtype, q.device, backward=True)
     sb = bias4.stride() if bias4 is not None else (0, 0, 0, 0)
     sb = tuple(0 if bias4 is not None and bias4.shape[i] == 1 else s for i, s in enumerate(sb))
     common = (cu_q, cu_k, kpm, bias4, *sb, rel_lut, rel_table, n_heads, n_kv, head_dim, max_q, max_k)
