@@ -1,0 +1,115 @@
+"""Prompt tuning: P trainable soft-prompt embeddings prepended to the input embeddings.
+
+Works for ptft_fast models and Hugging Face models alike without an ``inputs_embeds`` argument:
+the wrapper prepends P placeholder ids (and ones to the attention mask), and a one-shot forward
+hook on the token embedding replaces the placeholders' rows with the soft prompt. Position
+embeddings are then added by the model as usual (prompt at positions 0..P-1, as in peft).
+For encoder-decoder models the prompt goes to the encoder input only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ptft_fast.models.heads import IGNORE_INDEX
+
+
+@dataclass
+class PromptTuningConfig:
+    num_virtual_tokens: int = 20
+    init_text: str | None = None  # initialise from the embeddings of this text's tokens
+
+    def to_dict(self) -> dict:
+        return {"peft_type": "prompt", **asdict(self)}
+
+
+def input_embedding(model: nn.Module) -> nn.Embedding:
+    """The token embedding of an HF model (get_input_embeddings) or a ptft_fast model."""
+    if hasattr(model, "get_input_embeddings"):
+        return model.get_input_embeddings()
+    for path in ("embed_tokens", "encoder.embed_tokens", "shared", "backbone.embed_tokens"):
+        try:
+            m = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(m, nn.Embedding):
+            return m
+    raise TypeError(f"prompt tuning: cannot find the token embedding of {type(model).__name__}")
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+class PromptTuning(nn.Module):
+    """Wraps ``model``: forward(input_ids (B, T), attention_mask (B, T), ...) runs the model on
+    (B, P + T). ``soft_prompt``: (P, C).
+
+    Args:
+        init_ids: token ids whose embeddings initialise the prompt (repeated/truncated to P);
+            None → P rows sampled from the vocabulary embedding.
+        placeholder_id: id fed at the prompt positions (its embedding is replaced).
+        strip_outputs: drop the P prompt positions from ``hidden_states``/``logits`` of the output
+            (for ptft_fast task heads that pool by position).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_virtual_tokens: int,
+        init_ids: Sequence[int] | None = None,
+        *,
+        placeholder_id: int = 0,
+        strip_outputs: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if num_virtual_tokens < 1:
+            raise ValueError(f"PromptTuning: num_virtual_tokens must be >= 1, got {num_virtual_tokens}")
+        self.model = model
+        self.num_virtual_tokens = num_virtual_tokens
+        self.placeholder_id, self.strip_outputs = placeholder_id, strip_outputs
+        emb = input_embedding(model)
+        if init_ids is not None and len(init_ids) > 0:
+            reps = -(-num_virtual_tokens // len(init_ids))
+            ids = torch.tensor(list(init_ids) * reps, device=emb.weight.device)[:num_virtual_tokens]
+        else:
+            ids = torch.randint(0, emb.num_embeddings, (num_virtual_tokens,), generator=generator)
+        self.soft_prompt = nn.Parameter(emb.weight.detach()[ids.to(emb.weight.device)].clone())
+        self._pending = False
+        emb.register_forward_hook(self._inject)
+
+    def _inject(self, module, args, out: torch.Tensor) -> torch.Tensor | None:
+        if not self._pending:
+            return None
+        self._pending = False  # encoder-decoder: the decoder's embedding call is left alone
+        p = self.num_virtual_tokens
+        prompt = self.soft_prompt.to(out.dtype).unsqueeze(0).expand(out.shape[0], -1, -1)
+        return torch.cat([prompt, out[:, p:]], dim=1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        b, p = input_ids.shape[0], self.num_virtual_tokens
+        ids = torch.cat([input_ids.new_full((b, p), self.placeholder_id), input_ids], dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], dim=1)
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(b, p), token_type_ids], dim=1)
+        if labels is not None:
+            if labels.shape == input_ids.shape and not is_encoder_decoder(self.model):
+                labels = torch.cat([labels.new_full((b, p), IGNORE_INDEX), labels], dim=1)
+            kwargs["labels"] = labels
+        self._pending = True
+        try:
+            out = self.model(ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._pending = False
+        if self.strip_outputs:
+            for name in ("hidden_states", "logits"):
+                t = getattr(out, name, None)
+                if isinstance(t, torch.Tensor) and t.dim() == 3 and t.shape[1] == ids.shape[1]:
+                    setattr(out, name, t[:, p:])
+        return out
