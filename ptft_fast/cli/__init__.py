@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("bench", "prepare")
+SUBCOMMANDS = ("bench", "prepare", "pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,207 @@
+"""Data for a run: tokenizer + train/eval token shards (cached in the run folder) and a resumable
+batch source per objective.
+
+``prepare_run_data`` accepts a shard folder (``index.json``; a ``ptft prepare`` output folder with
+``shards/`` too), text inputs (.txt / .jsonl files or folders), or nothing (the embedded pydoc
+corpus). Text inputs are split by document into train and eval (every k-th document held out).
+
+:class:`BatchSource` packs documents from a :class:`ResumableSampler` into rows and collates them
+for the objective; ``state_dict()`` holds the stream position and the collators' RNG states, so a
+restored source yields exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import base64
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptft_fast.data.bart import BartCollator, BartNoiseConfig, BartNoiser, sentence_end_table
+from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
+from ptft_fast.data.electra import electra_masking
+from ptft_fast.data.masking import MaskingConfig
+from ptft_fast.data.mlm import MLMCollator, MLMConfig
+from ptft_fast.data.packing import PackedStream
+from ptft_fast.data.sampler import ResumableSampler
+from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
+from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
+from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, TokenizerConfig, train_tokenizer
+from ptft_fast.train.config import TrainConfig
+
+
+@dataclass
+class RunData:
+    tokenizer: PtftTokenizer
+    train: TokenShards
+    eval: TokenShards
+    eval_is_train: bool  # no held-out documents (a shard folder was given)
+
+
+def _shard_folder(path: Path) -> Path | None:
+    for cand in (path, path / "shards"):
+        if (cand / INDEX_FILE).is_file():
+            return cand
+    return None
+
+
+def _texts(data: str | None) -> list[str]:
+    if data is None:
+        from ptft_fast.data.corpus import embedded_corpus
+
+        return embedded_corpus()
+    from ptft_fast.data.corpus import read_documents
+
+    texts = [d.text for d in read_documents([data])]
+    if not texts:
+        raise FileNotFoundError(f"data={data!r}: no documents found (.txt/.jsonl files or a shard folder)")
+    return texts
+
+
+def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path) -> RunData:
+    """Tokenizer and shards for the run, built once and cached under ``out/data``."""
+    if cfg.data is not None and (folder := _shard_folder(Path(cfg.data))) is not None:
+        shards = TokenShards(folder)
+        warnings.warn(f"{folder} is a shard folder: evaluation uses training documents", stacklevel=2)
+        return RunData(shards.tokenizer(), shards, shards, True)
+    root = out / "data"
+    train_dir, eval_dir = root / "train", root / "eval"
+    if (train_dir / INDEX_FILE).is_file() and (eval_dir / INDEX_FILE).is_file():
+        return RunData(
+            PtftTokenizer.from_file(train_dir / TOKENIZER_FILE), *_open(train_dir, eval_dir), False
+        )
+    texts = _texts(cfg.data)
+    every = max(2, round(1 / cfg.eval_fraction)) if cfg.eval_fraction > 0 else 0
+    held = {i for i in range(len(texts)) if every and i % every == every - 1}
+    if not held:
+        raise ValueError(f"eval_fraction={cfg.eval_fraction} holds out no document of {len(texts)}")
+    train_texts = [t for i, t in enumerate(texts) if i not in held]
+    tok_cfg = TokenizerConfig(kind=tokenizer_kind, vocab_size=cfg.vocab_size)
+    if tokenizer_kind == "unigram":
+        tok_cfg.num_sentinels = min(100, cfg.vocab_size // 10)
+    tok = train_tokenizer(train_texts, tok_cfg)
+    shard_cfg = ShardConfig(num_workers=1, progress=False)
+    write_shards([texts[i] for i in sorted(held)], tok, eval_dir, shard_cfg)
+    write_shards(train_texts, tok, train_dir, shard_cfg)  # written last: its index marks completion
+    return RunData(tok, *_open(train_dir, eval_dir), False)
+
+
+def _open(train_dir: Path, eval_dir: Path) -> tuple[TokenShards, TokenShards]:
+    return TokenShards(train_dir), TokenShards(eval_dir)
+
+
+def unigram_entropy(shards: TokenShards, vocab_size: int) -> float:
+    """Entropy (nats) of the token frequency distribution of ``shards``: the loss of a model that
+    predicts every token from its corpus frequency alone."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for s in range(shards.num_shards):
+        counts += np.bincount(np.asarray(shards.tokens(s), dtype=np.int64), minlength=vocab_size)[:vocab_size]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# ---------------------------------------------------------------- RNG state of collators
+def _encode_rng(g) -> dict:
+    if isinstance(g, torch.Generator):
+        return {"torch": base64.b64encode(g.get_state().numpy().tobytes()).decode()}
+    return {"numpy": g.bit_generator.state}
+
+
+def _decode_rng(g, state: dict) -> None:
+    if isinstance(g, torch.Generator):
+        raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+        g.set_state(torch.from_numpy(raw))
+    else:
+        g.bit_generator.state = state["numpy"]
+
+
+def _generators(obj, prefix: str = "") -> dict:
+    """Every torch / numpy generator held by ``obj`` or by its attributes (one level down)."""
+    found = {}
+    for name, value in vars(obj).items():
+        if isinstance(value, (torch.Generator, np.random.Generator)):
+            found[prefix + name] = value
+        elif not prefix and hasattr(value, "__dict__") and not isinstance(value, (torch.Tensor, type)):
+            found.update(_generators(value, f"{name}."))
+    return found
+
+
+class BatchSource:
+    """Endless collated batches of one objective from ``shards``.
+
+    ``next(batch_size, seq_len)`` returns a dict of tensors for the model; documents are packed
+    (separated by the tokenizer's end token where the family uses one) into rows that fill
+    ``seq_len`` model positions (T5: encoder positions after corruption).
+    """
+
+    def __init__(self, objective: str, shards: TokenShards, tok: PtftTokenizer, cfg: TrainConfig, seed: int):
+        self.objective, self.tok, self.cfg = objective, tok, cfg
+        sampler = ResumableSampler(shards, seed=seed, num_epochs=None)
+        eos = {"mlm": tok.sep_id, "electra": tok.sep_id, "infill": None}.get(objective, tok.eos_id)
+        self.stream = PackedStream(sampler, cfg.seq_len, eos_id=eos, pad_id=tok.pad_id or 0)
+        if objective in ("mlm", "electra"):
+            masking = (
+                electra_masking(cfg.mlm_probability)
+                if objective == "electra"
+                else MaskingConfig(mlm_probability=cfg.mlm_probability)
+            )
+            self.collator = MLMCollator(tok, MLMConfig(masking=masking, seed=seed))
+        elif objective == "clm":
+            self.collator = PackedCLMCollator()
+        elif objective == "prefix-lm":
+            self.collator = PrefixLMCollator(pad_id=tok.pad_id, seed=seed)
+        elif objective == "span":
+            t5 = T5Config(cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length, seed=seed)
+            self.collator = T5SpanCorruptionCollator(tok.sentinel_ids, tok.eos_id, tok.pad_id, t5)
+        else:  # infill
+            table = sentence_end_table(tok.backend.get_vocab(), tok.vocab_size)
+            noiser = BartNoiser(tok.mask_id, table, BartNoiseConfig(infill_ratio=cfg.infill_ratio, seed=seed))
+            self.collator = BartCollator(noiser, tok.bos_id, tok.eos_id, tok.pad_id)
+        self._seq_len = -1
+
+    def _set_seq_len(self, seq_len: int) -> None:
+        """Row length for the model length ``seq_len`` (the collators add their special tokens)."""
+        if seq_len == self._seq_len:
+            return
+        self._seq_len = seq_len
+        if self.objective in ("mlm", "electra"):
+            self.stream.seq_len = seq_len - 2  # [CLS] … [SEP]
+        elif self.objective == "span":
+            c = self.collator
+            c.cfg.inputs_length = seq_len
+            c.raw_length, c.targets_length = t5_raw_length(
+                seq_len, c.cfg.noise_density, c.cfg.mean_noise_span_length
+            )
+            self.stream.seq_len = c.raw_length
+        elif self.objective == "infill":
+            self.stream.seq_len = seq_len - 2  # <s> … </s>
+            self.collator.max_length = seq_len
+        else:
+            self.stream.seq_len = seq_len
+
+    def next(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        self._set_seq_len(seq_len)
+        rows = [next(self.stream) for _ in range(batch_size)]
+        if self.objective == "clm":
+            b = self.collator(rows)
+            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        ids = [r.input_ids[r.doc_ids >= 0] for r in rows]
+        b = self.collator(ids)
+        if self.objective == "prefix-lm":
+            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        return b
+
+    def state_dict(self) -> dict:
+        rngs = {k: _encode_rng(g) for k, g in _generators(self.collator).items()}
+        return {"stream": self.stream.state_dict(), "rng": rngs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state["stream"])
+        gens = _generators(self.collator)
+        if set(gens) != set(state["rng"]):
+            raise ValueError(f"data state has generators {sorted(state['rng'])}, collator has {sorted(gens)}")
+        for k, g in gens.items():
+            _decode_rng(g, state["rng"][k])

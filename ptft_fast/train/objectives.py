@@ -1,0 +1,143 @@
+"""Objective ↔ model glue: summed losses with their token counts, eval statistics, export.
+
+Per-token normalization: a loss *term* is returned as (sum over labeled tokens, count). The
+trainer divides every micro-batch's sum by the count over the whole accumulated batch, so k
+micro-batches give exactly the update of one k-times-larger batch whatever their label counts.
+The models return the mean over labeled tokens; the sum is that mean × the count (the count of
+the same labels the model scores), which is the summed cross-entropy up to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ptft_fast.data.electra import discriminator_loss, replace_with_generator_samples
+from ptft_fast.models import EncoderForMaskedLM, build_model
+from ptft_fast.models.config import ModelConfig
+
+IGNORE = -100
+LM_OBJECTIVES = ("clm", "prefix-lm")  # the model shifts: position t predicts labels[t + 1]
+
+
+class ElectraModel(nn.Module):
+    """ELECTRA pair: an MLM generator and a discriminator that share the token embeddings, plus
+    the per-token replaced/original head. ``config`` is the discriminator's."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.generator = EncoderForMaskedLM(config)
+        self.discriminator = EncoderForMaskedLM(config)
+        self.discriminator.encoder.embed_tokens = self.generator.encoder.embed_tokens
+        self.disc_head = nn.Linear(config.hidden_size, 1)
+
+
+def build_for_objective(objective: str, config: ModelConfig) -> nn.Module:
+    return ElectraModel(config) if objective == "electra" else build_model(config)
+
+
+def label_counts(objective: str, batch: dict) -> dict[str, int]:
+    """Tokens each loss term of ``batch`` is averaged over (known before the forward)."""
+    labels = batch["labels"]
+    if objective in LM_OBJECTIVES:
+        labels = labels[:, 1:]
+    counts = {"lm": int((labels != IGNORE).sum())}
+    if objective == "electra":
+        counts["disc"] = int(batch["attention_mask"].sum())
+    return counts
+
+
+def loss_sums(
+    objective: str, model: nn.Module, batch: dict, sample_gen: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Summed loss per term (``lm``, and ``disc`` for ELECTRA); a term with no labeled token is absent."""
+    counts = label_counts(objective, batch)
+    if objective != "electra":
+        if counts["lm"] == 0:
+            return {}
+        return {"lm": model(**batch).loss.float() * counts["lm"]}
+    gen_out = model.generator(**batch, return_logits=True)
+    rtd = replace_with_generator_samples(
+        batch["input_ids"], batch["labels"], gen_out.logits, batch["attention_mask"], generator=sample_gen
+    )
+    h = model.discriminator.encoder(rtd["disc_input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    disc = discriminator_loss(model.disc_head(h).squeeze(-1), rtd["disc_labels"])
+    out = {"disc": disc.float() * counts["disc"]}
+    if counts["lm"]:
+        out["lm"] = gen_out.loss.float() * counts["lm"]
+    return out
+
+
+@torch.no_grad()
+def eval_sums(objective: str, model: nn.Module, batch: dict) -> dict[str, float]:
+    """loss_sum, tokens, correct (argmax == label on the scored tokens) for one eval batch."""
+    net = model.generator if objective == "electra" else model
+    kwargs = {k: v for k, v in batch.items()}
+    out = net(**kwargs, return_logits=True)
+    logits, labels = out.logits, batch["labels"]
+    if objective in LM_OBJECTIVES:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE
+    n = int(keep.sum())
+    correct = int((logits.argmax(-1)[keep] == labels[keep]).sum())
+    loss_sum = float(out.loss) * n if n else 0.0
+    return {"loss_sum": loss_sum, "tokens": n, "correct": correct}
+
+
+def token_counts(objective: str, batch: dict) -> dict[str, int]:
+    """Real (non-padding) tokens through the encoder/decoder stacks and the vocab head; the
+    longest row lengths (for the attention FLOPs)."""
+    counts = label_counts(objective, batch)
+    enc = int(batch["attention_mask"].sum())
+    seq = batch["input_ids"].shape[1]
+    dec, dec_len = 0, 0
+    if "decoder_input_ids" in batch:
+        labels = batch["labels"]
+        dec, dec_len = int((labels != IGNORE).sum()), labels.shape[1]
+    return {"enc": enc, "enc_len": seq, "dec": dec, "dec_len": dec_len, "head": counts["lm"]}
+
+
+# ---------------------------------------------------------------- HF export / import
+def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """HF-format folder(s): the model (ELECTRA: the discriminator, the generator in
+    ``generator/`` and the RTD head in ``electra_head.safetensors``)."""
+    from safetensors.torch import save_file
+
+    from ptft_fast.hf import save_pretrained
+
+    root = Path(path)
+    if isinstance(model, ElectraModel):
+        save_pretrained(model.discriminator, root)
+        save_pretrained(model.generator, root / "generator")
+        head = {k: v.detach().contiguous().clone() for k, v in model.disc_head.state_dict().items()}
+        save_file(head, root / "electra_head.safetensors")
+        return root
+    return save_pretrained(model, root)
+
+
+def import_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load the weights written by :func:`export_model` into ``model`` (same config)."""
+    from safetensors.torch import load_file
+
+    from ptft_fast.hf import load_pretrained
+
+    root = Path(path)
+    if isinstance(model, ElectraModel):
+        model.disc_head.load_state_dict(load_file(root / "electra_head.safetensors"))
+        _copy(model.generator, root / "generator")
+        _copy(model.discriminator, root)
+        return
+    loaded, _ = load_pretrained(root)
+    model.load_state_dict(loaded.state_dict())
+    del loaded
+
+
+def _copy(module: nn.Module, root: Path) -> None:
+    from ptft_fast.hf import load_pretrained
+
+    loaded, _ = load_pretrained(root)
+    module.load_state_dict(loaded.state_dict())

@@ -1,0 +1,158 @@
+"""How a loss becomes an update: optimizer, mixed precision, loss scaling, clipping.
+
+The trainer talks only to a :class:`Strategy` — ``autocast()``, ``backward(loss)``, ``step()``,
+``zero_grad()``, ``state_dict()`` — so a DeepSpeed engine (``engine.backward`` / ``engine.step``)
+can replace :class:`TorchStrategy` without touching the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ptft_fast.train.config import TrainConfig
+from ptft_fast.train.schedule import lr_factor
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepResult:
+    """What ``Strategy.step`` did: ``stepped`` False when the update was skipped (non-finite grads)."""
+
+    stepped: bool
+    grad_norm: float  # global grad norm before clipping (inf/nan when skipped)
+    lr: float
+    loss_scale: float  # 1.0 unless fp16
+
+
+class Strategy(Protocol):
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self, step: int) -> StepResult: ...
+    def zero_grad(self) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices, none on biases, norms and 1-D parameters."""
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused kernel when this torch has one for ``device``, else foreach (chosen once, said once)."""
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    groups = param_groups(model, cfg.weight_decay)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError) as exc:
+        warnings.warn(f"fused AdamW unavailable on {device.type} ({exc}); using foreach", stacklevel=2)
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+class DynamicLossScaler:
+    """fp16 loss scaling: halve on overflow (the step is skipped), double after ``window`` good steps."""
+
+    def __init__(self, init_scale: float, window: int, min_scale: float = 1.0) -> None:
+        self.scale, self.window, self.min_scale, self.good_steps = init_scale, window, min_scale, 0
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.scale, self.good_steps = self.scale / 2.0, 0
+            if self.scale < self.min_scale:
+                raise FloatingPointError(
+                    f"fp16 loss scale fell below {self.min_scale}: gradients overflow even unscaled; "
+                    "use precision=bf16 or fp32, or lower lr"
+                )
+            return
+        self.good_steps += 1
+        if self.good_steps >= self.window:
+            self.scale, self.good_steps = self.scale * 2.0, 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
+
+
+class TorchStrategy:
+    """Single-process PyTorch: AdamW, autocast (bf16/fp16), fp16 loss scaling, grad clipping.
+
+    The learning rate is set from :func:`lr_factor` at every step (no scheduler state to lose).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.optimizer = build_adamw(model, cfg, device)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scaler = (
+            DynamicLossScaler(cfg.init_loss_scale, cfg.loss_scale_window) if cfg.precision == "fp16" else None
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES.get(self.cfg.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate grads of ``loss`` (already divided by the step's labeled-token total)."""
+        (loss * self.scaler.scale if self.scaler else loss).backward()
+
+    def _grad_norm(self) -> torch.Tensor:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+    def step(self, step: int) -> StepResult:
+        """Unscale, check finiteness, clip, update (or skip) and clear the grads."""
+        scale = self.scaler.scale if self.scaler else 1.0
+        if self.scaler:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / scale)
+        norm = float(self._grad_norm())
+        lr = self.cfg.lr * lr_factor(step, self.cfg)
+        finite = math.isfinite(norm)
+        if self.scaler:
+            self.scaler.update(finite)
+        if finite:
+            if self.cfg.max_grad_norm and norm > self.cfg.max_grad_norm:
+                coef = self.cfg.max_grad_norm / (norm + 1e-6)
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(coef)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        self.zero_grad()
+        return StepResult(finite, norm, lr, scale)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

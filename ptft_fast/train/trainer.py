@@ -1,0 +1,215 @@
+"""The pre-training loop: accumulation with per-token normalization, NaN policy, eval, logging,
+checkpoints and the end-of-run summary. Numerics of the update live in the strategy object.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptft_fast.train import checkpoint as ckpt
+from ptft_fast.train.build import model_config, tokenizer_kind
+from ptft_fast.train.config import TrainConfig
+from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
+from ptft_fast.train.metrics import MetricsLog, train_flops
+from ptft_fast.train.objectives import build_for_objective, eval_sums, label_counts, loss_sums, token_counts
+from ptft_fast.train.schedule import seq_len_at
+from ptft_fast.train.strategy import StepResult, Strategy, TorchStrategy
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row (the message says how many and what to try)."""
+
+
+@dataclass
+class StepOutput:
+    loss: float  # mean over the step's labeled tokens (the LM / MLM term)
+    terms: dict[str, float]  # mean per loss term
+    result: StepResult
+    tokens: int
+    flops: float
+
+
+def accumulate_step(
+    objective: str,
+    model: nn.Module,
+    strategy: Strategy,
+    batches: list[dict],
+    step: int,
+    weights: dict[str, float],
+    sample_gen: torch.Generator | None = None,
+) -> StepOutput:
+    """One optimizer step over ``batches`` (the micro-batches): each term's summed loss is divided
+    by that term's labeled-token count over *all* micro-batches, so the gradient is the per-token
+    mean of the whole accumulated batch."""
+    counts = [label_counts(objective, b) for b in batches]
+    totals = {t: sum(c[t] for c in counts) for t in counts[0]}
+    sums = dict.fromkeys(totals, 0.0)
+    tokens, flops = 0, 0.0
+    cfg = model.config
+    for b in batches:
+        with strategy.autocast():
+            parts = loss_sums(objective, model, b, sample_gen)
+        if parts:
+            strategy.backward(sum(weights[t] * s / totals[t] for t, s in parts.items()))
+        for t, s in parts.items():
+            sums[t] += float(s.detach())
+        tc = token_counts(objective, b)
+        tokens += tc["enc"] + tc["dec"]
+        flops += train_flops(cfg, tc) * (2 if objective == "electra" else 1)
+    result = strategy.step(step)
+    terms = {t: sums[t] / totals[t] if totals[t] else float("nan") for t in totals}
+    return StepOutput(terms["lm"], terms, result, tokens, flops)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds data, model and strategy from a TrainConfig (resuming when asked) and runs."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
+        cfg.validate()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        seed_everything(cfg.seed)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.tok = self.data.tokenizer
+        self.model_config = model_config(cfg, self.tok)
+        resume_path, saved = None, None
+        if resume:
+            resume_path = ckpt.resolve(resume, self.out)
+            saved = ckpt.read_trainer_state(resume_path)
+            diff = ckpt.config_diff(saved["model_config"], dataclasses.asdict(self.model_config))
+            if diff:
+                raise ckpt.ResumeError(
+                    f"cannot resume {resume_path}: the model config changed in key(s) "
+                    f"{[d.split(':')[0] for d in diff]}:\n  " + "\n  ".join(diff)
+                )
+        self.model = build_for_objective(cfg.objective, self.model_config).to(self.device)
+        self.strategy = TorchStrategy(self.model, cfg, self.device)
+        self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
+        self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
+        self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
+        self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
+        if resume_path is not None:
+            state = ckpt.load_checkpoint(resume_path, self.model, self.strategy)
+            self._restore(state)
+            changed = sorted(k for k, v in saved["config"].items() if cfg.to_dict().get(k) != v)
+            if changed:
+                warnings.warn(f"resuming with changed run settings {changed}", stacklevel=2)
+        self.log = MetricsLog(self.out, keep_until=self.step if resume_path else None)
+        self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
+
+    # ------------------------------------------------------------ state
+    def _state(self) -> dict:
+        gen = None
+        if self.sample_gen is not None:
+            gen = base64.b64encode(self.sample_gen.get_state().numpy().tobytes()).decode()
+        return {
+            "data": self.source.state_dict(),
+            "sample_gen": gen,
+            "config": self.cfg.to_dict(),
+            "model_config": dataclasses.asdict(self.model_config),
+            "tokens": self.tokens,
+            "flops": self.flops,
+            "elapsed_s": self.elapsed,
+            "bad_steps": self.bad,
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.source.load_state_dict(state["data"])
+        if self.sample_gen is not None and state.get("sample_gen"):
+            raw = np.frombuffer(base64.b64decode(state["sample_gen"]), dtype=np.uint8).copy()
+            self.sample_gen.set_state(torch.from_numpy(raw))
+        self.step, self.tokens, self.flops = state["step"], state["tokens"], state["flops"]
+        self.elapsed, self.bad = state["elapsed_s"], state["bad_steps"]
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            self.model,
+            self.strategy.state_dict(),
+            self._state(),
+            self.cfg.keep_last,
+        )
+
+    # ------------------------------------------------------------ one step, eval
+    def train_step(self) -> StepOutput:
+        """Collate the step's micro-batches, accumulate, update; apply the NaN/inf policy."""
+        cfg = self.cfg
+        seq_len = seq_len_at(self.step, cfg)
+        batches = [
+            {k: v.to(self.device) for k, v in self.source.next(cfg.micro_batch_size, seq_len).items()}
+            for _ in range(cfg.grad_accum_steps)
+        ]
+        self.model.train()
+        out = accumulate_step(
+            cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
+        )
+        finite_loss = all(math.isfinite(v) for v in out.terms.values())
+        if finite_loss and (out.result.stepped or cfg.precision == "fp16"):
+            self.bad = 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling
+        else:
+            self.bad += 1
+            warnings.warn(
+                f"step {self.step}: non-finite {'loss' if not finite_loss else 'gradients'} "
+                f"(loss={out.loss}, grad_norm={out.result.grad_norm}); update skipped "
+                f"({self.bad} in a row, stop at {cfg.max_bad_steps})",
+                stacklevel=2,
+            )
+            if self.bad >= cfg.max_bad_steps:
+                raise TrainingDiverged(
+                    f"stopping at step {self.step}: {self.bad} non-finite steps in a row "
+                    f"(max_bad_steps={cfg.max_bad_steps}); lower lr, raise warmup_steps, use "
+                    "precision=fp32/bf16 or check the data. The last good checkpoint is in "
+                    f"{self.out / 'checkpoints'}"
+                )
+        self.step += 1
+        self.tokens += out.tokens
+        self.flops += out.flops
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Loss, perplexity and token accuracy (MLM accuracy for mlm/electra) on held-out batches;
+        the same batches every time, and no training RNG is consumed."""
+        cfg = self.cfg
+        src = BatchSource(cfg.objective, self.data.eval, self.tok, cfg, seed=cfg.seed + 1_000_003)
+        totals = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]), self.strategy.autocast():
+            for _ in range(cfg.eval_batches):
+                b = {
+                    k: v.to(self.device)
+                    for k, v in src.next(cfg.micro_batch_size, seq_len_at(self.step, cfg)).items()
+                }
+                for k, v in eval_sums(cfg.objective, self.model, b).items():
+                    totals[k] += v
+        self.model.train()
+        n = max(totals["tokens"], 1)
+        loss = totals["loss_sum"] / n
+        return {
+            "eval_loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)),
+            "accuracy": totals["correct"] / n,
+        }
+
+    def run(self) -> dict:
+        from ptft_fast.train.loop import run_loop
+
+        return run_loop(self)
