@@ -261,3 +261,12 @@ def test_fuzz_shapes(b, tq, tk, hkv, group, d, causal, masked):
     if masked:
         kw["key_padding_mask"] = torch.rand(b, tk, device=DEV) > 0.3
     check(qkv(b, tq, tk, hkv * group, hkv, d), **kw)
+
+
+def test_relative_bias_bad_table_is_rejected():
+    q = torch.randn(1, 5, 2, 16, device=DEV)
+    bad = RelativePositionBias(torch.randn(8, 3, device=DEV), num_buckets=8, max_distance=16)  # Hq is 2
+    with pytest.raises(ValueError, match=r"attn_bias.table"):
+        attention(q, q, q, attn_bias=bad, backend="triton")
+    with pytest.raises(ValueError, match="num_buckets"):
+        attention(q, q, q, attn_bias=RelativePositionBias(torch.randn(8, 2, device=DEV), num_buckets=1))
