@@ -27,11 +27,16 @@ def _fwd_bwd(fn, inputs):
     return step
 
 
-def ptft_providers(call) -> dict:
-    """One provider per ptft backend: ``call(backend)`` returns the callable to time."""
+def ptft_providers(call, device: torch.device) -> dict:
+    """One provider per ptft backend: ``call(backend)`` returns the callable to time.
+
+    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests).
+    """
 
     def factory(name):
         def make():
+            if name != "torch" and device.type != "cuda":
+                raise Unavailable(f"the {name} backend runs on CUDA tensors only")
             ok, why = backend_available(name)
             if not ok:
                 raise Unavailable(why)
@@ -53,7 +58,8 @@ def _layer_norm(device, quick):
         "layer_norm+residual", f"N={rows_n} H={hidden}", "float32", "fwd+bwd", bytes=4.0 * x.numel() * 2 * 3
     )
     providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.layer_norm(x, w, b, residual=res, backend=be), inputs)
+        lambda be: _fwd_bwd(lambda: ops.layer_norm(x, w, b, residual=res, backend=be), inputs),
+        device,
     )
     providers["torch-eager"] = lambda: _fwd_bwd(lambda: F.layer_norm(x + res, (hidden,), w, b), inputs)
     return case, providers
@@ -65,7 +71,8 @@ def _attention(device, quick):
     flops = 4.0 * bsz * heads * seq * seq * dim * 2.5 / 2  # fwd (4·B·H·T²·D) + bwd (2.5×), causal half
     case = Case("attention causal", f"B={bsz} T={seq} H={heads} D={dim}", "float32", "fwd+bwd", flops=flops)
     providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.attention(q, k, v, causal=True, backend=be), (q, k, v))
+        lambda be: _fwd_bwd(lambda: ops.attention(q, k, v, causal=True, backend=be), (q, k, v)),
+        device,
     )
 
     def sdpa():
@@ -86,7 +93,8 @@ def _cross_entropy(device, quick):
     flops = 2.0 * n * 0.15 * hidden * vocab * 3
     case = Case("linear_cross_entropy 15%", f"N={n} H={hidden} V={vocab}", "float32", "fwd+bwd", flops=flops)
     providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.linear_cross_entropy(h, w, labels, backend=be), (h, w))
+        lambda be: _fwd_bwd(lambda: ops.linear_cross_entropy(h, w, labels, backend=be), (h, w)),
+        device,
     )
     providers["torch-full-logits"] = lambda: _fwd_bwd(lambda: F.cross_entropy(h @ w.T, labels), (h, w))
     return case, providers
@@ -101,7 +109,8 @@ def _lora(device, quick):
     flops = 2.0 * n * d_out * d_in * 2 + 2.0 * n * rank * (d_in + d_out) * 3
     case = Case("lora_linear", f"N={n} {d_in}x{d_out} r={rank}", "float32", "fwd+bwd", flops=flops)
     providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.lora_linear(x, w, None, a, b, 2.0, backend=be), (x, a, b))
+        lambda be: _fwd_bwd(lambda: ops.lora_linear(x, w, None, a, b, 2.0, backend=be), (x, a, b)),
+        device,
     )
     providers["torch-peft-style"] = lambda: _fwd_bwd(
         lambda: F.linear(x, w) + F.linear(F.linear(x, a), b) * 2.0, (x, a, b)
