@@ -482,7 +482,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
   at::Tensor dw = at::zeros({vocab, h}, f32);
   at::Tensor db = bias.has_value() ? at::zeros({vocab}, f32) : at::Tensor();
   const int64_t rchunk = std::min<int64_t>(n, 8192);
-  const int64_t vchunk = std::min<int64_t>(vocab, std::max<int64_t>(64, ((int64_t{1} << 24) / rchunk) / 64 * 64));
+  // blocks of <= 2^24 elements; <= 2^22 columns keeps the dlogits grid's y dim under 65535
+  const int64_t vchunk = std::min<int64_t>(
+      {vocab, int64_t{1} << 22, std::max<int64_t>(64, ((int64_t{1} << 24) / rchunk) / 64 * 64)});
   at::Tensor dlogits = at::empty({rchunk, vchunk}, hidden.options());
   for (int64_t r0 = 0; r0 < n; r0 += rchunk) {
     const int64_t nr = std::min(rchunk, n - r0);
