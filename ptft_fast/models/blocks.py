@@ -192,6 +192,29 @@ class Attention(nn.Module):
         )
         return self.out(o.reshape(*lead, -1)), (k, v)
 
+    def forward_rows(
+        self, x: torch.Tensor, xq: torch.Tensor, keys: Packing, queries: Packing
+    ) -> torch.Tensor:
+        """Self-attention evaluated at a subset of query rows: keys/values from every packed token
+        x (total, C), queries from xq (n, C) packed per sequence as ``queries`` describes."""
+        inner = self.heads * self.head_dim
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(xq, w[:inner], b[:inner] if b is not None else None).view(-1, self.heads, self.head_dim)
+        kv = F.linear(x, w[inner:], b[inner:] if b is not None else None)
+        k, v = kv.view(-1, 2, self.heads, self.head_dim).unbind(1)
+        o = ops.attention(
+            q,
+            k,
+            v,
+            cu_seqlens_q=queries.cu_seqlens,
+            cu_seqlens_k=keys.cu_seqlens,
+            max_seqlen_q=queries.max_seqlen,
+            max_seqlen_k=keys.max_seqlen,
+            dropout_p=self.dropout if self.training else 0.0,
+            softmax_scale=self.softmax_scale,
+        )
+        return self.out(o.reshape(-1, inner))
+
 
 class MLP(nn.Module):
     """fc_out(act(fc_in(x))), or gated (T5 v1.1): fc_in = [W0; W1] → act(x W0) * (x W1)."""
@@ -267,6 +290,18 @@ class Layer(nn.Module):
             a, cross_kv = self.cross(x, memory=memory, past=past_cross, key_padding_mask=memory_mask)
             x = self.cross_norm(a, residual=x, dropout_p=p)
         return self.mlp_norm(self.mlp(x), residual=x, dropout_p=p), self_kv, cross_kv
+
+    def forward_rows(
+        self, x: torch.Tensor, rows: torch.Tensor, keys: Packing, queries: Packing
+    ) -> torch.Tensor:
+        """Post-norm self-attention layer computed only at packed token indices ``rows`` (n,):
+        keys/values still come from all of x (total, C). Returns (n, C)."""
+        if self.pre_norm or self.cross is not None:
+            raise NotImplementedError("forward_rows is for post-norm encoder layers")
+        p = self.dropout if self.training else 0.0
+        xq = x.index_select(0, rows)
+        h = self.attn_norm(self.attn.forward_rows(x, xq, keys, queries), residual=xq, dropout_p=p)
+        return self.mlp_norm(self.mlp(h), residual=h, dropout_p=p)
 
 
 def run_layers(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ptft_fast.models.blocks import (
     Layer,
@@ -71,9 +72,15 @@ class Encoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         packing: Packing | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids: (B, T); attention_mask: (B, T) 1/True = token. Returns (B, T, C), or packed
-        (total, C) when ``packing`` is given (padding-free path)."""
+        (total, C) when ``packing`` is given (padding-free path).
+
+        keep: (B, T) bool. With it the last layer is computed only at kept token positions (its
+        keys/values still come from every token) and the result is (n_kept, C), in row-major
+        order of the kept tokens: the masked-token loss needs no other rows.
+        """
         x = self.embed(input_ids, token_type_ids)
         if self.training and self.config.dropout > 0.0:
             x = nn.functional.dropout(x, self.config.dropout, training=True)
@@ -83,8 +90,25 @@ class Encoder(nn.Module):
             kw["packing"] = packing
         else:
             kw["key_padding_mask"] = effective_mask(attention_mask)
-        x, _ = run_layers(self.layers, x, checkpointing=self.config.gradient_checkpointing, **kw)
-        return x
+        checkpointing = self.config.gradient_checkpointing
+        body = self.layers if keep is None else self.layers[:-1]
+        x, _ = run_layers(body, x, checkpointing=checkpointing, **kw)
+        if keep is None:
+            return x
+        if attention_mask is None:
+            token_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        else:
+            token_mask = attention_mask.bool()
+        if packing is None:
+            packing = Packing.from_mask(token_mask)
+            x = packing.unpad(x)
+        keep = keep & token_mask
+        queries = Packing.from_mask(keep)
+        rows = packing.unpad(keep).nonzero().squeeze(1)
+        last = self.layers[-1]
+        if checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(last.forward_rows, x, rows, packing, queries, use_reentrant=False)
+        return last.forward_rows(x, rows, packing, queries)
 
 
 class EncoderForMaskedLM(nn.Module):
@@ -113,9 +137,11 @@ class EncoderForMaskedLM(nn.Module):
         """input_ids, attention_mask, token_type_ids, labels: (B, T); next_sentence_label: (B,).
 
         labels hold token ids at masked positions and IGNORE_INDEX (-100) elsewhere. The full
-        (B, T, V) logits are computed when there are no labels or ``return_logits=True``; the
-        loss alone touches only the labeled rows. Padding positions of hidden_states are zeros
-        on the varlen path.
+        (B, T, V) logits are computed when there are no labels or ``return_logits=True``. The
+        loss alone (no NSP head) touches only the labeled rows: the last layer, the MLM transform
+        and the vocab projection run on them alone, and hidden_states is None (labels at padding
+        positions are not scored there). Padding positions of hidden_states are zeros on the
+        varlen path.
         """
         if return_logits is None:
             return_logits = labels is None
@@ -123,8 +149,15 @@ class EncoderForMaskedLM(nn.Module):
         packing = (
             Packing.from_mask(attention_mask) if self.config.varlen and attention_mask is not None else None
         )
-        h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing)
         weight = self.encoder.embed_tokens.weight
+        if labels is not None and not return_logits and self.nsp is None:
+            # Loss only: the last layer runs at the labeled positions alone (exact for the loss).
+            keep = labels != IGNORE_INDEX
+            h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing, keep=keep)
+            if attention_mask is not None:
+                keep = keep & attention_mask
+            return ModelOutput(loss=self.mlm.loss(h, weight, labels[keep]))
+        h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing)
         loss = None
         if labels is not None:
             tok_labels = packing.unpad(labels) if packing is not None else labels

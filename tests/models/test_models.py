@@ -112,19 +112,25 @@ def test_varlen_equals_padded(preset):
         torch.testing.assert_close(b.grad, a.grad, **TOL, msg=name)
 
 
-def test_mlm_masked_loss_equals_full_cross_entropy():
-    ids, mask, labels = _padded_batch()
-    model = from_name("bert-tiny-cpu")
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
+@pytest.mark.parametrize("preset", ["bert-tiny-cpu", "roberta-tiny"])
+def test_mlm_loss_only_path_equals_full_cross_entropy(preset, varlen):
+    """The loss-only path (last layer, transform and vocab projection on labeled rows only)
+    gives the loss and every gradient of CE over the full logits."""
+    ids, mask, labels = _padded_batch(pad=1 if preset.startswith("roberta") else 0)
+    model = from_name(preset, varlen=varlen)
     _perturb_norms(model)
     out = model(ids, mask, labels=labels, return_logits=True)
     ref = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, ref, **TOL)
-    # the loss-only path (no logits) gives the same value and the same gradients
-    (g_full,) = torch.autograd.grad(ref, model.encoder.embed_tokens.weight)
+    params = [p for _, p in model.named_parameters()]
+    full_grads = torch.autograd.grad(ref, params)
     loss_only = model(ids, mask, labels=labels)
-    assert loss_only.logits is None
-    (g_fast,) = torch.autograd.grad(loss_only.loss, model.encoder.embed_tokens.weight)
-    torch.testing.assert_close(g_fast, g_full, **TOL)
+    assert loss_only.logits is None and loss_only.hidden_states is None
+    torch.testing.assert_close(loss_only.loss, ref, **TOL)
+    fast_grads = torch.autograd.grad(loss_only.loss, params)
+    for (name, _), g_fast, g_full in zip(model.named_parameters(), fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(g_fast, g_full, **TOL, msg=name)
 
 
 def test_nsp_head():
