@@ -22,6 +22,12 @@ def add_parser(sub) -> None:
         "--csv", default=None, help="CSV to append rows to (default benchmarks/results/<group>.csv)"
     )
     p.add_argument("--plot", default=None, help="PNG to write a chart to")
+    p.add_argument(
+        "--write-auto-table",
+        action="store_true",
+        help="after the run, rank the compiled backends per op from benchmarks/results/*.csv (GPU rows) "
+        "into ptft_fast/ops/auto_backends.json, which backend='auto' follows on CUDA",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,5 +68,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"[ptft bench] plot written to {harness.plot(rows, args.plot, title=f'ptft bench {args.group}')}"
         )
+    if args.write_auto_table:
+        from ptft_fast.benchmarks.auto_table import write_auto_table
+        from ptft_fast.ops.dispatch import _AUTO_TABLE_PATH
+
+        table = write_auto_table(sorted(harness.RESULTS_DIR.glob("*.csv")), _AUTO_TABLE_PATH)
+        print(f"[ptft bench] auto backend order on CUDA: {table['cuda']} → {_AUTO_TABLE_PATH}")
     print(f"[ptft bench] done in {time.time() - start:.1f} s")
     return 0
