@@ -36,6 +36,11 @@ class ElectraModel(nn.Module):
         self.disc_head = nn.Linear(config.hidden_size, 1)
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (autocast losses may be half precision; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def build_for_objective(objective: str, config: ModelConfig) -> nn.Module:
     return ElectraModel(config) if objective == "electra" else build_model(config)
 
@@ -59,16 +64,16 @@ def loss_sums(
     if objective != "electra":
         if counts["lm"] == 0:
             return {}
-        return {"lm": model(**batch).loss.float() * counts["lm"]}
+        return {"lm": _upcast(model(**batch).loss) * counts["lm"]}
     gen_out = model.generator(**batch, return_logits=True)
     rtd = replace_with_generator_samples(
         batch["input_ids"], batch["labels"], gen_out.logits, batch["attention_mask"], generator=sample_gen
     )
     h = model.discriminator.encoder(rtd["disc_input_ids"], batch["attention_mask"], batch["token_type_ids"])
     disc = discriminator_loss(model.disc_head(h).squeeze(-1), rtd["disc_labels"])
-    out = {"disc": disc.float() * counts["disc"]}
+    out = {"disc": _upcast(disc) * counts["disc"]}
     if counts["lm"]:
-        out["lm"] = gen_out.loss.float() * counts["lm"]
+        out["lm"] = _upcast(gen_out.loss) * counts["lm"]
     return out
 
 

@@ -1,0 +1,66 @@
+"""TrainConfig merging/validation and the learning-rate / sequence-length schedules."""
+
+import itertools
+import math
+
+import pytest
+
+from ptft_fast.train.config import TrainConfig, TrainConfigError, merge, parse_sets
+from ptft_fast.train.schedule import lr_factor, seq_len_at
+
+
+def test_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)  # half-way: floor + (1 - floor) / 2
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    f = [lr_factor(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(f))  # monotone decay
+
+
+def test_linear_inverse_sqrt_constant_and_default_warmup():
+    lin = TrainConfig(max_steps=110, warmup_steps=10, schedule="linear", min_lr_ratio=0.0)
+    assert lr_factor(60, lin) == pytest.approx(0.5)
+    assert lr_factor(110, lin) == pytest.approx(0.0)
+    inv = TrainConfig(max_steps=1000, warmup_steps=100, schedule="inverse_sqrt", min_lr_ratio=0.0)
+    assert lr_factor(399, inv) == pytest.approx(math.sqrt(100 / 400))
+    const = TrainConfig(max_steps=50, warmup_steps=0, schedule="constant")
+    assert {lr_factor(s, const) for s in range(50)} == {1.0}
+    assert TrainConfig(max_steps=200).warmup == 20  # -1 → 10% of max_steps
+
+
+def test_seq_len_schedule_bert_style():
+    cfg = TrainConfig(max_steps=100, seq_len=128, long_seq_len=512, long_seq_len_start=0.9)
+    lengths = [seq_len_at(s, cfg) for s in range(100)]
+    assert lengths.count(128) == 90 and lengths[90:] == [512] * 10
+    assert {seq_len_at(s, TrainConfig(max_steps=100)) for s in range(100)} == {128}
+
+
+def test_merge_coerces_and_rejects_unknown_keys():
+    cfg = merge(
+        TrainConfig(), parse_sets(["lr=3e-4", "max_steps=1e3", "progress=false", "data=none"]), "--set"
+    )
+    assert (cfg.lr, cfg.max_steps, cfg.progress, cfg.data) == (3e-4, 1000, False, None)
+    with pytest.raises(TrainConfigError, match=r"unknown key\(s\) \['bogus', 'lr_max'\] in run.yaml"):
+        merge(TrainConfig(), {"lr_max": 1, "bogus": 2}, "run.yaml")
+    with pytest.raises(TrainConfigError, match="max_steps must be int"):
+        merge(TrainConfig(), {"max_steps": "ten"}, "--set")
+    with pytest.raises(TrainConfigError, match="key=value"):
+        parse_sets(["lr"])
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"objective": "mlmx"}, "objective must be one of"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"max_steps": 10, "warmup_steps": 10}, r"warmup_steps \(10\) must be < max_steps"),
+        ({"seq_len": 128, "long_seq_len": 64}, "long_seq_len"),
+        ({"init_loss_scale": 1024.0}, "contradictory"),
+    ],
+)
+def test_validate_names_the_key(kw, match):
+    with pytest.raises(TrainConfigError, match=match):
+        TrainConfig(**kw).validate()
