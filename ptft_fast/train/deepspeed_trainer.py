@@ -1,0 +1,192 @@
+"""The trainer on a DeepSpeed engine: data parallel over ranks, ZeRO checkpoints with our client state.
+
+Data: every rank draws the *global* micro-batch (micro × world rows) from the same seeded
+source and keeps its own slice, so the data cursor is the same on all ranks (saved once) and
+2 ranks × micro-batch b see exactly the rows of one process with batch 2b. Loss terms are
+divided by their labeled-token count over the global batch (known on every rank without
+communication), which makes the update equal to single-process training on that batch.
+
+Checkpoints: ``OUT/checkpoints/step_XXXXXXXX/`` written by ``engine.save_checkpoint`` (model and
+ZeRO optimizer shards per rank) with the client state (data cursor, step, counters) and a
+per-rank RNG file beside them; ``latest`` is replaced atomically by rank 0 after every rank has
+written, so a kill mid-save leaves it naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from ptft_fast.data.atomic import atomic_open
+from ptft_fast.train import checkpoint as ckpt
+from ptft_fast.train.build import model_config, tokenizer_kind
+from ptft_fast.train.config import TrainConfig
+from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
+from ptft_fast.train.deepspeed_config import DeepSpeedOptions, build_config
+from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distributed
+from ptft_fast.train.metrics import MetricsLog, train_flops
+from ptft_fast.train.objectives import build_for_objective, label_counts, loss_sums, token_counts
+from ptft_fast.train.schedule import seq_len_at
+from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything
+
+
+class _NoLog:
+    """Ranks other than 0 write no metrics."""
+
+    jsonl = None
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _slice(batch: dict, lo: int, hi: int) -> dict:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
+class DeepSpeedTrainer(Trainer):
+    """:class:`Trainer` with a :class:`DeepSpeedStrategy`; run it on every rank of the launch."""
+
+    def __init__(self, cfg: TrainConfig, ds: DeepSpeedOptions, resume: str | None = None) -> None:
+        cfg.validate()
+        self.rank, self.world = init_distributed()
+        if self.rank != 0:
+            cfg = dataclasses.replace(cfg, progress=False)
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.rank == 0:  # tokenizer + shards are cached in the run folder: build them once
+            self.out.mkdir(parents=True, exist_ok=True)
+            prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        dist.barrier()
+        seed_everything(cfg.seed)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.tok = self.data.tokenizer
+        self.model_config = model_config(cfg, self.tok)
+        model = build_for_objective(cfg.objective, self.model_config).to(self.device)
+        self.ds_config = build_config(ds, cfg, self.world)
+        self.strategy = DeepSpeedStrategy(model, cfg, self.ds_config)
+        self.engine = self.strategy.engine
+        self.model = self.engine.module
+        self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
+        self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
+        self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
+        self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
+        if resume is not None:
+            self.load(resume)
+        self.log = (
+            MetricsLog(self.out, keep_until=self.step if resume else None) if self.rank == 0 else _NoLog()
+        )
+        self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
+
+    # ------------------------------------------------------------ one step
+    def train_step(self) -> StepOutput:
+        """Global micro-batches → this rank's slices → engine backward (global token normalization)."""
+        cfg, micro = self.cfg, self.cfg.micro_batch_size
+        seq_len = seq_len_at(self.step, cfg)
+        full = [self.source.next(micro * self.world, seq_len) for _ in range(cfg.grad_accum_steps)]
+        counts = [label_counts(cfg.objective, b) for b in full]
+        totals = {t: sum(c[t] for c in counts) for t in counts[0]}
+        sums = torch.zeros(len(totals), dtype=torch.float64)
+        tokens, flops = 0, 0.0
+        self.engine.train()
+        for b in full:
+            local = {
+                k: v.to(self.device) for k, v in _slice(b, self.rank * micro, (self.rank + 1) * micro).items()
+            }
+            parts = loss_sums(cfg.objective, self.engine, local, self.sample_gen)
+            if parts:
+                loss = sum(self.weights[t] * s / totals[t] for t, s in parts.items())
+            else:  # no labeled token in this slice: a zero loss still runs the engine's reduction
+                loss = self.engine(**local).loss.float() * 0.0
+            self.strategy.backward(loss)
+            for i, t in enumerate(totals):
+                sums[i] += float(parts[t].detach()) if t in parts else 0.0
+            tc = token_counts(cfg.objective, b)  # the global batch: what the whole job processed
+            tokens += tc["enc"] + tc["dec"]
+            flops += train_flops(self.model_config, tc) * (2 if cfg.objective == "electra" else 1)
+        result = self.strategy.step(self.step)
+        dist.all_reduce(sums)
+        terms = {t: float(sums[i]) / totals[t] if totals[t] else float("nan") for i, t in enumerate(totals)}
+        self.step += 1
+        self.tokens += tokens
+        self.flops += flops
+        return StepOutput(terms["lm"], terms, result, tokens, flops)
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""
+        ckpt_dir = self.out / "checkpoints"
+        tag = f"step_{self.step:08d}"
+        client = dict(self._state(), step=self.step)
+        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ptft": client}, save_latest=False)
+        rng_js, rng_tensors = ckpt.rng_state()
+        save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")
+        (ckpt_dir / tag / f"rng_rank{self.rank}.json").write_text(json.dumps(rng_js))
+        dist.barrier()  # every rank's files are written before latest names the checkpoint
+        if self.rank == 0:
+            with atomic_open(ckpt_dir / ckpt.LATEST) as fh:
+                fh.write(tag + "\n")
+            done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
+            for old in done[: max(len(done) - (self.cfg.keep_last - 1), 0)]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return ckpt_dir / tag
+
+    def load(self, resume: str) -> None:
+        """Restore engine (weights, ZeRO optimizer shards, loss scaler), client state and RNG."""
+        path = ckpt.resolve(resume, self.out)
+        _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name)
+        state = client["ptft"]
+        diff = ckpt.config_diff(state["model_config"], dataclasses.asdict(self.model_config))
+        if diff:
+            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed:\n  " + "\n  ".join(diff))
+        self._restore(state)
+        rng_file = path / f"rng_rank{self.rank}.safetensors"
+        if not rng_file.is_file():
+            raise ckpt.ResumeError(
+                f"cannot resume {path}: no RNG state for rank {self.rank} (world size changed?)"
+            )
+        ckpt.set_rng_state(json.loads((path / f"rng_rank{self.rank}.json").read_text()), load_file(rng_file))
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        """Train to ``max_steps`` with periodic eval/checkpoints; rank 0 logs. Returns the last rows."""
+        cfg, last = self.cfg, {}
+        t0, elapsed0 = time.perf_counter(), self.elapsed
+        while self.step < cfg.max_steps:
+            out = self.train_step()
+            self.elapsed = elapsed0 + time.perf_counter() - t0
+            row = {
+                "kind": "train",
+                "step": self.step,
+                "loss": out.loss,
+                "lr": out.result.lr,
+                "grad_norm": out.result.grad_norm,
+                "loss_scale": out.result.loss_scale,
+                "tokens": self.tokens,
+                "seq_len": seq_len_at(self.step - 1, cfg),
+                "elapsed_s": self.elapsed,
+            }
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                self.log.write(row)
+                if self.rank == 0 and cfg.progress:
+                    print(f"step {self.step} loss {out.loss:.4f} lr {out.result.lr:.2e}", flush=True)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self.log.write({"kind": "eval", "step": self.step, **self.evaluate()})
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save()
+            last = row
+        final = {"kind": "eval", "step": self.step, **self.evaluate()}
+        self.log.write(final)
+        self.save()
+        self.log.close()
+        return {"train": last, "eval": final, "checkpoint": str(self.out / "checkpoints")}
