@@ -48,3 +48,9 @@ def new_run(run_data, tmp_path):
         return out
 
     return make
+
+
+@pytest.fixture
+def tiny() -> dict:
+    """TrainConfig keys of a small, fast run."""
+    return dict(TINY)

@@ -1,0 +1,97 @@
+"""``ptft pretrain``: bad options are rejected naming them; a short run writes metrics, summary
+with a sane price tag, the loss curve, and a final model folder that transformers loads."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ptft_fast.cli import main
+from ptft_fast.models.config import ModelConfig
+from ptft_fast.train.metrics import train_flops
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--set", "lr_max=1"], "unknown key(s) ['lr_max'] in --set"),
+        (["--set", "lr"], "--set expects key=value"),
+        (
+            ["--objective", "clm"],
+            "objective='clm' trains gpt2 models, but model='bert-tiny-cpu' is arch 'bert'",
+        ),
+        (["--model", "gpt-tiny", "--set", "model=bert-tiny-cpu"], "contradictory options: ['model']"),
+        (["--set", "precision=fp8"], "precision must be one of"),
+        (["--model", "no-such-preset"], "neither a preset"),
+    ],
+)
+def test_bad_options_name_the_problem(argv, needle, tmp_path, capsys):
+    rc = main(
+        [
+            "pretrain",
+            "--out",
+            str(tmp_path),
+            *(["--model", "bert-tiny-cpu"] if "--model" not in argv else []),
+            *argv,
+        ]
+    )
+    assert rc == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_unknown_yaml_key(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("objective: mlm\nmax_step: 10\n")
+    assert main(["pretrain", "--config", str(cfg), "--out", str(tmp_path)]) == 2
+    assert f"unknown key(s) ['max_step'] in {cfg}" in capsys.readouterr().err
+
+
+def test_flops_formula_matches_6nd_plus_attention():
+    cfg = ModelConfig.from_name("gpt-tiny")  # C=64, L=2, F=256, V=1024
+    d, t = 1000, 128
+    n = 2 * (4 * 64 * 64 + 2 * 64 * 256) + 64 * 1024  # layer matmuls + the vocab projection
+    expected = 6 * n * d + 12 * 2 * t * 64 * d
+    assert train_flops(cfg, {"enc": d, "enc_len": t, "dec": 0, "dec_len": 0, "head": d}) == expected
+
+
+def test_short_run_writes_metrics_price_tag_and_loadable_model(new_run, capsys):
+    out = new_run()
+    sets = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 4, "log_every": 1, "eval_every": 2}
+    sets.update(eval_batches=1, save_every=2)
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    argv += ["--price-per-hour", "2.5", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "unigram entropy baseline" in printed and "price tag" in printed
+
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(r["tokens_per_s"] > 0 and math.isfinite(r["loss"]) and r["lr"] > 0 for r in train)
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "loss", "lr", "tokens_per_s", "mfu", "eval_loss", "perplexity", "accuracy"} <= set(header)
+
+    s = json.loads((out / "summary.json").read_text())
+    p = s["price_tag"]
+    assert 0 < s["unigram_entropy"] < math.log(s_vocab(out)) and s["tokens"] == 4 * 4 * 32
+    assert p["total_flops"] > 6 * 1e4 * s["tokens"]  # > 6·N·D with N > 10k weights
+    assert p["device_hours"] == pytest.approx(s["train_seconds"] / 3600)
+    assert p["energy_kwh"] == pytest.approx(65.0 * p["device_hours"] / 1000)  # default cpu_watts
+    assert p["cost"] == pytest.approx(2.5 * p["device_hours"])
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertForMaskedLM.from_pretrained(out / "final").eval()
+    from ptft_fast.hf import load_pretrained
+
+    ours, _ = load_pretrained(out / "final")
+    ids = torch.randint(5, 100, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits, ours.eval()(ids).logits, atol=1e-4, rtol=1e-4)
+    assert (out / "final" / "tokenizer.json").is_file()
+
+
+def s_vocab(out) -> int:
+    return json.loads((out / "final" / "config.json").read_text())["vocab_size"]
