@@ -1,0 +1,39 @@
+"""Fixtures of the multi-rank DeepSpeed tests; helpers live in ds_testlib (put on sys.path here,
+as ``--import-mode=importlib`` leaves test folders off it)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ds_testlib import BASE
+
+
+@pytest.fixture(scope="session")
+def run_data(tmp_path_factory) -> Path:
+    """Tokenizer + shards of the embedded corpus for BASE, built once (copied into each run folder)."""
+    from ptft_fast.train.build import tokenizer_kind
+    from ptft_fast.train.config import TrainConfig, merge
+    from ptft_fast.train.data import prepare_run_data
+
+    root = tmp_path_factory.mktemp("ds_data")
+    cfg = merge(TrainConfig(), {**BASE, "out": str(root)}, "test")
+    prepare_run_data(cfg, tokenizer_kind(cfg), root)
+    return root / "data"
+
+
+@pytest.fixture
+def new_run(run_data, tmp_path):
+    """``new_run(name)`` → an empty run folder holding the prepared data."""
+
+    def make(name: str) -> Path:
+        out = tmp_path / name
+        shutil.copytree(run_data, out / "data")
+        return out
+
+    return make
