@@ -1,0 +1,101 @@
+"""Task heads on ptft_fast backbones: sequence classification/regression, token classification,
+extractive QA. Seq2seq fine-tuning uses the encoder-decoder model's own LM head.
+
+Pooling per family (sequence tasks): BERT/RoBERTa → first token ([CLS] / <s>) through a
+dense+tanh pooler; GPT-2 → the last non-pad token; BART → the final decoder state at the last
+non-pad token (the decoder reads the same ids). T5 is text-to-text: use ``task="seq2seq"`` with
+label words. All head parameters live under ``self.head`` (always trainable with PEFT).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptft_fast.models.heads import IGNORE_INDEX
+
+TASKS = ("cls", "reg", "tok", "qa")
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1 = token → (B,) index of the last token (left or right padding)."""
+    t = attention_mask.shape[1]
+    pos = torch.arange(t, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), pos, -1).max(dim=1).values
+
+
+def backbone_arch(backbone: nn.Module) -> str:
+    cfg = getattr(backbone, "config", None) or getattr(getattr(backbone, "model", None), "config", None)
+    if cfg is None:
+        raise TypeError(f"task head: cannot find the config of {type(backbone).__name__}")
+    return cfg.arch
+
+
+class TaskModel(nn.Module):
+    """backbone (ptft model, possibly wrapped by PEFT) + a task head.
+
+    forward(input_ids (B, T), attention_mask (B, T), token_type_ids=None, labels=None) →
+    dict(loss, logits): cls (B, L) with labels (B,) int; reg (B,) with labels (B,) float;
+    tok (B, T, L) with labels (B, T) (IGNORE_INDEX skipped); qa (B, T, 2) with labels (B, 2)
+    start/end token indices.
+    """
+
+    def __init__(self, backbone: nn.Module, task: str, num_labels: int = 1, dropout: float = 0.1):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"TaskModel: task must be one of {TASKS}, got {task!r}")
+        self.arch = backbone_arch(backbone)
+        if self.arch == "t5":
+            raise ValueError(
+                "TaskModel: T5 is text-to-text; fine-tune it with task='seq2seq' and label words"
+            )
+        self.backbone, self.task = backbone, task
+        hidden = (getattr(backbone, "config", None) or backbone.model.config).hidden_size
+        out = {"cls": num_labels, "reg": 1, "tok": num_labels, "qa": 2}[task]
+        layers: list[nn.Module] = []
+        if task in ("cls", "reg") and self.arch in ("bert", "roberta"):
+            layers += [nn.Linear(hidden, hidden), nn.Tanh()]  # the pooler
+        layers += [nn.Dropout(dropout), nn.Linear(hidden, out)]
+        self.head = nn.Sequential(*layers)
+        self.num_labels = out
+
+    def hidden(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """(B, T, C) last hidden states of the backbone."""
+        kw: dict = {"return_logits": False}
+        if self.arch in ("bert", "roberta") and token_type_ids is not None:
+            kw["token_type_ids"] = token_type_ids
+        if self.arch == "bart":
+            kw["decoder_input_ids"] = input_ids
+        return self.backbone(input_ids, attention_mask=attention_mask, **kw).hidden_states
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> dict:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = self.hidden(input_ids, attention_mask, token_type_ids)
+        if self.task in ("cls", "reg"):
+            if self.arch in ("bert", "roberta"):
+                pooled = h[:, 0]
+            else:
+                pooled = h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]
+            logits = self.head(pooled)
+            if self.task == "reg":
+                logits = logits.squeeze(-1)
+        else:
+            logits = self.head(h)
+            if self.task == "qa":  # padding can be neither start nor end
+                logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e4)
+        loss = None
+        if labels is not None:
+            if self.task == "cls":
+                loss = F.cross_entropy(logits.float(), labels)
+            elif self.task == "reg":
+                loss = F.mse_loss(logits.float(), labels.float())
+            elif self.task == "tok":
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+                )
+            else:
+                start, end = logits.float().unbind(-1)  # (B, T) each
+                loss = (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
+        return {"loss": loss, "logits": logits}

@@ -1,0 +1,186 @@
+"""Task data readers: GLUE-style TSV/CSV/JSONL with column mapping, CoNLL token labels,
+SQuAD-style JSON. Every error names the file and the line (or record) it is about."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad task data; the message starts with "FILE:LINE:"."""
+
+
+@dataclass
+class Columns:
+    text: str = "sentence"  # first text column
+    text_pair: str | None = None  # second text column (sentence-pair tasks)
+    label: str = "label"  # label column (class name or number)
+
+
+@dataclass
+class Example:
+    text: str
+    text_pair: str | None = None
+    label: str | float | None = None
+    where: str = ""  # "file:line" for error messages
+
+
+@dataclass
+class TokenExample:
+    words: list[str]
+    tags: list[str]
+    where: str = ""
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list[dict] = field(default_factory=list)  # {"text": str, "answer_start": int}
+
+
+def _rows(path: Path):
+    """(line number, dict row) for .tsv / .csv / .jsonl files."""
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".csv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(
+                f,
+                delimiter="\t" if suffix == ".tsv" else ",",
+                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+            )
+            if reader.fieldnames is None:
+                raise DataError(f"{path}:1: empty file (no header row)")
+            for row in reader:
+                line = reader.line_num
+                if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                    raise DataError(f"{path}:{line}: empty line")
+                if None in row or any(v is None for v in row.values()):
+                    raise DataError(
+                        f"{path}:{line}: expected {len(reader.fieldnames)} columns {reader.fieldnames}"
+                    )
+                yield line, row
+    elif suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as f:
+            for line, text in enumerate(f, 1):
+                if not text.strip():
+                    raise DataError(f"{path}:{line}: empty line")
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+                yield line, row
+    else:
+        raise DataError(f"{path}: unknown format {suffix!r}; use .tsv, .csv or .jsonl")
+
+
+def read_examples(
+    path: str | Path,
+    columns: Columns | None = None,
+    *,
+    label_set: list[str] | None = None,
+    regression: bool = False,
+) -> list[Example]:
+    """Sentence(-pair) examples. With ``label_set`` every label must be in it; with ``regression``
+    labels must be numbers. A missing label column is allowed only if no row has it (test data)."""
+    path, cols = Path(path), columns or Columns()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    out = []
+    for line, row in _rows(path):
+        where = f"{path}:{line}"
+        for need in (cols.text, cols.text_pair):
+            if need is not None and need not in row:
+                raise DataError(f"{where}: missing column {need!r} (columns: {sorted(row)})")
+        label = row.get(cols.label)
+        if label is not None:
+            if regression:
+                try:
+                    label = float(label)
+                except (TypeError, ValueError):
+                    raise DataError(f"{where}: label {label!r} is not a number") from None
+            else:
+                label = str(label)
+                if label_set is not None and label not in label_set:
+                    raise DataError(f"{where}: label {label!r} not in the label set {label_set}")
+        text = str(row[cols.text])
+        if not text.strip():
+            raise DataError(f"{where}: empty text in column {cols.text!r}")
+        pair = str(row[cols.text_pair]) if cols.text_pair else None
+        out.append(Example(text, pair, label, where))
+    if not out:
+        raise DataError(f"{path}: no examples")
+    return out
+
+
+def read_conll(
+    path: str | Path, *, word_col: int = 0, tag_col: int = -1, label_set=None
+) -> list[TokenExample]:
+    """CoNLL: one token per line (whitespace-separated columns), blank line between sentences,
+    ``-DOCSTART-`` lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    out: list[TokenExample] = []
+    words: list[str] = []
+    tags: list[str] = []
+    start = 1
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if words:
+                    out.append(TokenExample(words, tags, f"{path}:{start}"))
+                words, tags, start = [], [], line_no + 1
+                continue
+            if len(parts) < 2:
+                raise DataError(f"{path}:{line_no}: expected a token and a tag, got {line.strip()!r}")
+            tag = parts[tag_col]
+            if label_set is not None and tag not in label_set:
+                raise DataError(f"{path}:{line_no}: tag {tag!r} not in the label set {label_set}")
+            words.append(parts[word_col])
+            tags.append(tag)
+    if words:
+        out.append(TokenExample(words, tags, f"{path}:{start}"))
+    if not out:
+        raise DataError(f"{path}: no sentences")
+    return out
+
+
+def read_squad(path: str | Path) -> list[QAExample]:
+    """SQuAD v1/v2 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}; each
+    answer's ``answer_start`` must point at its text in the context."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or "data" not in data:
+        raise DataError(f"{path}:1: expected an object with a 'data' list (SQuAD format)")
+    out = []
+    for a, article in enumerate(data["data"]):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            ctx = para.get("context")
+            if not isinstance(ctx, str):
+                raise DataError(f"{path}: data[{a}].paragraphs[{p}]: missing 'context'")
+            for q, qa in enumerate(para.get("qas", [])):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                if "question" not in qa:
+                    raise DataError(f"{where}: missing 'question'")
+                answers = qa.get("answers", [])
+                for ans in answers:
+                    s, t = ans.get("answer_start"), ans.get("text", "")
+                    if not isinstance(s, int) or ctx[s : s + len(t)] != t:
+                        raise DataError(f"{where}: answer {t!r} is not at answer_start={s} of the context")
+                out.append(QAExample(str(qa.get("id", f"{a}-{p}-{q}")), qa["question"], ctx, answers))
+    if not out:
+        raise DataError(f"{path}: no questions")
+    return out
