@@ -79,12 +79,12 @@ def forward_roots(model: nn.Module) -> list[nn.Module]:
 def register_external_parameters(model: nn.Module) -> list[str]:
     """Register every external parameter of ``model`` with ZeRO-3 on each forward root; returns
     the names registered. A no-op effect outside ZeRO-3 (parameters are whole there)."""
-    from deepspeed.zero import register_external_parameter
+    import deepspeed
 
     names = []
     for root in forward_roots(model):
         for name, p in external_parameters(root):
-            register_external_parameter(root, p)
+            deepspeed.zero.register_external_parameter(root, p)
             names.append(name)
     return names
 
