@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("bench", "prepare", "pretrain")
+SUBCOMMANDS = ("bench", "prepare", "pretrain", "export", "finetune", "generate", "icl")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -102,7 +102,7 @@ def precision_section(cfg: TrainConfig) -> dict:
             "fp16": {
                 "enabled": True,
                 "loss_scale": 0,  # 0 = dynamic
-                "initial_scale_power": int(round(math.log2(cfg.init_loss_scale))),
+                "initial_scale_power": round(math.log2(cfg.init_loss_scale)),
                 "loss_scale_window": cfg.loss_scale_window,
                 "hysteresis": 1,  # halve on the first overflow, like TorchStrategy
                 "min_loss_scale": 1,

@@ -1,0 +1,34 @@
+"""``ptft export-zero``: consolidate a DeepSpeed ZeRO-1/2/3 checkpoint into one HF-format folder.
+
+    ptft export-zero runs/bert/checkpoints --out runs/bert/hf            # the `latest` checkpoint
+    ptft export-zero runs/bert/checkpoints/step_00000100 --out hf --dtype bf16
+
+Runs on CPU without a GPU; shards are streamed, so memory stays near one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export-zero", help="consolidate a DeepSpeed ZeRO checkpoint into an HF model folder"
+    )
+    p.add_argument(
+        "ckpt_dir", metavar="CKPT_DIR", help="checkpoint folder, or its parent with a `latest` file"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (config.json + model.safetensors)"
+    )
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weight dtype written")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ptft_fast.train.zero_export import export_zero
+
+    out = export_zero(args.ckpt_dir, args.out, dtype=args.dtype)
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    return 0
