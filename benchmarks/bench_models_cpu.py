@@ -112,34 +112,42 @@ def _pair(hf_model, batch: dict[str, torch.Tensor]):
     return hf_model, ours
 
 
-def _interleaved(case: Case, steps: dict, device, *, baseline: str, warmup: int, repeats: int) -> list[dict]:
-    """Time the providers' steps alternately (ABBA order), so load from other processes on a
-    shared machine hits both alike; p20/p50/p80 per provider and the ratio of p50s, as in
-    ``harness.run_case``, plus the median of the per-round ratios."""
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(repeats):
-        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
-            t0 = time.perf_counter()
-            steps[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    env = environment(device)
+def _rows(case: Case, mode: str, times: dict[str, list[float]], baseline: str, env: dict) -> list[dict]:
     rows = []
+    base = statistics.median(times[baseline])
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=10, method="inclusive")
         p50 = statistics.median(ts)
+        paired = statistics.median(b / t for b, t in zip(times[baseline], ts, strict=True))
         rows.append(
             dict(
-                op=case.op, provider=name, shape=case.shape, dtype=case.dtype, mode=case.mode,
-                p20_ms=q[1], p50_ms=p50, p80_ms=q[7], tokens_per_s=case.tokens / (p50 / 1e3), baseline=baseline,
-                ratio_vs_baseline=statistics.median(times[baseline]) / p50, **env,
+                op=case.op, provider=name, shape=case.shape, dtype=case.dtype, mode=mode,
+                p20_ms=q[1], p50_ms=p50, p80_ms=q[7], tokens_per_s=case.tokens / (p50 / 1e3),
+                baseline=baseline, ratio_vs_baseline=base / p50, paired_ratio=paired, **env,
             )
         )  # fmt: skip
-        paired = statistics.median(b / t for b, t in zip(times[baseline], ts, strict=True))
-        rows[-1]["paired_ratio"] = paired
     return rows
+
+
+def _interleaved(case: Case, steps: dict, device, *, baseline: str, warmup: int, repeats: int) -> list[dict]:
+    """Time the providers' steps alternately (ABBA order), so load from other processes on a
+    shared machine hits both alike. Rows per provider for wall-clock time (mode "step") and for
+    the process's CPU time (mode "step-cputime", which descheduling by other processes does not
+    inflate); p20/p50/p80, the ratio of p50s as in ``harness.run_case``, and the median of the
+    per-round ratios."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[name]()
+            wall[name].append((time.perf_counter() - t0) * 1e3)
+            cpu[name].append((time.process_time() - c0) * 1e3)
+    env = environment(device)
+    return _rows(case, "step", wall, baseline, env) + _rows(case, "step-cputime", cpu, baseline, env)
 
 
 def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> list[dict]:
@@ -163,7 +171,7 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
         return []
     t = _transformers()
     torch.manual_seed(0)
-    warmup, repeats = (1, 4) if quick else (2, 12)
+    warmup, repeats = (1, 4) if quick else (2, 10)
     batch, seq = (2, 64) if quick else (8, 128)
     size = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
     no_drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -183,6 +191,7 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats (smoke test)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "models_cpu.csv"), help="CSV to append rows to")
     args = parser.parse_args(argv)
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
@@ -191,14 +200,16 @@ def main(argv: list[str] | None = None) -> None:
             [sys.executable, "-m", "ptft_fast.benchmarks.bench_models_cpu", *sys.argv[1:]],
             {**os.environ, **MALLOC_ENV},
         )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = suite(torch.device("cpu"), args.quick)
     print(f"torch threads: {torch.get_num_threads()}")
     print(format_table(rows))
     for row in rows:
         if row["provider"] != "transformers":
             print(
-                f"{row['op']}: paired per-round speed ratio (median) {row['paired_ratio']:.3f}x, "
-                f"memory ratio {row.get('mem_vs_baseline', float('nan')):.3f}x"
+                f"{row['op']} [{row['mode']}]: speed {row['ratio_vs_baseline']:.3f}x (ratio of p50s), "
+                f"{row['paired_ratio']:.3f}x (median per round); memory {row.get('mem_vs_baseline', float('nan')):.3f}x"
             )
     if not args.quick:
         print(f"rows appended to {write_csv(rows, args.out)}")
