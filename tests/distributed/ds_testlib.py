@@ -70,3 +70,16 @@ def zero3_config(path: Path, **zero) -> Path:
     }
     path.write_text(json.dumps(cfg))
     return path
+
+
+WORKER = Path(__file__).resolve().parent / "ds_zero3_worker.py"
+
+
+def run_worker(mode: str, out: Path, ds_json: Path, timeout: float = 50.0) -> subprocess.CompletedProcess:
+    """Run ds_zero3_worker.py MODE on 2 ranks under the watchdog launcher."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [
+        sys.executable, "-m", "ptft_fast.train.ds_launch", "--nproc", "2", "--timeout", str(timeout), "--",
+        sys.executable, str(WORKER), mode, str(out), str(ds_json),
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 15)

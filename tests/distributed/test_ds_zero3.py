@@ -1,0 +1,58 @@
+"""ZeRO-3 on 2 ranks: tied/external parameters are gathered for the fused loss, export equals the
+gathered model, and save → resume continues with the losses of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ds_testlib import run_ds, run_worker, sets, train_losses, zero3_config
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def test_unregistered_tied_embedding_fails(new_run):
+    """Without register_external_parameters the tied vocab projection reaches
+    ops.linear_cross_entropy as an empty shard: the step must fail (this is what the helper fixes)."""
+    out = new_run("unregistered")
+    proc = run_worker("unregistered", out, zero3_config(out.parent / "z3.json"))
+    assert proc.returncode != 0
+    assert "rank" in proc.stderr and "exited with code" in proc.stderr
+    assert "weight" in proc.stderr  # the op names the bad argument
+
+
+def test_export_equals_gathered_model(new_run, tmp_path):
+    from ptft_fast.hf import load_pretrained
+    from ptft_fast.train.zero_export import export_zero
+
+    out = new_run("gathered")
+    proc = run_worker("gathered", out, zero3_config(out.parent / "z3.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gathered = load_file(out / "gathered.safetensors")
+    model, _ = load_pretrained(export_zero(out / "checkpoints", tmp_path / "hf"))
+    exported = model.state_dict()
+    assert set(exported) == set(gathered)
+    for name, t in gathered.items():
+        assert t.numel() > 0, name
+        torch.testing.assert_close(exported[name], t, rtol=0, atol=0, msg=name)
+    bf16, _ = load_pretrained(export_zero(out / "checkpoints", tmp_path / "hf16", dtype="bf16"))
+    for name, t in bf16.state_dict().items():
+        assert t.dtype == torch.bfloat16
+        torch.testing.assert_close(t, gathered[name].to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_save_resume_matches_uninterrupted(new_run):
+    full = new_run("full")
+    z3 = zero3_config(full.parent / "z3.json")
+    proc = run_ds(full, ["--deepspeed", str(z3), *sets(out=full)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    part = new_run("part")
+    proc = run_worker("partial", part, z3)  # steps 1-2 of the same 4-step run, checkpoint, exit
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (part / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    proc = run_ds(part, ["--deepspeed", str(z3), "--resume", "latest", *sets(out=part)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want, got = train_losses(full), train_losses(part)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert got[step] == want[step], (step, got[step], want[step])
