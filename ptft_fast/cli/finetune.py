@@ -1,0 +1,154 @@
+"""``ptft finetune``: fine-tune a model directory on a task, fully or with a PEFT method.
+
+    ptft finetune --model runs/bert --task cls --train train.tsv --eval dev.tsv --peft lora
+    ptft finetune --model runs/bert --task cls --train stdlib-docstrings --eval stdlib-docstrings
+
+Evaluates after every epoch and keeps the best epoch in ``OUT/best``: the adapter (trainable
+weights incl. the task head, safetensors + adapter_config.json) with --peft, else the whole
+model (HF format) plus the head; ``task.json`` records the task, labels and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("finetune", help="fine-tune on a task (full or PEFT), best checkpoint kept")
+    p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--task", required=True, choices=("cls", "reg", "tok", "qa", "seq2seq"))
+    p.add_argument(
+        "--train", required=True, help="train file (.tsv/.csv/.jsonl, CoNLL, SQuAD JSON) or stdlib-docstrings"
+    )
+    p.add_argument("--eval", required=True, help="eval file, same format")
+    p.add_argument("--peft", default="none", choices=("none", "lora", "adapter", "prefix", "prompt", "ia3"))
+    p.add_argument("--out", default="finetuned", help="output folder (default: finetuned)")
+    p.add_argument("--text-column", default="sentence")
+    p.add_argument("--text-pair-column", default=None)
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--labels", default=None, help="comma-separated label set (default: labels seen in train)")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--doc-stride", type=int, default=32, help="qa: overlap of context windows")
+    p.add_argument("--max-answer-len", type=int, default=30, help="qa: longest answer in tokens")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=None, help="default: 5e-5 full fine-tuning, 1e-3 PEFT")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-targets", default=None, help="comma-separated module names or a regex")
+    p.add_argument("--num-virtual-tokens", type=int, default=10)
+    p.add_argument("--adapter-placement", default="houlsby", choices=("houlsby", "pfeiffer"))
+    p.add_argument("--adapter-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def _peft_config(args):
+    from ptft_fast import peft
+
+    if args.peft == "lora":
+        cfg = peft.LoraConfig(r=args.lora_r, alpha=args.lora_alpha)
+        if args.lora_targets:
+            t = args.lora_targets
+            cfg.target_modules = t if any(c in t for c in "*[(\\") else t.split(",")
+        return cfg
+    if args.peft == "adapter":
+        return peft.AdapterConfig(placement=args.adapter_placement, bottleneck=args.adapter_size)
+    if args.peft in ("prefix", "prompt"):
+        return peft.CONFIGS[args.peft](num_virtual_tokens=args.num_virtual_tokens)
+    return peft.IA3Config() if args.peft == "ia3" else None
+
+
+def run(args) -> int:
+    import torch
+
+    from ptft_fast import peft
+    from ptft_fast.finetune import tasks
+    from ptft_fast.finetune.heads import TaskModel
+    from ptft_fast.finetune.loop import FinetuneConfig, train
+    from ptft_fast.finetune.readers import Columns
+    from ptft_fast.finetune.session import load_model_dir, load_task_data, write_task_card
+
+    torch.manual_seed(args.seed)
+    labels = args.labels.split(",") if args.labels else None
+    cols = Columns(args.text_column, args.text_pair_column, args.label_column)
+    tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
+    backbone, config, tok = load_model_dir(args.model)
+    if args.task == "seq2seq":
+        if not config.is_encoder_decoder:
+            raise ValueError(f"--task seq2seq needs an encoder-decoder model (T5/BART), got {config.arch}")
+        if args.peft in ("prefix", "prompt"):
+            raise ValueError("--task seq2seq supports --peft none|lora|adapter|ia3")
+        model = backbone
+        train_data = tasks.seq2seq_data(tok, tr, args.max_length)
+        eval_data = tasks.seq2seq_data(tok, ev, args.max_length)
+        evaluate = lambda m: tasks.evaluate_seq2seq(m, tok, ev, eval_data)  # noqa: E731
+    else:
+        pcfg = _peft_config(args)
+        if args.peft in ("prefix", "prompt"):  # wrap the backbone, the head stays outside
+            backbone = peft.get_peft_model(backbone, args.peft, pcfg, init_ids=None)
+            if args.peft == "prompt":
+                backbone.strip_outputs = True
+        model = TaskModel(backbone, args.task, len(names) if names else 1)
+        if args.peft in ("lora", "adapter", "ia3"):
+            peft.get_peft_model(model, args.peft, pcfg)
+        elif args.peft != "none":
+            peft.mark_trainable(model)
+        if args.task == "cls":
+            train_data, eval_data = (
+                tasks.cls_data(tok, tr, names, args.max_length),
+                tasks.cls_data(tok, ev, names, args.max_length),
+            )
+            evaluate = lambda m: tasks.evaluate_cls(m, eval_data)  # noqa: E731
+        elif args.task == "reg":
+            train_data, eval_data = (
+                tasks.reg_data(tok, tr, args.max_length),
+                tasks.reg_data(tok, ev, args.max_length),
+            )
+            evaluate = lambda m: tasks.evaluate_reg(m, eval_data)  # noqa: E731
+        elif args.task == "tok":
+            train_data, eval_data = (
+                tasks.tok_data(tok, tr, names, args.max_length),
+                tasks.tok_data(tok, ev, names, args.max_length),
+            )
+            evaluate = lambda m: tasks.evaluate_tok(m, eval_data)  # noqa: E731
+        else:
+            train_data = tasks.QAData(tok, tr, args.max_length, args.doc_stride).tensors
+            qa_eval = tasks.QAData(tok, ev, args.max_length, args.doc_stride)
+            evaluate = lambda m: tasks.evaluate_qa(m, qa_eval, max_answer_len=args.max_answer_len)  # noqa: E731
+    print(peft.param_report(model))
+    out = Path(args.out)
+    metric = tasks.PRIMARY[args.task]
+
+    def on_best(m, row):
+        best = out / "best"
+        if args.peft == "none":
+            from safetensors.torch import save_file
+
+            from ptft_fast.hf import save_pretrained
+
+            save_pretrained(m.backbone if hasattr(m, "head") else m, best)
+            if hasattr(m, "head"):
+                save_file(
+                    {k: v.contiguous() for k, v in m.head.state_dict().items()},
+                    str(best / "head.safetensors"),
+                )
+        else:
+            peft.save_adapter(m, best, {"peft_type": args.peft, **(vars(_peft_config(args)) or {})})
+        tok.save(best)
+        write_task_card(
+            best, task=args.task, labels=names, peft=args.peft, metrics=row, base_model=str(args.model)
+        )
+
+    lr = args.lr if args.lr is not None else (5e-5 if args.peft == "none" else 1e-3)
+    cfg = FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, progress=not args.no_progress
+    )
+    hist = train(model, train_data, evaluate, cfg, metric=metric, on_best=on_best)
+    for row in hist.epochs:
+        print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"best epoch {hist.best['epoch']}: {metric}={hist.best[metric]:.4f} → {out / 'best'}")
+    return 0

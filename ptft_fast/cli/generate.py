@@ -1,0 +1,73 @@
+"""``ptft generate``: generate text from a decoder (GPT) or encoder-decoder (T5/BART) directory.
+
+    ptft generate --model runs/gpt --prompt "def read(" --max-new-tokens 64 --top-p 0.9 --temperature 0.8
+
+One prompt streams its tokens to the console; several prompts are batched (left padding) and
+printed when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate", help="generate text with a KV cache (greedy, sampling, beam search)"
+    )
+    p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample instead of greedy (implied by --temperature/--top-k/--top-p)",
+    )
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--beams", type=int, default=1)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence text (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence every step")
+    p.add_argument("--no-stream", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from ptft_fast.finetune.session import load_model_dir
+    from ptft_fast.generate import GenerationConfig, TextStreamer, generate, left_pad
+
+    model, config, tok = load_model_dir(args.model, dropout=0.0, attention_dropout=0.0)
+    eos = tok.eos_id if tok.eos_id is not None else tok.sep_id
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    sample = args.sample or args.temperature is not None or args.top_k > 0 or args.top_p < 1.0
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sample,
+        temperature=args.temperature or 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.beams,
+        length_penalty=args.length_penalty,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        stop_sequences=[tok.encode(s) for s in args.stop],
+        seed=args.seed,
+    )
+    encoded = [tok.encode(p, add_special_tokens=config.is_encoder_decoder) or [pad] for p in args.prompt]
+    ids, mask = left_pad(encoded, pad)
+    stream = len(args.prompt) == 1 and args.beams == 1 and not args.no_stream
+    streamer = TextStreamer(tok.decode, stop_ids=[eos] if eos is not None else ()) if stream else None
+    if stream:
+        print(args.prompt[0], end="", flush=True)
+    out = generate(model, ids, mask, cfg, use_cache=not args.no_cache, streamer=streamer)
+    if not stream:
+        for prompt, row in zip(args.prompt, out.tolist()):
+            row = row[: row.index(eos) if eos in row else len(row)]
+            print(f"{prompt}{tok.decode(row)}")
+    return 0

@@ -1,0 +1,61 @@
+"""Loading a model directory for fine-tuning / prompting: HF-format weights (config.json +
+model.safetensors, via ``ptft_fast.hf``) and ``tokenizer.json``; task data by task kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ptft_fast.finetune.embedded import docstring_task
+from ptft_fast.finetune.readers import Columns, DataError, read_conll, read_examples, read_squad
+
+EMBEDDED = "stdlib-docstrings"  # --train/--eval value selecting the embedded task
+
+
+def load_model_dir(path: str, **overrides):
+    """(model, config, tokenizer) from a directory holding config.json, model.safetensors and
+    tokenizer.json."""
+    from ptft_fast.data.tokenizer import PtftTokenizer
+    from ptft_fast.hf import load_pretrained
+
+    model, config = load_pretrained(path, **overrides)
+    tokenizer = PtftTokenizer.from_file(path)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
+        )
+    return model, config, tokenizer
+
+
+def load_task_data(task: str, train: str, evaluation: str, columns: Columns, labels: list[str] | None):
+    """(train examples, eval examples, label list or None) for a task kind."""
+    if train == EMBEDDED or evaluation == EMBEDDED:
+        if task not in ("cls", "seq2seq"):
+            raise ValueError(f"the embedded task {EMBEDDED!r} is a classification task (cls or seq2seq)")
+        tr, ev, names = docstring_task()
+        return tr, ev, names
+    if task == "tok":
+        tr = read_conll(train, label_set=labels)
+        tags = labels or sorted({t for e in tr for t in e.tags})
+        return tr, read_conll(evaluation, label_set=tags), tags
+    if task == "qa":
+        return read_squad(train), read_squad(evaluation), None
+    if task == "reg":
+        return (
+            read_examples(train, columns, regression=True),
+            read_examples(evaluation, columns, regression=True),
+            None,
+        )
+    tr = read_examples(train, columns, label_set=labels)
+    names = labels or sorted({str(e.label) for e in tr})
+    if task == "seq2seq":
+        return tr, read_examples(evaluation, columns), None
+    return tr, read_examples(evaluation, columns, label_set=names), names
+
+
+def write_task_card(out: Path, **fields) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "task.json").write_text(json.dumps(fields, indent=2, sort_keys=True))
+
+
+__all__ = ["EMBEDDED", "DataError", "load_model_dir", "load_task_data", "write_task_card"]

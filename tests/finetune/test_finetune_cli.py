@@ -1,0 +1,82 @@
+"""``ptft finetune`` / ``ptft generate`` / ``ptft icl`` end to end on tiny model directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ptft_fast.cli import main
+from ptft_fast.hf import save_pretrained
+from ptft_fast.models import from_name
+
+
+def model_dir(tmp_path, name, tokenizer):
+    torch.manual_seed(0)
+    kw = {"vocab_size": tokenizer.vocab_size}
+    if tokenizer.pad_id is not None:
+        kw["pad_token_id"] = tokenizer.pad_id
+    d = tmp_path / name
+    save_pretrained(from_name(name, **kw), d)
+    tokenizer.save(d)
+    return d
+
+
+@pytest.fixture
+def tsv(tmp_path):
+    rows = ["sentence\tlabel"] + [f"{w} file path read\tio" for w in ("open", "close", "seek", "tell")]
+    rows += [f"{w} json object dump\tjson" for w in ("load", "dump", "parse", "encode")]
+    path = tmp_path / "train.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("peft", ["none", "lora", "prompt"])
+def test_finetune_cli_keeps_best(tmp_path, ft_wordpiece, tsv, peft, capsys):
+    d = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
+    out = tmp_path / f"out-{peft}"
+    rc = main(["finetune", "--model", str(d), "--task", "cls", "--train", str(tsv), "--eval", str(tsv),
+               "--peft", peft, "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "trainable params" in text and "best epoch" in text
+    card = json.loads((out / "best" / "task.json").read_text())
+    assert card["labels"] == ["io", "json"] and card["peft"] == peft
+    if peft == "none":
+        assert (out / "best" / "model.safetensors").is_file() and (
+            out / "best" / "head.safetensors"
+        ).is_file()
+    else:
+        from safetensors.torch import load_file
+
+        saved = load_file(out / "best" / "adapter_model.safetensors")
+        assert any("head." in k for k in saved) and all(
+            "head." in k or "lora" in k or "soft_prompt" in k for k in saved
+        )
+
+
+def test_finetune_cli_bad_label_names_line(tmp_path, ft_wordpiece, tsv, capsys):
+    d = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
+    bad = tmp_path / "dev.tsv"
+    bad.write_text("sentence\tlabel\nfine\tio\nodd\tyaml\n")
+    rc = main(["finetune", "--model", str(d), "--task", "cls", "--train", str(tsv), "--eval", str(bad)])
+    assert rc == 2
+    assert "dev.tsv:3: label 'yaml' not in the label set" in capsys.readouterr().err
+
+
+def test_generate_and_icl_cli(tmp_path, ft_bpe, tsv, capsys):
+    d = model_dir(tmp_path, "gpt-tiny", ft_bpe)
+    assert main(["generate", "--model", str(d), "--prompt", "The file", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("The file")
+    rc = main(["generate", "--model", str(d), "--prompt", "a", "--prompt", "The json module", "--max-new-tokens", "4",
+               "--beams", "2"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and lines[0].startswith("a") and lines[1].startswith("The json module")
+    jl = tmp_path / "task.jsonl"
+    jl.write_text(
+        "".join(json.dumps({"sentence": f"text {i}", "label": "ab"[i % 2]}) + "\n" for i in range(6))
+    )
+    assert main(["icl", "--model", str(d), "--task", str(jl), "--shots", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "k=0\taccuracy=" in out and "k=1\taccuracy=" in out
