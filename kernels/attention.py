@@ -155,6 +155,8 @@ def blocks(head_dim: int, dtype: torch.dtype, device: torch.device, backward: bo
         return 32, 32, block_d, 4, 1
     wide = block_d * (dtype.itemsize // 2)  # tile width in 2-byte units
     if backward:
+        if wide > 256:  # fp32 with D = 256: keep the tiles within an A100's 163 KiB
+            return 32, 32, block_d, 8, 1
         return 64, 64 if wide <= 128 else 32, block_d, 4 if wide <= 64 else 8, 2
     if wide <= 64:
         return 128, 64, block_d, 4, 3
