@@ -72,6 +72,16 @@ def _case(device, dtype, bsz, seq, heads, dim, causal):
     return case, providers
 
 
+def _matmul_peak(device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """A large square matmul: the measured matmul peak that attention's TFLOP/s is read against."""
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    case = Case(
+        "matmul (measured peak)", f"{n}x{n}x{n}", str(dtype).removeprefix("torch."), "fwd", flops=2.0 * n**3
+    )
+    return run_case(case, {"torch-matmul": lambda: lambda: a @ b}, device, repeats=20, memory=False)
+
+
 def suite(device: torch.device, quick: bool) -> list[dict]:
     if device.type == "cuda":
         dtype = torch.bfloat16
@@ -81,7 +91,7 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
     else:  # CPU: the reference path only; small enough to finish in seconds
         dtype, seqs, dims, tokens = torch.float32, (128,), (64,), 512
     baseline = "sdpa-flash" if device.type == "cuda" else "torch-eager"
-    rows = []
+    rows = _matmul_peak(device, dtype) if device.type == "cuda" else []
     for seq in seqs:
         for dim in dims:
             for causal in (False, True):
