@@ -32,7 +32,10 @@ def tsv(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("peft", ["none", "lora", "prompt"])
+@pytest.mark.parametrize(
+    "peft",
+    [pytest.param("none", marks=pytest.mark.slow), "lora", pytest.param("prompt", marks=pytest.mark.slow)],
+)
 def test_finetune_cli_keeps_best(tmp_path, ft_wordpiece, tsv, peft, capsys):
     d = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
     out = tmp_path / f"out-{peft}"
@@ -80,3 +83,26 @@ def test_generate_and_icl_cli(tmp_path, ft_bpe, tsv, capsys):
     assert main(["icl", "--model", str(d), "--task", str(jl), "--shots", "0,1"]) == 0
     out = capsys.readouterr().out
     assert "k=0\taccuracy=" in out and "k=1\taccuracy=" in out
+
+
+@pytest.mark.slow
+def test_finetune_cli_tok_qa_seq2seq(tmp_path, ft_wordpiece, ft_bpe, tsv, capsys):
+    bert = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
+    conll = tmp_path / "t.conll"
+    conll.write_text("John B-PER\nreads O\nfiles O\n\nParis B-LOC\nopens O\n")
+    base = ["--epochs", "1", "--batch-size", "2", "--no-progress"]
+    assert main(["finetune", "--model", str(bert), "--task", "tok", "--train", str(conll), "--eval", str(conll),
+                 "--out", str(tmp_path / "tok"), *base]) == 0  # fmt: skip
+    ctx = "The open function returns a file object. " * 6
+    squad = {"data": [{"paragraphs": [{"context": ctx, "qas": [
+        {"id": "1", "question": "What does open return?", "answers": [{"text": "a file object", "answer_start": 26}]}
+    ]}]}]}  # fmt: skip
+    (tmp_path / "s.json").write_text(json.dumps(squad))
+    assert main(["finetune", "--model", str(bert), "--task", "qa", "--train", str(tmp_path / "s.json"),
+                 "--eval", str(tmp_path / "s.json"), "--max-length", "32", "--doc-stride", "8",
+                 "--peft", "ia3", "--out", str(tmp_path / "qa"), *base]) == 0  # fmt: skip
+    bart = model_dir(tmp_path, "bart-tiny", ft_bpe)
+    assert main(["finetune", "--model", str(bart), "--task", "seq2seq", "--train", str(tsv), "--eval", str(tsv),
+                 "--peft", "lora", "--out", str(tmp_path / "s2s"), *base]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "accuracy=" in out and "exact_match=" in out and "rouge_l=" in out

@@ -58,6 +58,7 @@ def test_lora_task_model_trains_head_and_adapter(ft_wordpiece):
     assert param_report(m).percent < 10
 
 
+@pytest.mark.slow
 def test_short_finetune_beats_chance_on_embedded_task(ft_wordpiece):
     tr, ev, labels = docstring_task()
     torch.manual_seed(0)
