@@ -89,3 +89,14 @@ def test_electra_terms_are_normalized_separately(run_data):
         gen,
     )
     assert set(out.terms) == {"lm", "disc"} and all(v > 0 for v in out.terms.values())
+
+
+def test_gradient_checkpointing_flag_gives_the_same_gradients(run_data):
+    model, cfg, micro = _setup("mlm", "bert-tiny-cpu", "wordpiece", run_data)
+    ckpt_model = build_for_objective("mlm", model.config.replace(gradient_checkpointing=True)).double()
+    ckpt_model.load_state_dict(model.state_dict())
+    strategies = [RecordingStrategy(m, cfg, torch.device("cpu")) for m in (model, ckpt_model)]
+    for m, s in zip((model, ckpt_model), strategies):
+        accumulate_step("mlm", m, s, micro, 0, {"lm": 1.0})
+    for name, g in strategies[0].grads.items():
+        torch.testing.assert_close(g, strategies[1].grads[name], rtol=0, atol=1e-10, msg=name)
