@@ -38,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-targets", default=None, help="comma-separated module names or a regex")
     p.add_argument("--num-virtual-tokens", type=int, default=10)
+    p.add_argument(
+        "--prompt-init-text", default=None, help="prompt tuning: initialise from this text's tokens"
+    )
     p.add_argument("--adapter-placement", default="houlsby", choices=("houlsby", "pfeiffer"))
     p.add_argument("--adapter-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -89,7 +92,8 @@ def run(args) -> int:
     else:
         pcfg = _peft_config(args)
         if args.peft in ("prefix", "prompt"):  # wrap the backbone, the head stays outside
-            backbone = peft.get_peft_model(backbone, args.peft, pcfg, init_ids=None)
+            init = tok.encode(args.prompt_init_text) if args.prompt_init_text else None
+            backbone = peft.get_peft_model(backbone, args.peft, pcfg, init_ids=init)
             if args.peft == "prompt":
                 backbone.strip_outputs = True
         model = TaskModel(backbone, args.task, len(names) if names else 1)

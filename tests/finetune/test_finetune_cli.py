@@ -40,7 +40,7 @@ def test_finetune_cli_keeps_best(tmp_path, ft_wordpiece, tsv, peft, capsys):
     d = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
     out = tmp_path / f"out-{peft}"
     rc = main(["finetune", "--model", str(d), "--task", "cls", "--train", str(tsv), "--eval", str(tsv),
-               "--peft", peft, "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress"])  # fmt: skip
+               "--peft", peft, *(["--prompt-init-text", "classify the module"] if peft == "prompt" else []), "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress"])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
     assert "trainable params" in text and "best epoch" in text
