@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ds_testlib import BASE
+from ds_testlib import BASE, run_ds, run_worker, sets, zero3_config
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,23 @@ def new_run(run_data, tmp_path):
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def zero3_full(run_data, tmp_path_factory) -> Path:
+    """The 4-step BASE run on 2 ranks under ZeRO-3 (every parameter partitioned)."""
+    out = tmp_path_factory.mktemp("zero3_full")
+    shutil.copytree(run_data, out / "data")
+    proc = run_ds(out, ["--deepspeed", str(zero3_config(out / "z3.json")), *sets(out=out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def zero3_partial(run_data, tmp_path_factory) -> Path:
+    """Steps 1-2 of the same run, its checkpoint, and the gathered parameters at step 2."""
+    out = tmp_path_factory.mktemp("zero3_partial")
+    shutil.copytree(run_data, out / "data")
+    proc = run_worker("partial", out, zero3_config(out / "z3.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

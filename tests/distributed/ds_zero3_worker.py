@@ -1,8 +1,8 @@
 """One rank of the ZeRO-3 tests (run under ds_launch): ``ds_zero3_worker.py MODE OUT DS_JSON``.
 
-MODE ``gathered``: 2 steps, checkpoint, then rank 0 writes the gathered fp32 parameters to
-OUT/gathered.safetensors (the oracle for export). ``partial``: 2 steps of a 4-step run, checkpoint,
-exit (a save → resume test). ``unregistered``: one step with the external-parameter registration
+MODE ``partial``: steps 1-2 of the 4-step BASE run, checkpoint, then rank 0 writes the gathered
+fp32 parameters to OUT/gathered.safetensors (the oracle for export) and the job exits (the first
+half of a save → resume test). ``unregistered``: one step with the external-parameter registration
 switched off (must fail: the fused loss gets an empty shard of the tied embedding).
 """
 
@@ -35,7 +35,7 @@ def main(mode: str, out: str, ds_json: str) -> int:
         out_step = trainer.train_step()
         trainer.log.write({"kind": "train", "step": trainer.step, "loss": out_step.loss})
     trainer.save()
-    if mode == "gathered":
+    if mode == "partial":
         params = dict(trainer.model.named_parameters())
         with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
             if trainer.rank == 0:

@@ -3,6 +3,8 @@ gathered model, and save → resume continues with the losses of an uninterrupte
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from ds_testlib import run_ds, run_worker, sets, train_losses, zero3_config
@@ -21,13 +23,11 @@ def test_unregistered_tied_embedding_fails(new_run):
     assert "linear_cross_entropy: weight must have 2 dims, got shape (0,)" in proc.stderr
 
 
-def test_export_equals_gathered_model(new_run, tmp_path):
+def test_export_equals_gathered_model(zero3_partial, tmp_path):
     from ptft_fast.hf import load_pretrained
     from ptft_fast.train.zero_export import export_zero
 
-    out = new_run("gathered")
-    proc = run_worker("gathered", out, zero3_config(out.parent / "z3.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = zero3_partial
     gathered = load_file(out / "gathered.safetensors")
     model, _ = load_pretrained(export_zero(out / "checkpoints", tmp_path / "hf"))
     exported = model.state_dict()
@@ -42,18 +42,14 @@ def test_export_equals_gathered_model(new_run, tmp_path):
         torch.testing.assert_close(t.float(), gathered[name].to(torch.bfloat16).float(), rtol=0, atol=0)
 
 
-def test_save_resume_matches_uninterrupted(new_run):
-    full = new_run("full")
-    z3 = zero3_config(full.parent / "z3.json")
-    proc = run_ds(full, ["--deepspeed", str(z3), *sets(out=full)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    part = new_run("part")
-    proc = run_worker("partial", part, z3)  # steps 1-2 of the same 4-step run, checkpoint, exit
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_save_resume_matches_uninterrupted(zero3_full, zero3_partial, tmp_path):
+    part = tmp_path / "part"
+    shutil.copytree(zero3_partial, part)
     assert (part / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    z3 = part / "z3.json"
     proc = run_ds(part, ["--deepspeed", str(z3), "--resume", "latest", *sets(out=part)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    want, got = train_losses(full), train_losses(part)
+    want, got = train_losses(zero3_full), train_losses(part)
     assert sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):
         assert got[step] == want[step], (step, got[step], want[step])
