@@ -49,7 +49,8 @@ def _scores(
     s = _dot(q, tl.trans(k), IEEE) * scale
     valid = (offs_m[:, None] < len_q) & (offs_n[None, :] < len_k)
     if HAS_BIAS:
-        ptr = BIAS + b * sb_b + h * sb_h + offs_m[:, None] * sb_i + offs_n[None, :] * sb_j
+        # int64: a dense (B, H, T, T) bias can exceed 2^31 elements
+        ptr = BIAS + b.to(tl.int64) * sb_b + h * sb_h + offs_m[:, None] * sb_i + offs_n[None, :] * sb_j
         s += tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
     if HAS_REL:
         # T5: bucket of (j - i) from a (max_q + max_k - 1,) lookup table built by the reference

@@ -34,7 +34,9 @@ def _logits_block(HID, W, BIAS, idx, rmask, offs_v, vmask, n_hidden, HAS_BIAS: t
             HID + idx[:, None] * n_hidden + offs_h[None, :], mask=rmask[:, None] & hmask[None, :], other=0.0
         )
         w = tl.load(
-            W + offs_v[:, None] * n_hidden + offs_h[None, :], mask=vmask[:, None] & hmask[None, :], other=0.0
+            W + offs_v.to(tl.int64)[:, None] * n_hidden + offs_h[None, :],
+            mask=vmask[:, None] & hmask[None, :],
+            other=0.0,
         )
         if IEEE:
             z += tl.dot(x, tl.trans(w), input_precision="ieee")
@@ -125,7 +127,7 @@ def _lce_bwd_kernel(
             xm = rmask[:, None] & hmask[None, :]
             wm = vmask[:, None] & hmask[None, :]
             x = tl.load(HID + idx[:, None] * n_hidden + offs_h[None, :], mask=xm, other=0.0)
-            w = tl.load(W + offs_v[:, None] * n_hidden + offs_h[None, :], mask=wm, other=0.0)
+            w = tl.load(W + offs_v.to(tl.int64)[:, None] * n_hidden + offs_h[None, :], mask=wm, other=0.0)
             if IEEE:
                 dh_part = tl.dot(d_in, w, input_precision="ieee")
                 dw_part = tl.dot(tl.trans(d_in), x, input_precision="ieee")
@@ -133,7 +135,7 @@ def _lce_bwd_kernel(
                 dh_part = tl.dot(d_in, w)
                 dw_part = tl.dot(tl.trans(d_in), x)
             tl.atomic_add(DH + idx[:, None] * n_hidden + offs_h[None, :], dh_part, mask=xm)
-            tl.atomic_add(DW + offs_v[:, None] * n_hidden + offs_h[None, :], dw_part, mask=wm)
+            tl.atomic_add(DW + offs_v.to(tl.int64)[:, None] * n_hidden + offs_h[None, :], dw_part, mask=wm)
 
 
 def _blocks(device: torch.device) -> tuple[int, int, int, int]:
