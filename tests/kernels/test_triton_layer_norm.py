@@ -128,3 +128,17 @@ def test_non_contiguous_inputs():
         "residual": torch.randn(6, 80, device=DEV)[:, ::2].requires_grad_(),
     }
     compare_with_grads("ln", lambda **a: layer_norm(**a, backend="triton"), layer_norm_ref, inputs)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_plain_call_backward(rms):
+    # no residual, no dropout, y only: the kernel's h output is a placeholder that gets no grad
+    from kernel_tolerance import compare_with_grads
+
+    inputs = {
+        "x": torch.randn(3, 5, 48, device=DEV).requires_grad_(),
+        "weight": torch.randn(48, device=DEV).requires_grad_(),
+        "bias": torch.randn(48, device=DEV).requires_grad_(),
+        "rms": rms,
+    }
+    compare_with_grads("ln plain", lambda **a: layer_norm(**a, backend="triton"), layer_norm_ref, inputs)
