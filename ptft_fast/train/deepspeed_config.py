@@ -152,13 +152,6 @@ def check_batch(ds: dict, cfg: TrainConfig, world_size: int, source: str) -> dic
         value = out.get(key, "auto")
         if value == "auto":
             out[key] = want[key]
-    micro, accum, total = (out[k] for k in BATCH_KEYS)
-    if micro * accum * world_size != total:
-        raise TrainConfigError(
-            f"{source}: batch arithmetic fails: train_micro_batch_size_per_gpu ({micro}) × "
-            f"gradient_accumulation_steps ({accum}) × world size ({world_size}) = "
-            f"{micro * accum * world_size}, but train_batch_size is {total}"
-        )
     clash = [
         f"{key}={out[key]} but the run has {name}={want[key]}"
         for key, name in zip(BATCH_KEYS[:2], ("micro_batch_size", "grad_accum_steps"), strict=True)
@@ -166,6 +159,13 @@ def check_batch(ds: dict, cfg: TrainConfig, world_size: int, source: str) -> dic
     ]
     if clash:
         raise TrainConfigError(f"{source} contradicts the run config: " + "; ".join(clash))
+    micro, accum, total = (out[k] for k in BATCH_KEYS)
+    if micro * accum * world_size != total:
+        raise TrainConfigError(
+            f"{source}: batch arithmetic fails: train_micro_batch_size_per_gpu ({micro}) × "
+            f"gradient_accumulation_steps ({accum}) × world size ({world_size}) = "
+            f"{micro * accum * world_size}, but train_batch_size is {total}"
+        )
     return out
 
 
