@@ -13,13 +13,12 @@ outside their owner's forward in our models:
 :func:`register_external_parameters` registers both with
 ``deepspeed.zero.register_external_parameter`` on the module whose forward the trainer calls, so
 they are gathered for that whole forward (and its backward). LoRA weights live in the leaf
-``LoRALinear`` whose forward calls ``ops.lora_linear``: its hooks gather them already, and
-:func:`assert_gathered` checks that at the op boundary when asked.
+``LoRALinear`` whose forward calls ``ops.lora_linear`` on its own parameters, so its hooks
+gather them already; an empty shard reaching a fused op fails its shape check (never silently).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -87,14 +86,3 @@ def register_external_parameters(model: nn.Module) -> list[str]:
             deepspeed.zero.register_external_parameter(root, p)
             names.append(name)
     return names
-
-
-def assert_gathered(*tensors: torch.Tensor, what: str) -> None:
-    """Raise naming ``what`` when a ZeRO-3 shard (0 elements but a real ``ds_shape``) arrives."""
-    for t in tensors:
-        shape = getattr(t, "ds_shape", None)
-        if shape is not None and t.numel() == 0 and torch.Size(shape).numel() > 0:
-            raise RuntimeError(
-                f"{what}: got an empty ZeRO-3 shard of a parameter of shape {tuple(shape)}; "
-                "register it with ptft_fast.train.zero_utils.register_external_parameters"
-            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from ds_testlib import BASE, run_ds, sets, train_losses, zero3_config
+from ds_testlib import BASE, run_ds, sets, train_losses
 
 pytestmark = pytest.mark.distributed
 
@@ -31,16 +31,17 @@ def reference(run_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_two_ranks_match_single_process(stage, reference, new_run):
-    out = new_run(f"zero{stage}")
-    ds = (
-        ["--zero-stage", str(stage)]
-        if stage < 3
-        else ["--deepspeed", str(zero3_config(out.parent / "z3.json"))]
-    )
-    proc = run_ds(out, [*ds, *sets(out=out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.parametrize("stage", ["1", "2", "3", "3-offload"])
+def test_two_ranks_match_single_process(stage, reference, new_run, request):
+    if stage == "3":  # the shared ZeRO-3 run (every parameter partitioned), also used by resume
+        out = request.getfixturevalue("zero3_full")
+    else:
+        out = new_run(f"zero{stage}")
+        ds = ["--zero-stage", stage]
+        if stage == "3-offload":  # optimizer step and parameters on the CPU (DeepSpeed offload path)
+            ds = ["--zero-stage", "3", "--offload-optimizer", "cpu", "--offload-params", "cpu"]
+        proc = run_ds(out, [*ds, *sets(out=out)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
     losses = train_losses(out)
     assert sorted(losses) == [1, 2, 3, 4]
     got = [losses[s] for s in sorted(losses)]
