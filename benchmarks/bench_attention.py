@@ -59,7 +59,9 @@ def _case(device, dtype, bsz, seq, heads, dim, causal):
         flops=3.5 * fwd_flops,  # backward does 2.5x the forward's matmul work
         tokens=bsz * seq,
     )
-    providers = ptft(lambda be: fwd_bwd(lambda: ops.attention(q, k, v, causal=causal, backend=be), inputs))
+    providers = ptft(
+        lambda be: fwd_bwd(lambda: ops.attention(q, k, v, causal=causal, backend=be), inputs), device
+    )
     providers["torch-eager"] = lambda: fwd_bwd(lambda: _eager(q, k, v, causal), inputs)
     providers["torch-compile"] = lambda: fwd_bwd(lambda: compiled(_eager, device)(q, k, v, causal), inputs)
     providers["sdpa-flash"] = checked(

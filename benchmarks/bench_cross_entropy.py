@@ -37,7 +37,9 @@ def _case(device, dtype, n_rows, hidden, vocab, labeled):
     useful = 6.0 * n_rows * labeled * hidden * vocab  # logits, dh and dW matmuls of labeled rows
     shape = f"N={n_rows} H={hidden} V={vocab} labeled={labeled:.0%}"
     case = Case("linear_cross_entropy", shape, str(dtype).removeprefix("torch."), "fwd+bwd", flops=useful)
-    providers = ptft(lambda be: fwd_bwd(lambda: ops.linear_cross_entropy(h, w, labels, backend=be), inputs))
+    providers = ptft(
+        lambda be: fwd_bwd(lambda: ops.linear_cross_entropy(h, w, labels, backend=be), inputs), device
+    )
     providers["torch-full-logits"] = lambda: fwd_bwd(lambda: _full_logits(h, w, labels), inputs)
     providers["torch-compile"] = lambda: fwd_bwd(lambda: compiled(_full_logits, device)(h, w, labels), inputs)
     providers["liger"] = checked(lambda: fwd_bwd(_liger(h, w, labels, device), inputs))

@@ -44,7 +44,8 @@ def _case(device, dtype, n_rows, hidden, rms):
     providers = ptft(
         lambda be: fwd_bwd(
             lambda: ops.layer_norm(x, w, b, residual=res, rms=rms, return_residual=True, backend=be), inputs
-        )
+        ),
+        device,
     )
     providers["torch-eager"] = lambda: fwd_bwd(lambda: _eager(x, res, w, b, rms), inputs)
     providers["torch-compile"] = lambda: fwd_bwd(lambda: compiled(_eager, device)(x, res, w, b, rms), inputs)

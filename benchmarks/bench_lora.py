@@ -34,7 +34,8 @@ def _case(device, dtype, n_rows, d_in, d_out, rank, p):
     shape = f"N={n_rows} {d_in}x{d_out} r={rank} p={p}"
     case = Case("lora_linear", shape, str(dtype).removeprefix("torch."), "fwd+bwd", flops=flops)
     providers = ptft(
-        lambda be: fwd_bwd(lambda: ops.lora_linear(x, w, b, a, bb, 2.0, dropout_p=p, backend=be), inputs)
+        lambda be: fwd_bwd(lambda: ops.lora_linear(x, w, b, a, bb, 2.0, dropout_p=p, backend=be), inputs),
+        device,
     )
     providers["torch-peft-style"] = lambda: fwd_bwd(lambda: _peft_style(x, w, b, a, bb, 2.0, p), inputs)
     providers["torch-compile"] = lambda: fwd_bwd(

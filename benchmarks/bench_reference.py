@@ -11,40 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from ptft_fast import ops
-from ptft_fast.benchmarks.harness import Case, Unavailable, run_case
-from ptft_fast.ops.dispatch import BACKENDS, backend_available
+from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.kernel_providers import fwd_bwd, ptft
 
 KIND = "ops"
-
-
-def _fwd_bwd(fn, inputs):
-    def step():
-        out = fn()
-        out = out[0] if isinstance(out, tuple) else out
-        grads = torch.autograd.grad(out.float().sum(), inputs)
-        return grads
-
-    return step
-
-
-def ptft_providers(call, device: torch.device) -> dict:
-    """One provider per ptft backend: ``call(backend)`` returns the callable to time.
-
-    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests).
-    """
-
-    def factory(name):
-        def make():
-            if name != "torch" and device.type != "cuda":
-                raise Unavailable(f"the {name} backend runs on CUDA tensors only")
-            ok, why = backend_available(name)
-            if not ok:
-                raise Unavailable(why)
-            return call(name)
-
-        return make
-
-    return {f"ptft-{name}": factory(name) for name in BACKENDS}
 
 
 def _layer_norm(device, quick):
@@ -57,11 +27,11 @@ def _layer_norm(device, quick):
     case = Case(
         "layer_norm+residual", f"N={rows_n} H={hidden}", "float32", "fwd+bwd", bytes=4.0 * x.numel() * 2 * 3
     )
-    providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.layer_norm(x, w, b, residual=res, backend=be), inputs),
+    providers = ptft(
+        lambda be: fwd_bwd(lambda: ops.layer_norm(x, w, b, residual=res, backend=be), inputs),
         device,
     )
-    providers["torch-eager"] = lambda: _fwd_bwd(lambda: F.layer_norm(x + res, (hidden,), w, b), inputs)
+    providers["torch-eager"] = lambda: fwd_bwd(lambda: F.layer_norm(x + res, (hidden,), w, b), inputs)
     return case, providers
 
 
@@ -70,8 +40,8 @@ def _attention(device, quick):
     q, k, v = (torch.randn(bsz, seq, heads, dim, device=device, requires_grad=True) for _ in range(3))
     flops = 4.0 * bsz * heads * seq * seq * dim * 2.5 / 2  # fwd (4·B·H·T²·D) + bwd (2.5×), causal half
     case = Case("attention causal", f"B={bsz} T={seq} H={heads} D={dim}", "float32", "fwd+bwd", flops=flops)
-    providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.attention(q, k, v, causal=True, backend=be), (q, k, v)),
+    providers = ptft(
+        lambda be: fwd_bwd(lambda: ops.attention(q, k, v, causal=True, backend=be), (q, k, v)),
         device,
     )
 
@@ -80,7 +50,7 @@ def _attention(device, quick):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         ).transpose(1, 2)
 
-    providers["torch-sdpa"] = lambda: _fwd_bwd(sdpa, (q, k, v))
+    providers["torch-sdpa"] = lambda: fwd_bwd(sdpa, (q, k, v))
     return case, providers
 
 
@@ -92,11 +62,11 @@ def _cross_entropy(device, quick):
     labels[torch.rand(n, device=device) > 0.15] = -100  # MLM: 15% of rows labeled
     flops = 2.0 * n * 0.15 * hidden * vocab * 3
     case = Case("linear_cross_entropy 15%", f"N={n} H={hidden} V={vocab}", "float32", "fwd+bwd", flops=flops)
-    providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.linear_cross_entropy(h, w, labels, backend=be), (h, w)),
+    providers = ptft(
+        lambda be: fwd_bwd(lambda: ops.linear_cross_entropy(h, w, labels, backend=be), (h, w)),
         device,
     )
-    providers["torch-full-logits"] = lambda: _fwd_bwd(lambda: F.cross_entropy(h @ w.T, labels), (h, w))
+    providers["torch-full-logits"] = lambda: fwd_bwd(lambda: F.cross_entropy(h @ w.T, labels), (h, w))
     return case, providers
 
 
@@ -108,11 +78,11 @@ def _lora(device, quick):
     b = (torch.randn(d_out, rank, device=device) * 0.02).requires_grad_()
     flops = 2.0 * n * d_out * d_in * 2 + 2.0 * n * rank * (d_in + d_out) * 3
     case = Case("lora_linear", f"N={n} {d_in}x{d_out} r={rank}", "float32", "fwd+bwd", flops=flops)
-    providers = ptft_providers(
-        lambda be: _fwd_bwd(lambda: ops.lora_linear(x, w, None, a, b, 2.0, backend=be), (x, a, b)),
+    providers = ptft(
+        lambda be: fwd_bwd(lambda: ops.lora_linear(x, w, None, a, b, 2.0, backend=be), (x, a, b)),
         device,
     )
-    providers["torch-peft-style"] = lambda: _fwd_bwd(
+    providers["torch-peft-style"] = lambda: fwd_bwd(
         lambda: F.linear(x, w) + F.linear(F.linear(x, a), b) * 2.0, (x, a, b)
     )
     return case, providers

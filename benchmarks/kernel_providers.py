@@ -25,11 +25,16 @@ def fwd_bwd(fn: Callable[[], object], inputs) -> Callable[[], object]:
     return step
 
 
-def ptft(call: Callable[[str], Callable[[], object]]) -> dict:
-    """One provider per ptft backend; ``call(backend)`` returns the callable to time."""
+def ptft(call: Callable[[str], Callable[[], object]], device: torch.device) -> dict:
+    """One provider per ptft backend; ``call(backend)`` returns the callable to time.
+
+    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests).
+    """
 
     def factory(name):
         def make():
+            if name != "torch" and device.type != "cuda":
+                raise Unavailable(f"the {name} backend runs on CUDA tensors only")
             ok, why = backend_available(name)
             if not ok:
                 raise Unavailable(why)
