@@ -83,15 +83,14 @@ def load_pretrained(
     path: str | os.PathLike, *, dtype: torch.dtype | None = None, **overrides
 ) -> tuple[nn.Module, ModelConfig]:
     """(model, config) from an HF-format directory; ``overrides`` change ModelConfig fields
-    (e.g. ``dropout=0.0``, ``varlen=True``, ``gradient_checkpointing=True``)."""
+    (e.g. ``dropout=0.0``, ``varlen=True``, ``gradient_checkpointing=True``). Like transformers'
+    ``from_pretrained`` the model comes back in eval mode: call ``.train()`` to fine-tune."""
     root = Path(path)
     config_file = root / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{root}: no config.json (not a Hugging Face model directory)")
     hf = json.loads(config_file.read_text())
     state = read_state_dict(root)
-    if hf.get("model_type") == "t5" and "lm_head.weight" in state and hf.get("tie_word_embeddings") is False:
-        overrides.setdefault("tie_word_embeddings", False)  # a v1.1 checkpoint with its own head
     config = from_hf_config(hf, **overrides)
     model = build_model(config)
     ours = _convert_in(config, state, str(root))
@@ -103,7 +102,7 @@ def load_pretrained(
     model.load_state_dict(ours, strict=True)
     if dtype is not None:
         model.to(dtype)
-    return model, config
+    return model.eval(), config
 
 
 def _atomic_write(target: Path, write) -> None:

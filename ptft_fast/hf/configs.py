@@ -120,6 +120,7 @@ def from_hf_config(hf: dict, **overrides) -> ModelConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-6),
             dropout=hf.get("dropout_rate", 0.1),
             attention_dropout=hf.get("dropout_rate", 0.1),
+            activation_dropout=hf.get("dropout_rate", 0.1),  # T5 drops inside the MLP too
             pad_token_id=hf.get("pad_token_id", 0),
             eos_token_id=hf.get("eos_token_id", 1),
             decoder_start_token_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)),

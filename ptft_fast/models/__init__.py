@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ptft_fast.models.blocks import KVCache, ModelOutput, Packing
 from ptft_fast.models.config import ARCHS, PRESETS, ConfigError, ModelConfig
 from ptft_fast.models.decoder import DecoderForCausalLM
 from ptft_fast.models.encoder import Encoder, EncoderForMaskedLM
 from ptft_fast.models.encoder_decoder import EncoderDecoderForConditionalGeneration
+from ptft_fast.models.state import KVCache, ModelOutput, Packing
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "bert": EncoderForMaskedLM,

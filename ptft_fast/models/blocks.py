@@ -1,4 +1,4 @@
-"""Blocks shared by every model: norm, attention, MLP, a transformer layer, packing, outputs.
+"""Blocks shared by every model: norm, attention, MLP, a transformer layer, the layer runner.
 
 Everything numeric goes through ``ptft_fast.ops`` (layer_norm, attention); projections are plain
 ``nn.Linear``. Shapes: x is (B, T, C) in the padded form or (total, C) packed (varlen).
@@ -7,7 +7,6 @@ Everything numeric goes through ``ptft_fast.ops`` (layer_norm, attention); proje
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,71 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ptft_fast import ops
 from ptft_fast.models.config import ModelConfig
-
-KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, Tk, H, D) each
-
-
-@dataclass
-class KVCache:
-    """Keys/values of past positions for incremental decoding, one entry per decoder layer.
-
-    ``self_attn[i]`` grows by the new positions every step; ``cross_attn[i]`` holds the projected
-    encoder memory (computed once, on the first step).
-    """
-
-    self_attn: list[KV | None] = field(default_factory=list)
-    cross_attn: list[KV | None] = field(default_factory=list)
-
-    @property
-    def length(self) -> int:
-        """Number of cached positions (0 when empty)."""
-        first = self.self_attn[0] if self.self_attn else None
-        return 0 if first is None else first[0].shape[1]
-
-
-@dataclass
-class ModelOutput:
-    loss: torch.Tensor | None = None  # scalar mean loss over labeled tokens
-    logits: torch.Tensor | None = None  # (B, T, V); None when only the loss was asked for
-    hidden_states: torch.Tensor | None = None  # (B, T, C) last (decoder) layer, after the final norm
-    nsp_logits: torch.Tensor | None = None  # (B, 2) next-sentence prediction (BERT pre-training)
-    encoder_hidden_states: torch.Tensor | None = None  # (B, S, C) encoder-decoder models
-    cache: KVCache | None = None  # with use_cache=True
-
-
-@dataclass
-class Packing:
-    """Padding-free layout of a padded batch: the tokens where attention_mask is True, packed.
-
-    indices: (total,) flat positions in (B * T); cu_seqlens: (B + 1,) int32 prefix sums.
-    """
-
-    indices: torch.Tensor
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    batch: int
-    seqlen: int
-
-    @classmethod
-    def from_mask(cls, attention_mask: torch.Tensor) -> Packing:
-        mask = attention_mask.bool()
-        lengths = mask.sum(dim=1, dtype=torch.int32)
-        cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-        indices = mask.reshape(-1).nonzero().squeeze(1)
-        return cls(indices, cu, max(int(lengths.max()), 1), mask.shape[0], mask.shape[1])
-
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) → (total, ...)."""
-        return x.reshape(self.batch * self.seqlen, *x.shape[2:]).index_select(0, self.indices)
-
-    def repad(self, x: torch.Tensor) -> torch.Tensor:
-        """(total, ...) → (B, T, ...) with zeros at padding."""
-        out = x.new_zeros(self.batch * self.seqlen, *x.shape[1:]).index_copy(0, self.indices, x)
-        return out.view(self.batch, self.seqlen, *x.shape[1:])
-
-    def attention_kwargs(self) -> dict:
-        cu, m = self.cu_seqlens, self.max_seqlen
-        return dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m)
+from ptft_fast.models.state import KV, KVCache, Packing
 
 
 def effective_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

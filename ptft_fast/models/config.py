@@ -176,6 +176,7 @@ _T5 = dict(
     max_position_embeddings=0,  # relative position bias instead
     type_vocab_size=0,
     norm_eps=1e-6,
+    activation_dropout=0.1,  # T5 also drops between wi and wo
     pad_token_id=0,
     eos_token_id=1,
     decoder_start_token_id=0,
@@ -197,7 +198,7 @@ _BART = dict(
     eos_token_id=2,
     decoder_start_token_id=2,
 )
-_TINY = dict(dropout=0.0, attention_dropout=0.0, initializer_range=0.05)
+_TINY = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, initializer_range=0.05)
 
 PRESETS: dict[str, dict] = {
     "bert-tiny": dict(_BERT, num_layers=2, hidden_size=128, num_heads=2, ffn_size=512),

@@ -6,9 +6,7 @@ import torch
 from torch import nn
 
 from ptft_fast.models.blocks import (
-    KVCache,
     Layer,
-    ModelOutput,
     Norm,
     effective_mask,
     init_weights,
@@ -16,6 +14,7 @@ from ptft_fast.models.blocks import (
 )
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import LMHead
+from ptft_fast.models.state import KVCache, ModelOutput
 
 
 class DecoderForCausalLM(nn.Module):

@@ -13,15 +13,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ptft_fast.models.blocks import (
     Layer,
-    ModelOutput,
     Norm,
-    Packing,
     effective_mask,
     init_weights,
     run_layers,
 )
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, MLMHead, NSPHead
+from ptft_fast.models.state import ModelOutput, Packing
 
 
 def roberta_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -150,9 +149,9 @@ class EncoderForMaskedLM(nn.Module):
             Packing.from_mask(attention_mask) if self.config.varlen and attention_mask is not None else None
         )
         weight = self.encoder.embed_tokens.weight
-        if labels is not None and not return_logits and self.nsp is None:
+        keep = labels != IGNORE_INDEX if labels is not None else None
+        if keep is not None and not return_logits and self.nsp is None and bool(keep.any()):
             # Loss only: the last layer runs at the labeled positions alone (exact for the loss).
-            keep = labels != IGNORE_INDEX
             h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing, keep=keep)
             if attention_mask is not None:
                 keep = keep & attention_mask

@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from ptft_fast.models.blocks import (
-    KVCache,
     Layer,
-    ModelOutput,
     Norm,
     effective_mask,
     embed_scale,
@@ -26,6 +24,7 @@ from ptft_fast.models.blocks import (
 )
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, LMHead
+from ptft_fast.models.state import KVCache, ModelOutput
 
 BART_POSITION_OFFSET = 2  # BART's learned position table starts 2 rows in (a fairseq legacy)
 

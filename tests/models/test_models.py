@@ -257,3 +257,12 @@ def test_tiny_presets_train(preset):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_mlm_without_labeled_tokens():
+    model = from_name("bert-tiny-cpu")
+    ids = torch.randint(3, 1024, (2, 8))
+    out = model(ids, labels=torch.full_like(ids, -100))
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+    assert torch.count_nonzero(model.encoder.embed_tokens.weight.grad) == 0
