@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -55,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = trainer_from_args(args, cfg, resume=args.resume)
     summary = trainer.run()
     if getattr(trainer, "rank", 0) == 0:
-        print(json.dumps(summary, default=str), flush=True)
+        from ptft_fast.train.loop import format_summary
+
+        print(format_summary(summary), flush=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()  # without it gloo ranks can hang at exit

@@ -14,10 +14,10 @@ written, so a kill mid-save leaves it naming a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from ptft_fast.train.metrics import MetricsLog, train_flops
 from ptft_fast.train.objectives import build_for_objective, label_counts, loss_sums, token_counts
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything
+from ptft_fast.train.zero_utils import GatheredStateDict
 
 
 class _NoLog:
@@ -54,13 +55,17 @@ def _slice(batch: dict, lo: int, hi: int) -> dict:
 
 
 class DeepSpeedTrainer(Trainer):
-    """:class:`Trainer` with a :class:`DeepSpeedStrategy`; run it on every rank of the launch."""
+    """:class:`Trainer` with a :class:`DeepSpeedStrategy`; run it on every rank of the launch.
+
+    ``run()`` is the Trainer's loop (``train.loop.run_loop``): same logging, eval, checkpoint
+    cadence, final export and summary; ranks other than 0 neither log, plot nor show progress.
+    """
 
     def __init__(self, cfg: TrainConfig, ds: DeepSpeedOptions, resume: str | None = None) -> None:
         cfg.validate()
         self.rank, self.world = init_distributed()
-        if self.rank != 0:
-            cfg = dataclasses.replace(cfg, progress=False)
+        if self.rank != 0:  # rank 0 shows progress, logs metrics and plots
+            cfg = dataclasses.replace(cfg, progress=False, plot=False)
         self.cfg, self.out = cfg, Path(cfg.out)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.rank == 0:  # tokenizer + shards are cached in the run folder: build them once
@@ -76,6 +81,8 @@ class DeepSpeedTrainer(Trainer):
         self.strategy = DeepSpeedStrategy(model, cfg, self.ds_config)
         self.engine = self.strategy.engine
         self.model = self.engine.module
+        # ZeRO-3: state_dict() gathers full tensors (for the final export), except in engine checkpoints
+        self._gather = GatheredStateDict(self.model) if self.strategy.stage == 3 else None
         self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
         self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
@@ -126,8 +133,13 @@ class DeepSpeedTrainer(Trainer):
         """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""
         ckpt_dir = self.out / "checkpoints"
         tag = f"step_{self.step:08d}"
+        if ckpt.read_latest(ckpt_dir) == tag:
+            return ckpt_dir / tag  # already the newest checkpoint (the loop saves again at the end)
         client = dict(self._state(), step=self.step)
-        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ptft": client}, save_latest=False)
+        with self._gather.paused() if self._gather else contextlib.nullcontext():
+            self.engine.save_checkpoint(
+                str(ckpt_dir), tag=tag, client_state={"ptft": client}, save_latest=False
+            )
         rng_js, rng_tensors = ckpt.rng_state()
         save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")
         (ckpt_dir / tag / f"rng_rank{self.rank}.json").write_text(json.dumps(rng_js))
@@ -156,37 +168,3 @@ class DeepSpeedTrainer(Trainer):
                 f"cannot resume {path}: no RNG state for rank {self.rank} (world size changed?)"
             )
         ckpt.set_rng_state(json.loads((path / f"rng_rank{self.rank}.json").read_text()), load_file(rng_file))
-
-    # ------------------------------------------------------------ the loop
-    def run(self) -> dict:
-        """Train to ``max_steps`` with periodic eval/checkpoints; rank 0 logs. Returns the last rows."""
-        cfg, last = self.cfg, {}
-        t0, elapsed0 = time.perf_counter(), self.elapsed
-        while self.step < cfg.max_steps:
-            out = self.train_step()
-            self.elapsed = elapsed0 + time.perf_counter() - t0
-            row = {
-                "kind": "train",
-                "step": self.step,
-                "loss": out.loss,
-                "lr": out.result.lr,
-                "grad_norm": out.result.grad_norm,
-                "loss_scale": out.result.loss_scale,
-                "tokens": self.tokens,
-                "seq_len": seq_len_at(self.step - 1, cfg),
-                "elapsed_s": self.elapsed,
-            }
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                self.log.write(row)
-                if self.rank == 0 and cfg.progress:
-                    print(f"step {self.step} loss {out.loss:.4f} lr {out.result.lr:.2e}", flush=True)
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                self.log.write({"kind": "eval", "step": self.step, **self.evaluate()})
-            if cfg.save_every and self.step % cfg.save_every == 0:
-                self.save()
-            last = row
-        final = {"kind": "eval", "step": self.step, **self.evaluate()}
-        self.log.write(final)
-        self.save()
-        self.log.close()
-        return {"train": last, "eval": final, "checkpoint": str(self.out / "checkpoints")}

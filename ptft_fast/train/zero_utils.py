@@ -19,6 +19,9 @@ gather them already; an empty shard reaching a fused op fails its shape check (n
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 
@@ -86,3 +89,37 @@ def register_external_parameters(model: nn.Module) -> list[str]:
             deepspeed.zero.register_external_parameter(root, p)
             names.append(name)
     return names
+
+
+class GatheredStateDict:
+    """Under ZeRO-3, make ``module.state_dict()`` hold full tensors instead of empty shards, so the
+    trainer's final HF export works unchanged. Gathering is a collective: every rank must call
+    ``state_dict()`` together (the trainer's export runs on every rank). ``paused()`` turns it off
+    around ``engine.save_checkpoint``, which wants the shards."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.enabled = True
+
+        def hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+            self._gather_into(module, state_dict, prefix)
+
+        module.register_state_dict_post_hook(hook)  # torch tags the hook: a function, not a method
+
+    def _gather_into(self, module: nn.Module, state_dict: dict, prefix: str) -> None:
+        if not self.enabled:
+            return
+        import deepspeed
+
+        for name, p in module.named_parameters(remove_duplicate=False):
+            key = prefix + name
+            if key in state_dict and hasattr(p, "ds_id"):
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    state_dict[key] = p.detach().clone()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True

@@ -38,14 +38,14 @@ def sets(**over) -> list[str]:
     return out
 
 
-def ds_command(out: Path, args: list[str], nproc: int = 2, timeout: float = 50.0) -> list[str]:
+def ds_command(out: Path, args: list[str], nproc: int = 2, timeout: float = 110.0) -> list[str]:
     return [
         sys.executable, "-m", "ptft_fast.train.ds_launch", "--nproc", str(nproc), "--timeout", str(timeout), "--",
         sys.executable, "-m", "ptft_fast.train.deepspeed_run", *args,
     ]  # fmt: skip
 
 
-def run_ds(out: Path, args: list[str], nproc: int = 2, timeout: float = 50.0) -> subprocess.CompletedProcess:
+def run_ds(out: Path, args: list[str], nproc: int = 2, timeout: float = 110.0) -> subprocess.CompletedProcess:
     """Run a DeepSpeed job to completion (bounded by ``timeout``); output captured."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(
@@ -75,7 +75,7 @@ def zero3_config(path: Path, **zero) -> Path:
 WORKER = Path(__file__).resolve().parent / "ds_zero3_worker.py"
 
 
-def run_worker(mode: str, out: Path, ds_json: Path, timeout: float = 50.0) -> subprocess.CompletedProcess:
+def run_worker(mode: str, out: Path, ds_json: Path, timeout: float = 110.0) -> subprocess.CompletedProcess:
     """Run ds_zero3_worker.py MODE on 2 ranks under the watchdog launcher."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [

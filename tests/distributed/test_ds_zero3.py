@@ -53,3 +53,16 @@ def test_save_resume_matches_uninterrupted(zero3_full, zero3_partial, tmp_path):
     assert sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):
         assert got[step] == want[step], (step, got[step], want[step])
+
+
+def test_trainer_final_model_equals_export(zero3_full, tmp_path):
+    """The loop's final HF folder (state_dict gathered under ZeRO-3) equals the consolidated
+    last checkpoint."""
+    from ptft_fast.hf import load_pretrained
+    from ptft_fast.train.zero_export import export_zero
+
+    final, _ = load_pretrained(zero3_full / "final")
+    exported, _ = load_pretrained(export_zero(zero3_full / "checkpoints", tmp_path / "hf"))
+    want = exported.state_dict()
+    for name, t in final.state_dict().items():
+        torch.testing.assert_close(t, want[name], rtol=0, atol=0, msg=name)
