@@ -155,7 +155,8 @@ def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> l
     b, t = batch["input_ids"].shape
     labeled = int((batch["labels"] != -100).sum())
     vocab = hf_model.config.vocab_size
-    case = Case(name, f"B={b} T={t} H=256 L=4 V={vocab} labeled={labeled}", "float32", "step", tokens=b * t)
+    shape = f"B={b} T={t} H=256 L=4 V={vocab} labeled={labeled} threads={torch.get_num_threads()}"
+    case = Case(name, shape, "float32", "step", tokens=b * t)
     steps = {"transformers": _step_fn(hf_model, batch), "ptft_fast": _step_fn(ours, batch)}
     memory = {name: peak_step_memory_mb(fn) for name, fn in steps.items()}
     rows = _interleaved(case, steps, device, baseline="transformers", warmup=warmup, repeats=repeats)
