@@ -15,7 +15,11 @@ in the parent. glibc's adaptive mmap threshold would let freed tensors stay resi
 number, so the script re-executes itself with a fixed ``MALLOC_MMAP_THRESHOLD_`` (large tensors
 are mmapped and returned on free), the same for both providers.
 
-Run: ``python -m ptft_fast.benchmarks.bench_models_cpu [--quick]`` → table on stdout, rows
+On a CPU shared with other jobs, ``--threads 1`` gives the stable numbers: with more intra-op
+threads than the cores the scheduler gives us, every OpenMP region waits for a descheduled
+thread, which inflates small ops (layer norm, adds) by 10-100× and compresses the ratio toward 1.
+
+Run: ``python -m ptft_fast.benchmarks.bench_models_cpu [--quick] [--threads N]`` → table on stdout, rows
 appended to ``benchmarks/results/models_cpu.csv``.
 """
 
