@@ -3,7 +3,6 @@ with the price tag (FLOPs, device-hours, energy, cost) and the loss-curve PNG.""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -116,6 +115,7 @@ def run_loop(trainer) -> dict:
         "objective": cfg.objective,
         "model": cfg.model,
         "device": dev_name,
+        "cpu_threads": trainer.cpu_threads if trainer.device.type == "cpu" else None,
         "steps": trainer.step,
         "tokens": trainer.tokens,
         "final_train_loss": sum(recent) / max(len(recent), 1),
@@ -140,7 +140,8 @@ def format_summary(s: dict) -> str:
     """The end-of-run table printed by ``ptft pretrain``."""
     p = s["price_tag"]
     lines = [
-        f"run summary ({s['model']}, {s['objective']}, {s['device']})",
+        f"run summary ({s['model']}, {s['objective']}, {s['device']}"
+        + (f", {s['cpu_threads']} CPU thread(s))" if s.get("cpu_threads") else ")"),
         f"  steps / tokens           {s['steps']} / {s['tokens']:,}",
         f"  final train loss         {s['final_train_loss']:.4f} nats/token (mean of the last 20 steps)",
         f"  unigram entropy baseline {s['unigram_entropy']:.4f} nats/token (token frequencies of the train data)",
@@ -157,7 +158,3 @@ def format_summary(s: dict) -> str:
     if "loss_curve" in s:
         lines.append(f"  loss curve               {s['loss_curve']}")
     return "\n".join(lines)
-
-
-def summary_json(s: dict) -> str:
-    return json.dumps(s, indent=2)
