@@ -8,12 +8,8 @@ optimizer settings, dropout is 0 in both, and the step-0 losses are checked equa
 Tokens/s and peak memory are measured in the same run (ratio vs transformers).
 
 Peak memory is the peak RSS growth during one steady-state step (after a warm-up step, so the
-optimizer state exists for both): the kernel's high-water mark is reset through
-``/proc/self/clear_refs`` right before the step and read back from ``VmHWM`` after it. This runs
-in-process: the harness's forked-child measurement hangs once torch's OpenMP pool has been used
-in the parent. glibc's adaptive mmap threshold would let freed tensors stay resident and blur the
-number, so the script re-executes itself with a fixed ``MALLOC_MMAP_THRESHOLD_`` (large tensors
-are mmapped and returned on free), the same for both providers.
+optimizer state exists for both), measured by the harness's ``cpu_peak_memory_mb`` (high-water
+mark reset through ``/proc/self/clear_refs``, glibc thresholds pinned), the same for both.
 
 On a CPU shared with other jobs, ``--threads 1`` gives the stable numbers: with more intra-op
 threads than the cores the scheduler gives us, every OpenMP region waits for a descheduled
@@ -26,20 +22,24 @@ appended to ``benchmarks/results/models_cpu.csv``.
 from __future__ import annotations
 
 import argparse
-import gc
-import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-from ptft_fast.benchmarks.harness import RESULTS_DIR, Case, Unavailable, environment, format_table, write_csv
+from ptft_fast.benchmarks.harness import (
+    RESULTS_DIR,
+    Case,
+    Unavailable,
+    cpu_peak_memory_mb,
+    environment,
+    format_table,
+    write_csv,
+)
 
 KIND = "train"
 MASK_TOKEN = 103  # BERT's [MASK]
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def _transformers():
@@ -77,27 +77,6 @@ def _step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         return loss
 
     return step
-
-
-def _proc_status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def peak_step_memory_mb(step) -> float | None:
-    """Peak RSS growth (MiB) of one call of ``step`` (after one warm-up call); None without /proc."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    step()
-    gc.collect()
-    base = _proc_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the VmHWM high-water mark to the current RSS
-    step()
-    return (_proc_status_kb("VmHWM") - base) / 1024
 
 
 def _pair(hf_model, batch: dict[str, torch.Tensor]):
@@ -162,7 +141,10 @@ def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> l
     shape = f"B={b} T={t} H=256 L=4 V={vocab} labeled={labeled} threads={torch.get_num_threads()}"
     case = Case(name, shape, "float32", "step", tokens=b * t)
     steps = {"transformers": _step_fn(hf_model, batch), "ptft_fast": _step_fn(ours, batch)}
-    memory = {name: peak_step_memory_mb(fn) for name, fn in steps.items()}
+    memory = {}
+    for name, fn in steps.items():
+        fn()  # warm-up step: the optimizer state exists before the measured one
+        memory[name] = cpu_peak_memory_mb(fn)
     rows = _interleaved(case, steps, device, baseline="transformers", warmup=warmup, repeats=repeats)
     for row in rows:
         row["peak_mem_mb"] = memory[row["provider"]]
@@ -199,12 +181,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "models_cpu.csv"), help="CSV to append rows to")
     args = parser.parse_args(argv)
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "ptft_fast.benchmarks.bench_models_cpu", *sys.argv[1:]],
-            {**os.environ, **MALLOC_ENV},
-        )
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = suite(torch.device("cpu"), args.quick)

@@ -10,7 +10,7 @@ and builds each comparison with :func:`run_case`: a :class:`Case` (what is compu
 FLOP and byte counts) and providers (name → zero-argument factory returning the callable to
 time; factories raise :class:`Unavailable` when the provider cannot run here). The harness does
 warm-up + repeats, reports p20/p50/p80 ms, TFLOP/s and GB/s, % of the device peak (table below),
-peak memory, the speed ratio vs a baseline provider measured in the same run, and flags results
+peak memory (CUDA allocator, or resident-set high-water mark on CPU), the speed ratio vs a baseline provider measured in the same run, and flags results
 that exceed the device's physical limits instead of reporting them. Rows carry device, versions,
 git commit and timestamp; :func:`write_csv` appends them to ``benchmarks/results/*.csv``.
 """
@@ -18,10 +18,11 @@ git commit and timestamp; :func:`write_csv` appends them to ``benchmarks/results
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime as _dt
+import gc
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import time
@@ -132,44 +133,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+_MALLOC_FIXED = False
+
+
+def _fix_malloc_thresholds() -> None:
+    """Pin glibc's mmap/trim thresholds (128 KiB): its adaptive threshold would keep freed
+    tensors resident and blur the peak; pinned, large buffers are mmapped and returned on free."""
+    global _MALLOC_FIXED
+    if _MALLOC_FIXED:
+        return
+    _MALLOC_FIXED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def cpu_peak_memory_mb(fn: Callable[[], object]) -> float | None:
-    """Peak resident-memory growth (MiB) of one call of ``fn``, measured in a forked child.
+    """Peak resident-memory growth (MiB) during one call of ``fn``, in this process.
 
-    The child starts from the parent's state, records its RSS, runs ``fn`` once and reports
-    max RSS − starting RSS, so every provider is measured the same way and nothing leaks into
-    the parent. None where fork or /proc is unavailable.
+    The kernel's high-water mark (VmHWM) is reset through /proc/self/clear_refs right before
+    the call and read back after it, relative to the resident set at the start; every provider
+    is measured the same way. None where /proc does not offer this (non-Linux).
     """
-    if not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"):
+    if not os.path.exists("/proc/self/clear_refs"):
         return None
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_end)
-        code = 0
-        try:
-            # OpenMP's worker pool does not survive fork(): run the child single-threaded
-            # (memory use does not depend on the thread count).
-            torch.set_num_threads(1)
-            start = _rss_bytes()
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-            os.write(write_end, str(max(0, peak - start)).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not data:
+    _fix_malloc_thresholds()
+    gc.collect()
+    base = _proc_status_kb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
         return None
-    return int(data) / 2**20
+    fn()
+    return max(0, _proc_status_kb("VmHWM") - base) / 1024
 
 
 def time_fn(
