@@ -1,5 +1,6 @@
 # ptft_fast — one Makefile: setup, test, lint, bench, demo.
 # Each target creates/uses its own virtualenv ($(VENV)) and installs what it needs.
+# DeepSpeed installs without prebuilt ops (DS_BUILD_OPS=0; it JIT-builds what it needs).
 # TORCH_SPEC pins the torch build: torch==2.13.0 is the CPU wheel on CPU-only machines here;
 # on a CUDA machine pass e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index, or pre-install torch.
 
@@ -16,7 +17,7 @@ $(VENV)/.ptft-installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -e ".[test,deepspeed]"
 	touch $@
 
 # The whole suite on this machine (GPU tests skip without a GPU; Triton kernels run under
