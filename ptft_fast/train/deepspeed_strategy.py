@@ -45,6 +45,22 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def check_precision_supported(precision: str) -> None:
+    """Fail before the engine is built when DeepSpeed's accelerator lacks the run's dtype (its CPU
+    accelerator has bf16 but no fp16: the fp16 loss-scaling path is for GPUs)."""
+    from deepspeed.accelerator import get_accelerator
+
+    from ptft_fast.train.config import TrainConfigError
+
+    acc = get_accelerator()
+    supported = {"fp32": True, "bf16": acc.is_bf16_supported(), "fp16": acc.is_fp16_supported()}
+    if not supported[precision]:
+        raise TrainConfigError(
+            f"precision={precision!r} is not supported by DeepSpeed's {acc.device_name()} accelerator; "
+            f"use one of {[k for k, ok in supported.items() if ok]}"
+        )
+
+
 class DeepSpeedStrategy:
     """A DeepSpeed engine around ``model`` with the run's AdamW; ``self.engine`` is the model to call."""
 
@@ -55,6 +71,7 @@ class DeepSpeedStrategy:
 
         self.cfg, self.ds_config = cfg, ds_config
         self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        check_precision_supported(cfg.precision)
         kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), foreach=False, **kwargs)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(

@@ -86,3 +86,17 @@ def test_launcher_names_the_failed_rank(capfd):
     code = "import os, sys, time; r = int(os.environ['RANK']); time.sleep(30 * (r == 0)); sys.exit(7 * r)"
     assert launch([sys.executable, "-c", code], nproc=2, timeout_s=20) == EXIT_LOST_RANK
     assert "rank 1 (pid" in capfd.readouterr().err
+
+
+def test_fp16_on_the_cpu_accelerator_is_a_named_error(monkeypatch):
+    """DeepSpeed's CPU accelerator has no fp16 ("Type fp16 is not supported on your device" deep in
+    initialize): the strategy says so up front, naming what works."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    from ptft_fast.train.deepspeed_strategy import check_precision_supported
+
+    check_precision_supported("bf16")
+    check_precision_supported("fp32")
+    with pytest.raises(
+        TrainConfigError, match=r"precision='fp16' is not supported .*cpu.*\['fp32', 'bf16'\]"
+    ):
+        check_precision_supported("fp16")

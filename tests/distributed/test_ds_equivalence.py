@@ -47,3 +47,15 @@ def test_two_ranks_match_single_process(stage, reference, new_run, request):
     got = [losses[s] for s in sorted(losses)]
     assert got == pytest.approx(reference, abs=1e-5, rel=0), (got, reference)
     assert got[-1] < got[0]  # it trains
+
+
+@pytest.mark.slow
+def test_bf16_zero2_trains_close_to_fp32(reference, new_run):
+    """precision=bf16 → DeepSpeed bf16 mode (bf16 weights and compute, fp32 master weights)."""
+    out = new_run("bf16")
+    proc = run_ds(out, ["--zero-stage", "2", *sets(out=out, precision="bf16")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = train_losses(out)
+    got = [losses[s] for s in sorted(losses)]
+    assert got == pytest.approx(reference, abs=0.05)  # bf16 rounding, not a different trajectory
+    assert got != pytest.approx(reference, abs=1e-5)  # it really ran in bf16
