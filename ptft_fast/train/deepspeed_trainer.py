@@ -26,7 +26,6 @@ from safetensors.torch import load_file, save_file
 
 from ptft_fast.data.atomic import atomic_open
 from ptft_fast.train import checkpoint as ckpt
-from ptft_fast.train import trainer as trainer_module
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
@@ -35,7 +34,7 @@ from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distribut
 from ptft_fast.train.metrics import MetricsLog, train_flops
 from ptft_fast.train.objectives import build_for_objective, label_counts, loss_sums, token_counts
 from ptft_fast.train.schedule import seq_len_at
-from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything
+from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything, set_cpu_threads
 from ptft_fast.train.zero_utils import GatheredStateDict
 
 
@@ -78,13 +77,7 @@ class DeepSpeedTrainer(Trainer):
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
         model = build_for_objective(cfg.objective, self.model_config).to(self.device)
-        # the Trainer's CPU thread policy, where this checkout's trainer has one (being added)
-        set_threads = getattr(trainer_module, "set_cpu_threads", None)
-        self.cpu_threads = (
-            set_threads(getattr(cfg, "cpu_threads", 0), model, self.device)
-            if set_threads
-            else torch.get_num_threads()
-        )
+        self.cpu_threads = set_cpu_threads(cfg.cpu_threads, model, self.device)  # the Trainer's policy
         self.ds_config = build_config(ds, cfg, self.world)
         self.strategy = DeepSpeedStrategy(model, cfg, self.ds_config)
         self.engine = self.strategy.engine
