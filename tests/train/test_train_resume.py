@@ -81,6 +81,8 @@ def test_kill9_then_resume_latest_is_exact(new_run):
     assert sorted(got) == list(range(1, 15))  # rows the killed run wrote after its checkpoint are replaced
     for step in range(resumed_from + 1, 15):
         assert got[step] == expected[step], f"step {step}: {got[step]!r} != {expected[step]!r}"
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000009", "step_00000012", "step_00000014"]  # keep_last=3
 
 
 def test_kill9_during_checkpoint_write_keeps_latest_valid(new_run):
