@@ -41,7 +41,7 @@ bench: setup
 
 # Main job on the embedded default (no download).
 demo: setup
-	$(VENV)/bin/ptft bench ops --quick --plot benchmarks/results/ops-quick.png
+	$(VENV)/bin/ptft pretrain --config configs/pretrain-bert-tiny.yaml
 
 csrc-check: setup
 	PYTHON=$(PY) bash .ci/check_csrc.sh
