@@ -28,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint")
     p.add_argument("--price-per-hour", type=float, help="price of one device-hour for the price tag")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ptft_fast.train.deepspeed_config import add_deepspeed_args
+
+    add_deepspeed_args(p)
     p.set_defaults(func=run)
     return p
 
@@ -66,15 +69,17 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ptft_fast.train.checkpoint import ResumeError
+    from ptft_fast.train.deepspeed_run import trainer_from_args
     from ptft_fast.train.loop import format_summary
-    from ptft_fast.train.trainer import Trainer, TrainingDiverged
+    from ptft_fast.train.trainer import TrainingDiverged
 
     cfg = build_config(args)
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = trainer_from_args(args, cfg, resume=args.resume)
         summary = trainer.run()
     except (ResumeError, TrainingDiverged) as exc:
         print(f"ptft pretrain: error: {exc}", file=sys.stderr)
         return 1
-    print(format_summary(summary))
+    if getattr(trainer, "rank", 0) == 0:
+        print(format_summary(summary))
     return 0

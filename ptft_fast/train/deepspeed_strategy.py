@@ -34,9 +34,21 @@ def use_cpu_accelerator_if_no_gpu() -> None:
 
 
 def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
-    """Join the process group the launcher set up (env RANK/WORLD_SIZE/MASTER_*); (rank, world)."""
+    """Join the process group the launcher set up (env RANK/WORLD_SIZE/MASTER_*); (rank, world).
+
+    Started without a launcher (no RANK in the environment), the job is one rank on this machine
+    rather than an MPI discovery attempt.
+    """
     use_cpu_accelerator_if_no_gpu()
     import datetime
+    import socket
+
+    if "RANK" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        single = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+        os.environ.update({**single, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
 
     import deepspeed
 
