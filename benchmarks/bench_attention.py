@@ -13,7 +13,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ptft_fast import ops
-from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.harness import Case, run_case, run_script
 from ptft_fast.benchmarks.kernel_providers import checked, compiled, fwd_bwd, optional, ptft, require_cuda
 
 KIND = "ops"
@@ -108,18 +108,9 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
                     device,
                     baseline=baseline,
                     repeats=5 if quick else 20,
-                    memory=device.type == "cuda",
                 )
     return rows
 
 
 if __name__ == "__main__":
-    import sys
-
-    from ptft_fast.benchmarks.harness import RESULTS_DIR, format_table, plot, write_csv
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = suite(dev, quick="--quick" in sys.argv)
-    print(format_table(result))
-    write_csv(result, RESULTS_DIR / "attention.csv")
-    plot(result, RESULTS_DIR / "attention.png", "attention fwd+bwd")
+    run_script(suite, "attention", "attention fwd+bwd")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ptft_fast import ops
-from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.harness import Case, run_case, run_script
 from ptft_fast.benchmarks.kernel_providers import checked, compiled, fwd_bwd, optional, ptft, require_cuda
 
 KIND = "ops"
@@ -56,25 +56,15 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
     rows = []
     for labeled in (0.15, 1.0):
         case, providers = _case(device, dtype, n_rows, hidden, vocab, labeled)
-        # memory on CUDA only: the CPU probe forks, which can deadlock in OpenMP
         rows += run_case(
             case,
             providers,
             device,
             baseline="torch-full-logits",
             repeats=5 if quick else 20,
-            memory=device.type == "cuda",
         )
     return rows
 
 
 if __name__ == "__main__":
-    import sys
-
-    from ptft_fast.benchmarks.harness import RESULTS_DIR, format_table, plot, write_csv
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = suite(dev, quick="--quick" in sys.argv)
-    print(format_table(result))
-    write_csv(result, RESULTS_DIR / "cross_entropy.csv")
-    plot(result, RESULTS_DIR / "cross_entropy.png", "masked-token linear cross-entropy fwd+bwd")
+    run_script(suite, "cross_entropy", "masked-token linear cross-entropy fwd+bwd")

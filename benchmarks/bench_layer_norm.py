@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ptft_fast import ops
-from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.harness import Case, run_case, run_script
 from ptft_fast.benchmarks.kernel_providers import checked, compiled, fwd_bwd, optional, ptft, require_cuda
 
 KIND = "ops"
@@ -63,25 +63,15 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
     for hidden in hiddens:
         for rms in (False, True):
             case, providers = _case(device, dtype, n_rows, hidden, rms)
-            # memory on CUDA only: the CPU probe forks, which can deadlock in OpenMP
             rows += run_case(
                 case,
                 providers,
                 device,
                 baseline="torch-eager",
                 repeats=5 if quick else 30,
-                memory=device.type == "cuda",
             )
     return rows
 
 
 if __name__ == "__main__":
-    import sys
-
-    from ptft_fast.benchmarks.harness import RESULTS_DIR, format_table, plot, write_csv
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = suite(dev, quick="--quick" in sys.argv)
-    print(format_table(result))
-    write_csv(result, RESULTS_DIR / "layer_norm.csv")
-    plot(result, RESULTS_DIR / "layer_norm.png", "layer norm fwd+bwd")
+    run_script(suite, "layer_norm", "layer norm fwd+bwd")

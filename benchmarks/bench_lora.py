@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ptft_fast import ops
-from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.harness import Case, run_case, run_script
 from ptft_fast.benchmarks.kernel_providers import compiled, fwd_bwd, ptft
 
 KIND = "ops"
@@ -53,25 +53,15 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
     rows = []
     for p in (0.0, 0.1):
         case, providers = _case(device, dtype, n_rows, dim, dim, 16, p)
-        # memory on CUDA only: the CPU probe forks, which can deadlock in OpenMP
         rows += run_case(
             case,
             providers,
             device,
             baseline="torch-peft-style",
             repeats=5 if quick else 20,
-            memory=device.type == "cuda",
         )
     return rows
 
 
 if __name__ == "__main__":
-    import sys
-
-    from ptft_fast.benchmarks.harness import RESULTS_DIR, format_table, plot, write_csv
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = suite(dev, quick="--quick" in sys.argv)
-    print(format_table(result))
-    write_csv(result, RESULTS_DIR / "lora.csv")
-    plot(result, RESULTS_DIR / "lora.png", "LoRA linear fwd+bwd")
+    run_script(suite, "lora", "LoRA linear fwd+bwd")

@@ -1,7 +1,7 @@
 """Reference (``backend="torch"``) ops vs the plain PyTorch composition they replace.
 
 On CPU this is the issue-2 check that the reference path is as fast as eager PyTorch allows; on
-GPU it also lists every compiled ptft backend that is available. Run: ``ptft bench ops`` or
+GPU it also lists every compiled ptft backend that is available. Run: ``ptft bench ops --only reference`` or
 ``python -m ptft_fast.benchmarks.bench_reference``.
 """
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ptft_fast import ops
-from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.harness import Case, run_case, run_script
 from ptft_fast.benchmarks.kernel_providers import fwd_bwd, ptft
 
 KIND = "ops"
@@ -100,7 +100,4 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from ptft_fast.benchmarks.harness import format_table
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(format_table(suite(dev, quick=False)))
+    run_script(suite, "reference_cpu", "reference ops vs plain PyTorch (fwd+bwd)")

@@ -387,3 +387,14 @@ def plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def run_script(suite: Callable[[torch.device, bool], list[dict]], name: str, title: str) -> None:
+    """``python -m ptft_fast.benchmarks.bench_<name> [--quick]``: run, print, append CSV, plot."""
+    import sys
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = suite(device, "--quick" in sys.argv)
+    print(format_table(rows))
+    print(f"rows appended to {write_csv(rows, RESULTS_DIR / f'{name}.csv')}")
+    print(f"plot written to {plot(rows, RESULTS_DIR / f'{name}.png', title)}")
