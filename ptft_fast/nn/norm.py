@@ -27,6 +27,20 @@ def _check_input(module: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+def _normalize(module, input, residual, return_residual, *, bias, eps: float, rms: bool):
+    """Shared forward of LayerNorm/RMSNorm: norm(input + residual) over normalized_shape."""
+    _check_input(module, input)
+    x, w, b = _flatten_normalized(input, module.weight, bias, len(module.normalized_shape))
+    res = None if residual is None else residual.reshape(x.shape)
+    out = ops.layer_norm(
+        x, w, b, eps, residual=res, rms=rms, return_residual=return_residual, backend=module.backend
+    )
+    if return_residual:
+        y, h = out
+        return y.reshape(input.shape), h.reshape(input.shape)
+    return out.reshape(input.shape)
+
+
 class LayerNorm(nn.LayerNorm):
     """``torch.nn.LayerNorm`` computed by ``ptft_fast.ops.layer_norm``.
 
@@ -77,17 +91,7 @@ class LayerNorm(nn.LayerNorm):
     ):
         """input, residual: (..., *normalized_shape). Returns norm(input + residual) like input,
         and with ``return_residual`` also the sum h = input + residual."""
-        _check_input(self, input)
-        ndim = len(self.normalized_shape)
-        x, w, b = _flatten_normalized(input, self.weight, self.bias, ndim)
-        res = None if residual is None else residual.reshape(x.shape)
-        out = ops.layer_norm(
-            x, w, b, self.eps, residual=res, return_residual=return_residual, backend=self.backend
-        )
-        if return_residual:
-            y, h = out
-            return y.reshape(input.shape), h.reshape(input.shape)
-        return out.reshape(input.shape)
+        return _normalize(self, input, residual, return_residual, bias=self.bias, eps=self.eps, rms=False)
 
 
 class RMSNorm(nn.RMSNorm):
@@ -132,14 +136,5 @@ class RMSNorm(nn.RMSNorm):
     ):
         """input, residual: (..., *normalized_shape). Returns rms_norm(input + residual) like input,
         and with ``return_residual`` also the sum h = input + residual."""
-        _check_input(self, input)
         eps = torch.finfo(input.dtype).eps if self.eps is None else self.eps
-        x, w, _ = _flatten_normalized(input, self.weight, None, len(self.normalized_shape))
-        res = None if residual is None else residual.reshape(x.shape)
-        out = ops.layer_norm(
-            x, w, None, eps, residual=res, rms=True, return_residual=return_residual, backend=self.backend
-        )
-        if return_residual:
-            y, h = out
-            return y.reshape(input.shape), h.reshape(input.shape)
-        return out.reshape(input.shape)
+        return _normalize(self, input, residual, return_residual, bias=None, eps=eps, rms=True)
