@@ -43,6 +43,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter-placement", default="houlsby", choices=("houlsby", "pfeiffer"))
     p.add_argument("--adapter-size", type=int, default=64)
+    p.add_argument(
+        "--pooling",
+        default="auto",
+        choices=("auto", "mean"),
+        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -96,7 +102,7 @@ def run(args) -> int:
             backbone = peft.get_peft_model(backbone, args.peft, pcfg, init_ids=init)
             if args.peft == "prompt":
                 backbone.strip_outputs = True
-        model = TaskModel(backbone, args.task, len(names) if names else 1)
+        model = TaskModel(backbone, args.task, len(names) if names else 1, pooling=args.pooling)
         if args.peft in ("lora", "adapter", "ia3"):
             peft.get_peft_model(model, args.peft, pcfg)
         elif args.peft != "none":
@@ -144,7 +150,13 @@ def run(args) -> int:
             peft.save_adapter(m, best, {"peft_type": args.peft, **(vars(_peft_config(args)) or {})})
         tok.save(best)
         write_task_card(
-            best, task=args.task, labels=names, peft=args.peft, metrics=row, base_model=str(args.model)
+            best,
+            task=args.task,
+            labels=names,
+            peft=args.peft,
+            pooling=args.pooling,
+            metrics=row,
+            base_model=str(args.model),
         )
 
     lr = args.lr if args.lr is not None else (5e-5 if args.peft == "none" else 1e-3)

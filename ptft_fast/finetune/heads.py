@@ -4,7 +4,11 @@ extractive QA. Seq2seq fine-tuning uses the encoder-decoder model's own LM head.
 Pooling per family (sequence tasks): BERT/RoBERTa → first token ([CLS] / <s>) through a
 dense+tanh pooler; GPT-2 → the last non-pad token; BART → the final decoder state at the last
 non-pad token (the decoder reads the same ids). T5 is text-to-text: use ``task="seq2seq"`` with
-label words. All head parameters live under ``self.head`` (always trainable with PEFT).
+label words. ``pooling="mean"`` instead averages the hidden states of the real tokens (any family)
+and feeds them to the classifier without a pooler: MLM pre-training never trains the [CLS] state
+(no NSP), so the mean is the better summary of an MLM-only encoder, and the head stays at
+C·L + L parameters (what makes a < 2 % trainable share possible for PEFT on small models).
+All head parameters live under ``self.head`` (always trainable with PEFT).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 from ptft_fast.models.heads import IGNORE_INDEX
 
 TASKS = ("cls", "reg", "tok", "qa")
+POOLINGS = ("auto", "mean")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -23,6 +28,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     t = attention_mask.shape[1]
     pos = torch.arange(t, device=attention_mask.device).expand_as(attention_mask)
     return torch.where(attention_mask.bool(), pos, -1).max(dim=1).values
+
+
+def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) hidden states, (B, T) 1 = token → (B, C) mean over the real tokens."""
+    w = attention_mask.to(h.dtype)[..., None]
+    return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 def backbone_arch(backbone: nn.Module) -> str:
@@ -38,23 +49,33 @@ class TaskModel(nn.Module):
     forward(input_ids (B, T), attention_mask (B, T), token_type_ids=None, labels=None) →
     dict(loss, logits): cls (B, L) with labels (B,) int; reg (B,) with labels (B,) float;
     tok (B, T, L) with labels (B, T) (IGNORE_INDEX skipped); qa (B, T, 2) with labels (B, 2)
-    start/end token indices.
+    start/end token indices. ``pooling`` (cls/reg only): "auto" = the family's own pooling
+    (see the module docstring), "mean" = masked mean of the last hidden states, no pooler.
     """
 
-    def __init__(self, backbone: nn.Module, task: str, num_labels: int = 1, dropout: float = 0.1):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: str,
+        num_labels: int = 1,
+        dropout: float = 0.1,
+        pooling: str = "auto",
+    ):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"TaskModel: task must be one of {TASKS}, got {task!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"TaskModel: pooling must be one of {POOLINGS}, got {pooling!r}")
         self.arch = backbone_arch(backbone)
         if self.arch == "t5":
             raise ValueError(
                 "TaskModel: T5 is text-to-text; fine-tune it with task='seq2seq' and label words"
             )
-        self.backbone, self.task = backbone, task
+        self.backbone, self.task, self.pooling = backbone, task, pooling
         hidden = (getattr(backbone, "config", None) or backbone.model.config).hidden_size
         out = {"cls": num_labels, "reg": 1, "tok": num_labels, "qa": 2}[task]
         layers: list[nn.Module] = []
-        if task in ("cls", "reg") and self.arch in ("bert", "roberta"):
+        if task in ("cls", "reg") and self.arch in ("bert", "roberta") and pooling == "auto":
             layers += [nn.Linear(hidden, hidden), nn.Tanh()]  # the pooler
         layers += [nn.Dropout(dropout), nn.Linear(hidden, out)]
         self.head = nn.Sequential(*layers)
@@ -74,7 +95,9 @@ class TaskModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         h = self.hidden(input_ids, attention_mask, token_type_ids)
         if self.task in ("cls", "reg"):
-            if self.arch in ("bert", "roberta"):
+            if self.pooling == "mean":
+                pooled = masked_mean(h, attention_mask)
+            elif self.arch in ("bert", "roberta"):
                 pooled = h[:, 0]
             else:
                 pooled = h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]

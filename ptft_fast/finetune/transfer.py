@@ -1,14 +1,19 @@
 """The transfer effect on the embedded task, in one script.
 
-1. Pre-train a tiny BERT with ``ptft pretrain`` (MLM) on the embedded pydoc corpus (or reuse
+1. Pre-train a small BERT with ``ptft pretrain`` (MLM) on the embedded pydoc corpus (or reuse
    ``--pretrained DIR``: an HF-format folder with tokenizer.json).
-2. Fine-tune on the stdlib-docstring task (≤ 1,000 labeled examples) with the same budget:
+2. Fine-tune on the stdlib-docstring task (≤ 1,000 labeled examples) with the same budget (epochs,
+   batch size, learning rate, schedule) and the same seeds:
    (a) from the pre-trained weights, (b) from random initialisation of the same architecture,
-   (c) LoRA r=8 on the pre-trained weights (base frozen, head trainable).
-3. Print eval accuracy (best and last epoch) and trainable-parameter share for each; append the
-   rows to ``benchmarks/results/finetune_transfer.csv``.
+   (c) LoRA on the pre-trained weights (base frozen, head trainable).
+3. Print eval accuracy (last epoch, mean over seeds, and the best epoch) and the trainable share for
+   each; append one row per setting and seed to ``benchmarks/results/finetune_transfer.csv``.
 
-Run: ``python -m ptft_fast.finetune.transfer [--steps 600] [--epochs 8] [--pretrained DIR]``.
+The defaults are the configuration of the recorded result: BERT-Tiny shape (2 layers, hidden 128,
+2 heads, FFN 512) with a 4,096-token WordPiece vocabulary trained on the corpus, mean pooling
+(MLM pre-training never trains the [CLS] state), LoRA r=8 on the fused q/k/v and output projections.
+
+Run: ``python -m ptft_fast.finetune.transfer [--steps 2000] [--epochs 10] [--seeds 0,1,2]``.
 """
 
 from __future__ import annotations
@@ -17,31 +22,37 @@ import argparse
 import csv
 import datetime as dt
 import platform
+import statistics
 from pathlib import Path
 
 import torch
 
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "finetune_transfer.csv"
+FIELDS = ["setting", "seed", "last_accuracy", "best_accuracy", "last_macro_f1", "trainable", "trainable_pct",
+          "lr", "epochs", "train_examples", "eval_examples", "model", "pretrain_steps", "pretrain_eval_loss",
+          "device", "torch", "timestamp"]  # fmt: skip
 
-def _finetune(
-    backbone, tok, labels, tr, ev, *, peft: str, epochs: int, lr: float, seed: int, max_length: int
-):
+
+def _finetune(backbone, tok, labels, tr, ev, *, peft: str, args, lr: float, seed: int) -> dict:
     from ptft_fast.finetune import FinetuneConfig, TaskModel, train
     from ptft_fast.finetune.tasks import cls_data, evaluate_cls
     from ptft_fast.peft import LoraConfig, get_peft_model, param_report
 
     torch.manual_seed(seed)
-    model = TaskModel(backbone, "cls", len(labels))
+    model = TaskModel(backbone, "cls", len(labels), pooling=args.pooling)
     if peft == "lora":
+        targets = args.lora_targets.split(",")
         get_peft_model(
-            model, "lora", LoraConfig(r=8, alpha=16, target_modules=["qkv", "out", "fc_in", "fc_out"])
+            model, "lora", LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, target_modules=targets)
         )
     report = param_report(model)
-    train_data, eval_data = cls_data(tok, tr, labels, max_length), cls_data(tok, ev, labels, max_length)
+    train_data = cls_data(tok, tr, labels, args.max_length)
+    eval_data = cls_data(tok, ev, labels, args.max_length)
     hist = train(
         model,
         train_data,
         lambda m: evaluate_cls(m, eval_data),
-        FinetuneConfig(epochs=epochs, batch_size=16, lr=lr, seed=seed, progress=False),
+        FinetuneConfig(epochs=args.epochs, batch_size=16, lr=lr, seed=seed, progress=False),
         metric="accuracy",
     )
     return {
@@ -53,76 +64,120 @@ def _finetune(
     }
 
 
-def main(argv=None) -> int:
+def _pretrain(args) -> tuple[str, float | None]:
+    """Run ``ptft pretrain``; (final model folder, last eval loss)."""
+    import json
+
+    from ptft_fast.cli import main as ptft
+
+    sets = {"max_steps": args.steps, "vocab_size": args.vocab_size, "lr": args.pretrain_lr,
+            "warmup_steps": max(1, args.steps // 20), "eval_every": max(1, args.steps // 4),
+            "save_every": max(1, args.steps // 4), "plot": "false", "seed": args.seed}  # fmt: skip
+    argv = ["pretrain", "--model", args.model, "--objective", "mlm", "--out", args.out, "--no-progress"]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={v}"]
+    rc = ptft(argv)
+    if rc != 0:
+        raise SystemExit(f"pre-training failed (exit {rc})")
+    evals = []
+    metrics = Path(args.out) / "metrics.jsonl"
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            if "eval_loss" in row:
+                evals.append(row["eval_loss"])
+    return str(Path(args.out) / "final"), (evals[-1] if evals else None)
+
+
+def _summary(rows: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        rs = [r for r in rows if r["setting"] == name]
+        last = [r["last_accuracy"] for r in rs]
+        out[name] = {
+            "mean_last": statistics.fmean(last),
+            "std_last": statistics.pstdev(last),
+            "mean_best": statistics.fmean(r["best_accuracy"] for r in rs),
+            "trainable_pct": rs[0]["trainable_pct"],
+            "trainable": rs[0]["trainable"],
+        }
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict], extra: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({**r, **extra})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--pretrained", default=None, help="HF-format folder with tokenizer.json (skip pre-training)"
     )
+    p.add_argument("--model", default="bert-tiny", help="model preset to pre-train (default: bert-tiny)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="WordPiece vocabulary trained on the corpus")
     p.add_argument("--out", default="runs/transfer", help="pre-training run folder")
-    p.add_argument("--steps", type=int, default=600, help="pre-training optimizer steps")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
+    p.add_argument("--steps", type=int, default=2000, help="pre-training optimizer steps")
+    p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate (both settings)")
     p.add_argument("--lora-lr", type=float, default=3e-3)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-targets", default="qkv,out", help="comma-separated module names")
+    p.add_argument("--pooling", default="mean", choices=("auto", "mean"))
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
+    p.add_argument("--seed", type=int, default=0, help="pre-training seed")
+    p.add_argument("--csv", default=str(RESULTS), help="CSV to append the rows to ('' = none)")
+    return p.parse_args(argv)
 
-    from ptft_fast.cli import main as ptft
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from ptft_fast.finetune import docstring_task
     from ptft_fast.finetune.session import load_model_dir
     from ptft_fast.models import build_model
 
-    folder = args.pretrained
-    if folder is None:
-        rc = ptft(["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", args.out,
-                   "--set", f"max_steps={args.steps}", "--set", "plot=false", "--no-progress"])  # fmt: skip
-        if rc != 0:
-            raise SystemExit(f"pre-training failed (exit {rc})")
-        folder = str(Path(args.out) / "final")
+    folder, pre_loss = (args.pretrained, None) if args.pretrained else _pretrain(args)
     tr, ev, labels = docstring_task()
     print(f"embedded task: {len(tr)} train / {len(ev)} eval examples, {len(labels)} labels {labels}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    settings = (("pretrained-full", "none", args.lr), ("random-init-full", "none", args.lr),
+                (f"pretrained-lora-r{args.lora_r}", "lora", args.lora_lr))  # fmt: skip
     rows = []
-    for name, peft, lr in (("pretrained-full", "none", args.lr), ("random-init-full", "none", args.lr),
-                           ("pretrained-lora-r8", "lora", args.lora_lr)):  # fmt: skip
-        pretrained, config, tok = load_model_dir(folder)
-        if name.startswith("random"):
-            torch.manual_seed(args.seed)
-            backbone = build_model(config)
-        else:
-            backbone = pretrained
-        r = _finetune(backbone, tok, labels, tr, ev, peft=peft, epochs=args.epochs, lr=lr, seed=args.seed,
-                      max_length=args.max_length)  # fmt: skip
-        r.update(setting=name, lr=lr, epochs=args.epochs, train_examples=len(tr), eval_examples=len(ev))
-        print(f"{name:20s} best acc {r['best_accuracy']:.4f}  last acc {r['last_accuracy']:.4f}  "
-              f"trainable {r['trainable']:,} ({r['trainable_pct']:.2f}%)")  # fmt: skip
-        rows.append(r)
-    by = {r["setting"]: r for r in rows}
-    gain = by["pretrained-full"]["last_accuracy"] - by["random-init-full"]["last_accuracy"]
-    lora_gap = by["pretrained-full"]["last_accuracy"] - by["pretrained-lora-r8"]["last_accuracy"]
-    print(
-        f"transfer effect (last epoch): {100 * gain:+.1f} points; LoRA r=8 vs full: {100 * lora_gap:+.1f} points behind"
-    )
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "finetune_transfer.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    fields = ["setting", "best_accuracy", "last_accuracy", "last_macro_f1", "trainable", "trainable_pct", "lr",
-              "epochs", "train_examples", "eval_examples", "pretrain_steps", "device", "torch", "timestamp"]  # fmt: skip
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        for r in rows:
-            pre = args.steps if args.pretrained is None else "external"
-            w.writerow(
-                {
-                    **r,
-                    "pretrain_steps": pre,
-                    "device": f"CPU {platform.machine()}",
-                    "torch": torch.__version__,
-                    "timestamp": stamp,
-                }
-            )
+    for name, peft, lr in settings:
+        for seed in seeds:
+            backbone, config, tok = load_model_dir(folder)
+            if name.startswith("random"):
+                torch.manual_seed(seed)
+                backbone = build_model(config)
+            r = _finetune(backbone, tok, labels, tr, ev, peft=peft, args=args, lr=lr, seed=seed)
+            r.update(setting=name, seed=seed, lr=lr, epochs=args.epochs, train_examples=len(tr),
+                     eval_examples=len(ev))  # fmt: skip
+            print(f"{name:20s} seed {seed}  last acc {r['last_accuracy']:.4f}  best {r['best_accuracy']:.4f}  "
+                  f"trainable {r['trainable']:,} ({r['trainable_pct']:.2f}%)")  # fmt: skip
+            rows.append(r)
+    s = _summary(rows)
+    for name, v in s.items():
+        print(f"{name:20s} last-epoch accuracy {100 * v['mean_last']:.1f} ± {100 * v['std_last']:.1f} "
+              f"(best epoch {100 * v['mean_best']:.1f}) over seeds {seeds}; trainable {v['trainable_pct']:.2f}%")  # fmt: skip
+    full, rand, lora = (s[n] for n, _, _ in settings)
+    print(f"transfer effect: {100 * (full['mean_last'] - rand['mean_last']):+.1f} points; "
+          f"LoRA r={args.lora_r} vs full: {100 * (full['mean_last'] - lora['mean_last']):+.1f} points behind "
+          f"with {lora['trainable_pct']:.2f}% of the parameters trainable")  # fmt: skip
+    if args.csv:
+        extra = {"model": f"{args.model} vocab {args.vocab_size}" if not args.pretrained else folder,
+                 "pretrain_steps": args.steps if not args.pretrained else "external",
+                 "pretrain_eval_loss": pre_loss, "device": f"CPU {platform.machine()}",
+                 "torch": torch.__version__,
+                 "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        _write_csv(Path(args.csv), rows, extra)
     return 0
 
 

@@ -44,6 +44,22 @@ def test_heads_shapes_and_padding_invariance(name, task):
         torch.testing.assert_close(other[1, :5], out["logits"][1, :5])
 
 
+@pytest.mark.parametrize("name", ["bert-tiny-cpu", "gpt-tiny"])
+def test_mean_pooling_is_masked_mean_into_a_bare_classifier(name):
+    torch.manual_seed(0)
+    m = TaskModel(from_name(name, dropout=0.0, attention_dropout=0.0), "cls", 4, pooling="mean").eval()
+    assert [type(x).__name__ for x in m.head] == ["Dropout", "Linear"]  # no pooler parameters
+    ids = torch.randint(5, 1000, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 2:] = 0
+    h = m.hidden(ids, mask)
+    want = torch.stack([h[i, : int(mask[i].sum())].mean(0) for i in range(3)]) @ m.head[1].weight.T
+    torch.testing.assert_close(m(ids, mask)["logits"], want + m.head[1].bias)
+    with pytest.raises(ValueError, match="pooling"):
+        TaskModel(from_name(name), "cls", 2, pooling="max")
+
+
 def test_t5_points_to_text_to_text():
     with pytest.raises(ValueError, match="seq2seq"):
         TaskModel(from_name("t5-tiny"), "cls", 2)
