@@ -2,10 +2,15 @@
 
     ptft finetune --model runs/bert --task cls --train train.tsv --eval dev.tsv --peft lora
     ptft finetune --model runs/bert --task cls --train stdlib-docstrings --eval stdlib-docstrings
+    ptft finetune --model runs/gpt --task instruct --train records.jsonl --eval dev.jsonl --peft lora
 
 Evaluates after every epoch and keeps the best epoch in ``OUT/best``: the adapter (trainable
 weights incl. the task head, safetensors + adapter_config.json) with --peft, else the whole
 model (HF format) plus the head; ``task.json`` records the task, labels and metrics.
+``--task instruct`` reads prompt/response records: a GPT is trained on the templated prompt
+followed by the response with the loss on the response tokens only, short records packed into
+rows without attention across records (best epoch = lowest eval loss); T5/BART get the templated
+prompt as the source and the response as the target (best epoch = ROUGE-L).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help="fine-tune on a task (full or PEFT), best checkpoint kept")
     p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
-    p.add_argument("--task", required=True, choices=("cls", "reg", "tok", "qa", "seq2seq"))
+    p.add_argument("--task", required=True, choices=("cls", "reg", "tok", "qa", "seq2seq", "instruct"))
     p.add_argument(
         "--train", required=True, help="train file (.tsv/.csv/.jsonl, CoNLL, SQuAD JSON) or stdlib-docstrings"
     )
@@ -43,6 +48,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter-placement", default="houlsby", choices=("houlsby", "pfeiffer"))
     p.add_argument("--adapter-size", type=int, default=64)
+    p.add_argument("--prompt-column", default="prompt", help="instruct: prompt column")
+    p.add_argument("--response-column", default="response", help="instruct: response column")
+    p.add_argument("--template", default=None, help="instruct: prompt template with {prompt}")
+    p.add_argument(
+        "--no-pack", dest="pack", action="store_false", help="instruct: one record per row (no packing)"
+    )
     p.add_argument(
         "--pooling",
         default="auto",
@@ -71,6 +82,39 @@ def _peft_config(args):
     return peft.IA3Config() if args.peft == "ia3" else None
 
 
+def _generative_setup(args, config, model, tok, tr, ev):
+    """seq2seq (T5/BART) and instruct (GPT: packed prompt/response records, loss on the response;
+    T5/BART: templated prompt → response as seq2seq) → (model, train data, evaluate, loss_fn)."""
+    from ptft_fast.finetune import instruct, tasks
+    from ptft_fast.finetune.readers import Example
+
+    template = args.template or instruct.TEMPLATE
+    if "{prompt}" not in template:
+        raise ValueError(f"--template must contain {{prompt}}, got {template!r}")
+    if args.peft in ("prefix", "prompt"):
+        raise ValueError(f"--task {args.task} supports --peft none|lora|adapter|ia3")
+    if args.task == "seq2seq" and not config.is_encoder_decoder:
+        raise ValueError(f"--task seq2seq needs an encoder-decoder model (T5/BART), got {config.arch}")
+    if config.is_encoder_decoder:
+        if args.task == "instruct":
+            tr, ev = ([Example(template.format(prompt=e.text), None, e.label, e.where) for e in x]
+                      for x in (tr, ev))  # fmt: skip
+        train_data = tasks.seq2seq_data(tok, tr, args.max_length)
+        eval_data = tasks.seq2seq_data(tok, ev, args.max_length)
+        return model, train_data, lambda m: tasks.evaluate_seq2seq(m, tok, ev, eval_data), None
+    if config.arch != "gpt2":
+        raise ValueError(f"--task instruct needs a causal LM (GPT-2) or T5/BART, got {config.arch}")
+
+    def rows(examples):
+        recs = [instruct.encode_record(tok, e.text, str(e.label), template, args.max_length)
+                for e in examples]  # fmt: skip
+        groups = instruct.pack(recs, args.max_length) if args.pack else [[r] for r in recs]
+        return instruct.packed_rows(groups, tok.pad_id or 0)
+
+    train_data, eval_data = rows(tr), rows(ev)
+    return model, train_data, lambda m: instruct.evaluate_instruct(m, eval_data), instruct.rows_loss
+
+
 def run(args) -> int:
     import torch
 
@@ -84,17 +128,16 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     labels = args.labels.split(",") if args.labels else None
     cols = Columns(args.text_column, args.text_pair_column, args.label_column)
+    if args.task == "instruct":
+        cols = Columns(args.prompt_column, None, args.response_column)
     tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
     backbone, config, tok = load_model_dir(args.model)
-    if args.task == "seq2seq":
-        if not config.is_encoder_decoder:
-            raise ValueError(f"--task seq2seq needs an encoder-decoder model (T5/BART), got {config.arch}")
-        if args.peft in ("prefix", "prompt"):
-            raise ValueError("--task seq2seq supports --peft none|lora|adapter|ia3")
-        model = backbone
-        train_data = tasks.seq2seq_data(tok, tr, args.max_length)
-        eval_data = tasks.seq2seq_data(tok, ev, args.max_length)
-        evaluate = lambda m: tasks.evaluate_seq2seq(m, tok, ev, eval_data)  # noqa: E731
+    loss_fn, higher = None, True
+    if args.task in ("seq2seq", "instruct"):
+        model, train_data, evaluate, loss_fn = _generative_setup(args, config, backbone, tok, tr, ev)
+        higher = not (args.task == "instruct" and not config.is_encoder_decoder)
+        if args.peft != "none":
+            peft.get_peft_model(model, args.peft, _peft_config(args))
     else:
         pcfg = _peft_config(args)
         if args.peft in ("prefix", "prompt"):  # wrap the backbone, the head stays outside
@@ -131,7 +174,7 @@ def run(args) -> int:
             evaluate = lambda m: tasks.evaluate_qa(m, qa_eval, max_answer_len=args.max_answer_len)  # noqa: E731
     print(peft.param_report(model))
     out = Path(args.out)
-    metric = tasks.PRIMARY[args.task]
+    metric = tasks.PRIMARY[args.task] if higher else "loss"
 
     def on_best(m, row):
         best = out / "best"
@@ -163,7 +206,16 @@ def run(args) -> int:
     cfg = FinetuneConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, progress=not args.no_progress
     )
-    hist = train(model, train_data, evaluate, cfg, metric=metric, on_best=on_best)
+    hist = train(
+        model,
+        train_data,
+        evaluate,
+        cfg,
+        metric=metric,
+        higher_is_better=higher,
+        on_best=on_best,
+        loss_fn=loss_fn,
+    )
     for row in hist.epochs:
         print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"best epoch {hist.best['epoch']}: {metric}={hist.best[metric]:.4f} → {out / 'best'}")

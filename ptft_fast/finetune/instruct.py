@@ -80,7 +80,72 @@ def packed_causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor
         model.layers, x, checkpointing=model.config.gradient_checkpointing, causal=True, packing=packing
     )
     h = model.final_norm(x)
-    # next-token targets: shift left within the flat row, then blank each record's last position
+    return model.lm_head.loss(h[None], model.embed_tokens.weight, shifted_targets(labels, cu)[None])
+
+
+def shifted_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Next-token targets of a flat packed row (total,): labels shifted left by one, each record's
+    last position IGNORE_INDEX (no target crosses a record boundary)."""
     target = torch.cat([labels[1:], labels.new_full((1,), IGNORE_INDEX)])
-    target[(cu[1:] - 1).long()] = IGNORE_INDEX
-    return model.lm_head.loss(h[None], model.embed_tokens.weight, target[None])
+    target[(cu_seqlens[1:] - 1).long()] = IGNORE_INDEX
+    return target
+
+
+def packed_rows(groups: list[list[Record]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Groups as fixed-width rows for the fine-tuning loop (which slices (N, ...) tensors):
+    input_ids (N, L) padded with ``pad_id``, labels (N, L) IGNORE_INDEX on padding, position_ids
+    (N, L) restarting per record, segment_ids (N, L) = 1, 2, ... per record of a row, 0 on padding."""
+    width = max(sum(len(r.ids) for r in g) for g in groups)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    pos, seg = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, g in enumerate(groups):
+        at = 0
+        for j, r in enumerate(g, start=1):
+            n = len(r.ids)
+            ids[i, at : at + n] = torch.tensor(r.ids)
+            labels[i, at : at + n] = torch.tensor(r.labels)
+            pos[i, at : at + n] = torch.arange(n)
+            seg[i, at : at + n] = j
+            at += n
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "segment_ids": seg}
+
+
+def flatten_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch of :func:`packed_rows` (B, L) → the flat varlen layout of :func:`packed_batch`:
+    padding dropped, one cu_seqlens entry per record (records never span rows)."""
+    seg = batch["segment_ids"]
+    keep = seg.flatten() > 0
+    row = torch.arange(seg.shape[0], device=seg.device)[:, None].expand_as(seg).flatten()[keep]
+    s = seg.flatten()[keep]
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[1:] = (s[1:] != s[:-1]) | (row[1:] != row[:-1])
+    begin = starts.nonzero().flatten()
+    cu = torch.cat([begin, begin.new_tensor([s.numel()])]).to(torch.int32)
+    return {
+        "input_ids": batch["input_ids"].flatten()[keep],
+        "labels": batch["labels"].flatten()[keep],
+        "position_ids": batch["position_ids"].flatten()[keep],
+        "cu_seqlens": cu,
+    }
+
+
+def rows_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean response-token loss of a batch of packed rows (loss_fn for ``finetune.loop.train``)."""
+    return packed_causal_lm_loss(model, flatten_rows(batch))
+
+
+def evaluate_instruct(model, data: dict[str, torch.Tensor], batch_size: int = 16) -> dict[str, float]:
+    """Token-weighted mean response loss and perplexity over all rows of ``data``."""
+    import math
+
+    total, count = 0.0, 0
+    for i in range(0, data["input_ids"].shape[0], batch_size):
+        b = {k: v[i : i + batch_size] for k, v in data.items()}
+        flat = flatten_rows(b)
+        n = int((shifted_targets(flat["labels"], flat["cu_seqlens"]) != IGNORE_INDEX).sum())
+        if n:
+            total += float(packed_causal_lm_loss(model, flat)) * n
+            count += n
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

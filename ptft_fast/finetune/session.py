@@ -46,6 +46,12 @@ def load_task_data(task: str, train: str, evaluation: str, columns: Columns, lab
             read_examples(evaluation, columns, regression=True),
             None,
         )
+    if task == "instruct":
+        tr, ev = read_examples(train, columns), read_examples(evaluation, columns)
+        for e in (*tr, *ev):
+            if e.label is None or not str(e.label).strip():
+                raise DataError(f"{e.where}: empty or missing response column {columns.label!r}")
+        return tr, ev, None
     tr = read_examples(train, columns, label_set=labels)
     names = labels or sorted({str(e.label) for e in tr})
     if task == "seq2seq":

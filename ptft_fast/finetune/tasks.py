@@ -20,7 +20,14 @@ from ptft_fast.finetune.metrics import (
 from ptft_fast.finetune.readers import Example, QAExample, TokenExample
 from ptft_fast.models.heads import IGNORE_INDEX
 
-PRIMARY = {"cls": "accuracy", "reg": "pearson", "tok": "accuracy", "qa": "f1", "seq2seq": "rouge_l"}
+PRIMARY = {
+    "cls": "accuracy",
+    "reg": "pearson",
+    "tok": "accuracy",
+    "qa": "f1",
+    "seq2seq": "rouge_l",
+    "instruct": "rouge_l",
+}
 
 
 def _logits(model: nn.Module, data: dict, batch_size: int) -> list[torch.Tensor]:

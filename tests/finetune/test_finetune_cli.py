@@ -106,3 +106,50 @@ def test_finetune_cli_tok_qa_seq2seq(tmp_path, ft_wordpiece, ft_bpe, tsv, capsys
                  "--peft", "lora", "--out", str(tmp_path / "s2s"), *base]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "accuracy=" in out and "exact_match=" in out and "rouge_l=" in out
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "s2s" / "best" / "adapter_model.safetensors")
+    assert saved and all("lora_" in k for k in saved)  # PEFT applies to seq2seq too (base frozen)
+
+
+def _records(path, rows):
+    path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
+    return path
+
+
+RECORDS = [("Name a module for paths.", "pathlib"), ("What does json do?", "It encodes JSON."),
+           ("Say hi.", "hi"), ("List two numbers.", "one two"), ("Open a file.", "open(path)")]  # fmt: skip
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_finetune_cli_instruct_gpt(tmp_path, ft_bpe, peft, capsys):
+    gpt = model_dir(tmp_path, "gpt-tiny", ft_bpe)
+    data = _records(tmp_path / "r.jsonl", RECORDS)
+    out = tmp_path / "inst"
+    assert main(["finetune", "--model", str(gpt), "--task", "instruct", "--train", str(data), "--eval", str(data),
+                 "--peft", peft, "--epochs", "3", "--batch-size", "2", "--lr", "3e-3", "--max-length", "48",
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith("epoch=")]
+    losses = [float(w.split("=")[1]) for ln in rows for w in ln.split() if w.startswith("loss=")]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # eval response loss falls on the training records
+    card = json.loads((out / "best" / "task.json").read_text())
+    assert card["task"] == "instruct" and card["metrics"]["loss"] == pytest.approx(min(losses), abs=1e-4)
+    if peft == "lora":
+        from safetensors.torch import load_file
+
+        assert all("lora_" in k for k in load_file(out / "best" / "adapter_model.safetensors"))
+
+
+def test_finetune_cli_instruct_errors(tmp_path, ft_bpe, capsys):
+    gpt = model_dir(tmp_path, "gpt-tiny", ft_bpe)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps({"prompt": "c"}) + "\n")
+    args = ["finetune", "--model", str(gpt), "--task", "instruct", "--eval", str(bad), "--no-progress"]
+    assert main([*args, "--train", str(bad)]) == 2
+    assert "bad.jsonl:2: empty or missing response column 'response'" in capsys.readouterr().err
+    good = _records(tmp_path / "r.jsonl", RECORDS[:2])
+    rc = main(
+        [*args[:-3], "--eval", str(good), "--train", str(good), "--template", "no slot", "--no-progress"]
+    )
+    assert rc == 2 and "--template must contain {prompt}" in capsys.readouterr().err

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 from ptft_fast.finetune.icl import build_prompt, evaluate_icl, verbalizer_logprobs
-from ptft_fast.finetune.instruct import encode_record, pack, packed_batch, packed_causal_lm_loss
+from ptft_fast.finetune.instruct import (
+    encode_record,
+    flatten_rows,
+    pack,
+    packed_batch,
+    packed_causal_lm_loss,
+    packed_rows,
+    rows_loss,
+)
 from ptft_fast.finetune.readers import Example
 from ptft_fast.models import from_name
 from ptft_fast.models.heads import IGNORE_INDEX
@@ -46,6 +54,22 @@ def test_packed_loss_equals_separate_records(ft_bpe):
     torch.testing.assert_close(packed, torch.tensor(total / count), atol=1e-5, rtol=1e-5)
     packed.backward()
     assert model.embed_tokens.weight.grad is not None
+
+
+def test_packed_rows_flatten_back_to_the_flat_packing(ft_bpe):
+    """Row layout for the loop (B, L) → same flat tensors and loss as packed_batch; a batch of a
+    subset of rows keeps its records apart (boundaries from segment ids and rows)."""
+    model = gpt(ft_bpe.vocab_size)
+    groups = pack([encode_record(ft_bpe, p, r) for p, r in RECORDS], 40)
+    rows = packed_rows(groups, pad_id=0)
+    assert rows["input_ids"].shape[0] == len(groups) and (rows["segment_ids"] == 0).any()  # padding
+    flat, ref = flatten_rows(rows), packed_batch(groups)
+    assert flat.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(flat[k], ref[k])
+    torch.testing.assert_close(rows_loss(model, rows), packed_causal_lm_loss(model, ref))
+    sub = {k: v[1:] for k, v in rows.items()}
+    torch.testing.assert_close(flatten_rows(sub)["cu_seqlens"], packed_batch(groups[1:])["cu_seqlens"])
 
 
 def test_verbalizer_scores_match_manual_logprobs(ft_bpe):
