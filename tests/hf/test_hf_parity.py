@@ -164,6 +164,39 @@ def test_ours_to_hf(preset, tmp_path):
     torch.testing.assert_close(ref_loss, out.loss, **TOL)
 
 
+def _left_padded(lengths=(11, 6, 2)) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    t = max(lengths)
+    ids = torch.randint(3, V, (len(lengths), t), generator=gen)
+    mask = (torch.arange(t) >= t - torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def test_gpt2_left_padding_positions_and_generate(tmp_path):
+    """Left-padded GPT-2: our default positions (real tokens counted) give transformers' logits
+    at the same position_ids, and greedy generation matches transformers' generate."""
+    from ptft_fast.generate import GenerationConfig, generate
+
+    hf = _hf_model("gpt2")
+    _perturb(hf)
+    hf.eval()
+    hf.save_pretrained(tmp_path)
+    ours, _ = load_pretrained(tmp_path)
+    ours.eval()
+    ids, mask = _left_padded()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    real = mask.bool()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        torch.testing.assert_close(ours(ids, mask).logits[real], ref[real], **TOL)
+        torch.testing.assert_close(ours(ids, mask, position_ids=positions).logits[real], ref[real], **TOL)
+        ref_tokens = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    cfg = GenerationConfig(max_new_tokens=8, eos_token_id=0, pad_token_id=0)  # the config's eos
+    for use_cache in (True, False):
+        tokens = generate(ours, ids, mask, cfg, use_cache=use_cache)
+        assert torch.equal(tokens, ref_tokens[:, ids.shape[1] :])
+
+
 def test_round_trip_t5_v1_1_untied(tmp_path):
     """A v1.1 model with its own LM head survives our save → our load exactly."""
     ours = from_name("t5-v1_1-tiny", vocab_size=V)
