@@ -48,12 +48,22 @@ class DecoderStepper:
         self.cache = _reorder_cache(self.cache, idx)
 
 
+def _real_tokens_first(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids, mask (B, S) with each row's real tokens moved to the front, in order (left padding
+    becomes right padding). BART's learned encoder positions then see a prompt as if it were alone;
+    the encoder is bidirectional and masks padding, and cross-attention ignores key order."""
+    order = torch.sort((mask == 0).to(torch.int32), dim=1, stable=True).indices
+    return input_ids.gather(1, order), mask.gather(1, order)
+
+
 class EncoderDecoderStepper:
-    """T5/BART: encoder input_ids (B, S), attention_mask (B, S); the encoder runs once."""
+    """T5/BART: encoder input_ids (B, S), attention_mask (B, S), left or right padded; the encoder
+    runs once."""
 
     def __init__(self, model: nn.Module, input_ids, attention_mask, use_cache: bool):
         self.model, self.use_cache = model, use_cache
-        self.mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        input_ids, self.mask = _real_tokens_first(input_ids, mask)
         self.memory = model.encode(input_ids, self.mask)  # (B, S, C)
         start = model.config.decoder_start_token_id
         if start is None:

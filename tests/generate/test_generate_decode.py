@@ -45,6 +45,24 @@ def test_cache_matches_no_cache(name, cfg):
     assert torch.equal(with_cache, without)
 
 
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize(
+    "cfg",
+    [GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=6, num_beams=3)],
+    ids=["greedy", "beam"],
+)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_left_padded_batch_equals_each_prompt_alone(name, cfg, use_cache):
+    """Padding must not move a prompt's tokens: GPT-2 positions count real tokens only, and the
+    BART encoder's learned positions see the prompt as if it were alone."""
+    m = model(name)
+    ids, mask = left_pad(prompts(), 0)
+    batched = generate(m, ids, mask, cfg, use_cache=use_cache)
+    for row, p in zip(batched, prompts(), strict=True):
+        alone = generate(m, torch.tensor([p]), config=cfg, use_cache=use_cache)[0]
+        assert torch.equal(row[: len(alone)], alone)
+
+
 def test_greedy_is_argmax_of_full_forward():
     m = model("gpt-tiny")
     ids = torch.tensor([prompts()[0]])
