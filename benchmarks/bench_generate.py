@@ -9,14 +9,15 @@ the ratio column is the speed-up of the cache over the no-cache baseline, both m
 run.
 
 Run: ``python -m ptft_fast.benchmarks.bench_generate [--quick]`` → table on stdout, rows appended
-to ``benchmarks/results/generate.csv``.
+to ``benchmarks/results/generate.csv``. ``--quick``: 32 new tokens, one thread
+(``harness.single_thread_quick``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ptft_fast.benchmarks.harness import Case, run_case
+from ptft_fast.benchmarks.harness import Case, run_case, single_thread_quick
 
 KIND = "train"
 PROMPT, NEW = 16, 256
@@ -38,8 +39,9 @@ def _setup(device: torch.device, new: int):
     return lambda use_cache: lambda: generate(model, ids, config=cfg, use_cache=use_cache)
 
 
+@single_thread_quick
 def suite(device: torch.device, quick: bool) -> list[dict]:
-    new = 64 if quick else NEW
+    new = 32 if quick else NEW  # quick: a smoke run (no-cache cost grows with the square of the length)
     make = _setup(device, new)
     case = Case(
         op="generate_greedy",

@@ -17,13 +17,13 @@ thread, which inflates small ops (layer norm, adds) by 10-100× and compresses t
 
 Run: ``python -m ptft_fast.benchmarks.bench_models_cpu [--quick] [--threads N]`` → table on stdout, rows
 appended to ``benchmarks/results/models_cpu.csv``.
+``--quick`` (batch 2×64, 4 rounds) runs with one thread (``harness.single_thread_quick``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import torch
@@ -31,67 +31,32 @@ import torch
 from ptft_fast.benchmarks.harness import (
     RESULTS_DIR,
     Case,
-    Unavailable,
     cpu_peak_memory_mb,
     environment,
     format_table,
+    single_thread_quick,
     write_csv,
+)
+from ptft_fast.benchmarks.train_common import (
+    check_loss,
+    clm_batch,
+    mlm_batch,
+    optimizer_step,
+    ptft_from_hf,
+    save_hf,
+    transformers_module,
 )
 
 KIND = "train"
-MASK_TOKEN = 103  # BERT's [MASK]
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError as exc:
-        raise Unavailable(f"transformers is not installed: {exc}") from exc
-    return transformers
-
-
-def _mlm_batch(vocab: int, batch: int, seq: int, mask_rate: float) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, vocab, (batch, seq), generator=gen)
-    masked = torch.rand(batch, seq, generator=gen) < mask_rate
-    labels = torch.where(masked, ids, -100)
-    inputs = ids.masked_fill(masked, MASK_TOKEN)
-    return dict(input_ids=inputs, attention_mask=torch.ones_like(ids), labels=labels)
-
-
-def _clm_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
-    return dict(input_ids=ids, labels=ids.clone())
-
-
-def _step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
 
 
 def _pair(hf_model, batch: dict[str, torch.Tensor]):
     """(hf model, our model loaded from its weights), step-0 losses checked equal."""
-    from ptft_fast.hf import load_pretrained
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        ours, _ = load_pretrained(tmp)
+    with save_hf(hf_model) as tmp:
+        ours = ptft_from_hf(tmp)
     with torch.no_grad():
         ref, got = hf_model(**batch).loss, ours(**batch).loss
-    if not torch.allclose(ref, got, atol=1e-4, rtol=1e-4):
-        raise AssertionError(
-            f"step-0 loss differs: transformers {ref.item():.6f} vs ptft_fast {got.item():.6f}"
-        )
+    check_loss("ptft_fast", got.item(), ref.item(), "float32", baseline="transformers")
     return hf_model, ours
 
 
@@ -140,7 +105,7 @@ def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> l
     vocab = hf_model.config.vocab_size
     shape = f"B={b} T={t} H=256 L=4 V={vocab} labeled={labeled} threads={torch.get_num_threads()}"
     case = Case(name, shape, "float32", "step", tokens=b * t)
-    steps = {"transformers": _step_fn(hf_model, batch), "ptft_fast": _step_fn(ours, batch)}
+    steps = {"transformers": optimizer_step(hf_model, batch), "ptft_fast": optimizer_step(ours, batch)}
     memory = {}
     for name, fn in steps.items():
         fn()  # warm-up step: the optimizer state exists before the measured one
@@ -153,10 +118,11 @@ def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> l
     return rows
 
 
+@single_thread_quick
 def suite(device: torch.device, quick: bool) -> list[dict]:
     if device.type != "cpu":
         return []
-    t = _transformers()
+    t = transformers_module()
     torch.manual_seed(0)
     warmup, repeats = (1, 4) if quick else (2, 10)
     batch, seq = (2, 64) if quick else (8, 128)
@@ -164,13 +130,13 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
     no_drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     bert = t.BertForMaskedLM(t.BertConfig(vocab_size=30522, **size, **no_drop))
     rows = _case(
-        "bert_mlm", bert, _mlm_batch(30522, batch, seq, 0.15), warmup=warmup, repeats=repeats, device=device
+        "bert_mlm", bert, mlm_batch(30522, batch, seq, 0.15), warmup=warmup, repeats=repeats, device=device
     )
     gpt_cfg = t.GPT2Config(vocab_size=50257, n_embd=256, n_layer=4, n_head=4, n_inner=1024, n_positions=1024)
     gpt_cfg.resid_pdrop = gpt_cfg.embd_pdrop = gpt_cfg.attn_pdrop = 0.0
     gpt = t.GPT2LMHeadModel(gpt_cfg)
     rows += _case(
-        "gpt2_clm", gpt, _clm_batch(50257, batch, seq), warmup=warmup, repeats=repeats, device=device
+        "gpt2_clm", gpt, clm_batch(50257, batch, seq), warmup=warmup, repeats=repeats, device=device
     )
     return rows
 

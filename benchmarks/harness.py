@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import datetime as _dt
+import functools
 import gc
 import os
 import platform
@@ -350,14 +351,22 @@ def _short(v) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Bar chart of p50 time per (op, shape) group and provider, device and versions in the title."""
+PLOT_METRICS = {
+    "p50_ms": ("ms (p50, lower is better)", False),
+    "tokens_per_s": ("tokens/s (p50 step, higher is better)", True),
+}  # column → (axis label, value printed on each bar); the y axis is log-scaled
+
+
+def plot(rows: list[dict], path: str | os.PathLike, title: str = "", metric: str = "p50_ms") -> Path:
+    """Bar chart of ``metric`` (a PLOT_METRICS key) per (op, shape) group and provider, device and
+    versions in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in rows if "p50_ms" in r]
+    label, annotate = PLOT_METRICS[metric]
+    timed = [r for r in rows if r.get(metric) is not None]
     groups = list(dict.fromkeys(f"{r['op']}\n{r['shape']}\n{r['dtype']} {r['mode']}" for r in timed))
     providers = list(dict.fromkeys(r["provider"] for r in timed))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * max(1, len(providers)) / 2), 4.8))
@@ -368,11 +377,13 @@ def plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
             for r in timed:
                 if r["provider"] == prov and f"{r['op']}\n{r['shape']}\n{r['dtype']} {r['mode']}" == group:
                     xs.append(g + i * width)
-                    ys.append(r["p50_ms"])
-        ax.bar(xs, ys, width=width, label=prov)
+                    ys.append(r[metric])
+        bars = ax.bar(xs, ys, width=width, label=prov)
+        if annotate:
+            ax.bar_label(bars, fmt="%.3g", fontsize=6)
     ax.set_xticks([g + width * (len(providers) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(groups, fontsize=7)
-    ax.set_ylabel("ms (p50, lower is better)")
+    ax.set_ylabel(label)
     ax.set_yscale("log")
     env = timed[0] if timed else {}
     ax.set_title(
@@ -387,6 +398,26 @@ def plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def single_thread_quick(suite: Callable[..., list[dict]]) -> Callable[..., list[dict]]:
+    """Decorator for a ``suite(device, quick, ...)``: its quick mode on CPU runs with one torch
+    thread (restored after). On a shared 2-core machine, intra-op threads beyond the free cores
+    make every OpenMP region wait for a descheduled thread, which inflates the small ops of a
+    quick run 10-100× (minutes instead of seconds, ratios near 1); the rows say threads=1."""
+
+    @functools.wraps(suite)
+    def wrapped(device: torch.device, quick: bool, *args, **kwargs) -> list[dict]:
+        if not (quick and device.type == "cpu"):
+            return suite(device, quick, *args, **kwargs)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return suite(device, quick, *args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapped
 
 
 def run_script(suite: Callable[[torch.device, bool], list[dict]], name: str, title: str) -> None:

@@ -1,0 +1,423 @@
+"""End-to-end training step: ptft_fast vs the tools people use (issue 10, item 2).
+
+One optimizer step (zero_grad, forward, backward, AdamW step) at fixed shapes:
+
+=============  ===========================================  =======  ==========  ===========
+op             model, objective                             seq      batch CPU   batch CUDA
+=============  ===========================================  =======  ==========  ===========
+bert_mlm       BERT-base MLM, 15 % of tokens masked         128      2           32
+bert_mlm       BERT-base MLM, 15 % of tokens masked         512      1           8
+gpt2_clm       GPT-2 124M causal LM                         1024     1           8
+t5_span        T5-small span corruption (512 → 114)         512      2           32
+gpt2_lora      GPT-2 124M, LoRA r=8 on c_attn/c_proj (attn) 1024     1           8
+=============  ===========================================  =======  ==========  ===========
+
+(CPU batches are 1–2 so that a full run completes on a 2-core machine.) ``--quick`` runs tiny
+configs of the same architectures (presets bert-tiny-cpu, gpt-tiny, t5-tiny) with ptft:torch and
+hf-eager only.
+
+Providers: ``ptft:<backend>`` for each ptft_fast backend (torch; triton and cuda on CUDA),
+``hf-eager`` (transformers, attn_implementation="sdpa"; the baseline), ``hf-compile`` (the same
+model under ``torch.compile``), ``hf-liger`` (patched by Liger-Kernel's
+``apply_liger_kernel_to_<family>`` when importable on CUDA). A provider that cannot run here is a
+skipped row with the reason. Same weights (every model is loaded from one saved transformers
+checkpoint; ours through ``ptft_fast.hf``; LoRA weights copied across), same batch, same dtype
+(fp32 on CPU, bf16 autocast on CUDA), dropout 0. Before any timing each provider's step-0 loss is
+checked against hf-eager's within ``train_common.LOSS_TOL`` (fp32: 1e-4 + 1e-4·|loss|; bf16:
+2e-2 + 1e-2·|loss|); a mismatch raises ``LossMismatchError``.
+
+Columns: tokens/s (B·T, T5: B·(S + T_dec)), TFLOP/s from :func:`step_flops`, %peak = MFU vs the
+harness's DEVICE_PEAKS (blank on CPU), peak memory (growth during one steady-state step), ratio
+vs hf-eager measured in the same run.
+
+Run: ``python -m ptft_fast.benchmarks.bench_train_e2e [--quick] [--threads N] [--only OPS]``
+→ table, rows appended to ``benchmarks/results/train_e2e_<device>.csv``, tokens/s plot beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ptft_fast.benchmarks.harness import (
+    RESULTS_DIR,
+    Case,
+    Unavailable,
+    format_table,
+    plot,
+    run_case,
+    single_thread_quick,
+    write_csv,
+)
+from ptft_fast.benchmarks.kernel_providers import optional, require_cuda
+from ptft_fast.benchmarks.kernel_providers import ptft as kernel_ptft
+from ptft_fast.benchmarks.train_common import (
+    check_loss,
+    clm_batch,
+    mlm_batch,
+    optimizer_step,
+    ptft_from_hf,
+    save_hf,
+    transformers_module,
+)
+
+KIND = "train"
+BASELINE = "hf-eager"
+LORA_R, LORA_ALPHA = 8, 16.0
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Weight matrices with ``params`` entries, each applied once to each of ``tokens`` tokens."""
+
+    params: int
+    tokens: int
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
+class Attn:
+    """``layers`` attention layers over ``batch`` sequences: (q_len × k_len) scores of width
+    ``width`` = heads × head_dim."""
+
+    layers: int
+    batch: int
+    q_len: int
+    k_len: int
+    width: int
+
+
+def step_flops(dense: Sequence[Dense], attention: Sequence[Attn]) -> float:
+    """Model FLOPs of one training step (forward + backward), the MFU convention of PaLM (app. B).
+
+    Dense: a multiply-add per weight per token forward (2·params·tokens); backward is twice that
+    (grads of inputs and of weights), so 6·params·tokens, or 4·params·tokens for frozen weights
+    (no weight grads: LoRA's base, a frozen tied head). Attention: QKᵀ and P·V, 2·2·B·Tq·Tk·width
+    per layer forward, ×3 for forward + backward; the full score matrix is counted even when
+    causal. Embedding lookups, norms' and softmax's elementwise work are not counted.
+    """
+    total = 0.0
+    for d in dense:
+        total += (6 if d.trainable else 4) * d.params * d.tokens
+    for a in attention:
+        total += 3 * a.layers * 4 * a.batch * a.q_len * a.k_len * a.width
+    return float(total)
+
+
+@dataclass
+class Workload:
+    op: str  # "bert_mlm" | "gpt2_clm" | "t5_span" | "gpt2_lora"
+    preset: str  # ptft_fast preset (ModelConfig.from_name), dropout forced to 0
+    seq: int  # tokens per sequence (T5: encoder inputs)
+    batch: dict[str, int]  # device type → sequences per step
+    overrides: dict = field(default_factory=dict)  # further ModelConfig fields
+
+    @property
+    def lora(self) -> bool:
+        return self.op.endswith("lora")
+
+
+FULL = [
+    Workload("bert_mlm", "bert-base", 128, {"cpu": 2, "cuda": 32}),
+    Workload("bert_mlm", "bert-base", 512, {"cpu": 1, "cuda": 8}),
+    Workload("gpt2_clm", "gpt2", 1024, {"cpu": 1, "cuda": 8}),
+    Workload("t5_span", "t5-small", 512, {"cpu": 2, "cuda": 32}),
+    Workload("gpt2_lora", "gpt2", 1024, {"cpu": 1, "cuda": 8}),
+]
+QUICK = [
+    Workload("bert_mlm", "bert-tiny-cpu", 128, {"cpu": 2, "cuda": 2}),
+    Workload("bert_mlm", "bert-tiny-cpu", 512, {"cpu": 1, "cuda": 1}, {"max_position_embeddings": 512}),
+    Workload("gpt2_clm", "gpt-tiny", 256, {"cpu": 1, "cuda": 1}, {"max_position_embeddings": 256}),
+    Workload("t5_span", "t5-tiny", 128, {"cpu": 2, "cuda": 2}),
+    Workload("gpt2_lora", "gpt-tiny", 256, {"cpu": 1, "cuda": 1}, {"max_position_embeddings": 256}),
+]
+
+
+@dataclass
+class Built:
+    """One workload, ready to hand to providers: checkpoint dir, batch, reference loss, case."""
+
+    workload: Workload
+    config: object  # ptft_fast ModelConfig
+    family: str  # transformers model_type: bert / gpt2 / t5
+    hf_class: str  # transformers class: BertForMaskedLM / GPT2LMHeadModel / T5ForConditionalGeneration
+    ckpt: object  # TemporaryDirectory holding the transformers checkpoint
+    batch: dict[str, torch.Tensor]
+    lora: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None  # per layer: qkv/out → (A, B)
+    dtype: str  # "float32" | "bfloat16"
+    ref_loss: float = 0.0
+    case: Case | None = None
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return None if self.dtype == "float32" else getattr(torch, self.dtype)
+
+
+def _t5_batch(cfg, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """T5 span corruption (ptft_fast.data.t5) of random raw ids: input_ids (B, seq), labels /
+    decoder_input_ids (B, T_dec); the last 100 ids of the vocabulary are the sentinels."""
+    from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator
+
+    sentinels = list(range(cfg.vocab_size - 1, cfg.vocab_size - 101, -1))
+    collate = T5SpanCorruptionCollator(sentinels, cfg.eos_token_id, cfg.pad_token_id, T5Config(seq, seed=0))
+    gen = torch.Generator().manual_seed(0)
+    raw = torch.randint(2, cfg.vocab_size - 100, (batch, collate.raw_length), generator=gen)
+    return collate(raw.tolist())
+
+
+def _hf_model(cfg) -> nn.Module:
+    """A randomly initialized transformers model for our config (SDPA attention)."""
+    from ptft_fast.hf import to_hf_config
+
+    t = transformers_module()
+    hf = to_hf_config(cfg)
+    model_type, arch = hf.pop("model_type"), hf.pop("architectures")[0]
+    return getattr(t, arch)(t.AutoConfig.for_model(model_type, attn_implementation="sdpa", **hf))
+
+
+def _lora_weights(cfg) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Random, non-zero LoRA (A (r, in), B (out, r)) per layer for the fused qkv and the output
+    projection (B ≠ 0 so that a wrong copy changes the loss)."""
+    gen = torch.Generator().manual_seed(1)
+    h = cfg.hidden_size
+
+    def pair(out: int):
+        return torch.randn(LORA_R, h, generator=gen) / h**0.5, torch.randn(out, LORA_R, generator=gen) * 0.1
+
+    return [{"qkv": pair(3 * h), "out": pair(h)} for _ in range(cfg.num_layers)]
+
+
+def _hf_lora(model: nn.Module, weights) -> nn.Module:
+    """transformers GPT-2 + peft LoRA on the attention's c_attn / c_proj, with ``weights``."""
+    peft = optional("peft", "peft (pip install peft)")
+    config = peft.LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=r".*\.attn\.(c_attn|c_proj)",
+        fan_in_fan_out=True,  # GPT-2's Conv1D stores (in, out)
+    )
+    model = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        for block, w in zip(model.base_model.model.transformer.h, weights, strict=True):
+            for name, key in (("c_attn", "qkv"), ("c_proj", "out")):
+                layer = getattr(block.attn, name)
+                layer.lora_A["default"].weight.copy_(w[key][0])
+                layer.lora_B["default"].weight.copy_(w[key][1])
+    return model
+
+
+def _ptft_lora(model: nn.Module, weights) -> nn.Module:
+    """Our GPT-2 + ptft_fast.peft LoRA on the fused qkv / attention output, with ``weights``."""
+    from ptft_fast.peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, "lora", LoraConfig(LORA_R, LORA_ALPHA, 0.0, ["qkv", "out"]))
+    with torch.no_grad():
+        for layer, w in zip(model.layers, weights, strict=True):
+            for key in ("qkv", "out"):
+                getattr(layer.attn, key).lora_A.copy_(w[key][0])
+                getattr(layer.attn, key).lora_B.copy_(w[key][1])
+    return model
+
+
+def _count(model: nn.Module, prefix: str, skip: Sequence[str] = ()) -> int:
+    return sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(prefix) and not any(s in n for s in skip)
+    )
+
+
+def _flops(built: Built, hf_model: nn.Module) -> float:
+    """step_flops for the workload, parameters counted on the transformers model."""
+    cfg, batch = built.config, built.batch
+    b, s = batch["input_ids"].shape
+    labels = batch["labels"]
+    hv = cfg.hidden_size * cfg.vocab_size  # tied LM/MLM head matmul
+    if built.family == "bert":
+        head = _count(hf_model, "cls.predictions.transform.") + hv
+        dense = [Dense(_count(hf_model, "bert.encoder."), b * s), Dense(head, int((labels != -100).sum()))]
+        return step_flops(dense, [Attn(cfg.num_layers, b, s, s, cfg.attn_dim)])
+    if built.family == "gpt2":
+        body, labeled = (
+            _count(hf_model, "transformer.h.") + _count(hf_model, "transformer.ln_f."),
+            b * (s - 1),
+        )
+        if built.lora is None:
+            dense = [Dense(body, b * s), Dense(hv, labeled)]
+        else:
+            lora = sum(a.numel() + bb.numel() for w in built.lora for a, bb in w.values())
+            dense = [Dense(body, b * s, False), Dense(lora, b * s), Dense(hv, labeled, False)]
+        return step_flops(dense, [Attn(cfg.num_layers, b, s, s, cfg.attn_dim)])
+    t = labels.shape[1]
+    skip = ("embed_tokens", "relative_attention_bias")
+    dense = [
+        Dense(_count(hf_model, "encoder.", skip), b * s),
+        Dense(_count(hf_model, "decoder.", skip), b * t),
+        Dense(hv, int((labels != -100).sum())),
+    ]
+    attn = [
+        Attn(cfg.num_layers, b, s, s, cfg.attn_dim),
+        Attn(cfg.decoder_layers, b, t, t, cfg.attn_dim),
+        Attn(cfg.decoder_layers, b, t, s, cfg.attn_dim),  # cross-attention
+    ]
+    return step_flops(dense, attn)
+
+
+def build(w: Workload, device: torch.device) -> Built:
+    """Random transformers model saved once, the batch, the hf-eager step-0 loss and the Case."""
+    from ptft_fast.models.config import ModelConfig
+
+    no_drop = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    cfg = ModelConfig.from_name(w.preset, **no_drop, **w.overrides)
+    b = w.batch[device.type]
+    if cfg.arch == "bert":
+        batch = mlm_batch(cfg.vocab_size, b, w.seq)
+    elif cfg.arch == "gpt2":
+        batch = clm_batch(cfg.vocab_size, b, w.seq)
+    else:
+        batch = _t5_batch(cfg, b, w.seq)
+    torch.manual_seed(0)
+    hf_model = _hf_model(cfg)
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    lora = _lora_weights(cfg) if w.lora else None
+    built = Built(w, cfg, cfg.arch, type(hf_model).__name__, save_hf(hf_model), batch, lora, dtype)
+    flops = _flops(built, hf_model)
+    if built.lora is not None:
+        hf_model = _hf_lora(hf_model, built.lora)
+    built.batch = batch = {k: v.to(device) for k, v in batch.items()}
+    hf_model.to(device).train()
+    with torch.no_grad(), contextlib.ExitStack() as ctx:
+        if built.autocast is not None:
+            ctx.enter_context(torch.autocast(device.type, dtype=built.autocast))
+        built.ref_loss = hf_model(**batch).loss.item()
+    b, s = batch["input_ids"].shape
+    tokens = b * (s + batch["labels"].shape[1] if cfg.arch == "t5" else s)
+    shape = f"{w.preset} B={b} T={s}" + (f" T_dec={batch['labels'].shape[1]}" if cfg.arch == "t5" else "")
+    if device.type == "cpu":
+        shape += f" threads={torch.get_num_threads()}"
+    built.case = Case(w.op, shape, dtype, "step", flops=flops, tokens=tokens)
+    return built
+
+
+def checked_step(name: str, model: nn.Module, built: Built, *, backend=None, call=None, compiling=False):
+    """The provider's optimizer step, after running step 0 and checking its loss vs hf-eager's
+    (LossMismatchError otherwise). With ``compiling``, a failure of step 0 (torch.compile's
+    inductor needs a C++ compiler on CPU, Triton on CUDA) makes the provider Unavailable."""
+    step = optimizer_step(model, built.batch, autocast=built.autocast, backend=backend, call=call)
+    try:
+        loss = step().item()
+    except Exception as exc:
+        if not compiling:
+            raise
+        raise Unavailable(
+            f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        ) from None
+    check_loss(name, loss, built.ref_loss, built.dtype, baseline=BASELINE)
+    return step
+
+
+def _load_hf(built: Built, device: torch.device, patch=None) -> nn.Module:
+    """transformers model from the saved checkpoint (SDPA), ``patch(model)`` applied before LoRA."""
+    t = transformers_module()
+    model = getattr(t, built.hf_class).from_pretrained(built.ckpt.name, attn_implementation="sdpa")
+    if patch is not None:
+        patch(model)
+    if built.lora is not None:
+        model = _hf_lora(model, built.lora)
+    return model.to(device)
+
+
+def _load_ptft(built: Built, device: torch.device) -> nn.Module:
+    model = ptft_from_hf(built.ckpt.name)
+    if built.lora is not None:
+        model = _ptft_lora(model, built.lora)
+    return model.to(device)
+
+
+def _liger_patch(built: Built, device: torch.device):
+    """Liger-Kernel's patch for this family, or Unavailable. It patches transformers' modules
+    process-wide (not only this model), so hf-liger runs after the other transformers providers."""
+    require_cuda(device, "Liger-Kernel")
+    liger = optional("liger_kernel.transformers", "Liger-Kernel (pip install liger-kernel)")
+    apply = getattr(liger, f"apply_liger_kernel_to_{built.family}", None)
+    if apply is None:
+        raise Unavailable(
+            f"Liger-Kernel has no apply_liger_kernel_to_{built.family} (it patches decoder LLMs: llama, "
+            "mistral, qwen2, ...)"
+        )
+    return lambda model: apply(model=model)
+
+
+def providers(built: Built, device: torch.device, quick: bool) -> dict:
+    """name → factory (model loaded, step 0 run and checked) for ``run_case``."""
+
+    def ptft_step(backend: str):
+        return checked_step(f"ptft:{backend}", _load_ptft(built, device), built, backend=backend)
+
+    def compiled():
+        model = _load_hf(built, device)
+        call = torch.compile(model, dynamic=False)
+        return checked_step("hf-compile", model, built, call=call, compiling=True)
+
+    ours = {name.replace("ptft-", "ptft:"): make for name, make in kernel_ptft(ptft_step, device).items()}
+    out = {BASELINE: lambda: checked_step(BASELINE, _load_hf(built, device), built)}
+    if quick:
+        return {**out, "ptft:torch": ours["ptft:torch"]}
+    out["hf-compile"] = compiled
+    out["hf-liger"] = lambda: checked_step(
+        "hf-liger", _load_hf(built, device, _liger_patch(built, device)), built
+    )
+    return {**out, **ours}
+
+
+@single_thread_quick
+def suite(device: torch.device, quick: bool, only: Sequence[str] = ()) -> list[dict]:
+    """Rows for every workload (``only``: op names to keep), providers timed one after another."""
+    warmup, repeats = (1, 3) if quick or device.type == "cpu" else (3, 10)
+    rows = []
+    for w in QUICK if quick else FULL:
+        if only and w.op not in only:
+            continue
+        built = build(w, device)
+        try:
+            rows += run_case(
+                built.case, providers(built, device, quick), device,
+                baseline=BASELINE, warmup=warmup, repeats=repeats,
+            )  # fmt: skip
+        finally:
+            built.ckpt.cleanup()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny configs, ptft:torch and hf-eager only")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated ops (bert_mlm,gpt2_clm,t5_span,gpt2_lora)"
+    )
+    parser.add_argument(
+        "--csv", default=None, help="CSV to append to (default results/train_e2e_<device>.csv)"
+    )
+    parser.add_argument("--plot", default=None, help="tokens/s PNG (default results/train_e2e_<device>.png)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = suite(device, args.quick, [s for s in args.only.split(",") if s])
+    print(format_table(rows))
+    stem = f"train_e2e_{device.type}" + ("-quick" if args.quick else "")
+    print(f"rows appended to {write_csv(rows, args.csv or RESULTS_DIR / f'{stem}.csv')}")
+    title = f"one training step, tokens/s per provider ({'quick' if args.quick else 'full'})"
+    print(f"plot written to {plot(rows, args.plot or RESULTS_DIR / f'{stem}.png', title, 'tokens_per_s')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""End-to-end training benchmark: the FLOPs formula, the step-0 loss check, rows of a quick run."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from ptft_fast.benchmarks import bench_train_e2e as e2e
+from ptft_fast.benchmarks.harness import Unavailable
+from ptft_fast.benchmarks.train_common import LossMismatchError
+
+CPU = torch.device("cpu")
+
+
+def test_step_flops_hand_computed():
+    dense = [e2e.Dense(10, 4), e2e.Dense(3, 2, trainable=False)]
+    attn = [e2e.Attn(layers=2, batch=1, q_len=4, k_len=5, width=8)]
+    # 6·10·4 + 4·3·2 + 3 (fwd+bwd) · 2 layers · 4 (QKᵀ and PV, 2 FLOPs each) · 1·4·5·8
+    assert e2e.step_flops(dense, attn) == 240 + 24 + 3 * 2 * 4 * 4 * 5 * 8
+
+
+def test_bert_flops_are_six_n_t_plus_head_and_attention():
+    built = e2e.build(e2e.QUICK[0], CPU)  # bert-tiny-cpu: L=2, H=64, F=128, V=1024; B=2, T=128
+    try:
+        h, f, v, layers, tokens = 64, 128, 1024, 2, 2 * 128
+        per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # qkv+out, FFN, two LayerNorms
+        labeled = int((built.batch["labels"] != -100).sum())
+        head = h * h + h + 2 * h + h * v  # transform dense + LayerNorm, tied decoder
+        expected = 6 * layers * per_layer * tokens + 6 * head * labeled + 3 * layers * 4 * 2 * 128 * 128 * h
+        assert built.case.flops == expected
+    finally:
+        built.ckpt.cleanup()
+
+
+@pytest.mark.parametrize("index", [0, 4], ids=["bert_mlm", "gpt2_lora"])
+def test_step0_loss_check_rejects_a_perturbed_weight(index):
+    built = e2e.build(e2e.QUICK[index], CPU)
+    try:
+        e2e.checked_step(
+            "ptft:torch", e2e._load_ptft(built, CPU), built, backend="torch"
+        )  # same weights: fine
+        model = e2e._load_ptft(built, CPU)
+        name = "layers.1.attn.qkv.lora_B" if built.lora else "encoder.layers.1.mlp.fc_out.weight"
+        with torch.no_grad():  # noise, not a constant: post-norm BERT's LayerNorm removes a constant shift
+            weight = model.get_parameter(name)
+            weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * 0.5)
+        with pytest.raises(LossMismatchError, match=r"step-0 loss of ptft:torch"):
+            e2e.checked_step("ptft:torch", model, built, backend="torch")
+        full = e2e.providers(built, CPU, quick=False)
+        for name in ("hf-liger", "ptft:triton", "ptft:cuda"):  # CUDA-only providers are skipped rows
+            with pytest.raises(Unavailable):
+                full[name]()
+    finally:
+        built.ckpt.cleanup()
+
+
+def test_quick_suite_rows_are_filled():
+    rows = e2e.suite(CPU, True)
+    assert {r["op"] for r in rows} == {"bert_mlm", "gpt2_clm", "t5_span", "gpt2_lora"}
+    assert {r["provider"] for r in rows} == {"hf-eager", "ptft:torch"}
+    assert len(rows) == 2 * len(e2e.QUICK)
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["tflops"] > 0, r
+        assert r["peak_mem_mb"] is not None and r["ratio_vs_baseline"] > 0, r
+        assert r["pct_peak"] is None  # no CPU peak in the table: MFU stays blank
+        assert "threads=1" in r["shape"] and r["baseline"] == "hf-eager"
+    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows if r["provider"] == "hf-eager")
