@@ -8,13 +8,21 @@ either straight from an embedding table or through a reparameterisation MLP
 (a ``DynamicCache``); ptft_fast models get each self-attention module wrapped so its keys and
 values are prepended (the model's attention is bottom-right causal, so queries see all of the
 prefix). The attention mask is extended by P ones.
+
+On ptft_fast models the prefix has no position: real tokens keep positions 0.., T5's relative
+bias is zero towards prefix keys, and a KV cache holds real positions only (its length is the
+position offset the models use); the prefix is attached again at every cached step. The wrapper
+forwards ``encode`` and ``config``, so ``ptft_fast.generate.generate`` runs on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ptft_fast.models.blocks import Attention
@@ -62,19 +70,27 @@ class PrefixAttention(nn.Module):
     def __init__(self, attn: Attention):
         super().__init__()
         self.attn = attn
-        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None  # set per forward by PrefixTuning
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, P, H, D) each, set by PrefixTuning
 
-    def forward(self, x, *, past=None, key_padding_mask=None, packing=None, **kw):
-        if past is None and self.kv is not None:
-            if packing is not None:
-                raise ValueError("prefix tuning does not support packed (varlen) batches")
-            past = self.kv
-            p = past[0].shape[1]
-            if key_padding_mask is not None:
-                key_padding_mask = torch.cat(
-                    [key_padding_mask.new_ones(x.shape[0], p), key_padding_mask], dim=1
-                )
-        return self.attn(x, past=past, key_padding_mask=key_padding_mask, packing=packing, **kw)
+    def forward(self, x, *, past=None, key_padding_mask=None, attn_bias=None, packing=None, **kw):
+        """x: (B, T, C); past: (B, Tp, H, D) cached real keys/values (no prefix); key_padding_mask:
+        (B, Tp + T); attn_bias: (1 or B, H, T, Tp + T). Returns the output and the keys/values to
+        cache, (B, Tp + T, H, D), without the prefix."""
+        if self.kv is None:
+            return self.attn(
+                x, past=past, key_padding_mask=key_padding_mask, attn_bias=attn_bias, packing=packing, **kw
+            )
+        if packing is not None:
+            raise ValueError("prefix tuning does not support packed (varlen) batches")
+        pk, pv = self.kv
+        p = pk.shape[1]
+        full = (pk, pv) if past is None else (torch.cat([pk, past[0]], 1), torch.cat([pv, past[1]], 1))
+        if key_padding_mask is not None:
+            key_padding_mask = torch.cat([key_padding_mask.new_ones(x.shape[0], p), key_padding_mask], dim=1)
+        if attn_bias is not None:
+            attn_bias = F.pad(attn_bias, (p, 0))  # prefix keys carry no position: zero bias
+        out, (k, v) = self.attn(x, past=full, key_padding_mask=key_padding_mask, attn_bias=attn_bias, **kw)
+        return out, (k[:, p:], v[:, p:])
 
 
 def _hf_dims(config) -> tuple[int, int, int]:
@@ -106,24 +122,54 @@ class PrefixTuning(nn.Module):
             self.wrappers = [model.get_submodule(n) for n, _ in self.wrappers]
         self.prefix_encoder = PrefixEncoder(config, layers, heads, head_dim)
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        b, p = input_ids.shape[0], self.num_virtual_tokens
-        prefix = self.prefix_encoder(b)  # (B, P, L, 2, H, D)
-        if self.hf:
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], dim=1)
-            from transformers import DynamicCache
+    @property
+    def config(self):
+        """The wrapped model's config (generation reads it)."""
+        return self.model.config
 
-            cache = DynamicCache(config=self.model.config)
-            for layer in range(prefix.shape[2]):
-                k, v = prefix[:, :, layer, 0].transpose(1, 2), prefix[:, :, layer, 1].transpose(1, 2)
-                cache.update(k, v, layer)  # (B, H, P, D)
-            return self.model(input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
-        for layer, w in enumerate(self.wrappers):
-            w.kv = (prefix[:, :, layer, 0], prefix[:, :, layer, 1])  # (B, P, H, D)
-        try:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ptft_fast encoder-decoder: (B, S) → encoder memory (B, S, C), encoder prefixes applied."""
+        with self._prefixes(input_ids.shape[0]):
+            return self.model.encode(input_ids, attention_mask)
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        """input_ids: (B, T), or None for an encoder-decoder given ``encoder_hidden_states``
+        (from ``encode``) and ``decoder_input_ids``; attention_mask: (B, T) real tokens only."""
+        if self.hf:
+            return self._forward_hf(input_ids, attention_mask, **kwargs)
+        with self._prefixes(_batch_size(input_ids, kwargs)):
             # ptft models take (B, T) masks: the wrappers extend them per layer themselves.
             return self.model(input_ids, attention_mask=attention_mask, **kwargs)
+
+    @contextmanager
+    def _prefixes(self, batch: int) -> Iterator[None]:
+        """Attach every layer's (B, P, H, D) prefix keys/values for one forward."""
+        prefix = self.prefix_encoder(batch)  # (B, P, L, 2, H, D)
+        for layer, w in enumerate(self.wrappers):
+            w.kv = (prefix[:, :, layer, 0], prefix[:, :, layer, 1])
+        try:
+            yield
         finally:
             for w in self.wrappers:
                 w.kv = None
+
+    def _forward_hf(self, input_ids, attention_mask, **kwargs):
+        b, p = input_ids.shape[0], self.num_virtual_tokens
+        prefix = self.prefix_encoder(b)  # (B, P, L, 2, H, D)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], dim=1)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(prefix.shape[2]):
+            k, v = prefix[:, :, layer, 0].transpose(1, 2), prefix[:, :, layer, 1].transpose(1, 2)
+            cache.update(k, v, layer)  # (B, H, P, D)
+        return self.model(input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
+
+
+def _batch_size(input_ids: torch.Tensor | None, kwargs: dict) -> int:
+    """Rows of a forward call: from input_ids, else the decoder inputs or the encoder memory."""
+    for t in (input_ids, kwargs.get("decoder_input_ids"), kwargs.get("encoder_hidden_states")):
+        if t is not None:
+            return t.shape[0]
+    raise ValueError("prefix tuning: give input_ids, decoder_input_ids or encoder_hidden_states")

@@ -5,6 +5,11 @@ the wrapper prepends P placeholder ids (and ones to the attention mask), and a o
 hook on the token embedding replaces the placeholders' rows with the soft prompt. Position
 embeddings are then added by the model as usual (prompt at positions 0..P-1, as in peft).
 For encoder-decoder models the prompt goes to the encoder input only.
+
+Generation (ptft_fast models): the wrapper forwards ``config`` and ``encode``. A decoder call that
+continues a KV cache finds the prompt already cached: only its P mask columns are added, so the
+soft prompt is applied once. Encoder memory from ``encode`` holds the P prompt positions; a
+forward given it extends the (B, S) attention_mask accordingly.
 """
 
 from __future__ import annotations
@@ -91,25 +96,63 @@ class PromptTuning(nn.Module):
         prompt = self.soft_prompt.to(out.dtype).unsqueeze(0).expand(out.shape[0], -1, -1)
         return torch.cat([prompt, out[:, p:]], dim=1)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+    @property
+    def config(self):
+        """The wrapped model's config (generation reads it)."""
+        return self.model.config
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ptft_fast encoder-decoder: input_ids (B, S), attention_mask (B, S) → encoder memory
+        (B, P + S, C), the soft prompt first."""
+        ids, attention_mask = self._prepend(input_ids, attention_mask)
+        return self._with_prompt(self.model.encode, ids, attention_mask)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        """input_ids: (B, T) and attention_mask (B, T) of the real tokens; input_ids may be None for
+        an encoder-decoder given ``encoder_hidden_states`` from ``encode`` (then only the mask is
+        extended). A decoder call that continues ``cache`` gets no second prompt."""
+        if input_ids is None or self._continues_cache(kwargs.get("cache")):
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            return self.model(
+                input_ids, attention_mask=self._extend_mask(attention_mask), labels=labels, **kwargs
+            )
         b, p = input_ids.shape[0], self.num_virtual_tokens
-        ids = torch.cat([input_ids.new_full((b, p), self.placeholder_id), input_ids], dim=1)
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], dim=1)
+        ids, attention_mask = self._prepend(input_ids, attention_mask)
         if token_type_ids is not None:
             kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(b, p), token_type_ids], dim=1)
         if labels is not None:
             if labels.shape == input_ids.shape and not is_encoder_decoder(self.model):
                 labels = torch.cat([labels.new_full((b, p), IGNORE_INDEX), labels], dim=1)
             kwargs["labels"] = labels
-        self._pending = True
-        try:
-            out = self.model(ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            self._pending = False
+        out = self._with_prompt(self.model, ids, attention_mask=attention_mask, **kwargs)
         if self.strip_outputs:
             for name in ("hidden_states", "logits"):
                 t = getattr(out, name, None)
                 if isinstance(t, torch.Tensor) and t.dim() == 3 and t.shape[1] == ids.shape[1]:
                     setattr(out, name, t[:, p:])
         return out
+
+    def _continues_cache(self, cache) -> bool:
+        """A decoder step after the prompt: the soft prompt is already in the cache."""
+        return cache is not None and cache.length > 0 and not is_encoder_decoder(self.model)
+
+    def _extend_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T) → (B, P + T): ones for the prompt positions."""
+        if attention_mask is None:
+            return None
+        ones = attention_mask.new_ones(attention_mask.shape[0], self.num_virtual_tokens)
+        return torch.cat([ones, attention_mask], 1)
+
+    def _prepend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """(B, T) ids and mask → (B, P + T), placeholders (replaced by the hook) first."""
+        placeholders = input_ids.new_full((input_ids.shape[0], self.num_virtual_tokens), self.placeholder_id)
+        return torch.cat([placeholders, input_ids], 1), self._extend_mask(attention_mask)
+
+    def _with_prompt(self, fn, *args, **kwargs):
+        """Run ``fn`` with the next token-embedding call replaced at the P prompt rows."""
+        self._pending = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._pending = False
