@@ -36,8 +36,12 @@ def generate(
 ) -> torch.Tensor:
     """Generate up to ``config.max_new_tokens`` tokens per row.
 
+    ``model``: a ptft_fast decoder or encoder-decoder, or one wrapped by ``ptft_fast.peft`` prefix
+    or prompt tuning (the wrappers forward ``config`` and ``encode``).
+
     Args:
-        input_ids: (B, T) prompts, left-padded for decoders; attention_mask: (B, T), 1 = token.
+        input_ids: (B, T) prompts, left-padded for decoders (either side for encoder-decoders);
+            attention_mask: (B, T), 1 = token. A prompt's tokens get the same positions as alone.
         use_cache: reuse keys/values of earlier positions (False re-runs the whole sequence).
         streamer: object with ``put(tokens: (B,) tensor)`` and ``end()`` (e.g. TextStreamer).
 

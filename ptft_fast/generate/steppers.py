@@ -21,7 +21,11 @@ def _reorder_cache(cache: KVCache | None, idx: torch.Tensor) -> KVCache | None:
 
 
 class DecoderStepper:
-    """Decoder-only (GPT): prompt input_ids (B, T) left-padded, attention_mask (B, T)."""
+    """Decoder-only (GPT): prompt input_ids (B, T) left-padded, attention_mask (B, T).
+
+    Every call passes the mask of the whole sequence so far, (B, past + T), from which the model
+    derives each token's position (real tokens before it): cached and uncached runs agree, and
+    left padding does not move a prompt."""
 
     def __init__(self, model: nn.Module, input_ids, attention_mask, use_cache: bool):
         self.model, self.use_cache = model, use_cache
