@@ -411,10 +411,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = suite(device, args.quick, [s for s in args.only.split(",") if s])
-    print(format_table(rows))
     stem = f"train_e2e_{device.type}" + ("-quick" if args.quick else "")
-    print(f"rows appended to {write_csv(rows, args.csv or RESULTS_DIR / f'{stem}.csv')}")
+    known = list(dict.fromkeys(w.op for w in FULL))
+    ops = [s for s in args.only.split(",") if s] or known
+    if set(ops) - set(known):
+        parser.error(f"--only: unknown op(s) {sorted(set(ops) - set(known))}; known: {known}")
+    rows = []
+    for op in ops:  # rows are appended op by op, so a long CPU run keeps what it measured
+        rows += (new := suite(device, args.quick, [op]))
+        print(format_table(new), flush=True)
+        write_csv(new, args.csv or RESULTS_DIR / f"{stem}.csv")
+    print(format_table(rows))
+    print(f"rows appended to {args.csv or RESULTS_DIR / f'{stem}.csv'}")
     title = f"one training step, tokens/s per provider ({'quick' if args.quick else 'full'})"
     print(f"plot written to {plot(rows, args.plot or RESULTS_DIR / f'{stem}.png', title, 'tokens_per_s')}")
 

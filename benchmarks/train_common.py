@@ -73,7 +73,7 @@ def optimizer_step(
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=True)
-    forward = call or model
+    forward = model if call is None else call
 
     def step():
         opt.zero_grad(set_to_none=True)
