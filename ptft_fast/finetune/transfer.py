@@ -1,7 +1,10 @@
 """The transfer effect on the embedded task, in one script.
 
-1. Pre-train a small BERT with ``ptft pretrain`` (MLM) on the embedded pydoc corpus (or reuse
-   ``--pretrained DIR``: an HF-format folder with tokenizer.json).
+1. Pre-train a small BERT with ``ptft pretrain`` (MLM) on text that ships with Python (or reuse
+   ``--pretrained DIR``: an HF-format folder with tokenizer.json): the pydoc topics plus, with
+   ``--corpus pydoc+stdlib`` (default), the docstrings of the standard library's source files
+   (``ptft_fast.data.stdlib_docstrings``; domain-adaptive pre-training) — with the task's held-out
+   eval texts removed, so no evaluation text is seen before evaluation.
 2. Fine-tune on the stdlib-docstring task (≤ 1,000 labeled examples) with the same budget (epochs,
    batch size, learning rate, schedule) and the same seeds:
    (a) from the pre-trained weights, (b) from random initialisation of the same architecture,
@@ -64,15 +67,38 @@ def _finetune(backbone, tok, labels, tr, ev, *, peft: str, args, lr: float, seed
     }
 
 
-def _pretrain(args) -> tuple[str, float | None]:
+def write_corpus(path: Path, eval_texts: set[str], corpus: str) -> int:
+    """Pre-training corpus JSONL: pydoc topics (+ stdlib docstrings without ``eval_texts``);
+    returns the number of characters written."""
+    import json
+
+    from ptft_fast.data.corpus import embedded_documents
+    from ptft_fast.data.stdlib_docstrings import stdlib_docstring_documents
+
+    docs = list(embedded_documents())
+    if corpus == "pydoc+stdlib":
+        docs += list(stdlib_docstring_documents(exclude=eval_texts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d.text, "source": d.source}) + "\n")
+    return sum(len(d.text) for d in docs)
+
+
+def _pretrain(args, eval_texts: set[str]) -> tuple[str, float | None]:
     """Run ``ptft pretrain``; (final model folder, last eval loss)."""
     import json
 
     from ptft_fast.cli import main as ptft
 
+    corpus = Path(args.out) / "corpus.jsonl"
+    chars = write_corpus(corpus, eval_texts, args.corpus)
+    print(f"pre-training corpus ({args.corpus}, eval texts excluded): {chars:,} characters -> {corpus}")
+
     sets = {"max_steps": args.steps, "vocab_size": args.vocab_size, "lr": args.pretrain_lr,
             "warmup_steps": max(1, args.steps // 20), "eval_every": max(1, args.steps // 4),
-            "save_every": max(1, args.steps // 4), "plot": "false", "seed": args.seed}  # fmt: skip
+            "save_every": max(1, args.steps // 4), "plot": "false", "seed": args.seed,
+            "data": str(corpus)}  # fmt: skip
     argv = ["pretrain", "--model", args.model, "--objective", "mlm", "--out", args.out, "--no-progress"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
@@ -123,6 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="bert-tiny", help="model preset to pre-train (default: bert-tiny)")
     p.add_argument("--vocab-size", type=int, default=4096, help="WordPiece vocabulary trained on the corpus")
     p.add_argument("--out", default="runs/transfer", help="pre-training run folder")
+    p.add_argument("--corpus", default="pydoc+stdlib", choices=("pydoc", "pydoc+stdlib"))
     p.add_argument("--steps", type=int, default=2000, help="pre-training optimizer steps")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--epochs", type=int, default=10)
@@ -144,8 +171,8 @@ def main(argv=None) -> int:
     from ptft_fast.finetune.session import load_model_dir
     from ptft_fast.models import build_model
 
-    folder, pre_loss = (args.pretrained, None) if args.pretrained else _pretrain(args)
     tr, ev, labels = docstring_task()
+    folder, pre_loss = (args.pretrained, None) if args.pretrained else _pretrain(args, {e.text for e in ev})
     print(f"embedded task: {len(tr)} train / {len(ev)} eval examples, {len(labels)} labels {labels}")
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = (("pretrained-full", "none", args.lr), ("random-init-full", "none", args.lr),
@@ -172,7 +199,7 @@ def main(argv=None) -> int:
           f"LoRA r={args.lora_r} vs full: {100 * (full['mean_last'] - lora['mean_last']):+.1f} points behind "
           f"with {lora['trainable_pct']:.2f}% of the parameters trainable")  # fmt: skip
     if args.csv:
-        extra = {"model": f"{args.model} vocab {args.vocab_size}" if not args.pretrained else folder,
+        extra = {"model": f"{args.model} vocab {args.vocab_size} {args.corpus}" if not args.pretrained else folder,
                  "pretrain_steps": args.steps if not args.pretrained else "external",
                  "pretrain_eval_loss": pre_loss, "device": f"CPU {platform.machine()}",
                  "torch": torch.__version__,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
-from ptft_fast.finetune import transfer
+from ptft_fast.finetune import docstring_task, transfer
 
 
 @pytest.mark.slow
@@ -24,3 +25,9 @@ def test_transfer_script_runs_all_settings_and_writes_rows(tmp_path, capsys):
     assert all(0.0 <= float(r["last_accuracy"]) <= 1.0 for r in rows)
     assert float(full["pretrain_eval_loss"]) > 0
     assert "transfer effect" in capsys.readouterr().out
+    # no held-out eval text reaches pre-training (the corpus holds the stdlib docstrings otherwise)
+    _, ev, _ = docstring_task()
+    corpus = " ".join(
+        " ".join(json.loads(ln)["text"].split()) for ln in (tmp_path / "run" / "corpus.jsonl").open()
+    )
+    assert len(corpus) > 1_000_000 and not [e.text for e in ev if e.text in corpus]
