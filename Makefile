@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format bench demo csrc-check clean
+.PHONY: setup test test-fast lint format bench bench-micro bench-micro-save bench-micro-compare demo csrc-check clean
 
 setup: $(VENV)/.ptft-installed
 
@@ -24,6 +24,7 @@ $(VENV)/.ptft-installed: pyproject.toml setup.py
 # TRITON_INTERPRET=1 on CPU). pytest's exit 5 (no tests collected) fails the target.
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(MICRO) --benchmark-disable
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -38,6 +39,25 @@ format: setup
 
 bench: setup
 	$(VENV)/bin/ptft bench all --plot benchmarks/results/all.png
+
+# pytest-benchmark microbenchmarks of the CPU reference path (fwd+bwd of the four ops). Saved runs
+# live in $(MICRO_STORAGE)/<machine>/NNNN_<name>.json; compare fails on a median regression > 10 %
+# vs the latest saved run (timings depend on the machine and its load: compare on the same one,
+# idle; on a shared CPU medians drift by 10-30 % between runs, MICRO_FAIL=min:10% is steadier).
+MICRO := benchmarks/test_micro_reference.py
+MICRO_FAIL ?= median:10%
+MICRO_STORAGE := benchmarks/results/pytest-benchmark
+MICRO_ARGS := --benchmark-only --benchmark-storage=$(MICRO_STORAGE) --benchmark-min-rounds=20 \
+	--benchmark-columns=min,median,iqr,ops,rounds
+
+bench-micro: setup
+	$(PY) -m pytest -q $(MICRO) $(MICRO_ARGS)
+
+bench-micro-save: setup
+	$(PY) -m pytest -q $(MICRO) $(MICRO_ARGS) --benchmark-save=baseline
+
+bench-micro-compare: setup
+	$(PY) -m pytest -q $(MICRO) $(MICRO_ARGS) --benchmark-compare --benchmark-compare-fail=$(MICRO_FAIL)
 
 # Main job on the embedded default (no download).
 demo: setup
