@@ -347,10 +347,7 @@ def _liger_patch(built: Built, device: torch.device):
     liger = optional("liger_kernel.transformers", "Liger-Kernel (pip install liger-kernel)")
     apply = getattr(liger, f"apply_liger_kernel_to_{built.family}", None)
     if apply is None:
-        raise Unavailable(
-            f"Liger-Kernel has no apply_liger_kernel_to_{built.family} (it patches decoder LLMs: llama, "
-            "mistral, qwen2, ...)"
-        )
+        raise Unavailable(f"this Liger-Kernel has no apply_liger_kernel_to_{built.family}")
     return lambda model: apply(model=model)
 
 
