@@ -23,6 +23,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0  # max global grad norm (0: off)
     seed: int = 0
     progress: bool = True  # tqdm bar per epoch
+    eval_every: int = 1  # evaluate every this many epochs (and after the last one)
 
 
 @dataclass
@@ -69,7 +70,8 @@ def train(
     on_best: Callable[[nn.Module, dict], None] | None = None,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
 ) -> History:
-    """Train the parameters that require grad; ``evaluate(model)`` after every epoch; ``on_best``
+    """Train the parameters that require grad; ``evaluate(model)`` after every ``cfg.eval_every``-th
+    epoch and the last (``History.epochs`` holds the evaluated epochs); ``on_best``
     is called (e.g. to save a checkpoint) whenever ``metric`` improves."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -109,6 +111,8 @@ def train(
             sched.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if epoch % max(1, cfg.eval_every) and epoch != cfg.epochs:
+            continue
         model.eval()
         with torch.no_grad():
             scores = evaluate(model)

@@ -5,18 +5,23 @@
    ``--corpus pydoc+stdlib`` (default), the docstrings of the standard library's source files
    (``ptft_fast.data.stdlib_docstrings``; domain-adaptive pre-training) — with the task's held-out
    eval texts removed, so no evaluation text is seen before evaluation.
-2. Fine-tune on the stdlib-docstring task (≤ 1,000 labeled examples) with the same budget (epochs,
-   batch size, learning rate, schedule) and the same seeds:
+2. For each labeled-set size in ``--train-sizes`` (a class-stratified sample of the task's 670
+   training examples, drawn per seed; all sizes ≤ 1,000) fine-tune with the same budget (optimizer
+   steps, batch size, learning rate, schedule) and the same seeds:
    (a) from the pre-trained weights, (b) from random initialisation of the same architecture,
    (c) LoRA on the pre-trained weights (base frozen, head trainable).
-3. Print eval accuracy (last epoch, mean over seeds, and the best epoch) and the trainable share for
-   each; append one row per setting and seed to ``benchmarks/results/finetune_transfer.csv``.
+3. Print eval accuracy on the 154 held-out examples (last epoch, mean ± std over seeds; the best
+   epoch for reference) and the trainable share; append one row per size, setting and seed to
+   ``benchmarks/results/finetune_transfer.csv``.
 
 The defaults are the configuration of the recorded result: BERT-Tiny shape (2 layers, hidden 128,
 2 heads, FFN 512) with a 4,096-token WordPiece vocabulary trained on the corpus, mean pooling
 (MLM pre-training never trains the [CLS] state), LoRA r=8 on the fused q/k/v and output projections.
 
-Run: ``python -m ptft_fast.finetune.transfer [--steps 2000] [--epochs 10] [--seeds 0,1,2]``.
+The budget is a number of optimizer steps (``--finetune-steps``), so a small labeled set gets as
+many updates as the full one (epochs = steps / batches per epoch).
+
+Run: ``python -m ptft_fast.finetune.transfer [--steps 3000] [--train-sizes 60,670] [--seeds 0,1,2]``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import json
+import math
 import platform
 import statistics
 from pathlib import Path
@@ -34,6 +41,30 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fine
 FIELDS = ["setting", "seed", "last_accuracy", "best_accuracy", "last_macro_f1", "trainable", "trainable_pct",
           "lr", "epochs", "train_examples", "eval_examples", "model", "pretrain_steps", "pretrain_eval_loss",
           "device", "torch", "timestamp"]  # fmt: skip
+
+
+def stratified_sample(examples: list, n: int, seed: int) -> list:
+    """``n`` examples with the label proportions of ``examples`` (largest remainders), seeded."""
+    import random
+
+    if n >= len(examples):
+        return list(examples)
+    rng = random.Random(seed)
+    by: dict = {}
+    for e in examples:
+        by.setdefault(e.label, []).append(e)
+    quota = {k: n * len(v) / len(examples) for k, v in by.items()}
+    take = {k: int(q) for k, q in quota.items()}
+    for k in sorted(quota, key=lambda k: quota[k] - take[k], reverse=True)[: n - sum(take.values())]:
+        take[k] += 1
+    out = [e for k, v in by.items() for e in rng.sample(v, take[k])]
+    rng.shuffle(out)
+    return out
+
+
+def epochs_for(n: int, steps: int, batch_size: int = 16) -> int:
+    """Epochs that give at least ``steps`` optimizer steps on ``n`` examples."""
+    return max(1, math.ceil(steps / math.ceil(n / batch_size)))
 
 
 def _finetune(backbone, tok, labels, tr, ev, *, peft: str, args, lr: float, seed: int) -> dict:
@@ -51,11 +82,14 @@ def _finetune(backbone, tok, labels, tr, ev, *, peft: str, args, lr: float, seed
     report = param_report(model)
     train_data = cls_data(tok, tr, labels, args.max_length)
     eval_data = cls_data(tok, ev, labels, args.max_length)
+    epochs = epochs_for(len(tr), args.finetune_steps)
     hist = train(
         model,
         train_data,
         lambda m: evaluate_cls(m, eval_data),
-        FinetuneConfig(epochs=args.epochs, batch_size=16, lr=lr, seed=seed, progress=False),
+        FinetuneConfig(
+            epochs=epochs, batch_size=16, lr=lr, seed=seed, progress=False, eval_every=max(1, epochs // 10)
+        ),
         metric="accuracy",
     )
     return {
@@ -64,14 +98,13 @@ def _finetune(backbone, tok, labels, tr, ev, *, peft: str, args, lr: float, seed
         "last_macro_f1": hist.epochs[-1]["macro_f1"],
         "trainable_pct": report.percent,
         "trainable": report.trainable,
+        "epochs": epochs,
     }
 
 
 def write_corpus(path: Path, eval_texts: set[str], corpus: str) -> int:
     """Pre-training corpus JSONL: pydoc topics (+ stdlib docstrings without ``eval_texts``);
     returns the number of characters written."""
-    import json
-
     from ptft_fast.data.corpus import embedded_documents
     from ptft_fast.data.stdlib_docstrings import stdlib_docstring_documents
 
@@ -87,8 +120,6 @@ def write_corpus(path: Path, eval_texts: set[str], corpus: str) -> int:
 
 def _pretrain(args, eval_texts: set[str]) -> tuple[str, float | None]:
     """Run ``ptft pretrain``; (final model folder, last eval loss)."""
-    import json
-
     from ptft_fast.cli import main as ptft
 
     corpus = Path(args.out) / "corpus.jsonl"
@@ -105,22 +136,28 @@ def _pretrain(args, eval_texts: set[str]) -> tuple[str, float | None]:
     rc = ptft(argv)
     if rc != 0:
         raise SystemExit(f"pre-training failed (exit {rc})")
-    evals = []
-    metrics = Path(args.out) / "metrics.jsonl"
+    return str(Path(args.out) / "final"), last_eval(Path(args.out))[1]
+
+
+def last_eval(run: Path) -> tuple[int | None, float | None]:
+    """(step, eval loss) of the last evaluation in a ``ptft pretrain`` run folder's metrics."""
+    step = loss = None
+    metrics = run / "metrics.jsonl"
     if metrics.exists():
         for line in metrics.read_text().splitlines():
             row = json.loads(line)
             if "eval_loss" in row:
-                evals.append(row["eval_loss"])
-    return str(Path(args.out) / "final"), (evals[-1] if evals else None)
+                step, loss = row["step"], row["eval_loss"]
+    return step, loss
 
 
-def _summary(rows: list[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for name in dict.fromkeys(r["setting"] for r in rows):
-        rs = [r for r in rows if r["setting"] == name]
+def _summary(rows: list[dict]) -> dict[tuple[int, str], dict]:
+    """(train size, setting) → mean/std of the last-epoch accuracy over seeds, mean best epoch."""
+    out: dict[tuple[int, str], dict] = {}
+    for key in dict.fromkeys((r["train_examples"], r["setting"]) for r in rows):
+        rs = [r for r in rows if (r["train_examples"], r["setting"]) == key]
         last = [r["last_accuracy"] for r in rs]
-        out[name] = {
+        out[key] = {
             "mean_last": statistics.fmean(last),
             "std_last": statistics.pstdev(last),
             "mean_best": statistics.fmean(r["best_accuracy"] for r in rs),
@@ -150,11 +187,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=4096, help="WordPiece vocabulary trained on the corpus")
     p.add_argument("--out", default="runs/transfer", help="pre-training run folder")
     p.add_argument("--corpus", default="pydoc+stdlib", choices=("pydoc", "pydoc+stdlib"))
-    p.add_argument("--steps", type=int, default=2000, help="pre-training optimizer steps")
+    p.add_argument("--steps", type=int, default=3000, help="pre-training optimizer steps")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate (both settings)")
-    p.add_argument("--lora-lr", type=float, default=3e-3)
+    p.add_argument("--train-sizes", default="60,670", help="labeled examples per run (comma-separated)")
+    p.add_argument("--finetune-steps", type=int, default=400, help="optimizer steps per fine-tuning run")
+    p.add_argument("--lr", type=float, default=3e-3, help="full fine-tuning learning rate (both settings)")
+    p.add_argument("--lora-lr", type=float, default=1e-2)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-targets", default="qkv,out", help="comma-separated module names")
     p.add_argument("--pooling", default="mean", choices=("auto", "mean"))
@@ -172,35 +210,43 @@ def main(argv=None) -> int:
     from ptft_fast.models import build_model
 
     tr, ev, labels = docstring_task()
-    folder, pre_loss = (args.pretrained, None) if args.pretrained else _pretrain(args, {e.text for e in ev})
+    if args.pretrained:  # a run's final/ folder: its metrics sit one level up
+        folder, (pre_steps, pre_loss) = args.pretrained, last_eval(Path(args.pretrained).resolve().parent)
+    else:
+        (folder, pre_loss), pre_steps = _pretrain(args, {e.text for e in ev}), args.steps
     print(f"embedded task: {len(tr)} train / {len(ev)} eval examples, {len(labels)} labels {labels}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    sizes = [int(n) for n in args.train_sizes.split(",")]
     settings = (("pretrained-full", "none", args.lr), ("random-init-full", "none", args.lr),
                 (f"pretrained-lora-r{args.lora_r}", "lora", args.lora_lr))  # fmt: skip
     rows = []
-    for name, peft, lr in settings:
-        for seed in seeds:
-            backbone, config, tok = load_model_dir(folder)
-            if name.startswith("random"):
-                torch.manual_seed(seed)
-                backbone = build_model(config)
-            r = _finetune(backbone, tok, labels, tr, ev, peft=peft, args=args, lr=lr, seed=seed)
-            r.update(setting=name, seed=seed, lr=lr, epochs=args.epochs, train_examples=len(tr),
-                     eval_examples=len(ev))  # fmt: skip
-            print(f"{name:20s} seed {seed}  last acc {r['last_accuracy']:.4f}  best {r['best_accuracy']:.4f}  "
-                  f"trainable {r['trainable']:,} ({r['trainable_pct']:.2f}%)")  # fmt: skip
-            rows.append(r)
+    for n in sizes:
+        for name, peft, lr in settings:
+            for seed in seeds:
+                backbone, config, tok = load_model_dir(folder)
+                if name.startswith("random"):
+                    torch.manual_seed(seed)
+                    backbone = build_model(config)
+                sub = stratified_sample(tr, n, seed)
+                r = _finetune(backbone, tok, labels, sub, ev, peft=peft, args=args, lr=lr, seed=seed)
+                r.update(setting=name, seed=seed, lr=lr, train_examples=len(sub), eval_examples=len(ev))
+                print(f"n={len(sub):4d} {name:20s} seed {seed}  last acc {r['last_accuracy']:.4f}  "
+                      f"best {r['best_accuracy']:.4f}  trainable {r['trainable']:,} ({r['trainable_pct']:.2f}%)",
+                      flush=True)  # fmt: skip
+                rows.append(r)
     s = _summary(rows)
-    for name, v in s.items():
-        print(f"{name:20s} last-epoch accuracy {100 * v['mean_last']:.1f} ± {100 * v['std_last']:.1f} "
-              f"(best epoch {100 * v['mean_best']:.1f}) over seeds {seeds}; trainable {v['trainable_pct']:.2f}%")  # fmt: skip
-    full, rand, lora = (s[n] for n, _, _ in settings)
-    print(f"transfer effect: {100 * (full['mean_last'] - rand['mean_last']):+.1f} points; "
-          f"LoRA r={args.lora_r} vs full: {100 * (full['mean_last'] - lora['mean_last']):+.1f} points behind "
-          f"with {lora['trainable_pct']:.2f}% of the parameters trainable")  # fmt: skip
+    print(f"\nlast-epoch eval accuracy, mean ± std over seeds {seeds} ({len(ev)} held-out examples):")
+    for (n, name), v in s.items():
+        print(f"  n={n:4d} {name:20s} {100 * v['mean_last']:5.1f} ± {100 * v['std_last']:.1f}  "
+              f"(best epoch {100 * v['mean_best']:.1f})  trainable {v['trainable_pct']:.2f}%")  # fmt: skip
+    for n in dict.fromkeys(k[0] for k in s):
+        full, rand, lora = (s[(n, name)] for name, _, _ in settings)
+        print(f"n={n}: transfer effect {100 * (full['mean_last'] - rand['mean_last']):+.1f} points; "
+              f"LoRA r={args.lora_r} {100 * (lora['mean_last'] - full['mean_last']):+.1f} points vs full "
+              f"fine-tuning with {lora['trainable_pct']:.2f}% of the parameters trainable")  # fmt: skip
     if args.csv:
         extra = {"model": f"{args.model} vocab {args.vocab_size} {args.corpus}" if not args.pretrained else folder,
-                 "pretrain_steps": args.steps if not args.pretrained else "external",
+                 "pretrain_steps": pre_steps,
                  "pretrain_eval_loss": pre_loss, "device": f"CPU {platform.machine()}",
                  "torch": torch.__version__,
                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip

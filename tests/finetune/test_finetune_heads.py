@@ -94,3 +94,24 @@ def test_short_finetune_beats_chance_on_embedded_task(ft_wordpiece):
     majority = max(sum(e.label == c for e in ev) for c in labels) / len(ev)
     assert hist.best["accuracy"] > majority + 0.05
     assert saved and saved[-1] == hist.best["epoch"]
+
+
+def test_loop_evaluates_every_k_epochs_and_the_last():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def forward(self, x, labels):
+            return {"loss": torch.nn.functional.mse_loss(self.w(x).squeeze(-1), labels)}
+
+    data = {"x": torch.randn(8, 2), "labels": torch.randn(8)}
+    seen = []
+
+    def evaluate(m):
+        seen.append(1)
+        return {"loss": float(m(**data)["loss"])}
+
+    cfg = FinetuneConfig(epochs=7, batch_size=4, lr=1e-2, progress=False, eval_every=3)
+    hist = train(Toy(), data, evaluate, cfg, metric="loss", higher_is_better=False)
+    assert [r["epoch"] for r in hist.epochs] == [3, 6, 7] and len(seen) == 3
