@@ -21,7 +21,7 @@ The defaults are the configuration of the recorded result: BERT-Tiny shape (2 la
 The budget is a number of optimizer steps (``--finetune-steps``), so a small labeled set gets as
 many updates as the full one (epochs = steps / batches per epoch).
 
-Run: ``python -m ptft_fast.finetune.transfer [--steps 3000] [--train-sizes 60,670] [--seeds 0,1,2]``.
+Run: ``python -m ptft_fast.finetune.transfer [--steps 3000] [--train-sizes 30,60,120,240,670] [--seeds 0,1,2]``.
 """
 
 from __future__ import annotations
@@ -178,6 +178,41 @@ def _write_csv(path: Path, rows: list[dict], extra: dict) -> None:
             w.writerow({**r, **extra})
 
 
+def plot_curve(csv_path: Path, png_path: Path) -> None:
+    """Last-epoch accuracy (mean ± std over seeds) vs labeled examples, one line per setting, from
+    the rows of the latest run (newest timestamp) in ``csv_path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    latest = max(r["timestamp"] for r in rows)
+    rows = [r for r in rows if r["timestamp"] == latest]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        sizes = sorted({int(r["train_examples"]) for r in rows if r["setting"] == name})
+        acc = [[100 * float(r["last_accuracy"]) for r in rows
+                if r["setting"] == name and int(r["train_examples"]) == n] for n in sizes]  # fmt: skip
+        pct = float(next(r["trainable_pct"] for r in rows if r["setting"] == name))
+        ax.errorbar(sizes, [statistics.fmean(a) for a in acc], yerr=[statistics.pstdev(a) for a in acc],
+                    marker="o", capsize=3, label=f"{name} ({pct:.2f}% trainable)")  # fmt: skip
+    ax.set_xscale("log")
+    ticks = sorted({int(r["train_examples"]) for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labeled training examples (class-stratified sample)")
+    ax.set_ylabel("eval accuracy, last epoch (%)")
+    r0 = rows[0]
+    ax.set_title(f"stdlib-docstring task · {r0['model'].split(' (')[0]} · pre-trained {r0['pretrain_steps']} steps\n"
+                 f"{r0['device']} · torch {r0['torch']} · {latest}", fontsize=9)  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -189,7 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus", default="pydoc+stdlib", choices=("pydoc", "pydoc+stdlib"))
     p.add_argument("--steps", type=int, default=3000, help="pre-training optimizer steps")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
-    p.add_argument("--train-sizes", default="60,670", help="labeled examples per run (comma-separated)")
+    p.add_argument("--train-sizes", default="30,60,120,240,670", help="labeled examples per run (comma-separated)")
     p.add_argument("--finetune-steps", type=int, default=400, help="optimizer steps per fine-tuning run")
     p.add_argument("--lr", type=float, default=3e-3, help="full fine-tuning learning rate (both settings)")
     p.add_argument("--lora-lr", type=float, default=1e-2)
@@ -245,12 +280,17 @@ def main(argv=None) -> int:
               f"LoRA r={args.lora_r} {100 * (lora['mean_last'] - full['mean_last']):+.1f} points vs full "
               f"fine-tuning with {lora['trainable_pct']:.2f}% of the parameters trainable")  # fmt: skip
     if args.csv:
-        extra = {"model": f"{args.model} vocab {args.vocab_size} {args.corpus}" if not args.pretrained else folder,
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+        shape = f"L{cfg.get('num_hidden_layers')} H{cfg.get('hidden_size')} V{cfg.get('vocab_size')}"
+        source = f"{args.model} {args.corpus}" if not args.pretrained else folder
+        extra = {"model": f"{cfg.get('model_type')} {shape} ({source})",
                  "pretrain_steps": pre_steps,
                  "pretrain_eval_loss": pre_loss, "device": f"CPU {platform.machine()}",
                  "torch": torch.__version__,
                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
         _write_csv(Path(args.csv), rows, extra)
+        plot_curve(Path(args.csv), Path(args.csv).with_suffix(".png"))
+        print(f"rows appended to {args.csv}; plot {Path(args.csv).with_suffix('.png')}")
     return 0
 
 
