@@ -137,19 +137,24 @@ def test_linear_cross_entropy_never_materializes_full_logits(monkeypatch):
     monkeypatch.setattr(R, "LCE_BLOCK_ELEMS", 64)
     monkeypatch.setattr(R, "LCE_VOCAB_CHUNK", 16)
     seen = []
-    real_mm = torch.Tensor.__matmul__
+    real_matmul, real_mm = torch.Tensor.__matmul__, torch.mm
 
-    def spy(a, b):
-        out = real_mm(a, b)
-        seen.append(tuple(out.shape))
-        return out
+    def spy(real):
+        def call(a, b, **kw):
+            out = real(a, b, **kw)
+            seen.append(tuple(out.shape))
+            return out
 
-    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+        return call
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy(real_matmul))
+    monkeypatch.setattr(torch, "mm", spy(real_mm))
     hidden, weight = torch.randn(40, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
     labels = torch.randint(0, 50, (40,))
     labels[:30] = -100  # only 10 labeled rows may reach the projection
     loss = ops.linear_cross_entropy(hidden, weight, labels)
-    monkeypatch.setattr(torch.Tensor, "__matmul__", real_mm)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", real_matmul)
+    monkeypatch.setattr(torch, "mm", real_mm)
     want = F.cross_entropy(hidden @ weight.T, labels)
     torch.testing.assert_close(loss, want)
     assert seen and all(rows <= 10 and cols <= 16 for rows, cols in seen)
