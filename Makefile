@@ -41,11 +41,12 @@ bench: setup
 	$(VENV)/bin/ptft bench all --plot benchmarks/results/all.png
 
 # pytest-benchmark microbenchmarks of the CPU reference path (fwd+bwd of the four ops). Saved runs
-# live in $(MICRO_STORAGE)/<machine>/NNNN_<name>.json; compare fails on a median regression > 10 %
-# vs the latest saved run (timings depend on the machine and its load: compare on the same one,
-# idle; on a shared CPU medians drift by 10-30 % between runs, MICRO_FAIL=min:10% is steadier).
+# live in $(MICRO_STORAGE)/<machine>/NNNN_<name>.json; compare fails when the fastest round (min)
+# is > 10 % slower than in the latest saved run. The min, not the median: even on an idle 2-core
+# machine medians drift by ~12 % between identical runs, minimums stay within a few per cent.
+# Compare on the machine that saved the baseline (MICRO_FAIL=median:10% for the median).
 MICRO := benchmarks/test_micro_reference.py
-MICRO_FAIL ?= median:10%
+MICRO_FAIL ?= min:10%
 MICRO_STORAGE := benchmarks/results/pytest-benchmark
 MICRO_ARGS := --benchmark-only --benchmark-storage=$(MICRO_STORAGE) --benchmark-min-rounds=20 \
 	--benchmark-columns=min,median,iqr,ops,rounds
