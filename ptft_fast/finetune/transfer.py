@@ -224,7 +224,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus", default="pydoc+stdlib", choices=("pydoc", "pydoc+stdlib"))
     p.add_argument("--steps", type=int, default=3000, help="pre-training optimizer steps")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
-    p.add_argument("--train-sizes", default="30,60,120,240,670", help="labeled examples per run (comma-separated)")
+    p.add_argument(
+        "--train-sizes", default="30,60,120,240,670", help="labeled examples per run (comma-separated)"
+    )
     p.add_argument("--finetune-steps", type=int, default=400, help="optimizer steps per fine-tuning run")
     p.add_argument("--lr", type=float, default=3e-3, help="full fine-tuning learning rate (both settings)")
     p.add_argument("--lora-lr", type=float, default=1e-2)
