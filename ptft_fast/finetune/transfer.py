@@ -21,7 +21,7 @@ The defaults are the configuration of the recorded result: BERT-Tiny shape (2 la
 The budget is a number of optimizer steps (``--finetune-steps``), so a small labeled set gets as
 many updates as the full one (epochs = steps / batches per epoch).
 
-Run: ``python -m ptft_fast.finetune.transfer [--steps 3000] [--train-sizes 30,60,120,240,670] [--seeds 0,1,2]``.
+Run: ``python -m ptft_fast.finetune.transfer [--steps 7000] [--train-sizes 30,60,120,240,670] [--seeds 0,1,2]``.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=4096, help="WordPiece vocabulary trained on the corpus")
     p.add_argument("--out", default="runs/transfer", help="pre-training run folder")
     p.add_argument("--corpus", default="pydoc+stdlib", choices=("pydoc", "pydoc+stdlib"))
-    p.add_argument("--steps", type=int, default=3000, help="pre-training optimizer steps")
+    p.add_argument("--steps", type=int, default=7000, help="pre-training optimizer steps")
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument(
         "--train-sizes", default="30,60,120,240,670", help="labeled examples per run (comma-separated)"
