@@ -373,18 +373,29 @@ def providers(built: Built, device: torch.device, quick: bool) -> dict:
     return {**out, **ours}
 
 
+def selected(w: Workload, only: Sequence[str]) -> bool:
+    """``only`` entries are op names (``bert_mlm``) or one shape of an op (``bert_mlm@512``)."""
+    return not only or w.op in only or f"{w.op}@{w.seq}" in only
+
+
 @single_thread_quick
-def suite(device: torch.device, quick: bool, only: Sequence[str] = ()) -> list[dict]:
-    """Rows for every workload (``only``: op names to keep), providers timed one after another."""
+def suite(
+    device: torch.device, quick: bool, only: Sequence[str] = (), keep: Sequence[str] = ()
+) -> list[dict]:
+    """Rows for every workload (``only``: see :func:`selected`; ``keep``: provider names to time,
+    all when empty; the baseline always runs), providers timed one after another."""
     warmup, repeats = (1, 3) if quick or device.type == "cpu" else (3, 10)
     rows = []
     for w in QUICK if quick else FULL:
-        if only and w.op not in only:
+        if not selected(w, only):
             continue
         built = build(w, device)
         try:
+            factories = providers(built, device, quick)
+            if keep:
+                factories = {k: v for k, v in factories.items() if k == BASELINE or k in keep}
             rows += run_case(
-                built.case, providers(built, device, quick), device,
+                built.case, factories, device,
                 baseline=BASELINE, warmup=warmup, repeats=repeats,
             )  # fmt: skip
         finally:
@@ -398,7 +409,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
-        "--only", default="", help="comma-separated ops (bert_mlm,gpt2_clm,t5_span,gpt2_lora)"
+        "--only",
+        default="",
+        help="comma-separated ops (bert_mlm,gpt2_clm,t5_span,gpt2_lora) or op@seq (bert_mlm@512)",
+    )
+    parser.add_argument(
+        "--providers",
+        default="",
+        help="comma-separated providers to time (hf-eager always runs: it is the baseline); default all",
     )
     parser.add_argument(
         "--csv", default=None, help="CSV to append to (default results/train_e2e_<device>.csv)"
@@ -409,13 +427,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     stem = f"train_e2e_{device.type}" + ("-quick" if args.quick else "")
-    known = list(dict.fromkeys(w.op for w in FULL))
-    ops = [s for s in args.only.split(",") if s] or known
+    workloads = QUICK if args.quick else FULL
+    known = list(dict.fromkeys([w.op for w in workloads] + [f"{w.op}@{w.seq}" for w in workloads]))
+    ops = [s for s in args.only.split(",") if s] or list(dict.fromkeys(w.op for w in workloads))
     if set(ops) - set(known):
         parser.error(f"--only: unknown op(s) {sorted(set(ops) - set(known))}; known: {known}")
+    keep = [s for s in args.providers.split(",") if s]
     rows = []
     for op in ops:  # rows are appended op by op, so a long CPU run keeps what it measured
-        rows += (new := suite(device, args.quick, [op]))
+        rows += (new := suite(device, args.quick, [op], keep))
         print(format_table(new), flush=True)
         write_csv(new, args.csv or RESULTS_DIR / f"{stem}.csv")
     print(format_table(rows))

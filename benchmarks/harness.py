@@ -72,6 +72,10 @@ def device_peaks(device: torch.device) -> dict[str, float] | None:
 
 
 def _git_commit() -> str:
+    """Short commit of this checkout; ``PTFT_COMMIT`` overrides it (copies without .git, e.g. a
+    working tree shipped to a GPU machine)."""
+    if os.environ.get("PTFT_COMMIT"):
+        return os.environ["PTFT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

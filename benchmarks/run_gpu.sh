@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# One pass over everything that needs a CUDA GPU, sized for a short lease (default budget 520 s):
+#   1. install ptft_fast editable into the machine's python (no deps), record device + versions and
+#      measure the two ceilings (device-to-device copy GB/s, bf16 matmul TFLOP/s);
+#   2. build csrc/ (ptft_fast._C, sm_90a) in the background while the Triton kernel tests run on the GPU;
+#   3. the CUDA C++ kernel tests once the build is done;
+#   4. end-to-end training step benchmark (BERT-base MLM 128 with every provider incl. torch.compile;
+#      then BERT 512, GPT-2 CLM, T5-small span, GPT-2 LoRA without torch.compile);
+#   5. kernel benchmarks (`ptft bench ops --quick`).
+# Every step has a time cap and the whole run a deadline; a failed step does not stop the next. Logs,
+# CSVs, PNGs and junit XML go to $WORK and are packed into $OUT/results.tgz after each step, so a run
+# cut off at its limit still returns what it did; $OUT/summary.txt has one line per step.
+# Optional wheels (transformers/peft/liger-kernel/datasketch matching the CPU venv) are installed from
+# .whl/ when present. PTFT_COMMIT names the commit the working tree came from (no .git travels).
+# Usage: OUT=/some/dir bash benchmarks/run_gpu.sh [budget_s]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUDGET="${1:-520}"
+OUT="${OUT:-/tmp/ptft_gpu_out}"
+WORK="${WORK:-/tmp/ptft_gpu}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 PTFT_COMMIT="${PTFT_COMMIT:-unknown}"
+T0=$SECONDS
+
+log() { echo "[$((SECONDS - T0))s] $*" | tee -a "$OUT/summary.txt"; }
+pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; }
+left() { echo $((BUDGET - (SECONDS - T0))); }
+
+# step NAME CAP CMD...: run CMD with min(CAP, time left) seconds, log to $WORK/NAME.log
+step() {
+  local name=$1 cap=$2
+  shift 2
+  local t
+  t=$(left)
+  ((t < cap)) && cap=$t
+  if ((cap < 10)); then
+    log "SKIP $name (budget spent)"
+    return 0
+  fi
+  log "start $name (cap ${cap}s)"
+  local s=$SECONDS
+  timeout -k 5 "$cap" "$@" >"$WORK/$name.log" 2>&1
+  local rc=$?
+  log "end   $name rc=$rc in $((SECONDS - s))s"
+  grep -E "passed|failed|error|Error|skipped|ratio|MFU" "$WORK/$name.log" | tail -n 4 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+  pack
+  return $rc
+}
+
+# ---- 1. install, environment, ceilings
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >"$WORK/wheels.log" 2>&1 && export PYTHONPATH=/tmp/site
+fi
+PTFT_BUILD_CUDA=0 $PY -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/install.log" 2>&1
+log "install rc=$?"
+{
+  nvidia-smi
+  $PY - <<'EOF'
+import importlib, sys, torch
+print("python", sys.version.split()[0])
+for m in ("torch", "triton", "transformers", "peft", "liger_kernel", "ptft_fast"):
+    try:
+        mod = importlib.import_module(m)
+        print(m, getattr(mod, "__version__", "?"), getattr(mod, "__file__", ""))
+    except Exception as exc:
+        print(m, "not importable:", exc)
+print("cuda", torch.version.cuda, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))
+x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+y = torch.empty_like(x)
+for _ in range(3):
+    y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20):
+    y.copy_(x)
+e.record()
+e.synchronize()
+print(f"ceiling copy GB/s (read+write) {2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f}")
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+b = torch.randn_like(a)
+for _ in range(3):
+    a @ b
+s.record()
+for _ in range(10):
+    a @ b
+e.record()
+e.synchronize()
+print(f"ceiling bf16 matmul TFLOP/s {10 * 2 * 8192**3 / (s.elapsed_time(e) / 1e3) / 1e12:.0f}")
+EOF
+} >"$WORK/env.log" 2>&1
+grep -E "^(torch|triton|transformers|peft|liger|cuda|ceiling|python)" "$WORK/env.log" | cut -c1-160 | tee -a "$OUT/summary.txt"
+pack
+
+XDIST=()
+$PY -c "import xdist" 2>/dev/null && XDIST=(-n 6)
+$PY -c "import pytest_timeout" 2>/dev/null && XDIST+=(--timeout 90)
+
+# ---- 2. csrc build in the background || Triton kernel tests on the GPU
+(
+  s=$SECONDS
+  PTFT_BUILD_CUDA=1 MAX_JOBS=10 TORCH_CUDA_ARCH_LIST="9.0a" timeout -k 5 300 \
+    $PY setup.py build_ext --inplace >"$WORK/csrc_build.log" 2>&1
+  echo "rc=$? in $((SECONDS - s))s" >"$WORK/csrc_build.done"
+) &
+BUILD_PID=$!
+step test_triton 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" "${XDIST[@]}" tests/kernels \
+  --junitxml="$WORK/test_triton.xml" -rfE
+wait "$BUILD_PID"
+log "csrc build $(cat "$WORK/csrc_build.done" 2>/dev/null)"
+tail -n 5 "$WORK/csrc_build.log" | cut -c1-200 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+
+# ---- 3. CUDA C++ kernel tests
+step test_csrc 90 $PY -m pytest -q -p no:cacheprovider "${XDIST[@]}" tests/csrc --junitxml="$WORK/test_csrc.xml" -rfE
+
+# ---- 4. end-to-end training step
+E2E=(-m ptft_fast.benchmarks.bench_train_e2e --csv "$WORK/train_e2e_cuda.csv")
+step e2e_bert128 130 $PY "${E2E[@]}" --only bert_mlm@128 --plot "$WORK/train_e2e_bert128.png"
+step e2e_rest 140 $PY "${E2E[@]}" --only bert_mlm@512,gpt2_clm,t5_span,gpt2_lora \
+  --providers ptft:torch,ptft:triton,ptft:cuda,hf-liger --plot "$WORK/train_e2e_rest.png"
+
+# ---- 5. kernel benchmarks
+step bench_ops 120 $PY -m ptft_fast bench ops --quick --csv "$WORK/ops_cuda.csv" --plot "$WORK/ops_cuda.png"
+
+log "done in $((SECONDS - T0))s"
+pack
