@@ -94,6 +94,7 @@ def attention(
             raise ValueError(f"{OP}: {name} must be {layout}, got shape {tuple(t.shape)}")
         checks.not_empty(OP, name, t)
     checks.same_device(OP, "q", q, k=k, v=v)
+    q, k, v = checks.autocast_inputs(q.device, q, k, v)
     checks.same_dtype(OP, "q", q, k=k, v=v)
     if k.shape != v.shape:
         raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")

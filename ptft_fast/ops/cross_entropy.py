@@ -75,6 +75,7 @@ def linear_cross_entropy(
         checks.tensor(OP, "bias", bias, ndim=1)
         checks.shape(OP, "bias", bias, (weight.shape[0],), "weight.shape[0] (V)")
     checks.same_device(OP, "hidden", hidden, weight=weight, labels=labels, bias=bias)
+    hidden, weight, bias = checks.autocast_inputs(hidden.device, hidden, weight, bias)
     checks.same_dtype(OP, "hidden", hidden, weight=weight)
     checks.probability(OP, "label_smoothing", label_smoothing)
     checks.positive(OP, "z_loss", z_loss, allow_zero=True)

@@ -57,6 +57,7 @@ def lora_linear(
         checks.tensor(OP, "bias", bias, ndim=1)
         checks.shape(OP, "bias", bias, (out_f,), "weight.shape[0]")
     checks.same_device(OP, "x", x, weight=weight, bias=bias, lora_a=lora_a, lora_b=lora_b)
+    x, weight, bias, lora_a, lora_b = checks.autocast_inputs(x.device, x, weight, bias, lora_a, lora_b)
     checks.same_dtype(OP, "lora_a", lora_a, lora_b=lora_b)
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
         raise ValueError(f"{OP}: scaling must be a finite number, got {scaling!r}")
