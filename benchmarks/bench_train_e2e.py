@@ -48,6 +48,7 @@ from ptft_fast.benchmarks.harness import (
     RESULTS_DIR,
     Case,
     Unavailable,
+    failed,
     format_table,
     plot,
     run_case,
@@ -442,6 +443,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"rows appended to {args.csv or RESULTS_DIR / f'{stem}.csv'}")
     title = f"one training step, tokens/s per provider ({'quick' if args.quick else 'full'})"
     print(f"plot written to {plot(rows, args.plot or RESULTS_DIR / f'{stem}.png', title, 'tokens_per_s')}")
+    if bad := failed(rows):
+        raise SystemExit(
+            f"{len(bad)} provider(s) FAILED: " + "; ".join(f"{r['op']} {r['provider']}" for r in bad)
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import platform
 import statistics
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,14 @@ def _metrics(case: Case, timing: Timing, peaks: dict[str, float] | None) -> dict
     return out
 
 
+FAILED = "FAILED"
+
+
+def failed(rows: list[dict]) -> list[dict]:
+    """Rows whose provider raised (not merely unavailable here): the run should exit non-zero."""
+    return [r for r in rows if str(r.get("skipped", "")).startswith(FAILED)]
+
+
 def run_case(
     case: Case,
     providers: dict[str, Callable[[], Callable[[], object]]],
@@ -255,7 +264,8 @@ def run_case(
     repeats: int = 10,
     memory: bool = True,
 ) -> list[dict]:
-    """Time every provider on ``case``; one row each (skipped providers get a row saying why).
+    """Time every provider on ``case``; one row each (skipped providers get a row saying why; a
+    provider that raises anything but ``Unavailable`` gets a ``FAILED ...`` row, see :func:`failed`).
 
     The ratio column is baseline p50 / provider p50 (> 1 means faster than the baseline), both
     measured in this run.
@@ -271,6 +281,14 @@ def run_case(
         except Unavailable as exc:
             row.update(skipped=str(exc), **env)
             rows.append(row)
+            continue
+        except Exception as exc:  # a broken provider is a FAILED row; the others still run
+            traceback.print_exc()
+            row.update(skipped=f"{FAILED} {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", **env)
+            rows.append(row)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             continue
         row.update(
             p20_ms=timing.p20_ms, p50_ms=timing.p50_ms, p80_ms=timing.p80_ms, peak_mem_mb=timing.peak_mem_mb

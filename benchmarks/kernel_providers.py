@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ptft_fast.benchmarks.harness import Unavailable
-from ptft_fast.ops.dispatch import BACKENDS, backend_available
+from ptft_fast.ops.dispatch import BACKENDS, BackendUnavailableError, backend_available
 
 
 def fwd_bwd(fn: Callable[[], object], inputs) -> Callable[[], object]:
@@ -28,7 +28,9 @@ def fwd_bwd(fn: Callable[[], object], inputs) -> Callable[[], object]:
 def ptft(call: Callable[[str], Callable[[], object]], device: torch.device) -> dict:
     """One provider per ptft backend; ``call(backend)`` returns the callable to time.
 
-    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests).
+    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests). A
+    compiled backend that rejects the case's inputs (e.g. the cuda backend's attention takes fp16 and
+    bf16 only) raises ``TypeError``: that provider is Unavailable for the case, not a failure.
     """
 
     def factory(name):
@@ -38,7 +40,13 @@ def ptft(call: Callable[[str], Callable[[], object]], device: torch.device) -> d
             ok, why = backend_available(name)
             if not ok:
                 raise Unavailable(why)
-            return call(name)
+            fn = call(name)
+            if name != "torch":
+                try:
+                    fn()
+                except (TypeError, BackendUnavailableError) as exc:
+                    raise Unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+            return fn
 
         return make
 

@@ -44,6 +44,28 @@ def test_run_case_rows_have_ratio_env_and_skips(tmp_path):
     assert read[0]["torch"] == torch.__version__
 
 
+def test_a_provider_that_raises_is_a_failed_row_and_the_others_still_run():
+    x = torch.randn(32, 32)
+
+    def broken():
+        def step():
+            raise TypeError("weight has dtype torch.float32 but hidden has torch.bfloat16")
+
+        return step
+
+    case = Case("matmul", "32x32", "float32", "fwd", flops=2 * 32**3)
+    rows = run_case(
+        case, {"a": broken, "b": lambda: lambda: x @ x, "c": lambda: lambda: x @ x},
+        torch.device("cpu"), baseline="b", warmup=1, repeats=3,
+    )  # fmt: skip
+    by = {r["provider"]: r for r in rows}
+    assert by["a"]["skipped"].startswith("FAILED TypeError: weight has dtype")
+    assert "p50_ms" not in by["a"]
+    assert by["b"]["p50_ms"] > 0 and by["c"]["p50_ms"] > 0
+    assert harness.failed(rows) == [by["a"]]
+    assert harness.failed([by["b"], {"skipped": "needs a CUDA device"}]) == []
+
+
 def test_results_beyond_the_device_peak_are_flagged_not_reported():
     peaks = {"bfloat16": 100.0, "gbps": 1000.0}
     timing = harness.Timing(p20_ms=1.0, p50_ms=1.0, p80_ms=1.0, peak_mem_mb=None)
