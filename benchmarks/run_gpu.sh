@@ -12,7 +12,8 @@
 # cut off at its limit still returns what it did; $OUT/summary.txt has one line per step.
 # Optional wheels (transformers/peft/liger-kernel/datasketch matching the CPU venv) are installed from
 # .whl/ when present. PTFT_COMMIT names the commit the working tree came from (no .git travels).
-# Usage: OUT=/some/dir bash benchmarks/run_gpu.sh [budget_s]
+# STEPS picks a subset (default all): test_triton csrc test_csrc e2e_bert128 e2e_rest bench_ops.
+# Usage: OUT=/some/dir [STEPS="test_triton e2e_bert128"] bash benchmarks/run_gpu.sh [budget_s]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUDGET="${1:-520}"
@@ -21,7 +22,9 @@ WORK="${WORK:-/tmp/ptft_gpu}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 PTFT_COMMIT="${PTFT_COMMIT:-unknown}"
+STEPS="${STEPS:-test_triton csrc test_csrc e2e_bert128 e2e_rest bench_ops}"
 T0=$SECONDS
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 log() { echo "[$((SECONDS - T0))s] $*" | tee -a "$OUT/summary.txt"; }
 pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; }
@@ -31,6 +34,7 @@ left() { echo $((BUDGET - (SECONDS - T0))); }
 step() {
   local name=$1 cap=$2
   shift 2
+  want "$name" || return 0
   local t
   t=$(left)
   ((t < cap)) && cap=$t
@@ -94,34 +98,38 @@ grep -E "^(torch|triton|transformers|peft|liger|cuda|ceiling|python)" "$WORK/env
 pack
 
 XDIST=()
-$PY -c "import xdist" 2>/dev/null && XDIST=(-n 6)
-$PY -c "import pytest_timeout" 2>/dev/null && XDIST+=(--timeout 90)
+$PY -c "import xdist" 2>/dev/null && XDIST=(-n "${PTFT_XDIST:-6}")
+$PY -c "import pytest_timeout" 2>/dev/null && XDIST+=(--timeout "${PTFT_TEST_TIMEOUT:-90}")
 
 # ---- 2. csrc build in the background || Triton kernel tests on the GPU
-(
+want csrc && (
   s=$SECONDS
   PTFT_BUILD_CUDA=1 MAX_JOBS=10 TORCH_CUDA_ARCH_LIST="9.0a" timeout -k 5 300 \
     $PY setup.py build_ext --inplace >"$WORK/csrc_build.log" 2>&1
   echo "rc=$? in $((SECONDS - s))s" >"$WORK/csrc_build.done"
 ) &
 BUILD_PID=$!
-step test_triton 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" "${XDIST[@]}" tests/kernels \
-  --junitxml="$WORK/test_triton.xml" -rfE
-wait "$BUILD_PID"
-log "csrc build $(cat "$WORK/csrc_build.done" 2>/dev/null)"
-tail -n 5 "$WORK/csrc_build.log" | cut -c1-200 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+step test_triton "${PTFT_TRITON_CAP:-150}" $PY -m pytest -p no:cacheprovider -m "not slow" "${XDIST[@]}" tests/kernels \
+  --junitxml="$WORK/test_triton.xml" -rfE -v --tb=short
+if want csrc; then
+  wait "$BUILD_PID"
+  log "csrc build $(cat "$WORK/csrc_build.done" 2>/dev/null)"
+  tail -n 5 "$WORK/csrc_build.log" | cut -c1-200 | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+fi
 
 # ---- 3. CUDA C++ kernel tests
-step test_csrc 90 $PY -m pytest -q -p no:cacheprovider "${XDIST[@]}" tests/csrc --junitxml="$WORK/test_csrc.xml" -rfE
+step test_csrc 90 $PY -m pytest -p no:cacheprovider "${XDIST[@]}" tests/csrc --junitxml="$WORK/test_csrc.xml" \
+  -rfE -v --tb=short
 
 # ---- 4. end-to-end training step
 E2E=(-m ptft_fast.benchmarks.bench_train_e2e --csv "$WORK/train_e2e_cuda.csv")
-step e2e_bert128 130 $PY "${E2E[@]}" --only bert_mlm@128 --plot "$WORK/train_e2e_bert128.png"
+step e2e_bert128 130 $PY "${E2E[@]}" --only bert_mlm@128 --plot "$WORK/train_e2e_bert128.png" \
+  ${E2E_PROVIDERS:+--providers "$E2E_PROVIDERS"}
 step e2e_rest 140 $PY "${E2E[@]}" --only bert_mlm@512,gpt2_clm,t5_span,gpt2_lora \
   --providers ptft:torch,ptft:triton,ptft:cuda,hf-liger --plot "$WORK/train_e2e_rest.png"
 
 # ---- 5. kernel benchmarks
-step bench_ops 120 $PY -m ptft_fast bench ops --quick --csv "$WORK/ops_cuda.csv" --plot "$WORK/ops_cuda.png"
+step bench_ops 120 $PY -m ptft_fast bench ops --quick ${OPS_ONLY:+--only "$OPS_ONLY"} --csv "$WORK/ops_cuda.csv" --plot "$WORK/ops_cuda.png"
 
 log "done in $((SECONDS - T0))s"
 pack
