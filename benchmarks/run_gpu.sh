@@ -12,6 +12,8 @@
 # cut off at its limit still returns what it did; $OUT/summary.txt has one line per step.
 # Optional wheels (transformers/peft/liger-kernel/datasketch matching the CPU venv) are installed from
 # .whl/ when present. PTFT_COMMIT names the commit the working tree came from (no .git travels).
+# E2E_RUNS="bert_mlm@128=ptft:triton,ptft:cuda;gpt2_clm=hf-compile" replaces the two e2e steps by
+# one capped run per entry. TRITON_TESTS narrows the Triton tests (pytest node ids).
 # STEPS picks a subset (default all): test_triton csrc test_csrc e2e_bert128 e2e_rest bench_ops.
 # Usage: OUT=/some/dir [STEPS="test_triton e2e_bert128"] bash benchmarks/run_gpu.sh [budget_s]
 set -uo pipefail
@@ -109,7 +111,7 @@ want csrc && (
   echo "rc=$? in $((SECONDS - s))s" >"$WORK/csrc_build.done"
 ) &
 BUILD_PID=$!
-step test_triton "${PTFT_TRITON_CAP:-150}" $PY -m pytest -p no:cacheprovider -m "not slow" "${XDIST[@]}" tests/kernels \
+step test_triton "${PTFT_TRITON_CAP:-150}" $PY -m pytest -p no:cacheprovider -m "not slow" "${XDIST[@]}" ${TRITON_TESTS:-tests/kernels} \
   --junitxml="$WORK/test_triton.xml" -rfE -v --tb=short
 if want csrc; then
   wait "$BUILD_PID"
@@ -123,6 +125,19 @@ step test_csrc 90 $PY -m pytest -p no:cacheprovider "${XDIST[@]}" tests/csrc --j
 
 # ---- 4. end-to-end training step
 E2E=(-m ptft_fast.benchmarks.bench_train_e2e --csv "$WORK/train_e2e_cuda.csv")
+if [[ -n "${E2E_RUNS:-}" ]]; then
+  # E2E_RUNS="ops=providers;ops=providers": one capped run each (its rows are written when it ends)
+  i=0
+  IFS=';' read -ra runs <<<"$E2E_RUNS"
+  for r in "${runs[@]}"; do
+    i=$((i + 1))
+    STEPS="$STEPS e2e_$i"
+    step "e2e_$i" "${E2E_CAP:-120}" $PY "${E2E[@]}" --only "${r%%=*}" --providers "${r#*=}" \
+      --plot "$WORK/train_e2e_$i.png"
+  done
+  STEPS="${STEPS/e2e_bert128/}"
+  STEPS="${STEPS/e2e_rest/}"
+fi
 step e2e_bert128 130 $PY "${E2E[@]}" --only bert_mlm@128 --plot "$WORK/train_e2e_bert128.png" \
   ${E2E_PROVIDERS:+--providers "$E2E_PROVIDERS"}
 step e2e_rest 140 $PY "${E2E[@]}" --only bert_mlm@512,gpt2_clm,t5_span,gpt2_lora \

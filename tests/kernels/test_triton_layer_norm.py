@@ -100,7 +100,7 @@ def test_fp16():
 
 
 def test_dropout_reproducible_and_plain_output():
-    x = torch.randn(5, 24)
+    x = torch.randn(5, 24, device=DEV)
     torch.manual_seed(3)
     y1 = layer_norm(x, None, dropout_p=0.4, backend="triton")
     torch.manual_seed(3)
