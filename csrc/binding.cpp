@@ -485,20 +485,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
   // blocks of <= 2^24 elements; <= 2^22 columns keeps the dlogits grid's y dim under 65535
   const int64_t vchunk = std::min<int64_t>(
       {vocab, int64_t{1} << 22, std::max<int64_t>(64, ((int64_t{1} << 24) / rchunk) / 64 * 64)});
-  at::Tensor dlogits = at::empty({rchunk, vchunk}, hidden.options());
+  // dlogits as a 16-bit hi + lo pair (hi + lo = the fp32 value): products over both keep the
+  // tensor cores and round dh/dW once; db sums the fp32 values inside the kernel
+  at::Tensor dlogits = at::empty({2, rchunk * vchunk}, hidden.options());
+  const int64_t row_blocks = (rchunk + 63) / 64;
+  at::Tensor db_part = bias.has_value() ? at::empty({row_blocks * vchunk}, f32) : at::Tensor();
   for (int64_t r0 = 0; r0 < n; r0 += rchunk) {
     const int64_t nr = std::min(rchunk, n - r0);
     for (int64_t v0 = 0; v0 < vocab; v0 += vchunk) {
       const int64_t nv = std::min(vchunk, vocab - v0);
-      const at::Tensor d = dlogits.view({-1}).narrow(0, 0, nr * nv).view({nr, nv});  // dense (nr, nv)
+      const at::Tensor d_hi = dlogits[0].narrow(0, 0, nr * nv).view({nr, nv});  // dense (nr, nv)
+      const at::Tensor d_lo = dlogits[1].narrow(0, 0, nr * nv).view({nr, nv});
+      const at::Tensor part =
+          bias.has_value() ? db_part.narrow(0, 0, (nr + 63) / 64 * nv).view({-1, nv}) : at::Tensor();
       PTFT_CHECK_LAUNCH(OP, ptft_lce_dlogits(dt, hidden.data_ptr(), weight.data_ptr(), ptr_or_null(bias),
                                              labels.data_ptr<int64_t>(), rows.data_ptr<int32_t>(),
                                              count.data_ptr<int32_t>(), lse.data_ptr<float>(), grad.data_ptr<float>(),
                                              red, n, vocab, h, static_cast<float>(label_smoothing),
-                                             static_cast<float>(z_loss), r0, nr, v0, nv, d.data_ptr(), stream()));
-      dh_c.narrow(0, r0, nr).add_(at::mm(d, weight.narrow(0, v0, nv), at::kFloat));
-      dw.narrow(0, v0, nv).add_(at::mm(d.t(), hc.narrow(0, r0, nr), at::kFloat));
-      if (bias.has_value()) db.narrow(0, v0, nv).add_(d.sum(0, /*keepdim=*/false, at::kFloat));
+                                             static_cast<float>(z_loss), r0, nr, v0, nv, d_hi.data_ptr(),
+                                             d_lo.data_ptr(), bias.has_value() ? part.data_ptr<float>() : nullptr,
+                                             stream()));
+      const at::Tensor w_blk = weight.narrow(0, v0, nv), h_blk = hc.narrow(0, r0, nr);
+      dh_c.narrow(0, r0, nr).add_(at::mm(d_hi, w_blk, at::kFloat)).add_(at::mm(d_lo, w_blk, at::kFloat));
+      dw.narrow(0, v0, nv).add_(at::mm(d_hi.t(), h_blk, at::kFloat)).add_(at::mm(d_lo.t(), h_blk, at::kFloat));
+      if (bias.has_value()) db.narrow(0, v0, nv).add_(part.sum(0));
     }
   }
   if (red != 0) {  // the scalar loss gradient, / labeled count for mean (device-side, no sync)
@@ -549,12 +559,15 @@ std::tuple<at::Tensor, at::Tensor> lora_fwd(const at::Tensor& x, const at::Tenso
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int64_t m = x.size(0), in = x.size(1), out = weight.size(0), r = lora_a.size(0);
   const PtftDtype dt = to_ptft(x.scalar_type());
-  const at::Tensor base = at::mm(x, weight.t());  // frozen projection: cuBLAS
-  at::Tensor u = at::empty({m, r}, x.options());
+  // frozen projection on cuBLAS, kept in fp32 so that y is rounded once, in the up kernel
+  const at::Tensor base = at::mm(x, weight.t(), at::kFloat);
+  at::Tensor u = at::empty({2, m, r}, x.options());  // u = u[0] + u[1] (16-bit hi + lo pair)
   at::Tensor y = at::empty({m, out}, x.options());
-  PTFT_CHECK_LAUNCH(OP, ptft_lora_down(dt, x.data_ptr(), lora_a.data_ptr(), u.data_ptr(), m, in, r, drop, stream()));
-  PTFT_CHECK_LAUNCH(OP, ptft_lora_up_add(dt, u.data_ptr(), lora_b.data_ptr(), base.data_ptr(), ptr_or_null(bias),
-                                         y.data_ptr(), m, out, r, static_cast<float>(scaling), stream()));
+  PTFT_CHECK_LAUNCH(OP, ptft_lora_down(dt, x.data_ptr(), lora_a.data_ptr(), u[0].data_ptr(), u[1].data_ptr(), m, in,
+                                       r, drop, stream()));
+  PTFT_CHECK_LAUNCH(OP, ptft_lora_up_add(dt, u[0].data_ptr(), u[1].data_ptr(), lora_b.data_ptr(),
+                                         base.data_ptr<float>(), ptr_or_null(bias), y.data_ptr(), m, out, r,
+                                         static_cast<float>(scaling), stream()));
   return {y, u};
 }
 
@@ -570,26 +583,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_bwd(
   PTFT_CHECK_SHAPE(OP, dy, m, out);
   PTFT_CHECK_INPUT(OP, u, x);
   PTFT_CHECK_DTYPE(OP, u, x.scalar_type());
-  PTFT_CHECK_SHAPE(OP, u, m, r);
+  PTFT_CHECK_SHAPE(OP, u, 2, m, r);
   const PtftDropout drop = dropout_arg(OP, rng, dropout_p, x);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const PtftDtype dt = to_ptft(x.scalar_type());
   const auto s = static_cast<float>(scaling);
-  // Low-rank chain: du = s · dy B (m, r); dB = s · dyᵀ u; dA = duᵀ dropout(x).
+  // Low-rank chain: du = s · dy B (m, r); dB = s · dyᵀ (u_hi + u_lo); dA = duᵀ dropout(x).
   const at::Tensor du = at::mm(dy, lora_b, at::kFloat).mul_(s).to(x.scalar_type());
-  const at::Tensor dlora_b = at::mm(dy.t(), u, at::kFloat).mul_(s).to(x.scalar_type());
+  const at::Tensor dlora_b =
+      at::mm(dy.t(), u[0], at::kFloat).add_(at::mm(dy.t(), u[1], at::kFloat)).mul_(s).to(x.scalar_type());
   at::Tensor xd = x;
   if (drop.rng != nullptr) {
     xd = at::empty_like(x);
     PTFT_CHECK_LAUNCH(OP, ptft_dropout_apply(dt, x.data_ptr(), xd.data_ptr(), x.numel(), drop, stream()));
   }
   const at::Tensor dlora_a = at::mm(du.t(), xd, at::kFloat).to(x.scalar_type());
-  // dx = dy W + dropout(du A), the mask regenerated from the same {seed, offset}
-  const at::Tensor dx_base = at::mm(dy, weight);
-  const at::Tensor t = at::mm(du, lora_a);
+  // dx = dy W + dropout(du A), the mask regenerated from the same {seed, offset}; both products
+  // in fp32 so that dx is rounded once
+  const at::Tensor dx_base = at::mm(dy, weight, at::kFloat);
+  const at::Tensor t = at::mm(du, lora_a, at::kFloat);
   at::Tensor dx = at::empty_like(x);
-  PTFT_CHECK_LAUNCH(OP, ptft_lora_dx_combine(dt, dx_base.data_ptr(), t.data_ptr(), dx.data_ptr(), x.numel(), drop,
-                                             stream()));
+  PTFT_CHECK_LAUNCH(OP, ptft_lora_dx_combine(dt, dx_base.data_ptr<float>(), t.data_ptr<float>(), dx.data_ptr(),
+                                             x.numel(), drop, stream()));
   at::Tensor dweight = weight_grad ? at::mm(dy.t(), x, at::kFloat).to(x.scalar_type()) : x.new_empty({0});
   at::Tensor dbias = bias_grad ? dy.sum(0, /*keepdim=*/false, at::kFloat).to(x.scalar_type()) : x.new_empty({0});
   return {dx, dweight, dbias, dlora_a, dlora_b};

@@ -9,8 +9,9 @@
 //    kernel combines the partials into lse and the loss (label smoothing, z-loss), and one block
 //    reduces the losses (deterministic order) — the mean divides by the device-side count.
 // 3. ptft_lce_dlogits: recomputes a logits block and writes dloss/dlogits for it (unscaled by
-//    the scalar loss gradient for sum/mean); the binding multiplies these blocks into dhidden and
-//    dweight with cuBLAS and applies that scalar.
+//    the scalar loss gradient for sum/mean) as a 16-bit hi + lo pair, plus fp32 column sums per
+//    row block for dbias; the binding multiplies both halves into dhidden and dweight with cuBLAS
+//    (fp32 accumulation) and applies that scalar, so every gradient is rounded once.
 #include "gemm_nt.cuh"
 
 namespace ptft {
@@ -170,9 +171,11 @@ __global__ void __launch_bounds__(kGemmThreads)
     lce_dlogits_cuda(Operand<T> A, Operand<T> B, const T* __restrict__ bias, const int64_t* __restrict__ labels,
                      const int32_t* __restrict__ rows, const int32_t* __restrict__ count, const float* __restrict__ lse,
                      const float* __restrict__ grad, int reduction, float smoothing, float z_loss, int64_t r0,
-                     int64_t nr, int64_t v0, int64_t nv, T* __restrict__ dlogits) {
+                     int64_t nr, int64_t v0, int64_t nv, T* __restrict__ d_hi, T* __restrict__ d_lo,
+                     float* __restrict__ db_part) {
   __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
   __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
+  __shared__ float col_part[kGemmThreads / 32][kGemmBN];  // per-warp column sums of d (for db)
   const int64_t n_valid = *count;
   const int64_t m0 = r0 + static_cast<int64_t>(blockIdx.x) * kGemmBM;
   const int64_t n0 = v0 + static_cast<int64_t>(blockIdx.y) * kGemmBN;
@@ -182,6 +185,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   zero_acc(acc);
   if (m0 < n_valid) gemm_nt_tile(acc, A, m0, n_valid, B, n0, vocab, sA, sB);
   const float inv_v = 1.f / static_cast<float>(vocab);
+  float col_sum[8][2] = {};  // this thread's fp32 d summed over its 2 rows, per column
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t rc = m0 + warp * 16 + g + 8 * r;
@@ -198,7 +202,7 @@ __global__ void __launch_bounds__(kGemmThreads)
       gs = reduction == 0 ? grad[orig] : 1.f;
       coef = 1.f + 2.f * z_loss * l;
     }
-    T* drow = dlogits + (rc - r0) * nv;
+    const int64_t drow = (rc - r0) * nv;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -211,9 +215,32 @@ __global__ void __launch_bounds__(kGemmThreads)
           d = coef * __expf(z - l) - smoothing * inv_v - (col == lab ? 1.f - smoothing : 0.f);
           d *= gs;
         }
-        drow[col - v0] = from_f<T>(d);
+        // d = hi + lo to ~2x the 16-bit precision: the cuBLAS products over both halves then
+        // see d as if in fp32, and dh/dW are rounded once, at the end
+        const T hi = from_f<T>(d);
+        d_hi[drow + col - v0] = hi;
+        d_lo[drow + col - v0] = from_f<T>(d - to_f(hi));
+        col_sum[nt][e] += d;
       }
     }
+  }
+  if (db_part == nullptr) return;
+  // db partial of this row block: sum the 8 row groups of the warp, then the 4 warps (fixed order)
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = col_sum[nt][e];
+      v += __shfl_xor_sync(0xffffffffu, v, 4);
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      if (g == 0) col_part[warp][nt * 8 + 2 * t + e] = v;
+    }
+  }
+  __syncthreads();
+  const int c = threadIdx.x;
+  if (c < kGemmBN && n0 + c < v0 + nv) {
+    db_part[blockIdx.x * nv + (n0 - v0) + c] = col_part[0][c] + col_part[1][c] + col_part[2][c] + col_part[3][c];
   }
 }
 
@@ -281,13 +308,13 @@ template <typename T>
 cudaError_t dlogits(const void* hidden, const void* weight, const void* bias, const int64_t* labels,
                     const int32_t* rows, const int32_t* count, const float* lse, const float* grad, int reduction,
                     int64_t n, int64_t vocab, int64_t hdim, float smoothing, float z_loss, int64_t r0, int64_t nr,
-                    int64_t v0, int64_t nv, void* out, cudaStream_t stream) {
+                    int64_t v0, int64_t nv, void* d_hi, void* d_lo, float* db_part, cudaStream_t stream) {
   const Operand<T> A = operand<T>(hidden, n, hdim, rows);
   const Operand<T> B = operand<T>(weight, vocab, hdim, nullptr);
   const dim3 grid(static_cast<unsigned>(ceil_div(nr, kGemmBM)), static_cast<unsigned>(ceil_div(nv, kGemmBN)));
   lce_dlogits_cuda<T><<<grid, kGemmThreads, 0, stream>>>(A, B, static_cast<const T*>(bias), labels, rows, count, lse,
                                                          grad, reduction, smoothing, z_loss, r0, nr, v0, nv,
-                                                         static_cast<T*>(out));
+                                                         static_cast<T*>(d_hi), static_cast<T*>(d_lo), db_part);
   return cudaGetLastError();
 }
 
@@ -322,11 +349,11 @@ cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* we
                              const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
                              const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
                              float label_smoothing, float z_loss, int64_t r0, int64_t nr, int64_t v0, int64_t nv,
-                             void* dlogits, cudaStream_t stream) {
+                             void* dlogits_hi, void* dlogits_lo, float* db_part, cudaStream_t stream) {
   if (nr < 1 || nv < 1 || r0 + nr > n || v0 + nv > vocab) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
     return ptft::dlogits<T>(hidden, weight, bias, labels, rows, count, lse, grad, reduction, n, vocab, hidden_dim,
-                            label_smoothing, z_loss, r0, nr, v0, nv, dlogits, stream);
+                            label_smoothing, z_loss, r0, nr, v0, nv, dlogits_hi, dlogits_lo, db_part, stream);
   })
   return cudaSuccess;
 }

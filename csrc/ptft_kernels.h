@@ -90,15 +90,17 @@ cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight
                          const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n,
                          int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss, int reduction,
                          float* workspace, float* lse, float* row_loss, float* loss, cudaStream_t stream);
-// dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv) into dlogits (nr, nv) in
-// dtype; rows past count get zeros. grad: (n,) loss gradient for reduction none (applied per
-// row); for sum/mean the blocks are left unscaled and the caller multiplies the products by the
-// scalar gradient (/ count for mean), keeping the 16-bit blocks clear of underflow.
+// dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv), split into two (nr, nv)
+// blocks in dtype with dlogits_hi + dlogits_lo = the fp32 value (to ~2x dtype's precision); rows
+// past count get zeros. db_part: nullable, (ceil(nr / 64), nv) fp32 column sums of the fp32 block
+// per 64-row block. grad: (n,) loss gradient for reduction none (applied per row); for sum/mean
+// the blocks are left unscaled and the caller multiplies the products by the scalar gradient
+// (/ count for mean), keeping the 16-bit blocks clear of underflow.
 cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
                              const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
                              const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
                              float label_smoothing, float z_loss, int64_t r0, int64_t nr, int64_t v0, int64_t nv,
-                             void* dlogits, cudaStream_t stream);
+                             void* dlogits_hi, void* dlogits_lo, float* db_part, cudaStream_t stream);
 // out[rc] = hidden[rows[rc]] for rc < count, zeros after: (n, H) in dtype.
 cudaError_t ptft_lce_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows, const int32_t* count,
                                  int64_t n, int64_t hidden_dim, void* out, cudaStream_t stream);
@@ -107,16 +109,18 @@ cudaError_t ptft_lce_scatter_rows(PtftDtype dtype, const float* src, const int32
                                   int64_t n, int64_t hidden_dim, void* dst, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------- LoRA
-// u = dropout(x) Aᵀ: x (m, in), A (r, in) → u (m, r); tensor cores, dropout fused in the load.
-cudaError_t ptft_lora_down(PtftDtype dtype, const void* x, const void* lora_a, void* u, int64_t m, int64_t in,
-                           int64_t r, PtftDropout drop, cudaStream_t stream);
-// y = base + bias + scaling · u Bᵀ: u (m, r), B (out, r), base/y (m, out), bias (out,) nullable.
-cudaError_t ptft_lora_up_add(PtftDtype dtype, const void* u, const void* lora_b, const void* base,
-                             const void* bias, void* y, int64_t m, int64_t out, int64_t r, float scaling,
-                             cudaStream_t stream);
+// u = dropout(x) Aᵀ: x (m, in), A (r, in) → u (m, r) as a 16-bit pair u_hi + u_lo (each (m, r),
+// together ~2x dtype's precision); tensor cores, dropout fused in the load.
+cudaError_t ptft_lora_down(PtftDtype dtype, const void* x, const void* lora_a, void* u_hi, void* u_lo, int64_t m,
+                           int64_t in, int64_t r, PtftDropout drop, cudaStream_t stream);
+// y = base + bias + scaling · (u_hi + u_lo) Bᵀ, rounded once: u_hi/u_lo (m, r), B (out, r),
+// base (m, out) fp32, y (m, out), bias (out,) nullable.
+cudaError_t ptft_lora_up_add(PtftDtype dtype, const void* u_hi, const void* u_lo, const void* lora_b,
+                             const float* base, const void* bias, void* y, int64_t m, int64_t out, int64_t r,
+                             float scaling, cudaStream_t stream);
 // y = dropout(x), element index = flat index (matches ptft_lora_down's mask).
 cudaError_t ptft_dropout_apply(PtftDtype dtype, const void* x, void* y, int64_t n, PtftDropout drop,
                                cudaStream_t stream);
-// dx = dx_base + dropout(t) (same mask as ptft_lora_down), all (n,) in dtype.
-cudaError_t ptft_lora_dx_combine(PtftDtype dtype, const void* dx_base, const void* t, void* dx, int64_t n,
+// dx = dx_base + dropout(t) (same mask as ptft_lora_down): dx_base, t (n,) fp32, dx (n,) in dtype.
+cudaError_t ptft_lora_dx_combine(PtftDtype dtype, const float* dx_base, const float* t, void* dx, int64_t n,
                                  PtftDropout drop, cudaStream_t stream);

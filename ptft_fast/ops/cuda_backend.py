@@ -319,7 +319,8 @@ def _register_library() -> None:
     # LoRA
     @torch.library.register_fake("ptft_fast::lora_fwd")
     def _(x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p):
-        return x.new_empty((x.shape[0], weight.shape[0])), x.new_empty((x.shape[0], lora_a.shape[0]))
+        # u: (2, M, r), the low-rank activation as a 16-bit hi + lo pair
+        return x.new_empty((x.shape[0], weight.shape[0])), x.new_empty((2, x.shape[0], lora_a.shape[0]))
 
     @torch.library.register_fake("ptft_fast::lora_bwd")
     def _(dy, x, weight, lora_a, lora_b, u, rng, scaling, dropout_p, weight_grad, bias_grad):

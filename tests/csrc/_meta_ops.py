@@ -1,12 +1,16 @@
-"""Test helper: stand-in for ``ptft_fast._C`` on machines without it.
+"""Test helper: the ``torch.ops.ptft_fast`` library for the meta-tensor wiring test, with or
+without ``ptft_fast._C``.
 
-Declares the ``torch.ops.ptft_fast`` schemas exactly as ``csrc/binding.cpp`` does (parsed from
-its ``m.def("...")`` strings, so they cannot drift) without any kernel, then runs
-``cuda_backend._register_library()``. Ops then run on ``meta`` tensors through the fake
-implementations, and autograd through the registered backward formulas — which checks the
-Python wiring (arity, saved tensors, output shapes and dtypes) without a GPU.
+Without ``_C`` (CPU machines) it declares the schemas exactly as ``csrc/binding.cpp`` does
+(parsed from its ``m.def("...")`` strings, so they cannot drift) without any kernel, then runs
+``cuda_backend._register_library()``. With ``_C`` loaded, ``TORCH_LIBRARY(ptft_fast, m)`` owns the
+namespace (a second definition is an error) and ``cuda_backend`` has already registered the
+Python side at import: the helper then checks that the loaded schemas are the parsed ones. Either
+way ops run on ``meta`` tensors through the fake implementations, and autograd through the
+registered backward formulas — which checks the Python wiring (arity, saved tensors, output
+shapes and dtypes) without a GPU.
 
-Import it only in a fresh process: it defines the ``ptft_fast`` op namespace.
+Import it only in a fresh process: it may define the ``ptft_fast`` op namespace.
 """
 
 from __future__ import annotations
@@ -30,11 +34,18 @@ def schemas() -> list[str]:
     return out
 
 
-def install() -> torch.library.Library:
+def install() -> torch.library.Library | None:
+    """The library to keep alive while the ops are used (None when ``ptft_fast._C`` owns it)."""
+    from ptft_fast.ops import cuda_backend
+
+    if cuda_backend._C is not None:  # the real library, wired by cuda_backend at import
+        for schema in schemas():
+            want = torch._C.parse_schema(f"ptft_fast::{schema}")
+            op = getattr(torch.ops.ptft_fast, want.name.split("::")[1]).default
+            assert str(op._schema) == str(want), f"loaded {op._schema} != binding.cpp {want}"
+        return None
     lib = torch.library.Library("ptft_fast", "DEF")  # a test-only stand-in for _C
     for schema in schemas():
         lib.define(schema)
-    from ptft_fast.ops import cuda_backend
-
     cuda_backend._register_library()
     return lib

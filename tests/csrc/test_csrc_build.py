@@ -165,7 +165,7 @@ _META_SCRIPT = textwrap.dedent(
     from ptft_fast.ops import cuda_backend as cb
 
     assert len(_meta_ops.schemas()) == 8, _meta_ops.schemas()
-    lib = _meta_ops.install()  # keep the Library alive: its ops vanish with it
+    lib = _meta_ops.install()  # keep a stand-in Library alive: its ops vanish with it
     M, bf, f16 = "meta", torch.bfloat16, torch.float16
 
     def leaf(*shape, dtype=bf):

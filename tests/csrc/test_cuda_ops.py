@@ -2,6 +2,11 @@
 DESIGN.md tolerance rule, shapes with 1, primes and 2^k - 1, dropout through recovered masks,
 torch.library.opcheck on every op, torch.compile tracing, no host sync in the cross-entropy.
 
+Every input, and every output-gradient projection, lies on the low-precision grid of the dtype
+under test (``_on_grid``), so the fp32 oracle sees exactly what the kernel and PyTorch see: the
+errors compared are those of the computation, not of rounding the inputs (which would dominate
+small outputs and make the rule a coin flip even for a correctly rounded kernel).
+
 GPU only: skipped without CUDA (conftest) or without a built ptft_fast._C.
 """
 
@@ -35,14 +40,20 @@ DEV = "cuda"
 HALF = [torch.bfloat16, torch.float16]
 
 
+def _on_grid(dtype, *tensors):
+    """fp32 tensors rounded to ``dtype``'s values (kept fp32)."""
+    return [None if t is None else t.to(dtype).float() for t in tensors]
+
+
 def _leaves(tensors, dtype):
     return [None if t is None else t.detach().to(dtype).requires_grad_() for t in tensors]
 
 
-def _grads(out, leaves, names, seed=1):
-    """Backward of a fixed random projection of ``out``; returns {name: grad}."""
+def _grads(out, leaves, names, grid, seed=1):
+    """Backward of a fixed random projection of ``out`` (values on ``grid``'s dtype); returns
+    {name: grad}."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    proj = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+    proj = torch.randn(out.shape, generator=g).to(grid).to(out.device, out.dtype)
     (out * proj).sum().backward()
     return {n: t.grad for n, t in zip(names, leaves, strict=True) if t is not None and t.grad is not None}
 
@@ -57,12 +68,12 @@ def _compare(tag, ours, ref32, low):
 # ----------------------------------------------------------------------------------- layer norm
 
 
-def _ln_run(fn, x, w, b, r, dtype, x_scale=None, **kw):
+def _ln_run(fn, x, w, b, r, dtype, grid, x_scale=None, **kw):
     lx, lw, lb, lr = _leaves((x, w, b, r), dtype)
     xin = lx if x_scale is None else lx * x_scale.to(dtype)
     y, h = fn(xin, lw, lb, residual=lr, return_residual=True, **kw)
     g = torch.Generator(device="cpu").manual_seed(1)
-    gy, gh = (torch.randn(t.shape, generator=g).to(DEV, t.dtype) for t in (y, h))
+    gy, gh = (torch.randn(t.shape, generator=g).to(grid).to(DEV, t.dtype) for t in (y, h))
     ((y * gy).sum() + (h * gh).sum()).backward()
     out = {"y": y.detach(), "h": h.detach()}
     out.update(
@@ -81,6 +92,7 @@ def _ln_check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=
     w = 1.0 + 0.5 * torch.randn(hidden, device=DEV) if affine else None
     b = 0.3 * torch.randn(hidden, device=DEV) if with_bias else None
     r = torch.randn(shape, device=DEV) if with_res else None
+    x, w, b, r = _on_grid(dtype, x, w, b, r)
     mask = None
     if dropout_p > 0.0:  # the kernel's mask for this seed: dropout of ones, read back from h
         torch.manual_seed(7)
@@ -97,14 +109,23 @@ def _ln_check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=
         torch.manual_seed(7)
     kw = dict(rms=rms, eps=1e-5)
     ours = _ln_run(
-        lambda *a, **k: layer_norm(*a, dropout_p=dropout_p, backend="cuda", **k), x, w, b, r, dtype, **kw
+        lambda *a, **k: layer_norm(*a, dropout_p=dropout_p, backend="cuda", **k),
+        x,
+        w,
+        b,
+        r,
+        dtype,
+        dtype,
+        **kw,
     )
     ref32 = _ln_run(
-        lambda *a, **k: layer_norm_ref(*a, upcast=True, **k), x, w, b, r, torch.float32, mask, **kw
+        lambda *a, **k: layer_norm_ref(*a, upcast=True, **k), x, w, b, r, torch.float32, dtype, mask, **kw
     )
     low = None
     if dtype != torch.float32:
-        low = _ln_run(lambda *a, **k: layer_norm_ref(*a, upcast=False, **k), x, w, b, r, dtype, mask, **kw)
+        low = _ln_run(
+            lambda *a, **k: layer_norm_ref(*a, upcast=False, **k), x, w, b, r, dtype, dtype, mask, **kw
+        )
     _compare(f"layer_norm {shape} {dtype} rms={rms} p={dropout_p}", ours, ref32, low)
 
 
@@ -138,11 +159,11 @@ def test_layer_norm_fp32_weight_with_bf16_x():
 # ------------------------------------------------------------------------------------ attention
 
 
-def _attn_run(fn, q, k, v, bias, dtype, **kw):
+def _attn_run(fn, q, k, v, bias, dtype, grid, **kw):
     leaves = _leaves((q, k, v, bias), dtype)
     out = fn(*leaves[:3], attn_bias=leaves[3], **kw)
     res = {"out": out.detach()}
-    res.update(_grads(out, leaves, ("dq", "dk", "dv", "dbias")))
+    res.update(_grads(out, leaves, ("dq", "dk", "dv", "dbias"), grid))
     return res
 
 
@@ -154,11 +175,12 @@ def _attn_check(b, tq, tk, hq, hkv, d, dtype, *, bias_shape=None, padding=False,
     if padding:
         lengths = torch.randint(1, tk + 1, (b,), device=DEV)
         kw["key_padding_mask"] = torch.arange(tk, device=DEV)[None, :] < lengths[:, None]
-    ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), q, k, v, bias, dtype, **kw)
+    q, k, v, bias = _on_grid(dtype, q, k, v, bias)
+    ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), q, k, v, bias, dtype, dtype, **kw)
     ref32 = _attn_run(
-        lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, **kw
+        lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, dtype, **kw
     )
-    low = _attn_run(lambda *a, **k_: attention_ref(*a, upcast=False, **k_), q, k, v, bias, dtype, **kw)
+    low = _attn_run(lambda *a, **k_: attention_ref(*a, upcast=False, **k_), q, k, v, bias, dtype, dtype, **kw)
     _compare(f"attention {(b, tq, tk, hq, hkv, d)} {dtype} {kw.keys()}", ours, ref32, low)
 
 
@@ -202,11 +224,16 @@ def test_attention_varlen(causal, d):
     bias = torch.randn(1, 4, max(lq), max(lk), device=DEV)
     kw = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(lq), max_seqlen_k=max(lk))
     for dtype in HALF:
-        ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), q, k, v, bias, dtype, **kw)
-        ref32 = _attn_run(
-            lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, **kw
+        qg, kg, vg, bg = _on_grid(dtype, q, k, v, bias)
+        ours = _attn_run(
+            lambda *a, **k_: attention(*a, backend="cuda", **k_), qg, kg, vg, bg, dtype, dtype, **kw
         )
-        low = _attn_run(lambda *a, **k_: attention_ref(*a, upcast=False, **k_), q, k, v, bias, dtype, **kw)
+        ref32 = _attn_run(
+            lambda *a, **k_: attention_ref(*a, upcast=True, **k_), qg, kg, vg, bg, torch.float32, dtype, **kw
+        )
+        low = _attn_run(
+            lambda *a, **k_: attention_ref(*a, upcast=False, **k_), qg, kg, vg, bg, dtype, dtype, **kw
+        )
         _compare(f"attention varlen d={d} causal={causal} {dtype}", ours, ref32, low)
 
 
@@ -245,30 +272,27 @@ def test_attention_dropout(causal):
         s_ = torch.einsum("bqhd,bkhd->bhqk", q_, k_) * scale
         if causal:
             s_ = s_.masked_fill(torch.ones(t, t, device=DEV, dtype=torch.bool).triu(1), float("-inf"))
-        return torch.einsum("bhqk,bkhd->bqhd", s_.softmax(-1) * mask / (1 - p), v_)
+        # the mask in the run's dtype: a float32 mask would promote the bf16 run's probabilities
+        return torch.einsum("bhqk,bkhd->bqhd", s_.softmax(-1) * mask.to(s_.dtype) / (1 - p), v_)
 
     torch.manual_seed(11)
+    bf = torch.bfloat16
     ours = _attn_run(
-        lambda *a, **k_: attention(*a, causal=causal, dropout_p=p, backend="cuda"),
-        q,
-        k,
-        v,
-        None,
-        torch.bfloat16,
+        lambda *a, **k_: attention(*a, causal=causal, dropout_p=p, backend="cuda"), q, k, v, None, bf, bf
     )
-    ref32 = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, torch.float32)
-    low = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, torch.bfloat16)
+    ref32 = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, torch.float32, bf)
+    low = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, bf, bf)
     _compare("attention dropout", ours, ref32, low)
 
 
 # ------------------------------------------------------------------------- linear cross-entropy
 
 
-def _lce_run(fn, h, w, bias, labels, dtype, **kw):
+def _lce_run(fn, h, w, bias, labels, dtype, grid, **kw):
     leaves = _leaves((h, w, bias), dtype)
     loss = fn(leaves[0], leaves[1], labels, leaves[2], **kw)
     res = {"loss": loss.detach()}
-    res.update(_grads(loss, leaves, ("dh", "dw", "db")))
+    res.update(_grads(loss, leaves, ("dh", "dw", "db"), grid))
     return res
 
 
@@ -278,8 +302,9 @@ def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
     bias = torch.randn(vocab, device=DEV) if with_bias else None
     labels = torch.randint(0, vocab, (n,), device=DEV)
     labels[torch.rand(n, device=DEV) < ignore_frac] = -100
+    h, w, bias = _on_grid(dtype, h, w, bias)
     ours = _lce_run(
-        lambda *a, **k: linear_cross_entropy(*a, backend="cuda", **k), h, w, bias, labels, dtype, **kw
+        lambda *a, **k: linear_cross_entropy(*a, backend="cuda", **k), h, w, bias, labels, dtype, dtype, **kw
     )
     ref32 = _lce_run(
         lambda *a, **k: linear_cross_entropy_ref(*a, upcast=True, **k),
@@ -288,10 +313,18 @@ def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
         bias,
         labels,
         torch.float32,
+        dtype,
         **kw,
     )
     low = _lce_run(
-        lambda *a, **k: linear_cross_entropy_ref(*a, upcast=False, **k), h, w, bias, labels, dtype, **kw
+        lambda *a, **k: linear_cross_entropy_ref(*a, upcast=False, **k),
+        h,
+        w,
+        bias,
+        labels,
+        dtype,
+        dtype,
+        **kw,
     )
     _compare(f"lce {(n, hdim, vocab)} {dtype} {kw}", ours, ref32, low)
 
@@ -333,7 +366,7 @@ def test_linear_cross_entropy_all_ignored_and_no_host_sync():
 # ----------------------------------------------------------------------------------------- LoRA
 
 
-def _lora_run(fn, x, w, b, a, bb, dtype, scaling, x_scale=None, train_base=False):
+def _lora_run(fn, x, w, b, a, bb, dtype, grid, scaling, x_scale=None, train_base=False):
     lx, la, lb = _leaves((x, a, bb), dtype)
     lw = w.detach().to(dtype).requires_grad_(train_base)
     lbias = None if b is None else b.detach().to(dtype).requires_grad_(train_base)
@@ -344,7 +377,7 @@ def _lora_run(fn, x, w, b, a, bb, dtype, scaling, x_scale=None, train_base=False
         names += ["dw", "dbias"]
         leaves += [lw, lbias]
     res = {"y": y.detach()}
-    res.update(_grads(y, leaves, names))
+    res.update(_grads(y, leaves, names, grid))
     return res
 
 
@@ -354,6 +387,7 @@ def _lora_check(m, fin, fout, r, dtype, *, with_bias=True, train_base=False, dro
     b = torch.randn(fout, device=DEV) if with_bias else None
     a = torch.randn(r, fin, device=DEV) / fin**0.5
     bb = torch.randn(fout, r, device=DEV) / r**0.5
+    x, w, b, a, bb = _on_grid(dtype, x, w, b, a, bb)
     scaling = 2.0
     mask = None
     if dropout_p > 0.0:  # A = I, B = I, W = 0: y = dropout(ones) reveals the mask of this seed
@@ -381,9 +415,9 @@ def _lora_check(m, fin, fout, r, dtype, *, with_bias=True, train_base=False, dro
 
         return f
 
-    ours = _lora_run(ours_fn, x, w, b, a, bb, dtype, scaling, train_base=train_base)
-    ref32 = _lora_run(ref_fn(True), x, w, b, a, bb, torch.float32, scaling, train_base=train_base)
-    low = _lora_run(ref_fn(False), x, w, b, a, bb, dtype, scaling, train_base=train_base)
+    ours = _lora_run(ours_fn, x, w, b, a, bb, dtype, dtype, scaling, train_base=train_base)
+    ref32 = _lora_run(ref_fn(True), x, w, b, a, bb, torch.float32, dtype, scaling, train_base=train_base)
+    low = _lora_run(ref_fn(False), x, w, b, a, bb, dtype, dtype, scaling, train_base=train_base)
     _compare(f"lora {(m, fin, fout, r)} {dtype} p={dropout_p}", ours, ref32, low)
 
 
