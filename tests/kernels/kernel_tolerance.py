@@ -5,6 +5,22 @@ from __future__ import annotations
 import torch
 
 
+def on_grid(dtype: torch.dtype, tensors):
+    """fp32 test inputs rounded to ``dtype``'s values (kept in their own dtype): a dict or list of
+    tensors (None and non-floating entries pass through). The fp32 oracle then sees exactly the
+    inputs that the kernel and PyTorch's low-precision run see, so the rule compares the errors of
+    the computation, not of rounding the inputs (which would dominate and make it a coin flip)."""
+
+    def one(t):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return t
+        return t.to(dtype).to(t.dtype)
+
+    if isinstance(tensors, dict):
+        return {n: one(t) for n, t in tensors.items()}
+    return [one(t) for t in tensors]
+
+
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_tolerance import assert_rule
+from kernel_tolerance import assert_rule, on_grid
 
 from ptft_fast.kernels._common import draw_seed
 from ptft_fast.kernels.attention import attention_dropout_keep
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.triton
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _grads(fn, leaves: dict, cast, **kw):
+def _grads(fn, leaves: dict, cast, grid=None, **kw):
     """fn(**leaves cast to ``cast``, **kw); returns output and the grads of every leaf for a fixed
     random output gradient."""
     lv = {n: t.detach().to(cast).requires_grad_() for n, t in leaves.items()}
@@ -30,8 +30,8 @@ def _grads(fn, leaves: dict, cast, **kw):
     if rel is not None:
         args["attn_bias"] = RelativePositionBias(args.pop("table"), **rel)
     out = fn(**args, **kw)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, cast)
-    grads = torch.autograd.grad(out, list(lv.values()), g)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(grid or cast)
+    grads = torch.autograd.grad(out, list(lv.values()), g.to(out.device, cast))
     return {"out": out.detach(), **{f"d{n}": t for n, t in zip(lv, grads, strict=True)}}
 
 
@@ -44,11 +44,12 @@ def check(leaves: dict, dtype=torch.float32, **kw):
     def ref(upcast):
         return lambda **a: attention_ref(**a, upcast=upcast)
 
-    out = _grads(kernel, leaves, dtype, **kw)
-    ref32 = _grads(ref(True), leaves, torch.float32, **kw)
+    leaves = on_grid(dtype, leaves)
+    out = _grads(kernel, leaves, dtype, dtype, **kw)
+    ref32 = _grads(ref(True), leaves, torch.float32, dtype, **kw)
     low = None
     if dtype != torch.float32:
-        low = _grads(ref(False), leaves, dtype, **kw)
+        low = _grads(ref(False), leaves, dtype, dtype, **kw)
     for name in out:
         lo = None if low is None else low[name].float()
         assert_rule(f"{name} {kw.get('causal')}", out[name].float(), ref32[name], lo, atol=2e-5)

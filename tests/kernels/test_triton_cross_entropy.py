@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_tolerance import assert_rule
+from kernel_tolerance import assert_rule, on_grid
 
 from ptft_fast.ops import linear_cross_entropy
 from ptft_fast.ops.reference import linear_cross_entropy_ref
@@ -24,12 +24,13 @@ def _make(n_shape, hidden, vocab, labeled, with_bias, device=DEV):
     return h, w, b, labels
 
 
-def _run(fn, h, w, b, labels, cast, reduction, **kw):
+def _run(fn, h, w, b, labels, cast, reduction, grid=None, **kw):
     leaves = [t.detach().to(cast).requires_grad_() for t in (h, w, b) if t is not None]
     lh, lw, *lb = leaves
     out = fn(lh, lw, labels, lb[0] if lb else None, reduction=reduction, **kw)
     # reduction none: weight each row differently so wrong per-row grads show
-    g = torch.rand(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, cast) + 0.5
+    g = (torch.rand(out.shape, generator=torch.Generator().manual_seed(1)) + 0.5).to(grid or cast)
+    g = g.to(out.device, cast)
     grads = torch.autograd.grad(out, leaves, g)
     names = ("dh", "dw", "db")
     return {"loss": out.detach(), **dict(zip(names, grads, strict=False))}
@@ -39,11 +40,12 @@ def check(
     n_shape, hidden, vocab, *, labeled=0.4, with_bias=True, dtype=torch.float32, reduction="mean", **kw
 ):
     h, w, b, labels = _make(n_shape, hidden, vocab, labeled, with_bias)
+    h, w, b = on_grid(dtype, (h, w, b))
 
     def kernel(*a, **k):
         return linear_cross_entropy(*a, backend="triton", **k)
 
-    out = _run(kernel, h, w, b, labels, dtype, reduction, **kw)
+    out = _run(kernel, h, w, b, labels, dtype, reduction, dtype, **kw)
     ref32 = _run(
         lambda *a, **k: linear_cross_entropy_ref(*a, upcast=True, **k),
         h,
@@ -52,6 +54,7 @@ def check(
         labels,
         torch.float32,
         reduction,
+        dtype,
         **kw,
     )
     low = None
@@ -64,6 +67,7 @@ def check(
             labels,
             dtype,
             reduction,
+            dtype,
             **kw,
         )
     for name in out:

@@ -23,7 +23,7 @@ def _make(shape, dtype, affine, with_bias, with_res, device=DEV):
     return x, w, b, r
 
 
-def _run(fn, x, w, b, r, x_scale, cast, **kw):
+def _run(fn, x, w, b, r, x_scale, cast, grid=None, **kw):
     """fn on leaf copies cast to ``cast``; x is multiplied by ``x_scale`` (a fixed dropout mask)
     first. Returns outputs and grads of a fixed random projection of (y, h)."""
     leaves = [t.detach().to(cast).requires_grad_() if t is not None else None for t in (x, w, b, r)]
@@ -31,8 +31,8 @@ def _run(fn, x, w, b, r, x_scale, cast, **kw):
     xin = lx if x_scale is None else lx * x_scale.to(cast)
     y, h = fn(xin, lw, lb, residual=lr, return_residual=True, **kw)
     g = torch.Generator(device="cpu").manual_seed(1)
-    gy = torch.randn(y.shape, generator=g).to(y.device, cast)
-    gh = torch.randn(h.shape, generator=g).to(h.device, cast)
+    gy = torch.randn(y.shape, generator=g).to(grid or cast).to(y.device, cast)
+    gh = torch.randn(h.shape, generator=g).to(grid or cast).to(h.device, cast)
     ((y * gy).sum() + (h * gh).sum()).backward()
     grads = {n: t.grad for n, t in zip(("dx", "dw", "db", "dres"), leaves, strict=True) if t is not None}
     return {"y": y.detach(), "h": h.detach(), **grads}
@@ -57,13 +57,23 @@ def check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=True
         return layer_norm(xin, lw, lb, dropout_p=dropout_p, backend="triton", **k)
 
     # The kernel applies dropout itself: feed it x, and the references x * mask / (1 - p).
-    out = _run(kernel, x, w, b, r, None, dtype, **kw)
+    out = _run(kernel, x, w, b, r, None, dtype, dtype, **kw)
     ref32 = _run(
-        lambda *a, **k: layer_norm_ref(*a, upcast=True, **k), x, w, b, r, mask_scale, torch.float32, **kw
+        lambda *a, **k: layer_norm_ref(*a, upcast=True, **k),
+        x,
+        w,
+        b,
+        r,
+        mask_scale,
+        torch.float32,
+        dtype,
+        **kw,
     )
     low = None
     if dtype != torch.float32:
-        low = _run(lambda *a, **k: layer_norm_ref(*a, upcast=False, **k), x, w, b, r, mask_scale, dtype, **kw)
+        low = _run(
+            lambda *a, **k: layer_norm_ref(*a, upcast=False, **k), x, w, b, r, mask_scale, dtype, dtype, **kw
+        )
     for name in out:
         assert_rule(
             f"{name} {shape} {dtype}",

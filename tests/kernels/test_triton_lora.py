@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_tolerance import assert_rule
+from kernel_tolerance import assert_rule, on_grid
 
 from ptft_fast.ops import lora_linear
 from ptft_fast.ops.reference import lora_linear_ref
@@ -24,7 +24,7 @@ def _make(lead, n_in, n_out, rank, with_bias, device=DEV):
     }
 
 
-def _run(fn, t, cast, scaling, train_base, x_scale=None):
+def _run(fn, t, cast, scaling, train_base, x_scale=None, grid=None):
     trainable = {"x", "lora_a", "lora_b"} | ({"weight", "bias"} if train_base else set())
     leaves = {
         n: (v.detach().to(cast).requires_grad_(n in trainable) if v is not None else None)
@@ -32,7 +32,8 @@ def _run(fn, t, cast, scaling, train_base, x_scale=None):
     }
     args = dict(leaves)
     out = fn(**args, scaling=scaling, x_scale=x_scale)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, cast)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(grid or cast)
+    g = g.to(out.device, cast)
     names = [n for n in leaves if n in trainable and leaves[n] is not None]
     grads = torch.autograd.grad(out, [leaves[n] for n in names], g)
     return {"y": out.detach(), **{f"d{n}": gr for n, gr in zip(names, grads, strict=True)}}
@@ -59,7 +60,7 @@ def _ref(upcast):
 def check(
     lead, n_in, n_out, rank, *, dtype=torch.float32, with_bias=True, scaling=2.0, train_base=False, p=0.0
 ):
-    t = _make(lead, n_in, n_out, rank, with_bias)
+    t = on_grid(dtype, _make(lead, n_in, n_out, rank, with_bias))
     x_scale = None
     if p > 0.0:
         # the kernel's mask for the seed drawn after manual_seed(11), read through A = I, B = I
@@ -69,9 +70,13 @@ def check(
                               dropout_p=p, backend="triton")  # fmt: skip
         assert abs((x_scale > 0).float().mean().item() - (1 - p)) < 0.2
         torch.manual_seed(11)
-    out = _run(_kernel(p), t, dtype, scaling, train_base)
-    ref32 = _run(_ref(True), t, torch.float32, scaling, train_base, x_scale)
-    low = None if dtype == torch.float32 else _run(_ref(False), t, dtype, scaling, train_base, x_scale)
+    out = _run(_kernel(p), t, dtype, scaling, train_base, grid=dtype)
+    ref32 = _run(_ref(True), t, torch.float32, scaling, train_base, x_scale, grid=dtype)
+    low = (
+        None
+        if dtype == torch.float32
+        else _run(_ref(False), t, dtype, scaling, train_base, x_scale, grid=dtype)
+    )
     for name in out:
         lo = None if low is None else low[name].float()
         assert_rule(f"{name} {lead}", out[name].float(), ref32[name], lo)
