@@ -110,10 +110,12 @@ class ModelConfig:
             raise ConfigError(
                 "ModelConfig.relative_attention_num_buckets and _max_distance must be >= 2 for T5"
             )
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(
-                f"ModelConfig.pad_token_id must be in [0, vocab_size={self.vocab_size}) or None, got {self.pad_token_id}"
-            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ConfigError(
+                    f"ModelConfig.{name} must be in [0, vocab_size={self.vocab_size}) or None, got {value}"
+                )
         if self.arch == "roberta" and self.pad_token_id is None:
             raise ConfigError("ModelConfig.pad_token_id is required for roberta (positions skip padding)")
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
@@ -238,6 +240,8 @@ PRESETS: dict[str, dict] = {
         _GPT2,
         **_TINY,
         vocab_size=1024,
+        bos_token_id=1023,  # GPT-2's <|endoftext|> is the last id; 50256 would be outside this vocab
+        eos_token_id=1023,
         num_layers=2,
         hidden_size=64,
         num_heads=2,

@@ -58,6 +58,12 @@ def test_named_presets_shapes():
         (dict(dropout=1.5), r"dropout must be in \[0, 1\), got 1.5"),
         (dict(num_layers=0), r"num_layers must be a positive int, got 0"),
         (dict(pad_token_id=50000, vocab_size=100), r"pad_token_id must be in \[0, vocab_size=100\)"),
+        (dict(eos_token_id=100, vocab_size=100), r"eos_token_id must be in \[0, vocab_size=100\)"),
+        (dict(bos_token_id=-1), r"bos_token_id must be in \[0, vocab_size="),
+        (
+            dict(arch="bart", decoder_start_token_id=300, vocab_size=300),
+            r"decoder_start_token_id must be in \[0, vocab_size=300\)",
+        ),
         (dict(arch="gpt2", varlen=True), r"varlen is an encoder-only"),
         (
             dict(arch="t5", decoder_start_token_id=None, max_position_embeddings=0),
