@@ -53,15 +53,17 @@ def shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...], rule: 
 
 def autocast_inputs(device: torch.device, *tensors):
     """``tensors`` cast as ``torch.autocast`` casts a matmul's inputs: when autocast is on for
-    ``device``'s type, every floating tensor (not None) goes to the autocast dtype (bf16/fp16);
-    otherwise they come back unchanged. The casts are differentiable, so fp32 parameters receive
+    ``device``'s type, every floating tensor but float64 (autocast's own rule; None passes) goes to
+    the autocast dtype (bf16/fp16); otherwise they come back unchanged. The casts are differentiable, so fp32 parameters receive
     fp32 gradients. Our ops are plain Python functions over custom kernels, which autocast does not
     see: the matmul-like ops (attention, lora_linear, linear_cross_entropy) call this first."""
     if not torch.is_autocast_enabled(device.type):
         return tensors
     dtype = torch.get_autocast_dtype(device.type)
     return tuple(
-        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype else t
+        t.to(dtype)
+        if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        else t
         for t in tensors
     )
 

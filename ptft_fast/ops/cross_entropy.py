@@ -56,7 +56,8 @@ def linear_cross_entropy(
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
 
     Returns:
-        Scalar loss, or labels-shaped losses for reduction="none", in hidden's dtype.
+        Scalar loss, or labels-shaped losses for reduction="none", in hidden's dtype (float32
+        under ``torch.autocast``, whose matmul dtype the logits then use).
     """
     checks.tensor(OP, "hidden", hidden)
     checks.tensor(OP, "weight", weight, ndim=2)
@@ -75,6 +76,10 @@ def linear_cross_entropy(
         checks.tensor(OP, "bias", bias, ndim=1)
         checks.shape(OP, "bias", bias, (weight.shape[0],), "weight.shape[0] (V)")
     checks.same_device(OP, "hidden", hidden, weight=weight, labels=labels, bias=bias)
+    # under autocast the matmul runs in the autocast dtype and the loss comes back in fp32, as
+    # F.cross_entropy's does (autocast runs losses in fp32)
+    autocast = torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != torch.float64
+    loss_dtype = torch.float32 if autocast else None
     hidden, weight, bias = checks.autocast_inputs(hidden.device, hidden, weight, bias)
     checks.same_dtype(OP, "hidden", hidden, weight=weight)
     checks.probability(OP, "label_smoothing", label_smoothing)
@@ -93,4 +98,5 @@ def linear_cross_entropy(
         label_smoothing=float(label_smoothing),
         z_loss=float(z_loss),
         reduction=reduction,
+        loss_dtype=loss_dtype,
     )

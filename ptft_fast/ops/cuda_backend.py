@@ -409,8 +409,9 @@ def attention_cuda(
 
 
 def linear_cross_entropy_cuda(
-    hidden, weight, labels, bias=None, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, reduction="mean"
-):
+    hidden, weight, labels, bias=None, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, reduction="mean",
+    loss_dtype=None,
+):  # fmt: skip
     a = adapt_linear_cross_entropy(hidden, weight, labels, bias, reduction)
     loss, _, _, _ = torch.ops.ptft_fast.lce_fwd(
         a.hidden,
@@ -424,7 +425,7 @@ def linear_cross_entropy_cuda(
     )
     if reduction == "none":
         loss = loss.view(labels.shape)
-    return loss.to(hidden.dtype)
+    return loss.to(loss_dtype or hidden.dtype)
 
 
 def lora_linear_cuda(x, weight, bias, lora_a, lora_b, scaling, *, dropout_p=0.0):

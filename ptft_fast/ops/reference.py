@@ -296,9 +296,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if reduction == "none":
             full = row_loss.new_zeros(hidden.shape[0])
             out = full.index_copy(0, rows, row_loss) if rows is not None else row_loss
-            return out.to(hidden.dtype)
+            return out  # accumulation dtype; the caller casts (see loss_dtype)
         total = row_loss.sum()
-        return (total / count if reduction == "mean" else total).to(hidden.dtype)
+        return total / count if reduction == "mean" else total
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -340,13 +340,15 @@ def linear_cross_entropy_ref(
     z_loss: float = 0.0,
     reduction: str = "mean",
     upcast: bool = True,
+    loss_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """cross_entropy(hidden @ weight.T + bias, labels) without materializing the (N, V) logits.
 
     hidden: (..., H), weight: (V, H), bias: (V,) | None, labels: (...) int64 in [0, V) or
     ``ignore_index``. Rows labeled ``ignore_index`` never reach the matmul. ``label_smoothing``
     follows ``F.cross_entropy``; ``z_loss`` adds z_loss · logsumexp² per row. Returns a scalar, or
-    labels-shaped per-row losses (0 at ignored rows) for reduction="none".
+    labels-shaped per-row losses (0 at ignored rows) for reduction="none", in ``loss_dtype``
+    (default: hidden's dtype).
     """
     out_shape = labels.shape
     cdt = _compute_dtype(hidden, upcast)
@@ -354,7 +356,7 @@ def linear_cross_entropy_ref(
     out = _LinearCrossEntropy.apply(
         h2, w, b, labels.reshape(-1), ignore_index, label_smoothing, z_loss, reduction
     )
-    out = out.to(hidden.dtype)
+    out = out.to(loss_dtype or hidden.dtype)
     return out.reshape(out_shape) if reduction == "none" else out
 
 

@@ -323,8 +323,9 @@ torch.library.register_autograd(f"{_NS}::linear_cross_entropy_fwd", _lce_backwar
 
 @register("linear_cross_entropy", "triton")
 def linear_cross_entropy_triton(
-    hidden, weight, labels, bias=None, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, reduction="mean"
-):
+    hidden, weight, labels, bias=None, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, reduction="mean",
+    loss_dtype=None,
+):  # fmt: skip
     """See :func:`ptft_fast.ops.linear_cross_entropy`."""
     h2 = hidden.reshape(-1, hidden.shape[-1])
     loss, _, _, count = _lce_fwd(
@@ -332,9 +333,9 @@ def linear_cross_entropy_triton(
     )
     # the reduction is plain torch: autograd hands each row its share of the gradient
     if reduction == "none":
-        return loss.view(labels.shape).to(hidden.dtype)
+        return loss.view(labels.shape).to(loss_dtype or hidden.dtype)
     total = loss.sum()
-    return (total / count[0] if reduction == "mean" else total).to(hidden.dtype)
+    return (total / count[0] if reduction == "mean" else total).to(loss_dtype or hidden.dtype)
 
 
 # ----------------------------------------------------------------------------------------- LoRA

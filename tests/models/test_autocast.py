@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ptft_fast.models import from_name
-from ptft_fast.ops import use_backend
+from ptft_fast.ops import linear_cross_entropy, use_backend
 from ptft_fast.peft import LoraConfig, get_peft_model
 
 PRESETS = ["bert-tiny-cpu", "roberta-tiny", "gpt-tiny", "t5-tiny", "t5-v1_1-tiny", "bart-tiny"]
@@ -45,6 +45,8 @@ def _loss_and_grads(model, batch, autocast: bool, dtype=torch.bfloat16):
 
 def _check(model, batch, dtype=torch.bfloat16):
     ref_loss, ref_grads = _loss_and_grads(model, batch, autocast=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        assert model(**batch).loss.dtype == torch.float32, "the loss under autocast must be fp32"
     loss, grads = _loss_and_grads(model, batch, autocast=True, dtype=dtype)
     assert all(p.dtype == torch.float32 for p in model.parameters()), "autocast changed a parameter dtype"
     # bf16 has an 8-bit mantissa: the loss of a tiny random model agrees to ~1e-2 relative
@@ -87,3 +89,25 @@ def test_autocast_fp16_triton(preset):
     model = from_name(preset, dropout=0.0, attention_dropout=0.0, num_layers=1)
     with use_backend("triton"):
         _check(model, _batch(model, t=8), dtype=torch.float16)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_under_autocast_matches_pytorch_autocast(reduction):
+    """The matmul runs in bf16 and the loss comes back in fp32: with the torch backend exactly what
+    PyTorch under autocast computes (bf16 logits, cross-entropy in fp32)."""
+    gen = torch.Generator().manual_seed(0)
+    h, w = torch.randn(9, 32, generator=gen), torch.randn(50, 32, generator=gen) / 32**0.5
+    labels = torch.randint(0, 50, (9,), generator=gen)
+    labels[3] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h, w, labels, reduction=reduction, backend="torch")
+        want = torch.nn.functional.cross_entropy(h @ w.T, labels, reduction=reduction)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    h64, w64 = h.double(), w.double()  # float64 is outside autocast: untouched, exact
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got64 = linear_cross_entropy(h64, w64, labels, reduction=reduction, backend="torch")
+    assert got64.dtype == torch.float64
+    torch.testing.assert_close(
+        got64, linear_cross_entropy(h64, w64, labels, reduction=reduction, backend="torch")
+    )
