@@ -49,6 +49,8 @@ def _decreased(losses, by=0.5):
 
 
 def _tiny(name, tok, **kw):
+    if name.startswith("gpt"):  # the preset's ids belong to its own vocabulary: take the tokenizer's
+        kw = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, **kw)
     return models.from_name(name, vocab_size=tok.vocab_size, **kw)
 
 
