@@ -53,10 +53,11 @@ def shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...], rule: 
 
 def autocast_inputs(device: torch.device, *tensors):
     """``tensors`` cast as ``torch.autocast`` casts a matmul's inputs: when autocast is on for
-    ``device``'s type, every floating tensor but float64 (autocast's own rule; None passes) goes to
-    the autocast dtype (bf16/fp16); otherwise they come back unchanged. The casts are differentiable, so fp32 parameters receive
-    fp32 gradients. Our ops are plain Python functions over custom kernels, which autocast does not
-    see: the matmul-like ops (attention, lora_linear, linear_cross_entropy) call this first."""
+    ``device``'s type, every fp32/fp16/bf16 tensor goes to the autocast dtype (float64 and None
+    pass, autocast's own rule); otherwise they come back unchanged. The casts are differentiable,
+    so fp32 parameters receive fp32 gradients. Our ops are plain Python functions over custom
+    kernels, which autocast does not see: the matmul-like ops (attention, lora_linear,
+    linear_cross_entropy) call this first."""
     if not torch.is_autocast_enabled(device.type):
         return tensors
     dtype = torch.get_autocast_dtype(device.type)
