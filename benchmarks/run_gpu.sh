@@ -10,6 +10,8 @@
 # Every step has a time cap and the whole run a deadline; a failed step does not stop the next. Logs,
 # CSVs, PNGs and junit XML go to $WORK and are packed into $OUT/results.tgz after each step, so a run
 # cut off at its limit still returns what it did; $OUT/summary.txt has one line per step.
+# Test failures print their tracebacks as they happen (PTFT_LIVE_FAILURES=1, tests/conftest.py), so
+# a test step cut at its cap still says why; complete test steps list their 25 slowest tests.
 # Optional wheels (transformers/peft/liger-kernel/datasketch matching the CPU venv) are installed from
 # .whl/ when present. PTFT_COMMIT names the commit the working tree came from (no .git travels).
 # E2E_RUNS="bert_mlm@128=ptft:triton,ptft:cuda;gpt2_clm=hf-compile" replaces the two e2e steps by
@@ -23,7 +25,7 @@ OUT="${OUT:-/tmp/ptft_gpu_out}"
 WORK="${WORK:-/tmp/ptft_gpu}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 PTFT_COMMIT="${PTFT_COMMIT:-unknown}"
+export PYTHONUNBUFFERED=1 PTFT_LIVE_FAILURES=1 PTFT_COMMIT="${PTFT_COMMIT:-unknown}"
 STEPS="${STEPS:-test_triton csrc test_csrc e2e_bert128 e2e_rest bench_ops}"
 T0=$SECONDS
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -112,7 +114,7 @@ want csrc && (
 ) &
 BUILD_PID=$!
 step test_triton "${PTFT_TRITON_CAP:-150}" $PY -m pytest -p no:cacheprovider -m "not slow" "${XDIST[@]}" ${TRITON_TESTS:-tests/kernels} \
-  --junitxml="$WORK/test_triton.xml" -rfE -v --tb=short
+  --junitxml="$WORK/test_triton.xml" -rfE -v --tb=short --durations=25
 if want csrc; then
   wait "$BUILD_PID"
   log "csrc build $(cat "$WORK/csrc_build.done" 2>/dev/null)"
@@ -121,7 +123,7 @@ fi
 
 # ---- 3. CUDA C++ kernel tests
 step test_csrc 90 $PY -m pytest -p no:cacheprovider "${XDIST[@]}" tests/csrc --junitxml="$WORK/test_csrc.xml" \
-  -rfE -v --tb=short
+  -rfE -v --tb=short --durations=25
 
 # ---- 4. end-to-end training step
 E2E=(-m ptft_fast.benchmarks.bench_train_e2e --csv "$WORK/train_e2e_cuda.csv")
