@@ -48,7 +48,7 @@ from ptft_fast.benchmarks.harness import (
     RESULTS_DIR,
     Case,
     Unavailable,
-    failed,
+    failure_summary,
     format_table,
     plot,
     run_case,
@@ -66,6 +66,7 @@ from ptft_fast.benchmarks.train_common import (
     save_hf,
     transformers_module,
 )
+from ptft_fast.ops.dispatch import BACKENDS
 
 KIND = "train"
 BASELINE = "hf-eager"
@@ -374,6 +375,10 @@ def providers(built: Built, device: torch.device, quick: bool) -> dict:
     return {**out, **ours}
 
 
+# every provider name ``providers`` can return (--quick times hf-eager and ptft:torch only)
+PROVIDER_NAMES = [BASELINE, "hf-compile", "hf-liger", *(f"ptft:{b}" for b in BACKENDS)]
+
+
 def selected(w: Workload, only: Sequence[str]) -> bool:
     """``only`` entries are op names (``bert_mlm``) or one shape of an op (``bert_mlm@512``)."""
     return not only or w.op in only or f"{w.op}@{w.seq}" in only
@@ -434,6 +439,10 @@ def main(argv: list[str] | None = None) -> None:
     if set(ops) - set(known):
         parser.error(f"--only: unknown op(s) {sorted(set(ops) - set(known))}; known: {known}")
     keep = [s for s in args.providers.split(",") if s]
+    if set(keep) - set(PROVIDER_NAMES):
+        parser.error(
+            f"--providers: unknown {sorted(set(keep) - set(PROVIDER_NAMES))}; known: {PROVIDER_NAMES}"
+        )
     rows = []
     for op in ops:  # rows are appended op by op, so a long CPU run keeps what it measured
         rows += (new := suite(device, args.quick, [op], keep))
@@ -443,10 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"rows appended to {args.csv or RESULTS_DIR / f'{stem}.csv'}")
     title = f"one training step, tokens/s per provider ({'quick' if args.quick else 'full'})"
     print(f"plot written to {plot(rows, args.plot or RESULTS_DIR / f'{stem}.png', title, 'tokens_per_s')}")
-    if bad := failed(rows):
-        raise SystemExit(
-            f"{len(bad)} provider(s) FAILED: " + "; ".join(f"{r['op']} {r['provider']}" for r in bad)
-        )
+    if summary := failure_summary(rows):
+        raise SystemExit(summary)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,14 @@ def failed(rows: list[dict]) -> list[dict]:
     return [r for r in rows if str(r.get("skipped", "")).startswith(FAILED)]
 
 
+def failure_summary(rows: list[dict]) -> str | None:
+    """One line naming the FAILED providers (op and provider), or None when none failed."""
+    bad = failed(rows)
+    if not bad:
+        return None
+    return f"{len(bad)} provider(s) FAILED: " + "; ".join(f"{r['op']} {r['provider']}" for r in bad)
+
+
 def run_case(
     case: Case,
     providers: dict[str, Callable[[], Callable[[], object]]],

@@ -41,12 +41,8 @@ def ptft(call: Callable[[str], Callable[[], object]], device: torch.device) -> d
             if not ok:
                 raise Unavailable(why)
             fn = call(name)
-            if name != "torch":
-                try:
-                    fn()
-                except (TypeError, BackendUnavailableError) as exc:
-                    raise Unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
-            return fn
+            # compiled backends: only a rejection of the inputs is Unavailable; a crash stays a failure
+            return fn if name == "torch" else run_once(fn, (TypeError, BackendUnavailableError))
 
         return make
 
@@ -77,12 +73,14 @@ def checked(make: Callable[[], Callable[[], object]]) -> Callable[[], Callable[[
     """Factory wrapper: run the provider once up front; a RuntimeError or TypeError (no kernel for this
     device/dtype/shape, e.g. SDPA's cuDNN backend on CPU) becomes an Unavailable row."""
 
-    def factory():
-        fn = make()
-        try:
-            fn()
-        except (RuntimeError, TypeError) as exc:
-            raise Unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
-        return fn
+    return lambda: run_once(make(), (RuntimeError, TypeError))
 
-    return factory
+
+def run_once(fn: Callable[[], object], unavailable: tuple[type[Exception], ...]) -> Callable[[], object]:
+    """Run ``fn`` once up front and return it; an exception of the ``unavailable`` types becomes
+    ``Unavailable`` (the provider cannot run this case here)."""
+    try:
+        fn()
+    except unavailable as exc:
+        raise Unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+    return fn

@@ -75,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
         table = write_auto_table(sorted(harness.RESULTS_DIR.glob("*.csv")), _AUTO_TABLE_PATH)
         print(f"[ptft bench] auto backend order on CUDA: {table['cuda']} → {_AUTO_TABLE_PATH}")
     print(f"[ptft bench] done in {time.time() - start:.1f} s")
-    if bad := harness.failed(rows):
-        print(
-            f"[ptft bench] {len(bad)} provider(s) FAILED: "
-            + "; ".join(f"{r['op']} {r['provider']}" for r in bad)
-        )
+    if summary := harness.failure_summary(rows):
+        print(f"[ptft bench] {summary}")
         return 1
     return 0

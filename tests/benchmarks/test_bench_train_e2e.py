@@ -66,3 +66,22 @@ def test_quick_suite_rows_are_filled():
         assert r["pct_peak"] is None  # no CPU peak in the table: MFU stays blank
         assert "threads=1" in r["shape"] and r["baseline"] == "hf-eager"
     assert all(r["ratio_vs_baseline"] == 1.0 for r in rows if r["provider"] == "hf-eager")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--providers", "ptft:trition"], "--providers: unknown ['ptft:trition']"),
+        (["--only", "bert_mlm@999"], "--only: unknown op(s) ['bert_mlm@999']"),
+    ],
+)
+def test_bad_selection_flags_name_the_value(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        e2e.main(["--quick", *argv])
+    assert needle in capsys.readouterr().err
+
+
+def test_selected_matches_op_or_op_at_seq():
+    w = e2e.FULL[1]  # bert_mlm @ 512
+    assert e2e.selected(w, []) and e2e.selected(w, ["bert_mlm"]) and e2e.selected(w, ["bert_mlm@512"])
+    assert not e2e.selected(w, ["bert_mlm@128"]) and not e2e.selected(w, ["gpt2_clm"])
