@@ -3,9 +3,9 @@ DESIGN.md tolerance rule, shapes with 1, primes and 2^k - 1, dropout through rec
 torch.library.opcheck on every op, torch.compile tracing, no host sync in the cross-entropy.
 
 Every input, and every output-gradient projection, lies on the low-precision grid of the dtype
-under test (``_on_grid``), so the fp32 oracle sees exactly what the kernel and PyTorch see: the
-errors compared are those of the computation, not of rounding the inputs (which would dominate
-small outputs and make the rule a coin flip even for a correctly rounded kernel).
+under test (``kernel_tolerance.on_grid``), so the fp32 oracle sees exactly what the kernel and
+PyTorch see: the errors compared are those of the computation, not of rounding the inputs (which
+would dominate small outputs and make the rule a coin flip even for a correctly rounded kernel).
 
 GPU only: skipped without CUDA (conftest) or without a built ptft_fast._C.
 """
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
-from kernel_tolerance import assert_rule
+from kernel_tolerance import assert_rule, on_grid
 
 from ptft_fast.ops import attention, layer_norm, linear_cross_entropy, lora_linear
 from ptft_fast.ops.dispatch import backend_available
@@ -38,11 +38,6 @@ pytestmark = [
 ]
 DEV = "cuda"
 HALF = [torch.bfloat16, torch.float16]
-
-
-def _on_grid(dtype, *tensors):
-    """fp32 tensors rounded to ``dtype``'s values (kept fp32)."""
-    return [None if t is None else t.to(dtype).float() for t in tensors]
 
 
 def _leaves(tensors, dtype):
@@ -92,7 +87,7 @@ def _ln_check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=
     w = 1.0 + 0.5 * torch.randn(hidden, device=DEV) if affine else None
     b = 0.3 * torch.randn(hidden, device=DEV) if with_bias else None
     r = torch.randn(shape, device=DEV) if with_res else None
-    x, w, b, r = _on_grid(dtype, x, w, b, r)
+    x, w, b, r = on_grid(dtype, (x, w, b, r))
     mask = None
     if dropout_p > 0.0:  # the kernel's mask for this seed: dropout of ones, read back from h
         torch.manual_seed(7)
@@ -175,7 +170,7 @@ def _attn_check(b, tq, tk, hq, hkv, d, dtype, *, bias_shape=None, padding=False,
     if padding:
         lengths = torch.randint(1, tk + 1, (b,), device=DEV)
         kw["key_padding_mask"] = torch.arange(tk, device=DEV)[None, :] < lengths[:, None]
-    q, k, v, bias = _on_grid(dtype, q, k, v, bias)
+    q, k, v, bias = on_grid(dtype, (q, k, v, bias))
     ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), q, k, v, bias, dtype, dtype, **kw)
     ref32 = _attn_run(
         lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, dtype, **kw
@@ -224,7 +219,7 @@ def test_attention_varlen(causal, d):
     bias = torch.randn(1, 4, max(lq), max(lk), device=DEV)
     kw = dict(causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(lq), max_seqlen_k=max(lk))
     for dtype in HALF:
-        qg, kg, vg, bg = _on_grid(dtype, q, k, v, bias)
+        qg, kg, vg, bg = on_grid(dtype, (q, k, v, bias))
         ours = _attn_run(
             lambda *a, **k_: attention(*a, backend="cuda", **k_), qg, kg, vg, bg, dtype, dtype, **kw
         )
@@ -302,7 +297,7 @@ def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
     bias = torch.randn(vocab, device=DEV) if with_bias else None
     labels = torch.randint(0, vocab, (n,), device=DEV)
     labels[torch.rand(n, device=DEV) < ignore_frac] = -100
-    h, w, bias = _on_grid(dtype, h, w, bias)
+    h, w, bias = on_grid(dtype, (h, w, bias))
     ours = _lce_run(
         lambda *a, **k: linear_cross_entropy(*a, backend="cuda", **k), h, w, bias, labels, dtype, dtype, **kw
     )
@@ -387,7 +382,7 @@ def _lora_check(m, fin, fout, r, dtype, *, with_bias=True, train_base=False, dro
     b = torch.randn(fout, device=DEV) if with_bias else None
     a = torch.randn(r, fin, device=DEV) / fin**0.5
     bb = torch.randn(fout, r, device=DEV) / r**0.5
-    x, w, b, a, bb = _on_grid(dtype, x, w, b, a, bb)
+    x, w, b, a, bb = on_grid(dtype, (x, w, b, a, bb))
     scaling = 2.0
     mask = None
     if dropout_p > 0.0:  # A = I, B = I, W = 0: y = dropout(ones) reveals the mask of this seed
