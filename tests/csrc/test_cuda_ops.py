@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
-from kernel_tolerance import assert_rule, on_grid
+from kernel_tolerance import assert_rule, attention_low_precision, on_grid
 
 from ptft_fast.ops import attention, layer_norm, linear_cross_entropy, lora_linear
 from ptft_fast.ops.dispatch import backend_available
@@ -175,7 +175,9 @@ def _attn_check(b, tq, tk, hq, hkv, d, dtype, *, bias_shape=None, padding=False,
     ref32 = _attn_run(
         lambda *a, **k_: attention_ref(*a, upcast=True, **k_), q, k, v, bias, torch.float32, dtype, **kw
     )
-    low = _attn_run(lambda *a, **k_: attention_ref(*a, upcast=False, **k_), q, k, v, bias, dtype, dtype, **kw)
+    low = _attn_run(
+        lambda *a, **k_: attention_low_precision(attention_ref, *a, **k_), q, k, v, bias, dtype, dtype, **kw
+    )
     _compare(f"attention {(b, tq, tk, hq, hkv, d)} {dtype} {kw.keys()}", ours, ref32, low)
 
 
@@ -227,7 +229,14 @@ def test_attention_varlen(causal, d):
             lambda *a, **k_: attention_ref(*a, upcast=True, **k_), qg, kg, vg, bg, torch.float32, dtype, **kw
         )
         low = _attn_run(
-            lambda *a, **k_: attention_ref(*a, upcast=False, **k_), qg, kg, vg, bg, dtype, dtype, **kw
+            lambda *a, **k_: attention_low_precision(attention_ref, *a, **k_),
+            qg,
+            kg,
+            vg,
+            bg,
+            dtype,
+            dtype,
+            **kw,
         )
         _compare(f"attention varlen d={d} causal={causal} {dtype}", ours, ref32, low)
 

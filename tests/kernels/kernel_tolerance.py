@@ -21,6 +21,25 @@ def on_grid(dtype: torch.dtype, tensors):
     return [one(t) for t in tensors]
 
 
+def attention_low_precision(attention_ref, q, k, v, **kw):
+    """PyTorch's own low-precision attention, the baseline of the 2x rule: ``attention_ref(q, k,
+    v, upcast=False, **kw)`` with, on CUDA, the key/value heads repeated to the query heads.
+
+    q: (B, Tq, Hq, D) or packed (total, Hq, D); k, v: (..., Hkv, D). On CUDA,
+    ``F.scaled_dot_product_attention`` runs grouped-query heads only in its flash kernel, which
+    takes no float mask, so GQA with a bias or padding falls back to the math backend, which keeps
+    every intermediate in fp32 for fp16/bf16 inputs: its "low-precision" error is then only the
+    output rounding, and a flash-style kernel (dS rounded to the input dtype, the dsum term read
+    from the rounded output, as in PyTorch's own fused kernels) would fail the rule by chance.
+    Repeated heads (what transformers' ``repeat_kv`` does) let SDPA use its fused low-precision
+    kernels for every case; the gradients of k and v are summed back over the group by autograd.
+    """
+    if q.is_cuda and k.shape[-2] != q.shape[-2]:
+        group = q.shape[-2] // k.shape[-2]
+        k, v = (t.repeat_interleave(group, dim=-2) for t in (k, v))
+    return attention_ref(q, k, v, upcast=False, **kw)
+
+
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 

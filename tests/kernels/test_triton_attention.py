@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_tolerance import assert_rule, on_grid
+from kernel_tolerance import assert_rule, attention_low_precision, on_grid
 
 from ptft_fast.kernels._common import draw_seed
 from ptft_fast.kernels.attention import attention_dropout_keep
@@ -42,7 +42,9 @@ def check(leaves: dict, dtype=torch.float32, **kw):
         return attention(**a, backend="triton")
 
     def ref(upcast):
-        return lambda **a: attention_ref(**a, upcast=upcast)
+        if upcast:
+            return lambda **a: attention_ref(**a, upcast=True)
+        return lambda **a: attention_low_precision(attention_ref, **a)
 
     leaves = on_grid(dtype, leaves)
     out = _grads(kernel, leaves, dtype, dtype, **kw)
