@@ -18,9 +18,10 @@ hf-eager only.
 
 Providers: ``ptft:<backend>`` for each ptft_fast backend (torch; triton and cuda on CUDA),
 ``hf-eager`` (transformers, attn_implementation="sdpa"; the baseline), ``hf-compile`` (the same
-model under ``torch.compile``), ``hf-liger`` (patched by Liger-Kernel's
-``apply_liger_kernel_to_<family>`` when importable on CUDA). A provider that cannot run here is a
-skipped row with the reason. Same weights (every model is loaded from one saved transformers
+model under ``torch.compile``), ``hf-liger`` (Liger-Kernel on CUDA: its
+``apply_liger_kernel_to_<family>`` if it has one, else :mod:`liger_patch`'s LayerNorm/RMSNorm and
+fused linear cross-entropy). A provider that cannot run here is a skipped row with the reason.
+Same weights (every model is loaded from one saved transformers
 checkpoint; ours through ``ptft_fast.hf``; LoRA weights copied across), same batch, same dtype
 (fp32 on CPU, bf16 autocast on CUDA), dropout 0. Before any timing each provider's step-0 loss is
 checked against hf-eager's within ``train_common.LOSS_TOL`` (fp32: 1e-4 + 1e-4·|loss|; bf16:
@@ -343,14 +344,18 @@ def _load_ptft(built: Built, device: torch.device) -> nn.Module:
 
 
 def _liger_patch(built: Built, device: torch.device):
-    """Liger-Kernel's patch for this family, or Unavailable. It patches transformers' modules
-    process-wide (not only this model), so hf-liger runs after the other transformers providers."""
+    """Liger-Kernel's ``apply_liger_kernel_to_<family>`` when this Liger has one (it patches
+    transformers' modules process-wide, so hf-liger runs after the other transformers providers),
+    else ``liger_patch.patch`` (Liger's norms and fused linear cross-entropy wired into this model
+    instance; Liger 0.8.5 has no patch for BERT, GPT-2 or T5); Unavailable off CUDA or without Liger."""
     require_cuda(device, "Liger-Kernel")
     liger = optional("liger_kernel.transformers", "Liger-Kernel (pip install liger-kernel)")
     apply = getattr(liger, f"apply_liger_kernel_to_{built.family}", None)
-    if apply is None:
-        raise Unavailable(f"this Liger-Kernel has no apply_liger_kernel_to_{built.family}")
-    return lambda model: apply(model=model)
+    if apply is not None:
+        return lambda model: apply(model=model)
+    from ptft_fast.benchmarks.liger_patch import patch
+
+    return patch
 
 
 def providers(built: Built, device: torch.device, quick: bool) -> dict:
