@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ptft_fast.benchmarks import liger_patch
 from ptft_fast.benchmarks.harness import (
     RESULTS_DIR,
     Case,
@@ -353,9 +354,7 @@ def _liger_patch(built: Built, device: torch.device):
     apply = getattr(liger, f"apply_liger_kernel_to_{built.family}", None)
     if apply is not None:
         return lambda model: apply(model=model)
-    from ptft_fast.benchmarks.liger_patch import patch
-
-    return patch
+    return liger_patch.patch
 
 
 def providers(built: Built, device: torch.device, quick: bool) -> dict:
