@@ -10,6 +10,20 @@ import triton
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def require_package_name(module_name: str) -> None:
+    """Refuses a kernel module imported under any name but ``ptft_fast.kernels.<module>``: through
+    the repo root on ``sys.path`` it could otherwise load as ``kernels.<module>``, a second copy
+    under the name Hugging Face's ``kernels`` distribution owns (see kernels/README.md)."""
+    if not module_name.startswith("ptft_fast.kernels."):
+        raise ImportError(
+            f"{module_name!r} is ptft_fast's Triton kernel folder imported by the wrong name; "
+            f"import ptft_fast.kernels.{module_name.rpartition('.')[2]} instead"
+        )
+
+
+require_package_name(__name__)
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (>= 1): Triton block sizes must be powers of two."""
     return triton.next_power_of_2(max(1, int(n)))

@@ -15,7 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2
+from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2, require_package_name
+
+require_package_name(__name__)
 
 
 @triton.jit

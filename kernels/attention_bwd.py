@@ -18,8 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import contiguous
+from ptft_fast.kernels._common import contiguous, require_package_name
 from ptft_fast.kernels.attention import _dot, _keep, _scores, _seq_bounds, blocks
+
+require_package_name(__name__)
 
 
 @triton.jit

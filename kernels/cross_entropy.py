@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, contiguous
+from ptft_fast.kernels._common import INTERPRET, contiguous, require_package_name
+
+require_package_name(__name__)
 
 
 @triton.jit

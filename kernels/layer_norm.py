@@ -12,7 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import contiguous, next_pow2, num_programs_cap
+from ptft_fast.kernels._common import contiguous, next_pow2, num_programs_cap, require_package_name
+
+require_package_name(__name__)
 
 
 @triton.jit

@@ -1,7 +1,11 @@
 """ptft_fast — kernel-backed runtime for the pre-train → fine-tune paradigm of NLP."""
 
-from ptft_fast import ops
-from ptft_fast.ops import use_backend
+from ptft_fast import _source_tree
+
+_source_tree.install()  # before anything imports ptft_fast.kernels
+
+from ptft_fast import ops  # noqa: E402
+from ptft_fast.ops import use_backend  # noqa: E402
 
 __version__ = "0.1.0"
 
