@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from ptft_fast.data import stable_training
+
 TOKENIZER_FILE = "tokenizer.json"
 KINDS = ("wordpiece", "bpe", "unigram")
 
@@ -119,11 +121,21 @@ def _post_processor(kind: str, tok: Tokenizer):
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig | None = None) -> PtftTokenizer:
-    """Train a tokenizer of ``cfg.kind`` on ``texts`` (any iterable of strings, streamed)."""
+    """Train a tokenizer of ``cfg.kind`` on ``texts`` (any iterable of strings, streamed).
+
+    Deterministic: the same texts (in the same order) and settings give a byte-identical
+    ``tokenizer.json`` in every process (WordPiece and Unigram go through
+    :mod:`ptft_fast.data.stable_training`, which says why and how)."""
     cfg = cfg or TokenizerConfig()
     tok, trainer = _build(cfg)
-    tok.train_from_iterator(texts, trainer=trainer)
+    if cfg.kind == "wordpiece":
+        tok.model = stable_training.train_wordpiece(
+            texts, tok, cfg.vocab_size, cfg.min_frequency, _specials(cfg)
+        )
+    else:
+        tok.train_from_iterator(texts, trainer=trainer)
     if cfg.kind == "unigram":
+        tok.model = stable_training.canonical_unigram(tok.model, len(_specials(cfg)))
         # added last in reverse so <extra_id_0> gets the highest id, as in T5
         tok.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(cfg.num_sentinels))])
     tok.post_processor = _post_processor(cfg.kind, tok)
