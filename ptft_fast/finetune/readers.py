@@ -8,8 +8,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptft_fast.errors import UserInputError
 
-class DataError(ValueError):
+
+class DataError(UserInputError):
     """Bad task data; the message starts with "FILE:LINE:"."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ptft_fast.errors import UserInputError
 from ptft_fast.models.config import ModelConfig
 
 # HF architecture name → our arch.
@@ -24,7 +25,7 @@ _ACT_FROM_HF = {
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
 
-class UnsupportedCheckpointError(ValueError):
+class UnsupportedCheckpointError(UserInputError):
     """A Hugging Face checkpoint ptft_fast cannot represent exactly; the message says why."""
 
 

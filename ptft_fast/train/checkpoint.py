@@ -27,13 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ptft_fast.data.atomic import atomic_open
+from ptft_fast.errors import UserInputError
 from ptft_fast.train.objectives import export_model, import_model
 
 LATEST = "latest"
 SLEEP_ENV = "PTFT_TEST_CHECKPOINT_SLEEP"  # tests: seconds to pause mid-write (to SIGKILL there)
 
 
-class ResumeError(ValueError):
+class ResumeError(UserInputError):
     """A checkpoint that cannot be resumed into this run (message says why)."""
 
 

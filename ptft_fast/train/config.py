@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptft_fast.errors import UserInputError
+
 OBJECTIVES = ("mlm", "clm", "prefix-lm", "span", "infill", "electra")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -26,7 +28,7 @@ OBJECTIVE_ARCHS = {
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserInputError):
     """A bad run configuration; the message names the key(s), the rule and the value."""
 
 

@@ -70,10 +70,10 @@ class DeepSpeedTrainer(Trainer):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.rank == 0:  # tokenizer + shards are cached in the run folder: build them once
             self.out.mkdir(parents=True, exist_ok=True)
-            prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+            prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         dist.barrier()
         seed_everything(cfg.seed)
-        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
         model = build_for_objective(cfg.objective, self.model_config).to(self.device)

@@ -102,7 +102,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         seed_everything(cfg.seed)
-        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
         resume_path, saved = None, None
