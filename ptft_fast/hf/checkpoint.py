@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ptft_fast.data.atomic import fix_mode
 from ptft_fast.hf.configs import from_hf_config, to_hf_config
 from ptft_fast.hf.mapping import expand, is_ignored
 from ptft_fast.models import build_model
@@ -111,6 +112,7 @@ def _atomic_write(target: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        fix_mode(tmp)  # mkstemp and safetensors both create 0600 files
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

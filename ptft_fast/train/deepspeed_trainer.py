@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open
+from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig
@@ -143,9 +143,11 @@ class DeepSpeedTrainer(Trainer):
             )
         rng_js, rng_tensors = ckpt.rng_state()
         save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")
+        fix_mode(ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")  # safetensors creates 0600 files
         (ckpt_dir / tag / f"rng_rank{self.rank}.json").write_text(json.dumps(rng_js))
         dist.barrier()  # every rank's files are written before latest names the checkpoint
         if self.rank == 0:
+            ckpt.write_manifest(ckpt_dir / tag)
             with atomic_open(ckpt_dir / ckpt.LATEST) as fh:
                 fh.write(tag + "\n")
             done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
@@ -161,7 +163,7 @@ class DeepSpeedTrainer(Trainer):
         state = client["ptft"]
         diff = ckpt.config_diff(state["model_config"], dataclasses.asdict(self.model_config))
         if diff:
-            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed:\n  " + "\n  ".join(diff))
+            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed ({'; '.join(diff)})")
         self._restore(state)
         rng_file = path / f"rng_rank{self.rank}.safetensors"
         if not rng_file.is_file():
