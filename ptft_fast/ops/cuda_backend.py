@@ -352,6 +352,12 @@ def _register_library() -> None:
 def layer_norm_cuda(
     x, weight, bias=None, eps=1e-5, *, residual=None, rms=False, dropout_p=0.0, return_residual=False
 ):
+    if residual is not None and residual.dtype == torch.float32 and x.dtype != torch.float32:
+        # op contract: an fp32 residual stream next to half x; the kernel adds in x's dtype, so it
+        # runs in fp32 here (h stays fp32) and y comes back in x's dtype
+        out = layer_norm_cuda(x.float(), weight, bias, eps, residual=residual, rms=rms,
+                              dropout_p=dropout_p, return_residual=return_residual)  # fmt: skip
+        return (out[0].to(x.dtype), out[1]) if return_residual else out.to(x.dtype)
     a = adapt_layer_norm(x, weight, bias, residual)
     rng = draw_rng(x.device) if dropout_p > 0.0 else None
     store_h = return_residual or residual is not None or dropout_p > 0.0  # backward needs h unless h is x
