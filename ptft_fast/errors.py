@@ -13,3 +13,11 @@ from __future__ import annotations
 
 class UserInputError(ValueError):
     """Bad input from the user; ``str(exc)`` names the option, setting or file and the value."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``str(exc)`` on one line (lines joined by "; ")."""
+    text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and text[:1] in "'\"":
+        text = text[1:-1]  # KeyError's str() is the repr of its message
+    return text

@@ -6,10 +6,12 @@ import argparse
 import importlib
 import pkgutil
 import time
+from pathlib import Path
 
 import torch
 
 from ptft_fast.benchmarks import harness
+from ptft_fast.cli.errors import UsageError
 
 
 def add_parser(sub) -> None:
@@ -17,7 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("group", nargs="?", default="ops", choices=("ops", "train", "all"))
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (under a minute on CPU)")
     p.add_argument("--only", default=None, help="comma-separated suite names (e.g. reference,attention)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="cpu or cuda (default: cuda when available)"
+    )
     p.add_argument(
         "--csv", default=None, help="CSV to append rows to (default benchmarks/results/<group>.csv)"
     )
@@ -46,16 +50,21 @@ def suites(group: str) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for option, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f"{option} {path!r} is a folder, not a file")
     chosen = suites(args.group)
     if args.only:
         wanted = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = sorted(set(wanted) - set(chosen))
-        if unknown:
-            raise ValueError(f"--only: unknown suite(s) {unknown}; available: {sorted(chosen)}")
+        if unknown or not wanted:
+            raise UsageError(f"--only {args.only!r}: unknown suite(s) {unknown}; available: {sorted(chosen)}")
         chosen = {name: chosen[name] for name in wanted}
     if not chosen:
-        raise ValueError(f"no benchmark suites for group {args.group!r}")
+        raise UsageError(f"no benchmark suites for group {args.group!r}")
     rows = []
     start = time.time()
     for name, module in chosen.items():

@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ptft_fast.data import stable_training
+from ptft_fast.errors import UserInputError, one_line
 
 TOKENIZER_FILE = "tokenizer.json"
 KINDS = ("wordpiece", "bpe", "unigram")
@@ -313,7 +314,10 @@ class PtftTokenizer:
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no {TOKENIZER_FILE} at {str(path)!r}")
-        backend = Tokenizer.from_file(str(file))
+        try:
+            backend = Tokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception for any file it cannot parse
+            raise UserInputError(f"{file}: not a tokenizers JSON file ({one_line(exc)})") from None
         vocab = backend.get_vocab(with_added_tokens=True)
         # roles an HF config names but the vocabulary lacks fall back to the family defaults
         roles = {r: t for r, t in _hf_special_tokens(file.parent).items() if t in vocab}

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ptft_fast.data.atomic import fix_mode
+from ptft_fast.errors import UserInputError, one_line
 from ptft_fast.hf.configs import from_hf_config, to_hf_config
 from ptft_fast.hf.mapping import expand, is_ignored
 from ptft_fast.models import build_model
 from ptft_fast.models.config import ModelConfig
 
 
-class CheckpointKeyError(KeyError):
+class CheckpointKeyError(UserInputError, KeyError):
     """Checkpoint and model disagree on parameter names; ``missing``/``unexpected`` list them."""
 
     def __init__(self, where: str, missing: list[str], unexpected: list[str]):
@@ -49,18 +52,40 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         root / "pytorch_model.bin",
     )
     if single.is_file():
-        return load_file(single)
+        return _read(single, load_file)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(_read(index, lambda f: json.loads(f.read_text())["weight_map"].values())))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(root / shard))
+            state.update(_read(root / shard, load_file))
         return state
     if binary.is_file():
-        return torch.load(binary, map_location="cpu", weights_only=True)
+        return _read(binary, lambda f: torch.load(f, map_location="cpu", weights_only=True))
     raise FileNotFoundError(
         f"{root}: no weights found (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)"
     )
+
+
+class WeightsFileError(UserInputError):
+    """A weights file that cannot be read (truncated, damaged, not this format); names the file."""
+
+
+def _read(path: Path, read):
+    """read(path), with any failure to parse the file as a WeightsFileError naming it."""
+    try:
+        return read(path)
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        SafetensorError,
+        pickle.UnpicklingError,
+    ) as exc:
+        raise WeightsFileError(
+            f"{path}: cannot read the weights ({type(exc).__name__}: {one_line(exc)})"
+        ) from exc
 
 
 def _convert_in(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
