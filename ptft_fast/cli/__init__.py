@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ptft_fast.cli.errors import USER_ERRORS, ParseError, Parser, report
+from ptft_fast.cli.errors import USER_ERRORS, ParseError, Parser, report, warnings_as_lines
 
 SUBCOMMANDS = ("bench", "prepare", "pretrain", "export", "finetune", "generate", "icl")
 DEBUG_HELP = "show the traceback of an error (default: one line)"
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except ParseError as exc:
         return report(exc.prog, exc)
     try:
-        return int(args.func(args) or 0)
+        with warnings_as_lines(prog):
+            return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         if args.debug or "--debug" in argv:
             raise

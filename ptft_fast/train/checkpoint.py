@@ -169,8 +169,10 @@ def save_checkpoint(
     """Write checkpoint ``step_{step:08d}`` atomically, point ``latest`` at it, prune to ``keep``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
-    if read_latest(ckpt_dir) == name:
-        return ckpt_dir / name  # already the newest checkpoint (same step, same state)
+    if read_latest(ckpt_dir) == name and verify(ckpt_dir / name) is None:
+        return (
+            ckpt_dir / name
+        )  # already the newest checkpoint (same step, same state); a damaged one is rewritten
     for stale in ckpt_dir.glob(".tmp-*"):  # left by a killed write
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_dir))

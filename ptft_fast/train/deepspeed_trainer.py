@@ -90,8 +90,12 @@ class DeepSpeedTrainer(Trainer):
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
         if resume is not None:
             self.load(resume)
+        self.finished = resume is not None and ckpt.run_finished(self.out, self.step, cfg.max_steps)
+        finished_or_other_rank = self.finished or self.rank != 0  # a finished run writes nothing
         self.log = (
-            MetricsLog(self.out, keep_until=self.step if resume else None) if self.rank == 0 else _NoLog()
+            _NoLog()
+            if finished_or_other_rank
+            else MetricsLog(self.out, keep_until=self.step if resume else None)
         )
         self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
 
@@ -134,7 +138,7 @@ class DeepSpeedTrainer(Trainer):
         """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""
         ckpt_dir = self.out / "checkpoints"
         tag = f"step_{self.step:08d}"
-        if ckpt.read_latest(ckpt_dir) == tag:
+        if ckpt.read_latest(ckpt_dir) == tag and ckpt.verify(ckpt_dir / tag) is None:
             return ckpt_dir / tag  # already the newest checkpoint (the loop saves again at the end)
         client = dict(self._state(), step=self.step)
         with self._gather.paused() if self._gather else contextlib.nullcontext():

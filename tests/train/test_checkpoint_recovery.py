@@ -54,6 +54,10 @@ def test_truncated_weights_resume_from_the_previous_checkpoint_exactly(new_run, 
     want, got = _losses(ref), _losses(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     assert all(got[s] == want[s] for s in range(3, 7)), (got, want)
+    # the damaged step-4 checkpoint was written anew when the resumed run reached step 4
+    kept = sorted((out / "checkpoints").glob("step_*"))
+    assert [p.name for p in kept] == ["step_00000002", "step_00000004", "step_00000006"]
+    assert all(ckpt.verify(p) is None for p in kept)
 
 
 @pytest.mark.parametrize(
