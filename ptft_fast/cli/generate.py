@@ -42,17 +42,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ptft_fast.finetune.session import load_model_dir
     from ptft_fast.generate import GenerationConfig, TextStreamer, generate, left_pad
 
     sample = validate(args)
-    model, config, tok = load_model_dir(input_path("--model", args.model, kind="folder"), dropout=0.0,
-                                        attention_dropout=0.0)  # fmt: skip
-    if not (config.is_encoder_decoder or config.arch == "gpt2"):
-        raise UsageError(
-            f"--model {args.model} is a {config.arch} encoder (masked LM): generate needs a decoder "
-            "(GPT-2) or an encoder-decoder (T5, BART)"
-        )
+    model, config, tok = load_generative_model(args.model, "generate needs")
     eos = tok.eos_id if tok.eos_id is not None else tok.sep_id
     pad = tok.pad_id if tok.pad_id is not None else 0
     cfg = GenerationConfig(
@@ -87,6 +80,21 @@ def run(args) -> int:
             row = row[: row.index(eos) if eos in row else len(row)]
             print(f"{prompt}{tok.decode(row)}")
     return 0
+
+
+def load_generative_model(path: str, needs: str):
+    """(model, config, tokenizer) of ``--model`` for generation (dropout off); a masked-LM encoder
+    is a UsageError ("<needs> a decoder ... or an encoder-decoder")."""
+    from ptft_fast.finetune.session import load_model_dir
+
+    model, config, tok = load_model_dir(input_path("--model", path, kind="folder"), dropout=0.0,
+                                        attention_dropout=0.0)  # fmt: skip
+    if not (config.is_encoder_decoder or config.arch == "gpt2"):
+        raise UsageError(
+            f"--model {path} is a {config.arch} encoder (masked LM): {needs} a decoder (GPT-2) "
+            "or an encoder-decoder (T5, BART)"
+        )
+    return model, config, tok
 
 
 def validate(args) -> bool:

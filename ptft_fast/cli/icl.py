@@ -35,9 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ptft_fast.cli.generate import load_generative_model
     from ptft_fast.finetune.icl import evaluate_icl
     from ptft_fast.finetune.readers import Columns, read_examples
-    from ptft_fast.finetune.session import EMBEDDED, load_model_dir, load_task_data
+    from ptft_fast.finetune.session import EMBEDDED, load_task_data
 
     if "{text}" not in args.template:
         raise UsageError(f"--template must contain {{text}}, got {args.template!r}")
@@ -60,13 +61,7 @@ def run(args) -> int:
         raise UsageError(
             f"--shots {max(args.shots)} needs {max(args.shots)} demonstrations, the pool has {pool}"
         )
-    model, config, tok = load_model_dir(input_path("--model", args.model, kind="folder"), dropout=0.0,
-                                        attention_dropout=0.0)  # fmt: skip
-    if not (config.is_encoder_decoder or config.arch == "gpt2"):
-        raise UsageError(
-            f"--model {args.model} is a {config.arch} encoder (masked LM): in-context evaluation scores "
-            "verbalizers with a decoder (GPT-2) or an encoder-decoder (T5, BART)"
-        )
+    model, _, tok = load_generative_model(args.model, "in-context evaluation scores verbalizers with")
     evaluated = queries[: args.limit] if args.limit else queries
     if demos is None:  # leave-one-out over the whole file: a query never demonstrates itself
         acc = {k: 0.0 for k in args.shots}
