@@ -125,6 +125,9 @@ def install(root: nn.Module, backend: str | None) -> tuple[list[str], list[str],
             if why is not None:
                 left.append(f"lora {name}: {why}")
                 continue
+            if module.lora_variant:
+                variants = ", ".join(f"{a} ({type(v).__name__})" for a, v in module.lora_variant.items())
+                left.append(f"lora {name}: adapters with a LoRA variant run on peft's forward: {variants}")
             module.forward = MethodType(forward, module)
             layers.append(module)
             routed.append(name)
