@@ -206,12 +206,14 @@ def test_nothing_to_patch_is_an_error_and_wrong_types_are_refused():
 
 
 class _ScaledLlama(transformers.LlamaForCausalLM):
-    """Scales its logits before the loss without saying so in its config."""
+    """Scales the logits its loss sees (a temperature) without saying so in its config."""
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.lm_head(hidden) * 2.0
-        loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits * 2.0, labels=labels, vocab_size=self.config.vocab_size)
         return transformers.modeling_outputs.CausalLMOutput(loss=loss, logits=logits)
 
 
