@@ -104,8 +104,9 @@ class FusedLossLinear(nn.Linear):
 
 def cross_entropy(hidden, weight, target, bias, ignore_index: int, num_items, backend) -> torch.Tensor:
     """transformers' ``fixed_cross_entropy`` of ``hidden @ weight.T + bias``, never building the logits:
-    mean over non-ignored targets, or sum / ``num_items`` when given. Returned in float32 (transformers
-    upcasts the logits)."""
+    mean over non-ignored targets, or sum / ``num_items`` when given. Returned as float32, as
+    transformers' (it upcasts the logits); under autocast the op already reduces in float32, for a
+    bfloat16 model outside autocast the value carries bfloat16 rounding."""
     loss = ops.linear_cross_entropy(
         hidden,
         weight,
