@@ -248,7 +248,11 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
   TORCH_CHECK_VALUE(k.size(-1) == s.d, OP, ": head dim of k (", k.size(-1), ") must equal q's (", s.d, ")");
   TORCH_CHECK_VALUE(s.hkv >= 1 && s.hq % s.hkv == 0, OP, ": Hq must be divisible by Hkv, got Hq=", s.hq, ", Hkv=", s.hkv);
   TORCH_CHECK_VALUE(ptft_attention_supports_head_dim(static_cast<int>(s.d)), OP,
-                    ": head dim D must be 64 or 128 for the CUDA kernels, got ", s.d);
+                    ": head dim D must be 32, 64 or 128 for the CUDA kernels, got ", s.d);
+  for (const auto& [name, t] : {Named{"q", &q}, Named{"k", &k}, Named{"v", &v}}) {
+    TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, OP, ": ", name,
+                      " must be 16-byte aligned (the kernels copy 16-byte chunks), got address ", t->data_ptr());
+  }
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, OP, ": dropout_p must be in [0, 1), got ", dropout_p);
   TORCH_CHECK_VALUE(scale > 0.0, OP, ": softmax_scale must be > 0, got ", scale);
   if (s.varlen) {
@@ -312,6 +316,10 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
     a.bias_sq = e.stride(2);
     a.bias_sk = e.stride(3);
   }
+  a.rel_lut = nullptr;
+  a.rel_table = nullptr;
+  a.num_buckets = 0;
+  a.drel_table = nullptr;
   a.causal = causal;
   a.softmax_scale = static_cast<float>(scale);
   a.drop = dropout_arg(OP, rng, dropout_p, q);
@@ -669,7 +677,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("capabilities", []() {
     pybind11::dict caps;
-    caps["attention_head_dims"] = std::vector<int>{64, 128};
+    caps["attention_head_dims"] = std::vector<int>{32, 64, 128};
     caps["attention_dtypes"] = std::vector<std::string>{"float16", "bfloat16"};
     caps["layer_norm_dtypes"] = std::vector<std::string>{"float32", "float16", "bfloat16"};
     caps["layer_norm_max_hidden"] = ptft_layer_norm_max_hidden();

@@ -272,7 +272,7 @@ Operand<T> operand(const void* ptr, int64_t rows, int64_t k, const int32_t* inde
   op.index = index;
   op.vec = aligned16(ptr) && k % 8 == 0;
   op.drop.on = false;
-  op.drop.p = 0.f;
+  op.drop.threshold = 0;
   op.drop.scale = 1.f;
   op.drop.seed = op.drop.offset = 0;
   return op;

@@ -50,6 +50,10 @@ cudaError_t ptft_layer_norm_bwd(PtftDtype x_dtype, PtftDtype w_dtype, const void
 // in q's dtype. key_padding_mask (nullable, padded form): (batch, max_k) bytes, nonzero = attend.
 // dbias_full (nullable): (batch, Hq, max_q, max_k) fp32, zero-filled by the caller.
 // dq_acc: fp32 like q, zero-filled by the caller; the binding casts it to q's dtype.
+// T5 relative position bias (nullable, instead of or besides bias): rel_lut (max_q + max_k - 1,)
+// int32 bucket of each key - query distance d at index d + max_q - 1, rel_table (num_buckets,
+// Hq) fp32, num_buckets <= ptft_attention_max_buckets(); drel_table (nullable, backward): its
+// gradient, (num_buckets, Hq) fp32, zero-filled by the caller.
 struct PtftAttnArgs {
   PtftDtype dtype;
   int batch, hq, hkv, head_dim, max_q, max_k;
@@ -60,6 +64,9 @@ struct PtftAttnArgs {
   const uint8_t* key_padding_mask;
   const void* bias;
   int64_t bias_sb, bias_sh, bias_sq, bias_sk;
+  const int32_t* rel_lut;
+  const float* rel_table;
+  int num_buckets;
   bool causal;
   float softmax_scale;
   PtftDropout drop;
@@ -69,8 +76,10 @@ struct PtftAttnArgs {
   float* dq_acc;
   void *dk, *dv;
   float* dbias_full;
+  float* drel_table;
 };
 bool ptft_attention_supports_head_dim(int head_dim);
+int ptft_attention_max_buckets();
 cudaError_t ptft_attention_fwd(const PtftAttnArgs& args, cudaStream_t stream);
 cudaError_t ptft_attention_bwd(const PtftAttnArgs& args, cudaStream_t stream);
 
