@@ -62,7 +62,7 @@ struct Tile {
   }
   // Address of the fragment at (r0, c0) from a lane base: frag_chunk() in bytes.
   static __device__ __forceinline__ uint32_t at(uint32_t lane_base, int r0, int c0) {
-    return (lane_base ^ static_cast<uint32_t>((c0 & 7) << 4)) + r0 * (C * 16) + (c0 >> 3) * 128;
+    return static_cast<uint32_t>(frag_chunk<C>(static_cast<int>(lane_base >> 4), r0, c0)) << 4;
   }
   // cp.async kRows rows of global memory (row r at g + r * ld elements, 16-byte aligned) into
   // the tile, by kThreads threads; rows >= valid (>= 1) are zero-filled.
