@@ -99,17 +99,18 @@ cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight
                          const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n,
                          int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss, int reduction,
                          float* workspace, float* lse, float* row_loss, float* loss, cudaStream_t stream);
-// dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv), split into two (nr, nv)
-// blocks in dtype with dlogits_hi + dlogits_lo = the fp32 value (to ~2x dtype's precision); rows
-// past count get zeros. db_part: nullable, (ceil(nr / 64), nv) fp32 column sums of the fp32 block
-// per 64-row block. grad: (n,) loss gradient for reduction none (applied per row); for sum/mean
-// the blocks are left unscaled and the caller multiplies the products by the scalar gradient
-// (/ count for mean), keeping the 16-bit blocks clear of underflow.
+// dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv): (nr, nv) in dtype, rounded
+// once from the fp32 value; rows past count get zeros. dlogits_lo: nullable, the residual
+// (fp32 value - dlogits) in dtype, for products at ~2x the 16-bit precision (reduction none,
+// whose gradients PyTorch rounds once: see cross_entropy.cu). db_part: nullable, (ceil(nr / 64), nv) fp32
+// column sums of the fp32 block per 64-row block. grad: (n,) loss gradient for reduction none
+// (applied per row); for sum/mean the block is left unscaled and the caller multiplies the
+// products by the scalar gradient (/ count for mean), keeping the 16-bit values clear of underflow.
 cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
                              const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
                              const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
                              float label_smoothing, float z_loss, int64_t r0, int64_t nr, int64_t v0, int64_t nv,
-                             void* dlogits_hi, void* dlogits_lo, float* db_part, cudaStream_t stream);
+                             void* dlogits, void* dlogits_lo, float* db_part, cudaStream_t stream);
 // out[rc] = hidden[rows[rc]] for rc < count, zeros after: (n, H) in dtype.
 cudaError_t ptft_lce_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows, const int32_t* count,
                                  int64_t n, int64_t hidden_dim, void* out, cudaStream_t stream);
