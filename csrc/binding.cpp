@@ -227,7 +227,8 @@ struct AttnShapes {
 // Checks q/k/v/cu_seqlens/mask/bias and fills the launcher arguments shared by fwd and bwd.
 AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, const at::Tensor& k,
                           const at::Tensor& v, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
-                          const OptTensor& bias, const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
+                          const OptTensor& bias, const OptTensor& rel_lut, const OptTensor& rel_table,
+                          const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
                           double dropout_p, double scale) {
   PTFT_CHECK_CUDA(OP, q);
   PTFT_CHECK_HALF(OP, q);
@@ -320,6 +321,22 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
   a.rel_table = nullptr;
   a.num_buckets = 0;
   a.drel_table = nullptr;
+  TORCH_CHECK_VALUE(rel_lut.has_value() == rel_table.has_value(), OP, ": give both rel_lut and rel_table or neither");
+  if (rel_lut.has_value()) {  // T5 relative position bias, looked up in the kernels
+    PTFT_CHECK_INPUT_N(OP, (*rel_lut), "rel_lut", q);
+    PTFT_CHECK_DTYPE_N(OP, (*rel_lut), "rel_lut", at::kInt);
+    PTFT_CHECK_SHAPE_N(OP, (*rel_lut), "rel_lut", max_q + max_k - 1);
+    PTFT_CHECK_INPUT_N(OP, (*rel_table), "rel_table", q);
+    PTFT_CHECK_DTYPE_N(OP, (*rel_table), "rel_table", at::kFloat);
+    PTFT_CHECK_DIM_N(OP, (*rel_table), "rel_table", 2);
+    const int64_t nb = rel_table->size(0);
+    TORCH_CHECK_VALUE(nb >= 1 && nb <= ptft_attention_max_buckets() && rel_table->size(1) == s.hq, OP,
+                      ": rel_table must be (num_buckets, Hq) with 1 <= num_buckets <= ", ptft_attention_max_buckets(),
+                      " and Hq = ", s.hq, ", got ", rel_table->sizes());
+    a.rel_lut = rel_lut->data_ptr<int32_t>();
+    a.rel_table = rel_table->data_ptr<float>();
+    a.num_buckets = static_cast<int>(nb);
+  }
   a.causal = causal;
   a.softmax_scale = static_cast<float>(scale);
   a.drop = dropout_arg(OP, rng, dropout_p, q);
@@ -335,12 +352,14 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
-                                                 const OptTensor& bias, const OptTensor& rng, int64_t max_q,
+                                                 const OptTensor& bias, const OptTensor& rel_lut,
+                                                 const OptTensor& rel_table, const OptTensor& rng, int64_t max_q,
                                                  int64_t max_k, bool causal, double dropout_p, double scale) {
   constexpr const char* OP = "ptft_fast::attention_fwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
+                                      causal, dropout_p, scale);
   at::Tensor out = at::empty_like(q);
   // zero-filled: varlen leaves rows past a sequence's length unwritten
   at::Tensor lse = at::zeros({s.batch, s.hq, s.max_q}, q.options().dtype(at::kFloat));
@@ -350,14 +369,17 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm, const OptTensor& bias,
-    const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal, double dropout_p, double scale, bool bias_grad) {
+    const OptTensor& rel_lut, const OptTensor& rel_table,
+    const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal, double dropout_p, double scale, bool bias_grad,
+    bool rel_grad) {
   constexpr const char* OP = "ptft_fast::attention_bwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
+                                      causal, dropout_p, scale);
   for (const auto& [name, t] : {Named{"dout", &dout}, Named{"out", &out}}) {
     PTFT_CHECK_INPUT_N(OP, *t, name, q);
     PTFT_CHECK_DTYPE_N(OP, *t, name, q.scalar_type());
@@ -368,6 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
   PTFT_CHECK_DTYPE(OP, lse, at::kFloat);
   PTFT_CHECK_SHAPE(OP, lse, s.batch, s.hq, s.max_q);
   TORCH_CHECK_VALUE(!bias_grad || bias.has_value(), OP, ": bias_grad=True needs attn_bias");
+  TORCH_CHECK_VALUE(!rel_grad || rel_table.has_value(), OP, ": rel_grad=True needs rel_table");
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor dsum = at::zeros({s.batch, s.hq, s.max_q}, f32);
   at::Tensor dq_acc = at::zeros(q.sizes(), f32);
@@ -382,6 +405,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
   a.dk = dk.data_ptr();
   a.dv = dv.data_ptr();
   a.dbias_full = bias_grad ? dbias_full.data_ptr<float>() : nullptr;
+  at::Tensor drel = rel_grad ? at::zeros_like(*rel_table) : q.new_empty({0}, f32);
+  a.drel_table = rel_grad ? drel.data_ptr<float>() : nullptr;
   PTFT_CHECK_LAUNCH(OP, ptft_attention_bwd(a, stream()));
   at::Tensor dbias = q.new_empty({0});
   if (bias_grad) {  // sum the full gradient over the dims attn_bias broadcasts along
@@ -395,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     at::Tensor red = dims.empty() ? dbias_full : dbias_full.sum(dims, /*keepdim=*/true);
     dbias = red.reshape(bt.sizes()).to(bt.scalar_type());
   }
-  return {dq_acc.to(q.scalar_type()), dk, dv, dbias};
+  return {dq_acc.to(q.scalar_type()), dk, dv, dbias, drel};
 }
 
 // ------------------------------------------------------------------ linear cross-entropy
@@ -638,13 +663,14 @@ TORCH_LIBRARY(ptft_fast, m) {
       "Tensor dbias)");
   m.def(
       "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, "
-      "float dropout_p, float softmax_scale) -> (Tensor out, Tensor lse)");
+      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, Tensor? rng, "
+      "int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale) -> (Tensor out, "
+      "Tensor lse)");
   m.def(
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "
-      "Tensor? cu_seqlens_k, Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rng, int max_seqlen_q, "
-      "int max_seqlen_k, bool causal, float dropout_p, float softmax_scale, bool bias_grad) -> (Tensor dq, "
-      "Tensor dk, Tensor dv, Tensor dbias)");
+      "Tensor? cu_seqlens_k, Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, "
+      "Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale, "
+      "bool bias_grad, bool rel_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias, Tensor drel_table)");
   m.def(
       "lce_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, int ignore_index, float label_smoothing, "
       "float z_loss, str reduction) -> (Tensor loss, Tensor lse, Tensor rows, Tensor count)");
@@ -685,6 +711,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("capabilities", []() {
     pybind11::dict caps;
     caps["attention_head_dims"] = std::vector<int>{32, 64, 128};
+    caps["attention_max_relative_buckets"] = ptft_attention_max_buckets();
     caps["attention_dtypes"] = std::vector<std::string>{"float16", "bfloat16"};
     caps["layer_norm_dtypes"] = std::vector<std::string>{"float32", "float16", "bfloat16"};
     caps["layer_norm_max_hidden"] = ptft_layer_norm_max_hidden();
