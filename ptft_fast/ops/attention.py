@@ -76,8 +76,8 @@ def attention(
         max_seqlen_q, max_seqlen_k: longest sequence; derived (a host read) when None.
         attn_bias: additive, differentiable, broadcastable to (B, Hq, Tq, Tk) (T5 relative
             position bias, ALiBi); in varlen form Tq/Tk are max_seqlen_q/k. Or a
-            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton backend
-            looks it up in-kernel (gradient into its table), others materialize it.
+            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton and cuda
+            backends look it up in-kernel (gradient into its table), the torch backend materializes it.
         dropout_p: attention-probability dropout, in [0, 1).
         softmax_scale: default 1/sqrt(D).
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
