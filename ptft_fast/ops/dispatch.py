@@ -152,14 +152,15 @@ def _resolve_auto(op: str, device_type: str) -> Callable:
     raise BackendUnavailableError(f"{op}: no backend available for {device_type} tensors")
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
-    """The implementation of ``op`` for ``backend`` (None → current default) and ``device``."""
+def resolve(op: str, backend: str | None, ref: torch.Tensor) -> Callable:
+    """The implementation of ``op`` for ``backend`` (None → current default) and the device of the
+    op's tensor ``ref``. A couple of dict lookups once warm (it runs on every op call)."""
     name = _CURRENT.get() if backend is None else backend
     if name == "auto":
-        key = (op, device.type)
+        key = (op, "cpu" if ref.is_cpu else ref.device.type)
         impl = _AUTO_CACHE.get(key)
         if impl is None:
-            impl = _AUTO_CACHE[key] = _resolve_auto(op, device.type)
+            impl = _AUTO_CACHE[key] = _resolve_auto(op, key[1])
         return impl
     impl = _EXPLICIT_CACHE.get((op, name))
     if impl is None:
@@ -175,12 +176,12 @@ def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
             )
         _EXPLICIT_CACHE[(op, name)] = impl
     if (
-        name in ("triton", "cuda")
-        and device.type != "cuda"
+        name != "torch"
+        and not ref.is_cuda
         and not (name == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
     ):
         raise BackendUnavailableError(
-            f"{op}: backend {name!r} runs on CUDA tensors, got tensors on {device}; "
+            f"{op}: backend {name!r} runs on CUDA tensors, got tensors on {ref.device}; "
             "use backend='torch' or 'auto' for CPU tensors"
         )
     return impl
