@@ -16,18 +16,20 @@ from torch.utils.checkpoint import checkpoint
 from ptft_fast import ops
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.state import KV, KVCache, Packing
+from ptft_fast.ops.graph_mode import in_graph
 
 
 def effective_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """attention_mask as bool, or None when it masks nothing.
 
-    Checked on CPU only (a free host read there, a sync on GPU): without a mask, attention takes
-    SDPA's unmasked (or is_causal) fast path instead of building and applying a boolean mask.
+    Checked on CPU only (a free host read there, a sync on GPU) and not in graph mode (a
+    data-dependent branch): without a mask, attention takes SDPA's unmasked (or is_causal) fast
+    path instead of building and applying a boolean mask.
     """
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if mask.device.type == "cpu" and bool(mask.all()):
+    if mask.is_cpu and not in_graph() and bool(mask.all()):
         return None
     return mask
 

@@ -6,6 +6,7 @@ import torch
 
 from ptft_fast.ops import checks
 from ptft_fast.ops.dispatch import resolve
+from ptft_fast.ops.graph_mode import in_graph
 
 OP = "linear_cross_entropy"
 REDUCTIONS = ("mean", "sum", "none")
@@ -17,7 +18,7 @@ def check_labels_in_range(labels: torch.Tensor, vocab: int, ignore_index: int) -
     The public op checks device tensors; on CPU each backend checks (the torch backend's small
     path lets ``F.cross_entropy`` check, and calls this only to word the error)."""
     bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
-    if labels.is_cpu:
+    if labels.is_cpu and not in_graph():  # in a graph: the assert, not a data-dependent branch
         if bad.any():
             value = labels[bad][0].item()
             raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptft_fast.ops.graph_mode import in_graph
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
 # Elements of one (rows x vocab) logits block in linear_cross_entropy (64 MiB in fp32).
@@ -272,8 +273,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, ignore_index, smoothing, z_loss, reduction):
         valid = labels != ignore_index
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        if hidden.device.type == "cpu":
-            # Dropping unlabeled rows needs their count on the host: free on CPU, a sync on GPU.
+        if hidden.is_cpu and not in_graph():
+            # Dropping unlabeled rows needs their count on the host: free on CPU, a sync on GPU
+            # (and a data-dependent shape in a graph).
             rows = valid.nonzero().squeeze(1)
             h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
             row_weight = torch.ones(rows.shape, dtype=acc, device=hidden.device)
