@@ -112,3 +112,26 @@ def test_triton_dropout_is_refused_torch_dropout_is_not():
         assert _triton_dropout(dropping) and not _triton_dropout(still)
     with use_backend("torch"):
         assert not _triton_dropout(dropping)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_captured_steps_match_eager_on_cuda(compiled, new_run, tiny):
+    """The capture and replay: never run without a GPU (run_gpu.sh runs it among its first tests)."""
+    run = dict(tiny, lr=3e-3, warmup_steps=0, max_steps=8, max_grad_norm=0.05)
+    eager = Trainer(
+        TrainConfig(model="bert-tiny-cpu", objective="mlm", out=str(new_run(name="eager")), **run)
+    )
+    graphed = Trainer(
+        TrainConfig(
+            model="bert-tiny-cpu", objective="mlm", out=str(new_run(name="graph")), cuda_graphs=True,
+            compile=compiled, **run,
+        )
+    )  # fmt: skip
+    assert graphed.graph_step is not None and graphed.graph_step.capture
+    for _ in range(5):
+        a, b = eager.train_step(), graphed.train_step()
+        assert b.result.stepped and abs(a.loss - b.loss) <= 1e-4 * abs(a.loss), (a.loss, b.loss)
+    assert graphed.graph_step.graph is not None
+    for p, q in zip(eager.model.parameters(), graphed.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5)
