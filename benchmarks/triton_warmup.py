@@ -50,13 +50,17 @@ def warm(w: Workload, device: torch.device) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="bert_mlm@128,gpt2_clm", help="workloads (bench_train_e2e --only)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="workloads (bench_train_e2e --only); default bert_mlm@128,gpt2_clm (--tiny: both ops)",
+    )
     parser.add_argument(
         "--tiny", action="store_true", help="the rehearsal's shapes (CPU, Triton interpreter)"
     )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    only = [s for s in args.only.split(",") if s]
+    only = (args.only or ("bert_mlm,gpt2_clm" if args.tiny else "bert_mlm@128,gpt2_clm")).split(",")
     for w in TINY if args.tiny else FULL:
         if selected(w, only):
             print(

@@ -100,3 +100,25 @@ def test_pytest_outcomes_are_appended_per_test(tmp_path):
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["nodeid"] for e in entries] == ids
     assert all(e["outcome"] == "passed" and e["phase"] == "call" and e["seconds"] >= 0 for e in entries)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["bert_mlm", "gpt2_clm"])
+def test_triton_warmup_launches_the_triton_kernels_of_a_workload(index, monkeypatch):
+    pytest.importorskip("triton")
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from ptft_fast.benchmarks.bench_train_e2e import TINY
+    from ptft_fast.benchmarks.triton_warmup import warm
+
+    launched = set()
+    real = InterpretedFunction.run
+    monkeypatch.setattr(
+        InterpretedFunction,
+        "run",
+        lambda self, *a, **k: launched.add(self.fn.__name__) or real(self, *a, **k),
+    )
+    assert warm(TINY[index], torch.device("cpu")) > 0
+    # forward and backward kernels of every op the workload uses
+    assert {"_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_attention_fwd_kernel"} <= launched, launched
+    assert any("lce" in name for name in launched), launched
