@@ -53,8 +53,8 @@ def shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...], rule: 
 
 
 def device_type(t: torch.Tensor) -> str:
-    """``t.device.type``, without building the device object for CPU tensors (~0.4 µs a call)."""
-    return "cpu" if t.is_cpu else t.device.type
+    """``t.device.type``, without building the device object for CPU and CUDA tensors (~0.4 µs)."""
+    return "cpu" if t.is_cpu else "cuda" if t.is_cuda else t.device.type
 
 
 def autocast_inputs(device: torch.device | str, *tensors):

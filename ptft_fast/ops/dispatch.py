@@ -157,7 +157,7 @@ def resolve(op: str, backend: str | None, ref: torch.Tensor) -> Callable:
     op's tensor ``ref``. A couple of dict lookups once warm (it runs on every op call). Under
     torch.compile the choice is made once, when the graph is traced: a later ``use_backend``
     does not change a compiled model's backend."""
-    device_type = "cpu" if ref.is_cpu else ref.device.type
+    device_type = "cpu" if ref.is_cpu else "cuda" if ref.is_cuda else ref.device.type
     if torch.compiler.is_compiling():
         return _REGISTRY[op][_traced_choice(op, backend, device_type)]
     return _lookup(op, backend, device_type)
