@@ -208,7 +208,7 @@ PYTEST=($PY -m pytest -p no:cacheprovider -rfE -v --tb=short)
 $PY -c "import xdist" 2>/dev/null && ((!REHEARSE)) && PYTEST+=(-n "${PTFT_XDIST:-6}")
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout "${PTFT_TEST_TIMEOUT:-90}")
 FIRST=()
-if want tests_first; then
+if want tests_first && (($(left) >= 10)); then
   mapfile -t listed < <(grep -v '^#' benchmarks/gpu_tests_first.txt | sed '/^$/d')
   collected=$($PY -m pytest --collect-only -q -p no:cacheprovider $(printf '%s\n' "${listed[@]}" | cut -d: -f1 | sort -u) 2>/dev/null)
   for id in "${listed[@]}"; do
