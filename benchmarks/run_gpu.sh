@@ -219,7 +219,11 @@ if want tests_first && (($(left) >= 10)); then
     fi
   done
 fi
-((${#FIRST[@]})) && step tests_first 90 "${PYTEST[@]}" "${FIRST[@]}"
+if ((${#FIRST[@]})); then
+  step tests_first 90 "${PYTEST[@]}" "${FIRST[@]}"
+elif want tests_first; then
+  skip tests_first "budget of ${BUDGET}s spent, or none of its tests collected"
+fi
 if ((REHEARSE)); then
   REST=(tests/kernels/test_triton_layer_norm.py -m "not slow and not gpu")
 else
