@@ -15,8 +15,10 @@ llama_clm      Llama-style 125M (GQA 12/4 heads) causal LM  1024     1          
 
 (CPU batches are 1–2 so that a full run completes on a 2-core machine.) ``--quick`` runs tiny
 configs of the same architectures (presets bert-tiny-cpu, gpt-tiny, t5-tiny, a tiny Llama) with
-ptft:torch, hf+ptft-patch and hf-eager only. llama_clm has no ptft_fast model of its own: it runs
-the transformers providers only.
+ptft:torch, hf+ptft-patch and hf-eager unless ``--providers`` names others. llama_clm has no
+ptft_fast model of its own: it runs the transformers providers only. ``--tiny`` (the CPU rehearsal
+of ``benchmarks/run_gpu.sh``) runs smaller still, and on CPU lets ptft:triton run under the Triton
+interpreter (``TRITON_INTERPRET=1``).
 
 Providers: ``ptft:<backend>`` for each ptft_fast backend (torch; triton and cuda on CUDA),
 ``hf-eager`` (transformers, attn_implementation="sdpa"; the baseline), ``hf-compile`` (the same
@@ -36,8 +38,13 @@ Columns: tokens/s (B·T, T5: B·(S + T_dec)), TFLOP/s from :func:`step_flops`, %
 harness's DEVICE_PEAKS (blank on CPU), peak memory (growth during one steady-state step), ratio
 vs hf-eager measured in the same run.
 
-Run: ``python -m ptft_fast.benchmarks.bench_train_e2e [--quick] [--threads N] [--only OPS]``
-→ table, rows appended to ``benchmarks/results/train_e2e_<device>.csv``, tokens/s plot beside.
+Providers run in the order ``--providers`` gives, after the baseline; each row is appended to the
+CSV the moment its provider is measured, and ``--provider-cap`` bounds each provider (a slower one
+becomes a ``TIMEOUT`` row): a run stopped at a GPU lease's limit keeps every finished row.
+
+Run: ``python -m ptft_fast.benchmarks.bench_train_e2e [--quick|--tiny] [--threads N] [--only OPS]
+[--providers P,...] [--provider-cap S]`` → table, rows appended to
+``benchmarks/results/train_e2e_<device>.csv``, tokens/s plot beside.
 """
 
 from __future__ import annotations
@@ -58,9 +65,10 @@ from ptft_fast.benchmarks.harness import (
     failure_summary,
     format_table,
     plot,
+    provider_cap,
     run_case,
     single_thread_quick,
-    write_csv,
+    streaming,
 )
 from ptft_fast.benchmarks.kernel_providers import optional, require_cuda
 from ptft_fast.benchmarks.kernel_providers import ptft as kernel_ptft
@@ -157,6 +165,11 @@ QUICK = [
     Workload("t5_span", "t5-tiny", 128, {"cpu": 2, "cuda": 2}),
     Workload("gpt2_lora", "gpt-tiny", 256, {"cpu": 1, "cuda": 1}, {"max_position_embeddings": 256}),
     Workload("llama_clm", "llama-tiny", 256, {"cpu": 1, "cuda": 1}, hf=LLAMA_TINY),
+]
+# the CPU rehearsal of run_gpu.sh: shapes at which the Triton interpreter takes about a second a step
+TINY = [
+    Workload("bert_mlm", "bert-tiny-cpu", 32, {"cpu": 2, "cuda": 2}),
+    Workload("gpt2_clm", "gpt-tiny", 16, {"cpu": 1, "cuda": 1}),
 ]
 
 
@@ -405,8 +418,9 @@ def _load_hf_patched(built: Built, device: torch.device) -> nn.Module:
     return model
 
 
-def providers(built: Built, device: torch.device, quick: bool) -> dict:
-    """name → factory (model loaded, step 0 run and checked) for ``run_case``."""
+def providers(built: Built, device: torch.device, *, interpret: bool = False) -> dict:
+    """name → factory (model loaded, step 0 run and checked) for ``run_case``; ``interpret``: the
+    triton backend also on CPU tensors when ``TRITON_INTERPRET=1`` (the rehearsal)."""
 
     def ptft_step(backend: str):
         return checked_step(f"ptft:{backend}", _load_ptft(built, device), built, backend=backend)
@@ -416,23 +430,31 @@ def providers(built: Built, device: torch.device, quick: bool) -> dict:
         call = torch.compile(model, dynamic=False)
         return checked_step("hf-compile", model, built, call=call, compiling=True)
 
-    ours = {name.replace("ptft-", "ptft:"): make for name, make in kernel_ptft(ptft_step, device).items()}
+    ours = kernel_ptft(ptft_step, device, interpret=interpret)
     if built.workload.hf is not None:
         ours = {}  # no ptft_fast model of this architecture
     out = {BASELINE: lambda: checked_step(BASELINE, _load_hf(built, device), built)}
     patched = {PATCHED: lambda: checked_step(PATCHED, _load_hf_patched(built, device), built)}
-    if quick:
-        return {**out, **{k: v for k, v in ours.items() if k == "ptft:torch"}, **patched}
     out["hf-compile"] = compiled
     out.update(patched)  # before hf-liger: Liger's own patches change transformers' classes process-wide
     out["hf-liger"] = lambda: checked_step(
         "hf-liger", _load_hf(built, device, _liger_patch(built, device)), built
     )
-    return {**out, **ours}
+    return {**out, **{name.replace("ptft-", "ptft:"): make for name, make in ours.items()}}
 
 
-# every provider name ``providers`` can return (--quick times hf-eager, ptft:torch and hf+ptft-patch only)
+# every provider name ``providers`` returns; --quick and --tiny time hf-eager and QUICK_PROVIDERS
+# unless --providers names others
 PROVIDER_NAMES = [BASELINE, "hf-compile", PATCHED, "hf-liger", *(f"ptft:{b}" for b in BACKENDS)]
+QUICK_PROVIDERS = ["ptft:torch", PATCHED]
+
+
+def ordered(factories: dict, keep: Sequence[str]) -> dict:
+    """The baseline, then the providers named in ``keep`` in that order (all when empty); hf-liger
+    last of all (names a workload lacks are left out), since an ``apply_liger_kernel_to_<family>`` patch is process-wide."""
+    names = [BASELINE, *(k for k in keep if k != BASELINE)] if keep else list(factories)
+    names = sorted(dict.fromkeys(names), key=lambda n: (n == "hf-liger", n != BASELINE))
+    return {n: factories[n] for n in names if n in factories}  # llama_clm has no ptft:*
 
 
 def selected(w: Workload, only: Sequence[str]) -> bool:
@@ -442,20 +464,28 @@ def selected(w: Workload, only: Sequence[str]) -> bool:
 
 @single_thread_quick
 def suite(
-    device: torch.device, quick: bool, only: Sequence[str] = (), keep: Sequence[str] = ()
+    device: torch.device,
+    quick: bool,
+    only: Sequence[str] = (),
+    keep: Sequence[str] = (),
+    *,
+    tiny: bool = False,
 ) -> list[dict]:
-    """Rows for every workload (``only``: see :func:`selected`; ``keep``: provider names to time,
-    all when empty; the baseline always runs), providers timed one after another."""
-    warmup, repeats = (1, 3) if quick or device.type == "cpu" else (3, 10)
+    """Rows for every workload (``only``: see :func:`selected`; ``keep``: provider names to time in
+    this order, all when empty — QUICK_PROVIDERS for ``quick``; the baseline always runs first),
+    providers timed one after another, each row streamed as it is measured. ``tiny`` (with
+    ``quick``): the TINY workloads, triton interpreted on CPU."""
+    # step 0 (the loss check) already warms up: the rehearsal's tiny runs time 2 more steps
+    warmup, repeats = (0, 2) if tiny else (1, 3) if quick or device.type == "cpu" else (3, 10)
+    if quick and not keep:
+        keep = QUICK_PROVIDERS
     rows = []
-    for w in QUICK if quick else FULL:
+    for w in TINY if tiny else QUICK if quick else FULL:
         if not selected(w, only):
             continue
         built = build(w, device)
         try:
-            factories = providers(built, device, quick)
-            if keep:
-                factories = {k: v for k, v in factories.items() if k == BASELINE or k in keep}
+            factories = ordered(providers(built, device, interpret=tiny), keep)
             rows += run_case(
                 built.case, factories, device,
                 baseline=BASELINE, warmup=warmup, repeats=repeats,
@@ -470,6 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny configs, ptft:torch, hf+ptft-patch and hf-eager only"
     )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the rehearsal's shapes (smaller than --quick); triton interpreted on CPU",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
@@ -480,7 +515,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--providers",
         default="",
-        help="comma-separated providers to time (hf-eager always runs: it is the baseline); default all",
+        help="comma-separated providers to time, in this order (hf-eager, the baseline, always runs first); "
+        "default all",
+    )
+    parser.add_argument(
+        "--provider-cap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="at most this long per provider (model load, step 0, timing); over it the row says TIMEOUT",
     )
     parser.add_argument(
         "--csv", default=None, help="CSV to append to (default results/train_e2e_<device>.csv)"
@@ -490,8 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    stem = f"train_e2e_{device.type}" + ("-quick" if args.quick else "")
-    workloads = QUICK if args.quick else FULL
+    stem = f"train_e2e_{device.type}" + ("-tiny" if args.tiny else "-quick" if args.quick else "")
+    workloads = TINY if args.tiny else QUICK if args.quick else FULL
     known = list(dict.fromkeys([w.op for w in workloads] + [f"{w.op}@{w.seq}" for w in workloads]))
     ops = [s for s in args.only.split(",") if s] or list(dict.fromkeys(w.op for w in workloads))
     if set(ops) - set(known):
@@ -501,13 +544,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"--providers: unknown {sorted(set(keep) - set(PROVIDER_NAMES))}; known: {PROVIDER_NAMES}"
         )
+    if args.provider_cap < 0:
+        parser.error(f"--provider-cap must be >= 0 seconds, got {args.provider_cap}")
+    csv_path = args.csv or RESULTS_DIR / f"{stem}.csv"
     rows = []
-    for op in ops:  # rows are appended op by op, so a long CPU run keeps what it measured
-        rows += (new := suite(device, args.quick, [op], keep))
-        print(format_table(new), flush=True)
-        write_csv(new, args.csv or RESULTS_DIR / f"{stem}.csv")
+    with streaming(csv_path), provider_cap(args.provider_cap):
+        for op in ops:
+            rows += suite(device, args.quick or args.tiny, [op], keep, tiny=args.tiny)
     print(format_table(rows))
-    print(f"rows appended to {args.csv or RESULTS_DIR / f'{stem}.csv'}")
+    print(f"rows appended to {csv_path}")
     title = f"one training step, tokens/s per provider ({'quick' if args.quick else 'full'})"
     print(f"plot written to {plot(rows, args.plot or RESULTS_DIR / f'{stem}.png', title, 'tokens_per_s')}")
     if summary := failure_summary(rows):

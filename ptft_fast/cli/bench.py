@@ -1,4 +1,8 @@
-"""``ptft bench ops|train|all``: run the benchmark suites, print a table, append CSV, plot."""
+"""``ptft bench ops|train|all``: run the benchmark suites, print a table, append CSV, plot.
+
+Each row is appended to the CSV the moment its provider is measured, so a run stopped at a time
+limit keeps what it measured; ``--provider-cap`` bounds each provider (a slow one becomes a
+``TIMEOUT`` row and the next starts)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,13 @@ def add_parser(sub) -> None:
         "--csv", default=None, help="CSV to append rows to (default benchmarks/results/<group>.csv)"
     )
     p.add_argument("--plot", default=None, help="PNG to write a chart to")
+    p.add_argument(
+        "--provider-cap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="at most this long per provider (setup, warm-up and timing); over it the row says TIMEOUT",
+    )
     p.add_argument(
         "--write-auto-table",
         action="store_true",
@@ -65,14 +76,17 @@ def run(args: argparse.Namespace) -> int:
         chosen = {name: chosen[name] for name in wanted}
     if not chosen:
         raise UsageError(f"no benchmark suites for group {args.group!r}")
+    if args.provider_cap < 0:
+        raise UsageError(f"--provider-cap must be >= 0 seconds, got {args.provider_cap}")
     rows = []
     start = time.time()
-    for name, module in chosen.items():
-        print(f"[ptft bench] {name} on {harness.device_name(device)} ...", flush=True)
-        rows += module.suite(device, args.quick)
-    print(harness.format_table(rows))
     csv_path = args.csv or harness.RESULTS_DIR / f"{args.group}{'-quick' if args.quick else ''}.csv"
-    print(f"[ptft bench] {len(rows)} rows appended to {harness.write_csv(rows, csv_path)}")
+    with harness.streaming(csv_path), harness.provider_cap(args.provider_cap):
+        for name, module in chosen.items():
+            print(f"[ptft bench] {name} on {harness.device_name(device)} ...", flush=True)
+            rows += module.suite(device, args.quick)
+    print(harness.format_table(rows))
+    print(f"[ptft bench] {len(rows)} rows appended to {csv_path}")
     if args.plot:
         print(
             f"[ptft bench] plot written to {harness.plot(rows, args.plot, title=f'ptft bench {args.group}')}"

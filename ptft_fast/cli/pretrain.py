@@ -28,6 +28,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint")
     p.add_argument("--price-per-hour", type=float, help="price of one device-hour for the price tag")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (fullgraph; kernels stay opaque ops)"
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA: capture forward + backward + optimizer step in one graph and replay it (fixed shapes)",
+    )
     from ptft_fast.train.deepspeed_config import add_deepspeed_args
 
     add_deepspeed_args(p)
@@ -54,6 +62,10 @@ def build_config(args: argparse.Namespace):
     }
     if args.no_progress:
         flags["progress"] = False
+    if args.compile:
+        flags["compile"] = True
+    if args.cuda_graphs:
+        flags["cuda_graphs"] = True
     flags = {k: v for k, v in flags.items() if v is not None}
     clash = sorted(
         k for k in flags if k in sets and merge(cfg, {k: sets[k]}, "--set").to_dict()[k] != flags[k]

@@ -16,18 +16,20 @@ from torch.utils.checkpoint import checkpoint
 from ptft_fast import ops
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.state import KV, KVCache, Packing
+from ptft_fast.ops.graph_mode import in_graph
 
 
 def effective_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """attention_mask as bool, or None when it masks nothing.
 
-    Checked on CPU only (a free host read there, a sync on GPU): without a mask, attention takes
-    SDPA's unmasked (or is_causal) fast path instead of building and applying a boolean mask.
+    Checked on CPU only (a free host read there, a sync on GPU) and not in graph mode (a
+    data-dependent branch): without a mask, attention takes SDPA's unmasked (or is_causal) fast
+    path instead of building and applying a boolean mask.
     """
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if mask.device.type == "cpu" and bool(mask.all()):
+    if mask.is_cpu and not in_graph() and bool(mask.all()):
         return None
     return mask
 
@@ -113,17 +115,20 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).view(*lead, 3, *hd).unbind(-3)  # (B, T, H, D) each
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
-        extra = packing.attention_kwargs() if packing is not None else {}
+        cu, longest = (packing.cu_seqlens, packing.max_seqlen) if packing is not None else (None, None)
         o = ops.attention(
             q,
             k,
             v,
             causal=causal,
             key_padding_mask=key_padding_mask,
+            cu_seqlens_q=cu,
+            cu_seqlens_k=cu,
+            max_seqlen_q=longest,
+            max_seqlen_k=longest,
             attn_bias=attn_bias,
             dropout_p=self.dropout if self.training else 0.0,
             softmax_scale=self.softmax_scale,
-            **extra,
         )
         return self.out(o.reshape(*lead, -1)), (k, v)
 
@@ -209,17 +214,30 @@ class Layer(nn.Module):
         past_cross: KV | None = None,
     ) -> tuple[torch.Tensor, KV, KV | None]:
         p = self.dropout if self.training else 0.0
-        self_kw = dict(causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, packing=packing)
         cross_kv = None
         if self.pre_norm:
-            a, self_kv = self.attn(self.attn_norm(x), past=past_self, **self_kw)
+            a, self_kv = self.attn(
+                self.attn_norm(x),
+                past=past_self,
+                causal=causal,
+                key_padding_mask=key_padding_mask,
+                attn_bias=attn_bias,
+                packing=packing,
+            )
             if self.cross is not None:
                 n, x = self.cross_norm(a, residual=x, dropout_p=p, return_residual=True)
                 a, cross_kv = self.cross(n, memory=memory, past=past_cross, key_padding_mask=memory_mask)
             n, x = self.mlp_norm(a, residual=x, dropout_p=p, return_residual=True)
             m = self.mlp(n)
             return x + (F.dropout(m, p, training=True) if p > 0.0 else m), self_kv, cross_kv
-        a, self_kv = self.attn(x, past=past_self, **self_kw)
+        a, self_kv = self.attn(
+            x,
+            past=past_self,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            attn_bias=attn_bias,
+            packing=packing,
+        )
         x = self.attn_norm(a, residual=x, dropout_p=p)
         if self.cross is not None:
             a, cross_kv = self.cross(x, memory=memory, past=past_cross, key_padding_mask=memory_mask)

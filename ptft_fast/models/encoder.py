@@ -21,6 +21,7 @@ from ptft_fast.models.blocks import (
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, MLMHead, NSPHead
 from ptft_fast.models.state import ModelOutput, Packing
+from ptft_fast.ops.graph_mode import in_graph
 
 
 def roberta_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -145,11 +146,11 @@ class EncoderForMaskedLM(nn.Module):
         if return_logits is None:
             return_logits = labels is None
         attention_mask = effective_mask(attention_mask)
-        packing = (
-            Packing.from_mask(attention_mask) if self.config.varlen and attention_mask is not None else None
-        )
+        static = in_graph()  # no packing and no labeled-rows-only last layer: both need host reads
+        varlen = self.config.varlen and attention_mask is not None and not static
+        packing = Packing.from_mask(attention_mask) if varlen else None
         weight = self.encoder.embed_tokens.weight
-        keep = labels != IGNORE_INDEX if labels is not None else None
+        keep = labels != IGNORE_INDEX if labels is not None and not static else None
         if keep is not None and not return_logits and self.nsp is None and bool(keep.any()):
             # Loss only: the last layer runs at the labeled positions alone (exact for the loss).
             h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing, keep=keep)

@@ -67,7 +67,3 @@ class Packing:
         """(total, ...) → (B, T, ...) with zeros at padding."""
         out = x.new_zeros(self.batch * self.seqlen, *x.shape[1:]).index_copy(0, self.indices, x)
         return out.view(self.batch, self.seqlen, *x.shape[1:])
-
-    def attention_kwargs(self) -> dict:
-        cu, m = self.cu_seqlens, self.max_seqlen
-        return dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m)

@@ -90,20 +90,26 @@ def attention(
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     ndim = 3 if varlen else 4
-    layout = "(total, H, D) in varlen form" if varlen else "(B, T, H, D)"
     for name, t in (("q", q), ("k", k), ("v", v)):
         checks.tensor(OP, name, t)
         if t.dim() != ndim:
+            layout = "(total, H, D) in varlen form" if varlen else "(B, T, H, D)"
             raise ValueError(f"{OP}: {name} must be {layout}, got shape {tuple(t.shape)}")
         checks.not_empty(OP, name, t)
-    checks.same_device(OP, "q", q, k=k, v=v)
-    q, k, v = checks.autocast_inputs(q.device, q, k, v)
-    checks.dtypes(OP, "q", q, operands={"k": k, "v": v}, params={})
-    if k.shape != v.shape:
-        raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{OP}: head dim D of q ({q.shape[-1]}) and k ({k.shape[-1]}) must match")
-    hq, hkv = q.shape[-2], k.shape[-2]
+    device = q.device
+    if k.device != device or v.device != device:
+        checks.same_device(OP, "q", q, k=k, v=v)
+    kind = checks.device_type(q)
+    if torch.is_autocast_enabled(kind):
+        q, k, v = checks.autocast_inputs(kind, q, k, v)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        checks.dtypes(OP, "q", q, operands={"k": k, "v": v}, params={})
+    q_shape, k_shape = q.shape, k.shape  # read once: each .shape builds a new object
+    if k_shape != v.shape:
+        raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k_shape)} and {tuple(v.shape)}")
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(f"{OP}: head dim D of q ({q_shape[-1]}) and k ({k_shape[-1]}) must match")
+    hq, hkv = q_shape[-2], k_shape[-2]
     if hq % hkv != 0:
         raise ValueError(f"{OP}: Hq must be divisible by Hkv (GQA/MQA), got Hq={hq}, Hkv={hkv}")
     checks.probability(OP, "dropout_p", dropout_p)
@@ -127,26 +133,27 @@ def attention(
         max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, cu_seqlens_k)
         full = (bq, hq, max_seqlen_q, max_seqlen_k)
     else:
-        if q.shape[0] != k.shape[0]:
-            raise ValueError(f"{OP}: batch of q ({q.shape[0]}) and k ({k.shape[0]}) must match")
-        full = (q.shape[0], hq, q.shape[1], k.shape[1])
+        if q_shape[0] != k_shape[0]:
+            raise ValueError(f"{OP}: batch of q ({q_shape[0]}) and k ({k_shape[0]}) must match")
+        full = (q_shape[0], hq, q_shape[1], k_shape[1])
         if key_padding_mask is not None:
             checks.tensor(OP, "key_padding_mask", key_padding_mask, floating=False)
             if key_padding_mask.dtype != torch.bool:
                 raise TypeError(
                     f"{OP}: key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}"
                 )
-            checks.shape(OP, "key_padding_mask", key_padding_mask, (k.shape[0], k.shape[1]), "(B, Tk)")
+            checks.shape(OP, "key_padding_mask", key_padding_mask, (k_shape[0], k_shape[1]), "(B, Tk)")
             checks.same_device(OP, "q", q, key_padding_mask=key_padding_mask)
     if attn_bias is not None:
         _check_bias(attn_bias, full)
         relative = isinstance(attn_bias, RelativePositionBias)
         bias_tensor = attn_bias.table if relative else attn_bias
         checks.same_device(OP, "q", q, attn_bias=bias_tensor)
-        checks.dtypes(
-            OP, "q", q, operands={}, params={"attn_bias.table" if relative else "attn_bias": bias_tensor}
-        )
-    impl = resolve(OP, backend, q.device)
+        if bias_tensor.dtype != q.dtype:
+            checks.dtypes(
+                OP, "q", q, operands={}, params={"attn_bias.table" if relative else "attn_bias": bias_tensor}
+            )
+    impl = resolve(OP, backend, q)
     return impl(
         q,
         k,

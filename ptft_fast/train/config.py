@@ -71,6 +71,9 @@ class TrainConfig:
     max_bad_steps: int = 5  # NaN/inf: skip the step with a warning; stop after this many in a row
     max_time_s: float = 0.0  # >0: stop (and save) after this many seconds of training
     cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (1 for models < 20M parameters, else torch's)
+    compile: bool = False  # torch.compile the model, fullgraph (the ops stay opaque custom ops)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without codegen)
+    cuda_graphs: bool = False  # CUDA: capture forward + backward + optimizer step once, replay it
     # --- evaluation, logging, checkpoints
     eval_every: int = 100  # steps between evaluations; 0 = only at the end
     eval_batches: int = 8  # micro-batches per evaluation
@@ -123,10 +126,32 @@ class TrainConfig:
             )
         if not 0.0 < self.long_seq_len_start < 1.0:
             raise TrainConfigError(f"long_seq_len_start must be in (0, 1), got {self.long_seq_len_start}")
+        if not self.compile_backend:
+            raise TrainConfigError("compile_backend must name a torch.compile backend, got ''")
+        if self.cuda_graphs:
+            self._check_graphable()
         if self.init_loss_scale != 2.0**16 and self.precision != "fp16":
             raise TrainConfigError(
                 f"init_loss_scale is an fp16 setting but precision is {self.precision!r} (contradictory)"
             )
+
+    def _check_graphable(self) -> None:
+        """cuda_graphs replays one captured step: every step must have the same shapes and keep
+        its decisions on the device."""
+        why = None
+        if self.long_seq_len:
+            why = f"long_seq_len={self.long_seq_len} switches the sequence length mid-run"
+        elif self.objective in ("electra", "infill"):
+            why = {
+                "electra": "ELECTRA samples replacement tokens between its two models",
+                "infill": "BART text infilling shortens each row by a random amount",
+            }[self.objective] + " (shapes vary)"
+        elif self.precision == "fp16":
+            why = "fp16's dynamic loss scaling decides on the host whether a step is skipped; use bf16"
+        elif self.gradient_checkpointing:
+            why = "gradient checkpointing saves and restores RNG state on the host in backward"
+        if why:
+            raise TrainConfigError(f"cuda_graphs needs fixed shapes and a device-only step: {why}")
 
     @property
     def warmup(self) -> int:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
-from ptft_fast.train.config import TrainConfig
+from ptft_fast.train.config import TrainConfig, TrainConfigError
 from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
 from ptft_fast.train.deepspeed_config import DeepSpeedOptions, build_config
 from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distributed
@@ -63,6 +63,8 @@ class DeepSpeedTrainer(Trainer):
 
     def __init__(self, cfg: TrainConfig, ds: DeepSpeedOptions, resume: str | None = None) -> None:
         cfg.validate()
+        if cfg.compile or cfg.cuda_graphs:
+            raise TrainConfigError("compile and cuda_graphs are single-process options; not with DeepSpeed")
         self.rank, self.world = init_distributed()
         if self.rank != 0:  # rank 0 shows progress, logs metrics and plots
             cfg = dataclasses.replace(cfg, progress=False, plot=False)

@@ -46,6 +46,11 @@ def build_for_objective(objective: str, config: ModelConfig) -> nn.Module:
     return ElectraModel(config) if objective == "electra" else build_model(config)
 
 
+def real_tokens(batch: dict, mask: str = "attention_mask", ids: str = "input_ids") -> int:
+    """Non-padding tokens of a batch; no mask means no padding (the trainer drops all-true masks)."""
+    return int(batch[mask].sum()) if mask in batch else batch[ids].numel()
+
+
 def label_counts(objective: str, batch: dict) -> dict[str, int]:
     """Tokens each loss term of ``batch`` is averaged over (known before the forward)."""
     labels = batch["labels"]
@@ -53,7 +58,7 @@ def label_counts(objective: str, batch: dict) -> dict[str, int]:
         labels = labels[:, 1:]
     counts = {"lm": int((labels != IGNORE).sum())}
     if objective == "electra":
-        counts["disc"] = int(batch["attention_mask"].sum())
+        counts["disc"] = real_tokens(batch)
     return counts
 
 
@@ -98,7 +103,7 @@ def token_counts(objective: str, batch: dict) -> dict[str, int]:
     """Real (non-padding) tokens through the encoder/decoder stacks and the vocab head; the
     longest row lengths (for the attention FLOPs)."""
     counts = label_counts(objective, batch)
-    enc = int(batch["attention_mask"].sum())
+    enc = real_tokens(batch)
     seq = batch["input_ids"].shape[1]
     dec, dec_len = 0, 0
     if "decoder_input_ids" in batch:

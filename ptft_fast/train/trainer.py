@@ -18,6 +18,7 @@ from torch import nn
 
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
+from ptft_fast.train.compiled import GraphStep, compile_model
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
 from ptft_fast.train.metrics import MetricsLog, train_flops
@@ -77,6 +78,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MASKS = ("attention_mask", "decoder_attention_mask")
+
+
+def drop_full_masks(objective: str, batch: dict) -> dict:
+    """``batch`` without the attention masks that mask nothing, read on the host before the batch
+    goes to the device (free there): models then take attention's unmasked (or is_causal) path
+    on GPU and in graph mode too, where they cannot look at the mask. ELECTRA keeps its mask (its
+    sampler reads it)."""
+    if objective == "electra":
+        return batch
+    return {k: v for k, v in batch.items() if not (k in MASKS and bool(v.all()))}
+
+
 SMALL_MODEL = 20_000_000  # parameters; below this one CPU thread is fastest
 
 
@@ -123,6 +137,9 @@ class Trainer:
         self.model = build_for_objective(cfg.objective, self.model_config).to(self.device)
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, self.model, self.device)
         self.strategy = TorchStrategy(self.model, cfg, self.device)
+        if cfg.compile:
+            compile_model(self.model, cfg)
+        self.graph_step = GraphStep.for_trainer(self) if cfg.cuda_graphs else None
         self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
         self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
@@ -175,14 +192,18 @@ class Trainer:
         """Collate the step's micro-batches, accumulate, update; apply the NaN/inf policy."""
         cfg = self.cfg
         seq_len = seq_len_at(self.step, cfg)
-        batches = [
-            {k: v.to(self.device) for k, v in self.source.next(cfg.micro_batch_size, seq_len).items()}
+        host = [
+            drop_full_masks(cfg.objective, self.source.next(cfg.micro_batch_size, seq_len))
             for _ in range(cfg.grad_accum_steps)
         ]
         self.model.train()
-        out = accumulate_step(
-            cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
-        )
+        if self.graph_step is not None:  # copies the batches into its captured inputs itself
+            out = self.graph_step(host, self.step)
+        else:
+            batches = [{k: v.to(self.device) for k, v in b.items()} for b in host]
+            out = accumulate_step(
+                cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
+            )
         finite_loss = all(math.isfinite(v) for v in out.terms.values())
         if finite_loss and (out.result.stepped or cfg.precision == "fp16"):
             self.bad = 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling

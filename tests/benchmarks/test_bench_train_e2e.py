@@ -47,7 +47,7 @@ def test_step0_loss_check_rejects_a_perturbed_weight(index):
             weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * 0.5)
         with pytest.raises(LossMismatchError, match=r"step-0 loss of ptft:torch"):
             e2e.checked_step("ptft:torch", model, built, backend="torch")
-        full = e2e.providers(built, CPU, quick=False)
+        full = e2e.providers(built, CPU)
         for name in ("hf-liger", "ptft:triton", "ptft:cuda"):  # CUDA-only providers are skipped rows
             with pytest.raises(Unavailable):
                 full[name]()
@@ -63,7 +63,7 @@ def test_llama_flops_count_the_untied_head_and_gqa_attention_width():
         body = layers * per_layer + h  # + final norm
         expected = 6 * body * t + 6 * h * v * (t - 1) + 3 * layers * 4 * t * t * h
         assert built.family == "llama" and built.case.flops == expected
-        assert set(e2e.providers(built, CPU, quick=False)) == {
+        assert set(e2e.providers(built, CPU)) == {
             "hf-eager",
             "hf-compile",
             "hf+ptft-patch",
@@ -103,3 +103,13 @@ def test_selected_matches_op_or_op_at_seq():
     w = e2e.FULL[1]  # bert_mlm @ 512
     assert e2e.selected(w, []) and e2e.selected(w, ["bert_mlm"]) and e2e.selected(w, ["bert_mlm@512"])
     assert not e2e.selected(w, ["bert_mlm@128"]) and not e2e.selected(w, ["gpt2_clm"])
+
+
+def test_providers_run_in_the_order_given_after_the_baseline():
+    factories = dict.fromkeys(e2e.PROVIDER_NAMES)
+    given = ["hf-liger", "ptft:triton", "hf-compile"]  # hf-liger patches process-wide: always last
+    assert list(e2e.ordered(factories, given)) == ["hf-eager", "ptft:triton", "hf-compile", "hf-liger"]
+    assert list(e2e.ordered(factories, ["ptft:cuda"])) == ["hf-eager", "ptft:cuda"]
+    everything = list(e2e.ordered(factories, []))
+    assert everything[0] == "hf-eager" and everything[-1] == "hf-liger"
+    assert sorted(everything) == sorted(e2e.PROVIDER_NAMES)
