@@ -13,7 +13,7 @@ import sys
 
 from ptft_fast.cli.errors import USER_ERRORS, ParseError, Parser, report, warnings_as_lines
 
-SUBCOMMANDS = ("bench", "prepare", "pretrain", "export", "finetune", "generate", "icl")
+SUBCOMMANDS = ("models", "prepare", "pretrain", "finetune", "generate", "icl", "export", "bench")
 DEBUG_HELP = "show the traceback of an error (default: one line)"
 
 
