@@ -161,7 +161,7 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
         tcfg = TokenizerConfig(
             kind=args.tokenizer, vocab_size=args.vocab_size, num_sentinels=args.num_sentinels
         )
-        tok = train_tokenizer(iter_prepared(out), tcfg)
+        tok = train_tokenizer(iter_prepared(out), tcfg, progress=not args.no_progress)
     tok.save(out)
     index = write_shards(
         iter_prepared(out),

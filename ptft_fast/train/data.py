@@ -122,9 +122,9 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
     train_texts = [t for i, t in enumerate(texts) if i not in held]
     if root.exists():
         shutil.rmtree(root)
-    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind))
+    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress)
     atomic_write_json(root / KEY_FILE, key)
-    shard_cfg = ShardConfig(num_workers=1, progress=False)
+    shard_cfg = ShardConfig(num_workers=1, progress=cfg.progress)  # bars only past a few seconds
     write_shards([texts[i] for i in sorted(held)], tok, eval_dir, shard_cfg)
     write_shards(train_texts, tok, train_dir, shard_cfg)  # written last: its index marks completion
     return RunData(tok, *_open(train_dir, eval_dir), False)
