@@ -15,7 +15,7 @@ def default_text(value) -> str:
     """A default as a user would type it (lists comma-separated)."""
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
-    return str(value)
+    return str(value).replace("\n", "\\n")  # a template's newline shown as typed
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

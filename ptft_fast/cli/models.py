@@ -9,7 +9,7 @@ from ptft_fast.cli.errors import int_at_least
 EXAMPLES = """examples:
   ptft models
   ptft models --vocab-size 4096
-  ptft pretrain --model bert-tiny --set vocab_size=4096 --set max_time_s=600 --set cpu_threads=2
+  ptft pretrain --model bert-tiny --set vocab_size=4096 --set max_steps=3000 --set max_time_s=600
 """
 
 

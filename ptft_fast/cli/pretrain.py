@@ -17,7 +17,7 @@ A tokenizer is trained on the corpus first; the run folder gets metrics, checkpo
 (Hugging Face format) and a summary. Every setting: --list-settings; every model: --list-models."""
 
 EXAMPLES = """examples:
-  ptft pretrain --model bert-tiny --objective mlm --set max_time_s=600 --set cpu_threads=2 --out runs/bert-tiny
+  ptft pretrain --model bert-tiny --objective mlm --set max_steps=3000 --set max_time_s=600 --set cpu_threads=2
   ptft pretrain --model gpt-tiny --objective clm --data corpus.txt --set max_steps=500 --set lr=2e-3
   ptft pretrain --config configs/pretrain-bert-tiny.yaml --resume latest
 """

@@ -129,7 +129,10 @@ class TrainConfig:
         5, "NaN/inf steps are skipped with a warning; stop after this many in a row", low=1
     )
     max_time_s: float = setting(
-        0.0, "> 0: stop (and save) after this many seconds of training in this invocation", low=0
+        0.0,
+        "> 0: stop (and save) after this many seconds of training in this invocation "
+        "(the lr schedule is still planned over max_steps)",
+        low=0,
     )
     cpu_threads: int = setting(
         0, "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default)", low=0
