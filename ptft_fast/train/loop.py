@@ -162,6 +162,8 @@ def eval_data_summary(trainer) -> dict:
     return {
         "held_out": not trainer.data.eval_is_train,
         "documents": trainer.data.eval.num_docs,
+        "tokens": trainer.data.eval.num_tokens,
+        "positions": cfg.eval_batches * cfg.micro_batch_size * seq_len_at(trainer.step, cfg),
         "eval_fraction": None if trainer.data.eval_is_train else cfg.eval_fraction,
         "rows": cfg.eval_batches * cfg.micro_batch_size,
     }
@@ -192,6 +194,10 @@ def _eval_lines(s: dict) -> list[str]:
     scored = (
         f"{e['rows']} rows, {s['eval_tokens']:,} tokens scored" if "eval_tokens" in s else f"{e['rows']} rows"
     )
+    if e.get("positions", 0) > 1.5 * e.get("tokens", math.inf):  # the eval rows wrap around
+        scored += (
+            f"; the rows read each of their {e['tokens']:,} tokens ~{e['positions'] / e['tokens']:.0f} times"
+        )
     if e["held_out"]:
         where = f"{e['documents']:,} held-out documents (eval_fraction={e['eval_fraction']:g}; {scored})"
         return [f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f} on {where}"]

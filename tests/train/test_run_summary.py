@@ -18,7 +18,7 @@ from ptft_fast.data.tokenizer import TokenizerConfig, train_tokenizer
 from ptft_fast.models import from_name
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data import ROW_SEGMENTS, BatchSource
-from ptft_fast.train.loop import rows_summary
+from ptft_fast.train.loop import _eval_lines, rows_summary
 from ptft_fast.train.objectives import model_inputs, row_stats
 
 SENTENCES = [s.strip() for doc in embedded_corpus()[:20] for s in doc.split(".") if len(s.split()) >= 3]
@@ -128,15 +128,26 @@ def test_summary_on_held_out_documents(new_run, capsys):
     assert s["train_loss_steps"] == 5 and s["final_train_loss"] == pytest.approx(sum(losses) / 5)
     assert "mean over the last 5 steps of this run" in printed
     held = TokenShards(out / "data" / "eval").num_docs
-    assert s["eval_data"] == {"held_out": True, "documents": held, "eval_fraction": 0.05, "rows": 8}
+    tokens = TokenShards(out / "data" / "eval").num_tokens
+    want = {"held_out": True, "documents": held, "eval_fraction": 0.05, "rows": 8, "tokens": tokens}
+    assert s["eval_data"] == {**want, "positions": 8 * 32}
     assert re.search(
-        rf"on {held} held-out documents \(eval_fraction=0.05; 8 rows, [\d,]+ tokens scored\)", printed
+        rf"on {held} held-out documents \(eval_fraction=0.05; 8 rows, [\d,]+ tokens scored", printed
     )
     r = s["rows"]
     assert r["rows"] == 5 * 4 and r["positions_per_row"] == 32 and r["attention_across_documents"]
     assert r["documents_per_row"] >= 1.0 and 0.0 <= r["padding_share"] < 1.0
     assert "documents per row on average" in printed and "attention crosses the documents of a row" in printed
     assert "TRAINING documents" not in printed
+
+
+def test_summary_says_when_eval_rows_repeat_the_held_out_documents():
+    s = {"eval_loss": 2.0, "perplexity": 7.4, "eval_tokens": 300}
+    e = {"held_out": True, "documents": 3, "eval_fraction": 0.05, "rows": 128, "tokens": 1483}
+    once = _eval_lines({**s, "eval_data": {**e, "positions": 1483}})[0]
+    assert "times" not in once
+    twice = _eval_lines({**s, "eval_data": {**e, "positions": 128 * 128}})[0]
+    assert "the rows read each of their 1,483 tokens ~11 times" in twice
 
 
 def test_summary_warns_when_eval_uses_training_documents(new_run, run_data, capsys):
