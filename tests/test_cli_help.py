@@ -96,12 +96,12 @@ def test_list_settings_documents_every_key(capsys):
         assert f" = {default}" in lines[head], lines[head]
         meaning = lines[head + 1].strip()
         assert lines[head + 1].startswith("      ") and len(meaning) > 10, f"{f.name}: no meaning line"
-        assert meaning == f.metadata["meaning"]
+        assert meaning == f.metadata.get("meaning"), f"{f.name}: declare it with setting(default, meaning)"
 
 
 def _outside(f: dataclasses.Field) -> list:
     """Values just outside the range field ``f`` documents."""
-    m, base = f.metadata, type(f.default)
+    m, base = dict(f.metadata) or {"low": None, "high": None}, type(f.default)
     step = 1 if base is int else 1e-3
     bad = []
     if m["low"] is not None:
@@ -126,7 +126,7 @@ def test_the_documented_range_is_enforced(f):
 
 def test_choices_are_documented_and_enforced(capsys):
     for f in dataclasses.fields(TrainConfig):
-        if f.metadata["choices"]:
+        if f.metadata.get("choices"):
             with pytest.raises(TrainConfigError, match=rf"^{f.name} must be one of"):
                 TrainConfig(**{f.name: "no-such-value"}).validate()
     assert main(["pretrain", "--list-settings"]) == 0

@@ -25,6 +25,7 @@ from ptft_fast.cli.errors import (
     output_folder,
     removed_on_error,
 )
+from ptft_fast.cli.help import MODEL_FOLDER
 
 DESCRIPTION = """Fine-tune a model folder (config.json, model.safetensors, tokenizer.json; e.g. the final/ folder of
 ptft pretrain) on a labeled task, all weights or a PEFT method. The epoch kept in OUT/best is chosen
@@ -47,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
-    p.add_argument("--model", required=True, help="folder: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--model", required=True, help=MODEL_FOLDER)
     p.add_argument(
         "--task",
         required=True,

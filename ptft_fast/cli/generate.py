@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ptft_fast.cli.errors import UsageError, float_in, input_path, int_at_least
+from ptft_fast.cli.help import MODEL_FOLDER
 
 DESCRIPTION = """Generate text with a KV cache from a GPT-2 (decoder) or T5/BART (encoder-decoder) model folder:
 greedy by default, sampling with --temperature/--top-k/--top-p, beam search with --beams. One prompt
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
-    p.add_argument("--model", required=True, help="folder: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--model", required=True, help=MODEL_FOLDER)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=32, help="tokens to generate at most")
     p.add_argument(

@@ -33,3 +33,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if not shown or "default" in text or action.nargs == 0:
             return text
         return f"{text} (default: {default_text(value).replace('%', '%%')})"
+
+
+MODEL_FOLDER = "model folder: config.json, model.safetensors, tokenizer.json (e.g. ptft pretrain's OUT/final)"

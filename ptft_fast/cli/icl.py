@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ptft_fast.cli.errors import UsageError, input_path, int_at_least, int_list
+from ptft_fast.cli.help import MODEL_FOLDER
 
 DESCRIPTION = """In-context (k-shot) evaluation of a GPT-2 or T5/BART model folder: each query is preceded by k
 labeled demonstrations and classified by the likeliest verbalized label; prints the accuracy per k.
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
-    p.add_argument("--model", required=True, help="folder: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--model", required=True, help=MODEL_FOLDER)
     p.add_argument("--task", required=True, help="labeled .tsv/.csv/.jsonl file, or stdlib-docstrings")
     p.add_argument("--demos", default=None, help="file of demonstrations (default: the task file)")
     p.add_argument("--shots", type=int_list(0), default=[0, 1, 4], help="comma-separated k values")

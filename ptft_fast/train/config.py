@@ -198,9 +198,9 @@ def _num(x: float) -> str:
 def allowed(f: dataclasses.Field) -> str:
     """The values field ``f`` accepts, in words: ``one of a|b``, ``>= 1``, ``in [0, 1)``, ..."""
     m = f.metadata
-    if m["choices"]:
-        return "one of " + "|".join(m["choices"])
-    low, high = m["low"], m["high"]
+    if m.get("choices"):
+        return "one of " + "|".join(m.get("choices"))
+    low, high = m.get("low"), m.get("high")
     if low is not None and high is not None:
         text = f"in {'(' if m['low_open'] else '['}{_num(low)}, {_num(high)}{')' if m['high_open'] else ']'}"
     elif low is not None:
@@ -219,11 +219,11 @@ def out_of_range(f: dataclasses.Field, value) -> str | None:
     m = f.metadata
     if value is None or isinstance(value, bool):
         return None
-    if m["choices"]:
-        return None if value in m["choices"] else allowed(f)
-    low, high = m["low"], m["high"]
-    ok = low is None or (value > low if m["low_open"] else value >= low)  # False for NaN
-    ok = ok and (high is None or (value < high if m["high_open"] else value <= high))
+    if m.get("choices"):
+        return None if value in m.get("choices") else allowed(f)
+    low, high = m.get("low"), m.get("high")
+    ok = low is None or (value > low if m.get("low_open") else value >= low)  # False for NaN
+    ok = ok and (high is None or (value < high if m.get("high_open") else value <= high))
     return None if ok else allowed(f)
 
 
@@ -247,11 +247,13 @@ def _default_text(value) -> str:
 
 def describe(f: dataclasses.Field) -> tuple[str, str]:
     """(``key: type = default  (allowed)``, meaning) of one TrainConfig field."""
-    rule, limits = f.metadata["rule"], allowed(f)
+    rule, limits = f.metadata.get("rule"), allowed(f)
     if rule:
         limits = rule if limits == "any" else f"{limits}; {rule}"
     head = f"{f.name}: {_type_name(f.name)} = {_default_text(f.default)}"
-    return (head if limits == "any" else f"{head}  ({limits})"), f.metadata["meaning"]
+    return (head if limits == "any" else f"{head}  ({limits})"), f.metadata.get(
+        "meaning", "(undocumented: declare the key with setting())"
+    )
 
 
 def settings_table() -> str:
@@ -298,7 +300,8 @@ def merge(cfg: TrainConfig, updates: dict, source: str) -> TrainConfig:
     unknown = sorted(set(updates) - set(_FIELDS))
     if unknown:
         raise TrainConfigError(
-            f"unknown key(s) {unknown} in {source}; known keys: {', '.join(sorted(_FIELDS))}"
+            f"unknown key(s) {unknown} in {source} (every key with its meaning: ptft pretrain "
+            f"--list-settings); known keys: {', '.join(sorted(_FIELDS))}"
         )
     return dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in updates.items()})
 
