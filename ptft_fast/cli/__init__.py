@@ -13,12 +13,23 @@ import sys
 
 from ptft_fast.cli.errors import USER_ERRORS, ParseError, Parser, report, warnings_as_lines
 
-SUBCOMMANDS = ("bench", "prepare", "pretrain", "export", "finetune", "generate", "icl")
+SUBCOMMANDS = ("models", "prepare", "pretrain", "finetune", "generate", "icl", "export", "bench")
 DEBUG_HELP = "show the traceback of an error (default: one line)"
+EXAMPLES = """getting started:
+  ptft models                          # the model presets: shape, parameters, intended use
+  ptft pretrain --list-settings        # every --set key: type, default, range, meaning
+  ptft pretrain --model bert-tiny --set max_steps=3000 --set max_time_s=600 --set cpu_threads=2
+  ptft finetune --model runs/pretrain/final --task cls --train train.tsv --eval test.tsv
+  ptft COMMAND --help                  # options and examples of one command
+"""
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="ptft", description="ptft_fast: pre-train, fine-tune and benchmark")
+    parser = Parser(
+        prog="ptft",
+        description="ptft_fast: pre-train, fine-tune, generate, evaluate in context and benchmark",
+        epilog=EXAMPLES,
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:

@@ -17,19 +17,35 @@ import torch
 from ptft_fast.benchmarks import harness
 from ptft_fast.cli.errors import UsageError
 
+DESCRIPTION = """Run the benchmark suites (benchmarks/bench_*.py): ops (the fused kernels against their references)
+and train (model train steps, generation, end to end against Hugging Face), print a table, append
+the rows to a CSV (device, CPU model, versions, commit) and optionally plot them."""
+
+EXAMPLES = """examples:
+  ptft bench ops --quick
+  ptft bench ops --only reference,attention --plot reference.png
+  ptft bench train --quick --device cpu
+"""
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark ops and training steps", description=__doc__)
-    p.add_argument("group", nargs="?", default="ops", choices=("ops", "train", "all"))
+    p = sub.add_parser(
+        "bench", help="benchmark ops and training steps", description=DESCRIPTION, epilog=EXAMPLES
+    )
+    p.add_argument(
+        "group", nargs="?", default="ops", choices=("ops", "train", "all"), help="which suites to run"
+    )
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (under a minute on CPU)")
-    p.add_argument("--only", default=None, help="comma-separated suite names (e.g. reference,attention)")
+    p.add_argument(
+        "--only", default=None, help="comma-separated suite names, e.g. reference,attention (default: all)"
+    )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="cpu or cuda (default: cuda when available)"
     )
     p.add_argument(
-        "--csv", default=None, help="CSV to append rows to (default benchmarks/results/<group>.csv)"
+        "--csv", default=None, help="CSV to append rows to (default: benchmarks/results/<group>.csv)"
     )
-    p.add_argument("--plot", default=None, help="PNG to write a chart to")
+    p.add_argument("--plot", default=None, help="PNG to write a chart to (default: none)")
     p.add_argument(
         "--provider-cap",
         type=float,
@@ -41,7 +57,7 @@ def add_parser(sub) -> None:
         "--write-auto-table",
         action="store_true",
         help="after the run, rank the compiled backends per op from benchmarks/results/*.csv (GPU rows) "
-        "into ptft_fast/ops/auto_backends.json, which backend='auto' follows on CUDA",
+        "into ptft_fast/ops/auto_backends.json, which backend='auto' follows on CUDA (default: off)",
     )
     p.set_defaults(func=run)
 

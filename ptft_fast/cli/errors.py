@@ -56,7 +56,14 @@ USER_ERRORS = (
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors follow the contract: one line, no usage block, exit code 2."""
+    """An ArgumentParser whose errors follow the contract: one line, no usage block, exit code 2.
+    Its help renders with :class:`ptft_fast.cli.help.HelpFormatter` (subcommands inherit it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        from ptft_fast.cli.help import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # argparse calls this for every parse error
         raise ParseError(self.prog, message)

@@ -1,7 +1,5 @@
 """``ptft generate``: generate text from a decoder (GPT) or encoder-decoder (T5/BART) directory.
 
-    ptft generate --model runs/gpt --prompt "def read(" --max-new-tokens 64 --top-p 0.9 --temperature 0.8
-
 One prompt streams its tokens to the console; several prompts are batched (left padding) and
 printed when done.
 """
@@ -11,32 +9,60 @@ from __future__ import annotations
 import argparse
 
 from ptft_fast.cli.errors import UsageError, float_in, input_path, int_at_least
+from ptft_fast.cli.help import MODEL_FOLDER
+
+DESCRIPTION = """Generate text with a KV cache from a GPT-2 (decoder) or T5/BART (encoder-decoder) model folder:
+greedy by default, sampling with --temperature/--top-k/--top-p, beam search with --beams. One prompt
+streams its tokens as they come; several prompts (--prompt repeated) are batched."""
+
+EXAMPLES = """examples:
+  ptft generate --model runs/gpt/final --prompt "def read(" --max-new-tokens 64
+  ptft generate --model runs/gpt/final --prompt "import os" --top-p 0.9 --temperature 0.8 --seed 0
+  ptft generate --model runs/t5/final --prompt "open a file" --prompt "close it" --beams 4
+"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "generate", help="generate text with a KV cache (greedy, sampling, beam search)"
+        "generate",
+        help="generate text with a KV cache (greedy, sampling, beam search)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
     )
-    p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--model", required=True, help=MODEL_FOLDER)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
-    p.add_argument("--max-new-tokens", type=int_at_least(1), default=32)
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=32, help="tokens to generate at most")
     p.add_argument(
         "--sample",
         action="store_true",
         help="sample instead of greedy (implied by --temperature/--top-k/--top-p)",
     )
     p.add_argument(
-        "--temperature", type=float_in(0.0), default=None, help="sampling temperature; 0 = greedy decoding"
+        "--temperature",
+        type=float_in(0.0),
+        default=None,
+        help="sampling temperature; 0 = greedy decoding (default: greedy, or 1.0 when sampling)",
     )
-    p.add_argument("--top-k", type=int_at_least(0), default=0)
-    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0)
-    p.add_argument("--beams", type=int_at_least(1), default=1)
-    p.add_argument("--length-penalty", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float_in(0.0, low_open=True), default=1.0)
-    p.add_argument("--stop", action="append", default=[], help="stop sequence text (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--top-k", type=int_at_least(0), default=0, help="sample from the k likeliest tokens; 0 = all"
+    )
+    p.add_argument(
+        "--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="nucleus sampling mass; 1 = all"
+    )
+    p.add_argument("--beams", type=int_at_least(1), default=1, help="beam search width; 1 = no beam search")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: exponent of the length")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float_in(0.0, low_open=True),
+        default=1.0,
+        help="penalize tokens already in the text by this factor (CTRL); 1 = off",
+    )
+    p.add_argument(
+        "--stop", action="append", default=[], help="stop sequence text (repeatable; default: none)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: unseeded)")
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence every step")
-    p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--no-stream", action="store_true", help="print a single prompt's text when done")
     p.set_defaults(func=run)
     return p
 

@@ -1,8 +1,5 @@
 """``ptft icl``: zero/one/few-shot evaluation by verbalizer likelihood, accuracy per k.
 
-    ptft icl --model runs/gpt --task dev.jsonl --shots 0,1,4
-    ptft icl --model runs/gpt --task stdlib-docstrings --shots 0,1,4 --limit 100
-
 Demonstrations come from --demos (default: the task file itself, never the query).
 """
 
@@ -11,25 +8,41 @@ from __future__ import annotations
 import argparse
 
 from ptft_fast.cli.errors import UsageError, input_path, int_at_least, int_list
+from ptft_fast.cli.help import MODEL_FOLDER
+
+DESCRIPTION = """In-context (k-shot) evaluation of a GPT-2 or T5/BART model folder: each query is preceded by k
+labeled demonstrations and classified by the likeliest verbalized label; prints the accuracy per k.
+Demonstrations come from --demos, or from the task file itself (never the query)."""
+
+EXAMPLES = """examples:
+  ptft icl --model runs/gpt/final --task dev.jsonl --shots 0,1,4
+  ptft icl --model runs/gpt/final --task stdlib-docstrings --shots 0,1,4 --limit 100
+  ptft icl --model runs/gpt/final --task dev.tsv --demos train.tsv --verbalizers pos=great,neg=awful
+"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("icl", help="in-context (k-shot) evaluation, accuracy per k")
-    p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
+    p = subparsers.add_parser(
+        "icl",
+        help="in-context (k-shot) evaluation, accuracy per k",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+    )
+    p.add_argument("--model", required=True, help=MODEL_FOLDER)
     p.add_argument("--task", required=True, help="labeled .tsv/.csv/.jsonl file, or stdlib-docstrings")
     p.add_argument("--demos", default=None, help="file of demonstrations (default: the task file)")
     p.add_argument("--shots", type=int_list(0), default=[0, 1, 4], help="comma-separated k values")
-    p.add_argument("--template", default="Text: {text}\nLabel:")
+    p.add_argument("--template", default="Text: {text}\nLabel:", help="prompt of one example, with {text}")
     p.add_argument("--verbalizers", default=None, help="label=word,... (default: the label itself)")
-    p.add_argument("--text-column", default="sentence")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--text-column", default="sentence", help="text column")
+    p.add_argument("--label-column", default="label", help="label column")
     p.add_argument(
         "--limit",
         type=int_at_least(1),
         default=None,
-        help="evaluate the first N queries (demonstrations still come from all)",
+        help="evaluate the first N queries, demonstrations still from all (default: every query)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of demonstrations")
     p.set_defaults(func=run)
     return p
 

@@ -121,20 +121,32 @@ def _post_processor(kind: str, tok: Tokenizer):
     )
 
 
-def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig | None = None) -> PtftTokenizer:
+def train_tokenizer(
+    texts: Iterable[str], cfg: TokenizerConfig | None = None, *, progress: bool = False
+) -> PtftTokenizer:
     """Train a tokenizer of ``cfg.kind`` on ``texts`` (any iterable of strings, streamed).
 
     Deterministic: the same texts (in the same order) and settings give a byte-identical
     ``tokenizer.json`` in every process (WordPiece and Unigram go through
-    :mod:`ptft_fast.data.stable_training`, which says why and how)."""
+    :mod:`ptft_fast.data.stable_training`, which says why and how). ``progress``: a bar of the
+    documents read and the time spent, shown once training takes more than a few seconds."""
+    from ptft_fast.data.progress import LiveBar
+
     cfg = cfg or TokenizerConfig()
     tok, trainer = _build(cfg)
-    if cfg.kind == "wordpiece":
-        tok.model = stable_training.train_wordpiece(
-            texts, tok, cfg.vocab_size, cfg.min_frequency, _specials(cfg)
-        )
-    else:
-        tok.train_from_iterator(texts, trainer=trainer)
+    desc = f"train {cfg.kind} tokenizer ({cfg.vocab_size} tokens)"
+    with LiveBar(desc, unit="doc", enabled=progress) as bar:
+
+        def read(stream: Iterable[str]):
+            yield from bar.counted(stream)
+            bar.set_description(f"{desc}, all read, building the vocabulary")
+
+        if cfg.kind == "wordpiece":
+            tok.model = stable_training.train_wordpiece(
+                read(texts), tok, cfg.vocab_size, cfg.min_frequency, _specials(cfg)
+            )
+        else:
+            tok.train_from_iterator(read(texts), trainer=trainer)
     if cfg.kind == "unigram":
         tok.model = stable_training.canonical_unigram(tok.model, len(_specials(cfg)))
         # added last in reverse so <extra_id_0> gets the highest id, as in T5

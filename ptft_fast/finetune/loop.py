@@ -1,6 +1,10 @@
 """A small fine-tuning loop: AdamW, linear warm-up/decay, gradient clipping, evaluation each epoch,
 best checkpoint kept. Written against plain callables so the trainer of ``ptft_fast.train`` can
-replace it in ``ptft finetune`` later without touching the task code."""
+replace it in ``ptft finetune`` later without touching the task code.
+
+The ``evaluate`` callable scores a *validation* (dev) split: its scores choose the kept epoch, so it
+must never see the test data the final number is reported on (``ptft finetune`` scores ``--eval``
+once, on the kept model, after training)."""
 
 from __future__ import annotations
 
@@ -69,10 +73,13 @@ def train(
     higher_is_better: bool = True,
     on_best: Callable[[nn.Module, dict], None] | None = None,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+    restore_best: bool = False,
 ) -> History:
-    """Train the parameters that require grad; ``evaluate(model)`` after every ``cfg.eval_every``-th
-    epoch and the last (``History.epochs`` holds the evaluated epochs); ``on_best``
-    is called (e.g. to save a checkpoint) whenever ``metric`` improves."""
+    """Train the parameters that require grad; ``evaluate(model)`` (the validation split) after
+    every ``cfg.eval_every``-th epoch and the last (``History.epochs`` holds the evaluated epochs);
+    ``on_best`` is called (e.g. to save a checkpoint) whenever ``metric`` improves. With
+    ``restore_best`` the model ends with the weights of the best epoch (a CPU copy of the trainable
+    parameters is kept while training), ready to be scored on the test split."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -123,6 +130,12 @@ def train(
         )
         if better:
             hist.best = row
+            if restore_best:
+                best_weights = [p.detach().to("cpu", copy=True) for p in params]
             if on_best is not None:
                 on_best(model, row)
+    if restore_best and hist.best is not None:
+        with torch.no_grad():
+            for p, w in zip(params, best_weights):
+                p.copy_(w)
     return hist

@@ -25,7 +25,7 @@ from ptft_fast.ops import dispatch
 from ptft_fast.ops.graph_mode import static_shapes
 from ptft_fast.train.config import TrainConfig, TrainConfigError
 from ptft_fast.train.metrics import train_flops
-from ptft_fast.train.objectives import label_counts, token_counts
+from ptft_fast.train.objectives import add_stats, label_counts, model_inputs, row_stats, token_counts
 from ptft_fast.train.schedule import lr_factor
 from ptft_fast.train.strategy import StepResult, build_adamw
 
@@ -180,6 +180,10 @@ class GraphStep:
             warnings.warn(f"step {step}: a micro-batch without labeled tokens runs eagerly", stacklevel=2)
             moved = [{k: v.to(self.device) for k, v in b.items()} for b in batches]
             return accumulate_step(self.objective, self.model, self.strategy, moved, step, {"lm": 1.0})
+        rows: dict[str, int] = {}
+        for b in batches:
+            rows = add_stats(rows, row_stats(b))
+        batches = [model_inputs(b) for b in batches]  # the statistics keys never reach the model
         if self.capture and self.graph is None:
             self._capture([{k: v.to(self.device) for k, v in b.items()} for b in batches])
         elif self.capture:
@@ -205,4 +209,6 @@ class GraphStep:
         flops = sum(train_flops(self.model.config, tc) for tc in tokens)
         result = StepResult(stepped, grad_norm, lr, 1.0)
         value = float(loss)
-        return StepOutput(value, {"lm": value}, result, sum(tc["enc"] + tc["dec"] for tc in tokens), flops)
+        return StepOutput(
+            value, {"lm": value}, result, sum(tc["enc"] + tc["dec"] for tc in tokens), flops, rows=rows
+        )

@@ -30,7 +30,7 @@ from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
 from ptft_fast.data.electra import electra_masking
 from ptft_fast.data.masking import MaskingConfig
 from ptft_fast.data.mlm import MLMCollator, MLMConfig
-from ptft_fast.data.packing import PackedStream
+from ptft_fast.data.packing import PackedStream, row_segments
 from ptft_fast.data.sampler import ResumableSampler
 from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
@@ -38,6 +38,8 @@ from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, train_tokeni
 from ptft_fast.errors import UserInputError
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data_key import KEY_FILE, READER, data_key, key_diff, read_key, tokenizer_config
+
+ROW_SEGMENTS = "row_segments"  # batch key of the per-row document count (not a model input)
 
 
 class RunDataError(UserInputError):
@@ -122,9 +124,9 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
     train_texts = [t for i, t in enumerate(texts) if i not in held]
     if root.exists():
         shutil.rmtree(root)
-    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind))
+    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress)
     atomic_write_json(root / KEY_FILE, key)
-    shard_cfg = ShardConfig(num_workers=1, progress=False)
+    shard_cfg = ShardConfig(num_workers=1, progress=cfg.progress)  # bars only past a few seconds
     write_shards([texts[i] for i in sorted(held)], tok, eval_dir, shard_cfg)
     write_shards(train_texts, tok, train_dir, shard_cfg)  # written last: its index marks completion
     return RunData(tok, *_open(train_dir, eval_dir), False)
@@ -224,16 +226,19 @@ class BatchSource:
             self.stream.seq_len = seq_len
 
     def next(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """The model's inputs, plus ``row_segments`` (B,): document pieces per row, a statistic
+        for the run summary that :func:`ptft_fast.train.objectives.model_inputs` strips."""
         self._set_seq_len(seq_len)
         rows = [next(self.stream) for _ in range(batch_size)]
+        segments = torch.from_numpy(row_segments(np.stack([r.doc_ids for r in rows])))
         if self.objective == "clm":
             b = self.collator(rows)
-            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+            return {**{k: b[k] for k in ("input_ids", "attention_mask", "labels")}, ROW_SEGMENTS: segments}
         ids = [r.input_ids[r.doc_ids >= 0] for r in rows]
         b = self.collator(ids)
         if self.objective == "prefix-lm":
-            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
-        return b
+            b = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        return {**b, ROW_SEGMENTS: segments}
 
     def state_dict(self) -> dict:
         rngs = {k: _encode_rng(g) for k, g in _generators(self.collator).items()}

@@ -32,7 +32,15 @@ from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
 from ptft_fast.train.deepspeed_config import DeepSpeedOptions, build_config
 from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distributed
 from ptft_fast.train.metrics import MetricsLog, train_flops
-from ptft_fast.train.objectives import build_for_objective, label_counts, loss_sums, token_counts
+from ptft_fast.train.objectives import (
+    add_stats,
+    build_for_objective,
+    label_counts,
+    loss_sums,
+    model_inputs,
+    row_stats,
+    token_counts,
+)
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything, set_cpu_threads
 from ptft_fast.train.zero_utils import GatheredStateDict
@@ -120,7 +128,7 @@ class DeepSpeedTrainer(Trainer):
             if parts:
                 loss = sum(self.weights[t] * s / totals[t] for t, s in parts.items())
             else:  # no labeled token in this slice: a zero loss still runs the engine's reduction
-                loss = self.engine(**local).loss.float() * 0.0
+                loss = self.engine(**model_inputs(local)).loss.float() * 0.0
             self.strategy.backward(loss)
             for i, t in enumerate(totals):
                 sums[i] += float(parts[t].detach()) if t in parts else 0.0
@@ -133,7 +141,10 @@ class DeepSpeedTrainer(Trainer):
         self.step += 1
         self.tokens += tokens
         self.flops += flops
-        return StepOutput(terms["lm"], terms, result, tokens, flops)
+        rows: dict = {}
+        for b in full:  # the global batch: what the whole job trained on
+            rows = add_stats(rows, row_stats(b))
+        return StepOutput(terms["lm"], terms, result, tokens, flops, rows)
 
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path:

@@ -22,7 +22,15 @@ from ptft_fast.train.compiled import GraphStep, compile_model
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
 from ptft_fast.train.metrics import MetricsLog, train_flops
-from ptft_fast.train.objectives import build_for_objective, eval_sums, label_counts, loss_sums, token_counts
+from ptft_fast.train.objectives import (
+    add_stats,
+    build_for_objective,
+    eval_sums,
+    label_counts,
+    loss_sums,
+    row_stats,
+    token_counts,
+)
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.strategy import StepResult, Strategy, TorchStrategy
 
@@ -38,6 +46,7 @@ class StepOutput:
     result: StepResult
     tokens: int
     flops: float
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)  # summed row_stats of the batches
 
 
 def accumulate_step(
@@ -55,9 +64,10 @@ def accumulate_step(
     counts = [label_counts(objective, b) for b in batches]
     totals = {t: sum(c[t] for c in counts) for t in counts[0]}
     sums = dict.fromkeys(totals, 0.0)
-    tokens, flops = 0, 0.0
+    tokens, flops, rows = 0, 0.0, {}
     cfg = model.config
     for b in batches:
+        rows = add_stats(rows, row_stats(b))
         with strategy.autocast():
             parts = loss_sums(objective, model, b, sample_gen)
         if parts:
@@ -69,7 +79,7 @@ def accumulate_step(
         flops += train_flops(cfg, tc) * (2 if objective == "electra" else 1)
     result = strategy.step(step)
     terms = {t: sums[t] / totals[t] if totals[t] else float("nan") for t in totals}
-    return StepOutput(terms["lm"], terms, result, tokens, flops)
+    return StepOutput(terms["lm"], terms, result, tokens, flops, rows)
 
 
 def seed_everything(seed: int) -> None:
@@ -250,6 +260,7 @@ class Trainer:
             "eval_loss": loss,
             "perplexity": math.exp(min(loss, 700.0)),
             "accuracy": totals["correct"] / n,
+            "eval_tokens": totals["tokens"],  # the tokens scored (MLM: the masked ones)
         }
 
     def run(self) -> dict:
