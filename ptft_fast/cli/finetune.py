@@ -216,14 +216,14 @@ def _finetune(args) -> int:
                 tasks.tok_data(tok, tr, names, args.max_length),
                 tasks.tok_data(tok, ev, names, args.max_length),
             )
-            evaluate = lambda m: tasks.evaluate_tok(m, eval_data)  # noqa: E731
+            evaluate = lambda m: tasks.evaluate_tok(m, eval_data, names)  # noqa: E731
         else:
             train_data = tasks.QAData(tok, tr, args.max_length, args.doc_stride).tensors
             qa_eval = tasks.QAData(tok, ev, args.max_length, args.doc_stride)
             evaluate = lambda m: tasks.evaluate_qa(m, qa_eval, max_answer_len=args.max_answer_len)  # noqa: E731
     print(peft.param_report(model))
     out = Path(args.out)
-    metric = tasks.PRIMARY[args.task] if higher else "loss"
+    metric = tasks.primary_metric(args.task, names) if higher else "loss"
 
     def on_best(m, row):
         best = out / "best"
