@@ -13,7 +13,18 @@ import sys
 
 from ptft_fast.cli.errors import USER_ERRORS, ParseError, Parser, report, warnings_as_lines
 
-SUBCOMMANDS = ("bench", "prepare", "pretrain", "export", "finetune", "generate", "icl")
+SUBCOMMANDS = (
+    "bench",
+    "prepare",
+    "pretrain",
+    "export",
+    "finetune",
+    "predict",
+    "merge",
+    "glue",
+    "generate",
+    "icl",
+)
 DEBUG_HELP = "show the traceback of an error (default: one line)"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ptft_fast.cli import finetune_options
 from ptft_fast.cli.errors import (
     UsageError,
     float_in,
@@ -31,7 +32,12 @@ from ptft_fast.cli.errors import (
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help="fine-tune on a task (full or PEFT), best checkpoint kept")
     p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
-    p.add_argument("--task", required=True, choices=("cls", "reg", "tok", "qa", "seq2seq", "instruct"))
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=("cls", "reg", "tok", "qa", "seq2seq", "instruct"),
+        help="task kind (required unless --glue sets it)",
+    )
     p.add_argument(
         "--train", required=True, help="train file (.tsv/.csv/.jsonl, CoNLL, SQuAD JSON) or stdlib-docstrings"
     )
@@ -71,11 +77,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         default="auto",
-        choices=("auto", "mean"),
-        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler",
+        choices=("auto", "mean", "scalar-mix"),
+        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler; "
+        "scalar-mix (any head task) = ELMo's learned softmax-weighted mix of all layers (then the mean)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    finetune_options.add_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -97,46 +105,58 @@ def _peft_config(args):
 
 
 def _generative_setup(args, config, model, tok, tr, ev):
-    """seq2seq (T5/BART) and instruct (GPT: packed prompt/response records, loss on the response;
-    T5/BART: templated prompt → response as seq2seq) → (model, train data, evaluate, loss_fn)."""
+    """seq2seq (T5/BART) and instruct (GPT: prompt/response records, loss on the response, packed
+    into rows without attention across records unless prefix/prompt tuning wraps the model;
+    T5/BART: templated prompt → response as seq2seq) → (train data, evaluate, loss_fn)."""
     from ptft_fast.finetune import instruct, tasks
     from ptft_fast.finetune.readers import Example
 
     template = args.template or instruct.TEMPLATE
-    if "{prompt}" not in template:
-        raise UsageError(f"--template must contain {{prompt}}, got {template!r}")
-    if args.peft in ("prefix", "prompt"):
-        raise UsageError(f"--task {args.task} supports --peft none|lora|adapter|ia3, got --peft {args.peft}")
-    if args.task == "seq2seq" and not config.is_encoder_decoder:
-        raise UsageError(
-            f"--task seq2seq needs an encoder-decoder model (T5/BART), but --model {args.model} is {config.arch}"
-        )
     if config.is_encoder_decoder:
         if args.task == "instruct":
             tr, ev = ([Example(template.format(prompt=e.text), None, e.label, e.where) for e in x]
                       for x in (tr, ev))  # fmt: skip
         train_data = tasks.seq2seq_data(tok, tr, args.max_length)
         eval_data = tasks.seq2seq_data(tok, ev, args.max_length)
-        return model, train_data, lambda m: tasks.evaluate_seq2seq(m, tok, ev, eval_data), None
-    if config.arch != "gpt2":
-        raise UsageError(
-            f"--task instruct needs a causal LM (GPT-2) or T5/BART, but --model {args.model} is {config.arch}"
-        )
+        return train_data, lambda m: tasks.evaluate_seq2seq(m, tok, ev, eval_data), None
+
+    def records(examples):
+        return [
+            instruct.encode_record(tok, e.text, str(e.label), template, args.max_length) for e in examples
+        ]
+
+    if args.peft in ("prefix", "prompt"):  # the wrapper must see every row: one record per row
+        train_data, eval_data = (instruct.padded_rows(records(x), tok.pad_id or 0) for x in (tr, ev))
+        return train_data, lambda m: instruct.evaluate_padded(m, eval_data), instruct.padded_loss
 
     def rows(examples):
-        recs = [instruct.encode_record(tok, e.text, str(e.label), template, args.max_length)
-                for e in examples]  # fmt: skip
+        recs = records(examples)
         groups = instruct.pack(recs, args.max_length) if args.pack else [[r] for r in recs]
         return instruct.packed_rows(groups, tok.pad_id or 0)
 
     train_data, eval_data = rows(tr), rows(ev)
-    return model, train_data, lambda m: instruct.evaluate_instruct(m, eval_data), instruct.rows_loss
+    return train_data, lambda m: instruct.evaluate_instruct(m, eval_data), instruct.rows_loss
+
+
+def check_model(args, config) -> None:
+    """The model's kind suits --task (UsageError naming them)."""
+    if args.task in ("seq2seq", "instruct") and args.template is not None and "{prompt}" not in args.template:
+        raise UsageError(f"--template must contain {{prompt}}, got {args.template!r}")
+    if args.task == "seq2seq" and not config.is_encoder_decoder:
+        raise UsageError(
+            f"--task seq2seq needs an encoder-decoder model (T5/BART), but --model {args.model} is {config.arch}"
+        )
+    if args.task == "instruct" and not config.is_encoder_decoder and config.arch != "gpt2":
+        raise UsageError(
+            f"--task instruct needs a causal LM (GPT-2) or T5/BART, but --model {args.model} is {config.arch}"
+        )
 
 
 def validate(args) -> None:
     """Options and files checked before anything is read at length or written (UsageError)."""
     from ptft_fast.finetune.session import EMBEDDED
 
+    finetune_options.validate(args)
     output_folder("--out", args.out)
     input_path("--model", args.model, kind="folder")
     for option, value in (("--train", args.train), ("--eval", args.eval)):
@@ -163,99 +183,97 @@ def run(args) -> int:
         return _finetune(args)
 
 
+def _task_spec(args, names, cols):
+    """The TaskSpec of this run (what predict and merge rebuild the model from)."""
+    from ptft_fast.finetune import instruct
+    from ptft_fast.finetune.saved import TaskSpec
+
+    pcfg = _peft_config(args)
+    return TaskSpec(
+        task=args.task,
+        labels=names,
+        peft=args.peft,
+        peft_config=dict(vars(pcfg)) if pcfg is not None else {},
+        pooling=args.pooling,
+        freeze_backbone=args.freeze_backbone,
+        max_length=args.max_length,
+        template=(args.template or instruct.TEMPLATE) if args.task == "instruct" else None,
+        glue=args.glue,
+        text_column=cols.text,
+        text_pair_column=cols.text_pair,
+        doc_stride=args.doc_stride,
+        max_answer_len=args.max_answer_len,
+    )
+
+
 def _finetune(args) -> int:
     import torch
 
     from ptft_fast import peft
-    from ptft_fast.finetune import tasks
-    from ptft_fast.finetune.heads import TaskModel
+    from ptft_fast.finetune import saved, tasks
     from ptft_fast.finetune.loop import FinetuneConfig, train
     from ptft_fast.finetune.readers import Columns
-    from ptft_fast.finetune.session import load_model_dir, load_task_data, write_task_card
+    from ptft_fast.finetune.session import load_model_dir, load_task_data
 
     torch.manual_seed(args.seed)
     labels = args.labels.split(",") if args.labels else None
     cols = Columns(args.text_column, args.text_pair_column, args.label_column)
     if args.task == "instruct":
         cols = Columns(args.prompt_column, None, args.response_column)
-    tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
+    mm = None
+    if args.glue:
+        tr, ev, names, mm, cols = finetune_options.glue_data(args)
+    else:
+        tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
     backbone, config, tok = load_model_dir(args.model)
     check_max_length(args.max_length, config)
+    check_model(args, config)
+    spec = _task_spec(args, names, cols)
+    init = tok.encode(args.prompt_init_text) if args.prompt_init_text else None
+    model = saved.build(backbone, spec, init_ids=init)
     loss_fn, higher = None, True
     if args.task in ("seq2seq", "instruct"):
-        model, train_data, evaluate, loss_fn = _generative_setup(args, config, backbone, tok, tr, ev)
+        train_data, evaluate, loss_fn = _generative_setup(args, config, model, tok, tr, ev)
         higher = not (args.task == "instruct" and not config.is_encoder_decoder)
-        if args.peft != "none":
-            peft.get_peft_model(model, args.peft, _peft_config(args))
+    elif args.task == "cls":
+        train_data, eval_data = (
+            tasks.cls_data(tok, tr, names, args.max_length),
+            tasks.cls_data(tok, ev, names, args.max_length),
+        )
+        evaluate = lambda m: tasks.evaluate_cls(m, eval_data)  # noqa: E731
+    elif args.task == "reg":
+        train_data, eval_data = (
+            tasks.reg_data(tok, tr, args.max_length),
+            tasks.reg_data(tok, ev, args.max_length),
+        )
+        evaluate = lambda m: tasks.evaluate_reg(m, eval_data)  # noqa: E731
+    elif args.task == "tok":
+        train_data, eval_data = (
+            tasks.tok_data(tok, tr, names, args.max_length),
+            tasks.tok_data(tok, ev, names, args.max_length),
+        )
+        evaluate = lambda m: tasks.evaluate_tok(m, eval_data, names)  # noqa: E731
     else:
-        pcfg = _peft_config(args)
-        if args.peft in ("prefix", "prompt"):  # wrap the backbone, the head stays outside
-            init = tok.encode(args.prompt_init_text) if args.prompt_init_text else None
-            backbone = peft.get_peft_model(backbone, args.peft, pcfg, init_ids=init)
-            if args.peft == "prompt":
-                backbone.strip_outputs = True
-        model = TaskModel(backbone, args.task, len(names) if names else 1, pooling=args.pooling)
-        if args.peft in ("lora", "adapter", "ia3"):
-            peft.get_peft_model(model, args.peft, pcfg)
-        elif args.peft != "none":
-            peft.mark_trainable(model)
-        if args.task == "cls":
-            train_data, eval_data = (
-                tasks.cls_data(tok, tr, names, args.max_length),
-                tasks.cls_data(tok, ev, names, args.max_length),
-            )
-            evaluate = lambda m: tasks.evaluate_cls(m, eval_data)  # noqa: E731
-        elif args.task == "reg":
-            train_data, eval_data = (
-                tasks.reg_data(tok, tr, args.max_length),
-                tasks.reg_data(tok, ev, args.max_length),
-            )
-            evaluate = lambda m: tasks.evaluate_reg(m, eval_data)  # noqa: E731
-        elif args.task == "tok":
-            train_data, eval_data = (
-                tasks.tok_data(tok, tr, names, args.max_length),
-                tasks.tok_data(tok, ev, names, args.max_length),
-            )
-            evaluate = lambda m: tasks.evaluate_tok(m, eval_data, names)  # noqa: E731
-        else:
-            train_data = tasks.QAData(tok, tr, args.max_length, args.doc_stride).tensors
-            qa_eval = tasks.QAData(tok, ev, args.max_length, args.doc_stride)
-            evaluate = lambda m: tasks.evaluate_qa(m, qa_eval, max_answer_len=args.max_answer_len)  # noqa: E731
+        train_data = tasks.QAData(tok, tr, args.max_length, args.doc_stride).tensors
+        qa_eval = tasks.QAData(tok, ev, args.max_length, args.doc_stride)
+        evaluate = lambda m: tasks.evaluate_qa(m, qa_eval, max_answer_len=args.max_answer_len)  # noqa: E731
+    if args.glue:
+        evaluate = finetune_options.glue_evaluate(args, tok, names, ev, mm)
     print(peft.param_report(model))
     out = Path(args.out)
-    metric = tasks.primary_metric(args.task, names) if higher else "loss"
+    metric = "score" if args.glue else (tasks.primary_metric(args.task, names) if higher else "loss")
 
     def on_best(m, row):
-        best = out / "best"
-        if args.peft == "none":
-            from safetensors.torch import save_file
-
-            from ptft_fast.data.atomic import fix_mode
-            from ptft_fast.hf import save_pretrained
-
-            save_pretrained(m.backbone if hasattr(m, "head") else m, best)
-            if hasattr(m, "head"):
-                save_file(
-                    {k: v.contiguous() for k, v in m.head.state_dict().items()},
-                    str(best / "head.safetensors"),
-                )
-                fix_mode(best / "head.safetensors")  # safetensors creates 0600 files
-        else:
-            peft.save_adapter(m, best, {"peft_type": args.peft, **(vars(_peft_config(args)) or {})})
-        tok.save(best)
-        write_task_card(
-            best,
-            task=args.task,
-            labels=names,
-            peft=args.peft,
-            pooling=args.pooling,
-            metrics=row,
-            base_model=str(args.model),
-        )
+        saved.save(m, out / "best", spec, tok, config, base_model=str(args.model), metrics=row)
 
     lr = args.lr if args.lr is not None else (5e-5 if args.peft == "none" else 1e-3)
     cfg = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, progress=not args.no_progress
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **finetune_options.loop_settings(args),
     )
     hist = train(
         model,
@@ -270,4 +288,10 @@ def _finetune(args) -> int:
     for row in hist.epochs:
         print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"best epoch {hist.best['epoch']}: {metric}={hist.best[metric]:.4f} → {out / 'best'}")
+    base = finetune_options.report_baselines(args, args.task, tr, [s for s in (ev, mm) if s], names)
+    if base:
+        saved.add_to_card(out / "best", baselines=base)
+    if args.merge_lora:
+        saved.merge(out / "best", out / "merged")
+        print(f"merged into a plain model folder → {out / 'merged'}")
     return 0
