@@ -139,10 +139,10 @@ def _toy_run(tmp_path, make_model_dir, ft_wordpiece, names, capsys):
                 "MNLI-mm": "test_mismatched.tsv",
                 "AX": "diagnostic.tsv",
             }.get(stem, "test.tsv")
-            n_test = len((GLUE / FILES[name][0] / test_file).read_text().splitlines()) - 1
-            assert lines[0] == "index\tprediction" and len(lines) == n_test + 1
+            test_rows = (GLUE / FILES[name][0] / test_file).read_text().splitlines()
+            assert lines[0] == "index\tprediction" and len(lines) == len(test_rows)
             index = [ln.split("\t")[0] for ln in lines[1:]]
-            assert index == [str(i) for i in range(n_test)]  # the test files' own index column
+            assert index == [row.split("\t")[0] for row in test_rows[1:]]  # the test file's own ids
             values = [ln.split("\t")[1] for ln in lines[1:]]
             if task.kind == "cls":
                 assert set(values) <= set(task.labels)
