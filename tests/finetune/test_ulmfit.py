@@ -171,3 +171,27 @@ def test_loop_uses_the_per_layer_rates():
         torch.optim.AdamW.step = orig
     assert seen["lrs"] == pytest.approx([1e-3 * 0.5**k / 32 for k in (3, 2, 1, 0)])
     assert math.isclose(ulmfit.stlr(1)(0), 1 / 32)
+
+
+def test_cli_options_reach_the_loop(tmp_path, make_model_dir, ft_wordpiece, capsys):
+    """ptft finetune --gradual-unfreeze --layer-lr-decay --schedule stlr: after one epoch only the
+    top layer group (the head, final parts) has moved; the saved backbone's layers are the base's."""
+    from safetensors.torch import load_file
+
+    from ptft_fast.cli import main
+
+    base = make_model_dir("bert-tiny-cpu", ft_wordpiece)
+    data = tmp_path / "t.tsv"
+    data.write_text(
+        "sentence\tlabel\n" + "".join(f"{w} text {i}\t{'ab'[i % 2]}\n" for i, w in enumerate("abcdefgh"))
+    )
+    out = tmp_path / "out"
+    rc = main(["finetune", "--model", str(base), "--task", "cls", "--train", str(data), "--eval", str(data),
+               "--epochs", "1", "--batch-size", "4", "--lr", "1e-2", "--gradual-unfreeze", "--layer-lr-decay", "0.5",
+               "--schedule", "stlr", "--no-baselines", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    before, after = load_file(base / "model.safetensors"), load_file(out / "best" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # embeddings and layers frozen in epoch 1
+    head = load_file(out / "best" / "head.safetensors")
+    assert head and "baseline" not in capsys.readouterr().out
