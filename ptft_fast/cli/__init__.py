@@ -13,7 +13,19 @@ import sys
 
 from ptft_fast.cli.errors import USER_ERRORS, ParseError, Parser, report, warnings_as_lines
 
-SUBCOMMANDS = ("models", "prepare", "pretrain", "finetune", "generate", "icl", "export", "bench")
+SUBCOMMANDS = (
+    "models",
+    "prepare",
+    "pretrain",
+    "finetune",
+    "predict",
+    "merge",
+    "glue",
+    "generate",
+    "icl",
+    "export",
+    "bench",
+)
 DEBUG_HELP = "show the traceback of an error (default: one line)"
 EXAMPLES = """getting started:
   ptft models                          # the model presets: shape, parameters, intended use

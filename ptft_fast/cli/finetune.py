@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ptft_fast.cli import finetune_options
 from ptft_fast.cli.errors import (
     UsageError,
     float_in,
@@ -51,9 +52,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=MODEL_FOLDER)
     p.add_argument(
         "--task",
-        required=True,
+        default=None,
         choices=("cls", "reg", "tok", "qa", "seq2seq", "instruct"),
-        help="classification, regression, token tagging (CoNLL), extractive QA (SQuAD), seq2seq, instruct",
+        help="classification, regression, token tagging (CoNLL), extractive QA (SQuAD), seq2seq, instruct "
+        "(default: none; required unless --glue sets it)",
     )
     p.add_argument(
         "--train",
@@ -108,8 +110,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument(
         "--pooling",
         default="auto",
-        choices=("auto", "mean"),
-        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler",
+        choices=("auto", "mean", "scalar-mix"),
+        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler; "
+        "scalar-mix (any head task) = ELMo's learned softmax-weighted mix of all layers (then the mean)",
     )
     t.add_argument("--doc-stride", type=int_at_least(0), default=32, help="qa: overlap of context windows")
     t.add_argument("--max-answer-len", type=int_at_least(1), default=30, help="qa: longest answer in tokens")
@@ -142,6 +145,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--adapter-placement", default="houlsby", choices=("houlsby", "pfeiffer"), help="adapter: where"
     )
     e.add_argument("--adapter-size", type=int_at_least(1), default=64, help="adapter: bottleneck width")
+    finetune_options.add_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -162,9 +166,10 @@ def _peft_config(args):
     return peft.IA3Config() if args.peft == "ia3" else None
 
 
-def _generative_setup(args, config, model, tok, tr):
-    """seq2seq (T5/BART) and instruct (GPT: packed prompt/response records, loss on the response;
-    T5/BART: templated prompt → response as seq2seq) → (model, train data, scorer, loss_fn);
+def _generative_setup(args, config, tok, tr):
+    """seq2seq (T5/BART) and instruct (GPT: prompt/response records, loss on the response, packed
+    into rows without attention across records unless prefix/prompt tuning wraps the model;
+    T5/BART: templated prompt → response as seq2seq) → (train data, scorer, loss_fn);
     ``scorer(examples)`` is the evaluate callable of a split."""
     from ptft_fast.finetune import instruct, tasks
     from ptft_fast.finetune.readers import Example
@@ -182,11 +187,26 @@ def _generative_setup(args, config, model, tok, tr):
             data = tasks.seq2seq_data(tok, examples, args.max_length)
             return lambda m: tasks.evaluate_seq2seq(m, tok, examples, data)
 
-        return model, tasks.seq2seq_data(tok, templated(tr), args.max_length), scorer, None
+        return tasks.seq2seq_data(tok, templated(tr), args.max_length), scorer, None
+
+    def records(examples):
+        return [
+            instruct.encode_record(tok, e.text, str(e.label), template, args.max_length) for e in examples
+        ]
+
+    if args.peft in ("prefix", "prompt"):  # the wrapper must see every row: one record per row
+
+        def padded(examples):
+            return instruct.padded_rows(records(examples), tok.pad_id or 0)
+
+        def padded_scorer(examples):
+            data = padded(examples)
+            return lambda m: instruct.evaluate_padded(m, data)
+
+        return padded(tr), padded_scorer, instruct.padded_loss
 
     def rows(examples):
-        recs = [instruct.encode_record(tok, e.text, str(e.label), template, args.max_length)
-                for e in examples]  # fmt: skip
+        recs = records(examples)
         groups = instruct.pack(recs, args.max_length) if args.pack else [[r] for r in recs]
         return instruct.packed_rows(groups, tok.pad_id or 0)
 
@@ -194,10 +214,10 @@ def _generative_setup(args, config, model, tok, tr):
         data = rows(examples)
         return lambda m: instruct.evaluate_instruct(m, data)
 
-    return model, rows(tr), scorer, instruct.rows_loss
+    return rows(tr), scorer, instruct.rows_loss
 
 
-def _task_setup(args, names, model, tok, tr):
+def _task_setup(args, names, tok, tr):
     """cls/reg/tok/qa → (train data, scorer): ``scorer(examples)`` is the evaluate callable of a split."""
     from ptft_fast.finetune import tasks
 
@@ -211,7 +231,10 @@ def _task_setup(args, names, model, tok, tr):
     encode, evaluate = {
         "cls": (lambda exs: tasks.cls_data(tok, exs, names, args.max_length), tasks.evaluate_cls),
         "reg": (lambda exs: tasks.reg_data(tok, exs, args.max_length), tasks.evaluate_reg),
-        "tok": (lambda exs: tasks.tok_data(tok, exs, names, args.max_length), tasks.evaluate_tok),
+        "tok": (
+            lambda exs: tasks.tok_data(tok, exs, names, args.max_length),
+            lambda m, d: tasks.evaluate_tok(m, d, names),  # entity-level F1 for B-/I- tags
+        ),
     }[args.task]
 
     def scorer(examples):
@@ -225,6 +248,7 @@ def validate(args) -> None:
     """Options and files checked before anything is read at length or written (UsageError)."""
     from ptft_fast.finetune.session import EMBEDDED
 
+    finetune_options.validate(args)  # first: --glue sets --task
     output_folder("--out", args.out)
     input_path("--model", args.model, kind="folder")
     for option, value in (("--train", args.train), ("--eval", args.eval), ("--dev", args.dev)):
@@ -249,8 +273,6 @@ def check_model_for_task(args, config) -> None:
         return
     if args.template is not None and "{prompt}" not in args.template:
         raise UsageError(f"--template must contain {{prompt}}, got {args.template!r}")
-    if args.peft in ("prefix", "prompt"):
-        raise UsageError(f"--task {args.task} supports --peft none|lora|adapter|ia3, got --peft {args.peft}")
     if args.task == "seq2seq" and not config.is_encoder_decoder:
         raise UsageError(
             f"--task seq2seq needs an encoder-decoder model (T5/BART), but --model {args.model} is {config.arch}"
@@ -281,6 +303,9 @@ def dev_split(args, tr, cols, names, labels):
     from ptft_fast.finetune.selection import carve_dev
     from ptft_fast.finetune.session import load_task_data
 
+    if args.dev is not None and args.glue:
+        dev = finetune_options.glue_split(args, args.dev)
+        return tr, dev, f"--dev {args.dev}, {len(dev)} examples"
     if args.dev is not None:
         dev = load_task_data(args.task, args.train, args.dev, cols, names or labels)[1]
         return tr, dev, f"--dev {args.dev}, {len(dev)} examples"
@@ -289,80 +314,96 @@ def dev_split(args, tr, cols, names, labels):
     return tr, dev, how
 
 
+def _task_spec(args, names, cols):
+    """The TaskSpec of this run (what predict and merge rebuild the model from)."""
+    from ptft_fast.finetune import instruct
+    from ptft_fast.finetune.saved import TaskSpec
+
+    pcfg = _peft_config(args)
+    return TaskSpec(
+        task=args.task,
+        labels=names,
+        peft=args.peft,
+        peft_config=dict(vars(pcfg)) if pcfg is not None else {},
+        pooling=args.pooling,
+        freeze_backbone=args.freeze_backbone,
+        max_length=args.max_length,
+        template=(args.template or instruct.TEMPLATE) if args.task == "instruct" else None,
+        glue=args.glue,
+        text_column=cols.text,
+        text_pair_column=cols.text_pair,
+        doc_stride=args.doc_stride,
+        max_answer_len=args.max_answer_len,
+    )
+
+
 def _finetune(args) -> int:
     import torch
 
     from ptft_fast import peft
-    from ptft_fast.finetune import tasks
-    from ptft_fast.finetune.heads import TaskModel
+    from ptft_fast.finetune import saved, tasks
     from ptft_fast.finetune.loop import FinetuneConfig, train
     from ptft_fast.finetune.readers import Columns
     from ptft_fast.finetune.selection import scores_text
-    from ptft_fast.finetune.session import load_model_dir, load_task_data, write_task_card
+    from ptft_fast.finetune.session import load_model_dir, load_task_data
 
     torch.manual_seed(args.seed)
     labels = args.labels.split(",") if args.labels else None
     cols = Columns(args.text_column, args.text_pair_column, args.label_column)
     if args.task == "instruct":
         cols = Columns(args.prompt_column, None, args.response_column)
-    tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
+    mm = None
+    if args.glue:
+        tr, ev, names, mm, cols = finetune_options.glue_data(args)
+    else:
+        tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
     backbone, config, tok = load_model_dir(args.model)
     check_max_length(args.max_length, config)
     check_model_for_task(args, config)
     tr, dev, dev_how = dev_split(args, tr, cols, names, labels)
+    spec = _task_spec(args, names, cols)
+    init = tok.encode(args.prompt_init_text) if args.prompt_init_text else None
+    model = saved.build(backbone, spec, init_ids=init)
     loss_fn, higher = None, True
     if args.task in ("seq2seq", "instruct"):
-        model, train_data, scorer, loss_fn = _generative_setup(args, config, backbone, tok, tr)
+        train_data, scorer, loss_fn = _generative_setup(args, config, tok, tr)
         higher = not (args.task == "instruct" and not config.is_encoder_decoder)
-        if args.peft != "none":
-            peft.get_peft_model(model, args.peft, _peft_config(args))
     else:
-        pcfg = _peft_config(args)
-        if args.peft in ("prefix", "prompt"):  # wrap the backbone, the head stays outside
-            init = tok.encode(args.prompt_init_text) if args.prompt_init_text else None
-            backbone = peft.get_peft_model(backbone, args.peft, pcfg, init_ids=init)
-            if args.peft == "prompt":
-                backbone.strip_outputs = True
-        model = TaskModel(backbone, args.task, len(names) if names else 1, pooling=args.pooling)
-        if args.peft in ("lora", "adapter", "ia3"):
-            peft.get_peft_model(model, args.peft, pcfg)
-        elif args.peft != "none":
-            peft.mark_trainable(model)
-        train_data, scorer = _task_setup(args, names, model, tok, tr)
+        train_data, scorer = _task_setup(args, names, tok, tr)
+    if args.glue:
+
+        def scorer(examples, mismatched=None):
+            return finetune_options.glue_evaluate(args, tok, names, examples, mismatched)
+
     print(peft.param_report(model))
     print(f"dev split (chooses the kept epoch): {dev_how}")
     out = Path(args.out)
-    metric = tasks.PRIMARY[args.task] if higher else "loss"
-    card = dict(
-        task=args.task, labels=names, peft=args.peft, pooling=args.pooling, base_model=str(args.model)
-    )
-    card.update(selected_on=f"dev: {dev_how}")
+    metric = "score" if args.glue else (tasks.primary_metric(args.task, names) if higher else "loss")
+    selected_on = f"dev: {dev_how}"
 
     def on_best(m, row):
-        best = out / "best"
-        if args.peft == "none":
-            from safetensors.torch import save_file
-
-            from ptft_fast.data.atomic import fix_mode
-            from ptft_fast.hf import save_pretrained
-
-            save_pretrained(m.backbone if hasattr(m, "head") else m, best)
-            if hasattr(m, "head"):
-                save_file(
-                    {k: v.contiguous() for k, v in m.head.state_dict().items()},
-                    str(best / "head.safetensors"),
-                )
-                fix_mode(best / "head.safetensors")  # safetensors creates 0600 files
-        else:
-            peft.save_adapter(m, best, {"peft_type": args.peft, **(vars(_peft_config(args)) or {})})
-        tok.save(best)
-        write_task_card(best, **card, dev_metrics=row)
+        saved.save(
+            m,
+            out / "best",
+            spec,
+            tok,
+            config,
+            base_model=str(args.model),
+            dev_metrics=row,
+            selected_on=selected_on,
+        )
 
     lr = args.lr if args.lr is not None else (5e-5 if args.peft == "none" else 1e-3)
     cfg = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, progress=not args.no_progress
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **finetune_options.loop_settings(args),
     )
-    evaluate_eval = scorer(ev)  # built before training: a bad --eval file fails before any work
+    # built before training: a bad --eval file fails before any work
+    evaluate_eval = scorer(ev, mm) if args.glue else scorer(ev)
     hist = train(
         model,
         train_data,
@@ -381,11 +422,17 @@ def _finetune(args) -> int:
     model.eval()
     with torch.no_grad():
         test = evaluate_eval(model)  # the kept model: restore_best put its weights back
-    write_task_card(out / "best", **card, dev_metrics=best, eval_metrics=test, eval_file=str(args.eval))
+    saved.add_to_card(out / "best", eval_metrics=test, eval_file=str(args.eval))
     dev_scores = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}
     print(f"kept epoch {best['epoch']} of {args.epochs}, chosen on dev {metric} → {out / 'best'}")
     print(f"  dev score (chose it):         {scores_text(dev_scores)}")
     print(
         f"  eval score of the kept model: {scores_text(test)}  ({args.eval}, {len(ev)} examples; not used to choose)"
     )
+    base = finetune_options.report_baselines(args, args.task, tr, [s for s in (ev, mm) if s], names)
+    if base:
+        saved.add_to_card(out / "best", baselines=base)
+    if args.merge_lora:
+        saved.merge(out / "best", out / "merged")
+        print(f"merged into a plain model folder → {out / 'merged'}")
     return 0

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ptft_fast.finetune import ulmfit
+
 
 @dataclass
 class FinetuneConfig:
@@ -28,6 +30,13 @@ class FinetuneConfig:
     seed: int = 0
     progress: bool = True  # tqdm bar per epoch
     eval_every: int = 1  # evaluate every this many epochs (and after the last one)
+    # ULMFiT (ptft_fast.finetune.ulmfit): per-layer lr decay (1 = one lr), "linear" warm-up/decay
+    # or "stlr" (slanted triangular), gradual unfreezing (epoch e trains the top e layer groups)
+    layer_lr_decay: float = 1.0
+    schedule: str = "linear"
+    stlr_cut_frac: float = 0.1
+    stlr_ratio: float = 32.0
+    gradual_unfreeze: bool = False
 
 
 @dataclass
@@ -85,21 +94,27 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
+        ulmfit.param_groups(model, params, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay), lr=cfg.lr
     )
     n = next(iter(train_data.values())).shape[0]
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
-    warm = max(1, int(cfg.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+        opt,
+        ulmfit.schedule(
+            cfg.schedule,
+            total,
+            warmup_ratio=cfg.warmup_ratio,
+            cut_frac=cfg.stlr_cut_frac,
+            ratio=cfg.stlr_ratio,
+        ),
     )
+    unfreezing = ulmfit.GradualUnfreezing(model, params) if cfg.gradual_unfreeze else None
     loss_fn = loss_fn or default_loss
     hist = History()
     for epoch in range(1, cfg.epochs + 1):
+        if unfreezing is not None:
+            unfreezing.start_epoch(epoch)
         model.train()
         losses = []
         bar = tqdm(
@@ -112,6 +127,8 @@ def train(
             loss = loss_fn(model, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if unfreezing is not None:
+                unfreezing.drop_frozen_grads()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

@@ -10,7 +10,7 @@ TypeError naming the argument. Under ``torch.autocast`` the matmul ops cast thei
 """
 
 from ptft_fast.ops import torch_backend  # noqa: F401  (registers the reference backend)
-from ptft_fast.ops.attention import attention
+from ptft_fast.ops.attention import attention, attention_weights
 from ptft_fast.ops.cross_entropy import linear_cross_entropy
 from ptft_fast.ops.dispatch import (
     BackendUnavailableError,
@@ -25,6 +25,7 @@ from ptft_fast.ops.lora import lora_linear
 __all__ = [
     "BackendUnavailableError",
     "attention",
+    "attention_weights",
     "backend_available",
     "current_backend",
     "layer_norm",

@@ -170,6 +170,50 @@ def attention(
     )
 
 
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | RelativePositionBias | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """The attention probabilities :func:`attention` applies to v, for inspection (which heads
+    attend where): softmax(q kᵀ · scale + attn_bias + mask), before dropout, in float32.
+
+    Same conventions as :func:`attention`, padded form only: q (B, Tq, Hq, D), k (B, Tk, Hkv, D),
+    key_padding_mask (B, Tk) bool True = attend, causal aligned bottom-right. Returns
+    (B, Hq, Tq, Tk); each row sums to 1, or is zeros for a query that sees no key. Always the
+    PyTorch reference (the fused kernels never materialize the probabilities).
+    """
+    from ptft_fast.ops.reference import attention_weights_ref
+
+    for name, t in (("q", q), ("k", k)):
+        checks.tensor(OP, name, t)
+        if t.dim() != 4:
+            raise ValueError(f"attention_weights: {name} must be (B, T, H, D), got shape {tuple(t.shape)}")
+    if q.shape[-1] != k.shape[-1] or q.shape[0] != k.shape[0] or q.shape[-2] % k.shape[-2]:
+        raise ValueError(
+            f"attention_weights: q {tuple(q.shape)} and k {tuple(k.shape)} must share B and D, Hq % Hkv == 0"
+        )
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (k.shape[0], k.shape[1])
+    ):
+        raise ValueError(
+            f"attention_weights: key_padding_mask must be bool (B, Tk) = {(k.shape[0], k.shape[1])}, "
+            f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+        )
+    return attention_weights_ref(
+        q,
+        k,
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        attn_bias=attn_bias,
+        softmax_scale=softmax_scale,
+    )
+
+
 def default_scale(head_dim: int) -> float:
     """The softmax scale used when none is given: 1 / sqrt(D)."""
     return 1.0 / math.sqrt(head_dim)

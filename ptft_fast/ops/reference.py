@@ -171,6 +171,40 @@ def attention_ref(
     return _cast(out, out_dtype)
 
 
+def attention_weights_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + bias + mask) in float32: the probabilities ``attention_ref`` applies
+    to v (before dropout). q: (B, Tq, Hq, D), k: (B, Tk, Hkv, D); key_padding_mask: (B, Tk) bool,
+    True = attend; attn_bias broadcastable to (B, Hq, Tq, Tk) or a ``RelativePositionBias``;
+    causal aligned bottom-right. Returns (B, Hq, Tq, Tk); a query that sees no key gets zeros."""
+    tq, tk = q.shape[1], k.shape[1]
+    if isinstance(attn_bias, RelativePositionBias):
+        attn_bias = attn_bias.materialize(tq, tk)
+    qt, kt = q.transpose(1, 2).float(), k.transpose(1, 2).float()  # (B, H, T, D)
+    if kt.shape[1] != qt.shape[1]:  # GQA/MQA: each key head serves Hq / Hkv query heads
+        kt = kt.repeat_interleave(qt.shape[1] // kt.shape[1], dim=1)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    scores = (qt @ kt.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
+    if attn_bias is not None:
+        scores = scores + attn_bias.float()
+    allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        i = torch.arange(tq, device=q.device)[:, None]
+        allowed = torch.arange(tk, device=q.device)[None, :] <= i + (tk - tq)
+    allowed = allowed[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return probs.nan_to_num(0.0)  # rows without a visible key: all -inf → NaN → 0
+
+
 # ----------------------------------------------------------------------- linear cross-entropy
 
 

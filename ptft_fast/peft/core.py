@@ -20,7 +20,7 @@ from torch import nn
 from ptft_fast.data.atomic import fix_mode
 
 PEFT_MARKERS = ("lora_A", "lora_B", "ia3_", "adapter_", "prefix_", "soft_prompt")
-DEFAULT_HEAD_NAMES = ("head", "classifier", "score", "qa_outputs")
+DEFAULT_HEAD_NAMES = ("head", "classifier", "score", "qa_outputs", "scalar_mix")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 

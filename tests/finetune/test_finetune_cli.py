@@ -50,13 +50,18 @@ def test_finetune_cli_keeps_best(tmp_path, ft_wordpiece, tsv, peft, capsys):
         assert (out / "best" / "model.safetensors").is_file() and (
             out / "best" / "head.safetensors"
         ).is_file()
-    else:
+    elif peft == "lora":  # peft's format (base_model.model.<transformers module>), the head beside it
         from safetensors.torch import load_file
 
         saved = load_file(out / "best" / "adapter_model.safetensors")
-        assert any("head." in k for k in saved) and all(
-            "head." in k or "lora" in k or "soft_prompt" in k for k in saved
-        )
+        assert saved and all(k.startswith("base_model.model.bert.") and ".lora_" in k for k in saved)
+        assert any(k.startswith("head.") for k in load_file(out / "best" / "head.safetensors"))
+        assert card["weights"] == "peft"
+    else:  # ptft_fast's names, the head inside
+        from safetensors.torch import load_file
+
+        saved = load_file(out / "best" / "adapter_model.safetensors")
+        assert any("head." in k for k in saved) and all("head." in k or "soft_prompt" in k for k in saved)
 
 
 def test_finetune_cli_bad_label_names_line(tmp_path, ft_wordpiece, tsv, capsys):
