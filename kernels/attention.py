@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2, require_package_name
+from ptft_fast.kernels._common import contiguous, gpu_target, launch, next_pow2, require_package_name
 
 require_package_name(__name__)
 
@@ -154,7 +154,7 @@ def blocks(head_dim: int, dtype: torch.dtype, device: torch.device, backward: bo
     (tl.dot's minimum). Large head dims, 4-byte inputs and the backward (two (BLOCK, D) fp32
     accumulators per program) get smaller tiles so tiles fit in shared memory and registers."""
     block_d = max(16, next_pow2(head_dim))
-    if INTERPRET or device.type != "cuda":
+    if gpu_target(device) is None:
         return 32, 32, block_d, 4, 1
     wide = block_d * (dtype.itemsize // 2)  # tile width in 2-byte units
     if backward:
@@ -190,7 +190,7 @@ def attention_fwd(
     sb = bias4.stride() if bias4 is not None else (0, 0, 0, 0)
     sb = tuple(0 if bias4 is not None and bias4.shape[i] == 1 else s for i, s in enumerate(sb))
     grid = (triton.cdiv(max_q, bm), batch * n_heads)
-    _attention_fwd_kernel[grid](
+    launch(_attention_fwd_kernel, grid,
         q, k, v, o, lse, cu_q, cu_k, kpm, bias4, *sb, rel_lut, rel_table,
         n_heads, k.shape[1], head_dim, max_q, max_k, scale, p, seed,
         VARLEN=cu_q is not None, CAUSAL=causal, HAS_KPM=kpm is not None, HAS_BIAS=bias4 is not None,

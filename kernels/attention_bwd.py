@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import contiguous, require_package_name
+from ptft_fast.kernels._common import contiguous, launch, require_package_name
 from ptft_fast.kernels.attention import _dot, _keep, _scores, _seq_bounds, blocks
 
 require_package_name(__name__)
@@ -194,18 +194,18 @@ def attention_bwd(
     )  # fmt: skip
     dkdv_grid = (triton.cdiv(max_k, bn), batch * n_kv)
     if deterministic:
-        _attention_bwd_dq_kernel[(triton.cdiv(max_q, bm), batch * n_heads)](
+        launch(_attention_bwd_dq_kernel, (triton.cdiv(max_q, bm), batch * n_heads),
             q, k, v, do, lse, delta, dq, dbias, dtable, *common, scale, p, seed,
             BIAS_GRAD=bias_grad, REL_GRAD=rel_grad, BLOCK_M=bm, BLOCK_N=bn, **flags,
         )  # fmt: skip
         # dK/dV programs own key blocks: use the key-block size as their row tile
-        _attention_bwd_dkdv_kernel[dkdv_grid](
+        launch(_attention_bwd_dkdv_kernel, dkdv_grid,
             q, k, v, do, lse, delta, dk, dv, None, None, None, *common, scale, p, seed,
             FUSED_DQ=False, BIAS_GRAD=False, REL_GRAD=False, BLOCK_M=bn, BLOCK_N=bm, **flags,
         )  # fmt: skip
     else:
         dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        _attention_bwd_dkdv_kernel[dkdv_grid](
+        launch(_attention_bwd_dkdv_kernel, dkdv_grid,
             q, k, v, do, lse, delta, dk, dv, dq32, dbias, dtable, *common, scale, p, seed,
             FUSED_DQ=True, BIAS_GRAD=bias_grad, REL_GRAD=rel_grad, BLOCK_M=bn, BLOCK_N=bm, **flags,
         )  # fmt: skip

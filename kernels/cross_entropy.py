@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, contiguous, require_package_name
+from ptft_fast.kernels._common import contiguous, gpu_target, launch, require_package_name
 
 require_package_name(__name__)
 
@@ -142,7 +142,7 @@ def _lce_bwd_kernel(
 
 def _blocks(device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_V, BLOCK_H, num_warps)."""
-    if INTERPRET or device.type != "cuda":
+    if gpu_target(device) is None:
         return 16, 32, 32, 4
     return 64, 128, 64, 8
 
@@ -153,10 +153,11 @@ def _vocab_split(
     """(number of vocab splits, split length): enough programs to fill the GPU even when only
     ~1/8 of the row blocks are labeled (the count is not known on the host)."""
     v_blocks = triton.cdiv(n_vocab, block_v)
-    if INTERPRET or device.type != "cuda":
+    target = gpu_target(device)
+    if target is None:
         n_split = min(v_blocks, 2)  # exercise the split merge in CPU tests
     else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = target.sm_count
         n_split = max(1, min(v_blocks, 16, triton.cdiv(8 * 2 * sms, triton.cdiv(n_rows, block_m))))
     split_len = triton.cdiv(v_blocks, n_split) * block_v
     return triton.cdiv(n_vocab, split_len), split_len
@@ -195,7 +196,7 @@ def linear_cross_entropy_fwd(hidden, weight, bias, labels, rows, count, smoothin
     # partials of ignored rows stay at the neutral (-inf, 0, 0, 0)
     m_part = torch.full((n_split, n_rows), float("-inf"), dtype=torch.float32, device=hidden.device)
     l_part, zl_part, zs_part = (torch.zeros_like(m_part) for _ in range(3))
-    _lce_fwd_kernel[(triton.cdiv(n_rows, bm), n_split)](
+    launch(_lce_fwd_kernel, (triton.cdiv(n_rows, bm), n_split),
         hidden, weight, bias, labels, rows, count, m_part, l_part, zl_part, zs_part,
         n_rows, n_hidden, n_vocab, split_len,
         HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32,
@@ -227,7 +228,7 @@ def linear_cross_entropy_bwd(hidden, weight, bias, labels, rows, count, lse, gra
     db = torch.zeros(weight.shape[0], dtype=torch.float32, device=hidden.device) if bias is not None else None
     bm, bv, bh, warps = _blocks(hidden.device)
     n_split, split_len = _vocab_split(n_rows, weight.shape[0], bm, bv, hidden.device)
-    _lce_bwd_kernel[(triton.cdiv(n_rows, bm), n_split)](
+    launch(_lce_bwd_kernel, (triton.cdiv(n_rows, bm), n_split),
         hidden, weight, bias, labels, rows, count, lse, grad_rows, dh, dw, db,
         n_hidden, weight.shape[0], split_len, smoothing, z_loss,
         HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32,

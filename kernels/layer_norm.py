@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import contiguous, next_pow2, num_programs_cap, require_package_name
+from ptft_fast.kernels._common import contiguous, gpu_target, launch, next_pow2, require_package_name
 
 require_package_name(__name__)
 
@@ -147,7 +147,7 @@ def layer_norm_fwd(
     rstd = torch.empty_like(mean)
     block_m, block_n, num_warps = _blocks(n_cols)
     grid = (triton.cdiv(n_rows, block_m),)
-    _layer_norm_fwd_kernel[grid](
+    launch(_layer_norm_fwd_kernel, grid,
         x, residual, weight, bias, y, h, mean, rstd,
         n_rows, n_cols, eps, dropout_p, seed,
         HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
@@ -189,10 +189,11 @@ def layer_norm_bwd(
         else torch.empty((n_rows, n_cols), dtype=residual_dtype, device=dy.device)
     )
     block_m, block_n, num_warps = _blocks(n_cols)
-    nprog = max(1, min(triton.cdiv(n_rows, block_m), num_programs_cap(dy.device)))
+    target = gpu_target(dy.device)
+    nprog = max(1, min(triton.cdiv(n_rows, block_m), 4 * target.sm_count if target else 4))
     dw_part = torch.empty((nprog, n_cols), dtype=torch.float32, device=dy.device)
     db_part = torch.empty_like(dw_part)
-    _layer_norm_bwd_kernel[(nprog,)](
+    launch(_layer_norm_bwd_kernel, (nprog,),
         dy, h, weight, mean, rstd, dh_out, dx, dres, dw_part, db_part,
         n_rows, n_cols, dropout_p, seed,
         HAS_W=weight is not None, HAS_DHOUT=dh_out is not None, HAS_DRES=dres is not None,

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2, require_package_name
+from ptft_fast.kernels._common import contiguous, gpu_target, launch, next_pow2, require_package_name
 
 require_package_name(__name__)
 
@@ -127,7 +127,7 @@ def _lora_da_kernel(
 
 def _blocks(device: torch.device) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)."""
-    if INTERPRET or device.type != "cuda":
+    if gpu_target(device) is None:
         return 16, 32, 32, 4, 1
     return 128, 128, 64, 8, 3
 
@@ -148,7 +148,7 @@ def fused_mm(x, w_kn, t, l_jn, lora_scale, bias, out_dtype, p=0.0, seed=0):
     y = torch.empty((n_rows, n_out), dtype=out_dtype, device=x.device)
     bm, bn, bk, warps, stages = _blocks(x.device)
     grid = (triton.cdiv(n_rows, bm), triton.cdiv(n_out, bn))
-    _lora_fused_mm_kernel[grid](
+    launch(_lora_fused_mm_kernel, grid,
         x, w_kn, *w_kn.stride(), t, l_jn, *l_jn.stride(), bias, y,
         n_rows, n_out, n_red, t.shape[1], lora_scale, p, seed,
         HAS_BIAS=bias is not None, DROPOUT=p > 0.0, IEEE=x.dtype == torch.float32,
@@ -172,7 +172,7 @@ def lora_fwd(x, weight, bias, lora_a, lora_b, scaling, p, seed):
     rank = lora_a.shape[0]
     t = torch.empty((n_rows, rank), dtype=x.dtype, device=x.device)
     bm, _, bk, warps, _ = _blocks(x.device)
-    _lora_down_kernel[(triton.cdiv(n_rows, bm),)](
+    launch(_lora_down_kernel, (triton.cdiv(n_rows, bm),),
         x, lora_a, t, n_rows, n_in, rank, p, seed,
         DROPOUT=p > 0.0, IEEE=x.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_K=bk, BLOCK_R=max(16, next_pow2(rank)), num_warps=warps,
@@ -195,7 +195,7 @@ def lora_bwd(dy, x, t, weight, lora_a, lora_b, scaling, p, seed):
     dx = fused_mm(dy, weight, dt, lora_a, 1.0, None, x.dtype, p, seed)
     dla = torch.empty((rank, n_in), dtype=lora_a.dtype, device=x.device)
     bm, bn, _, warps, _ = _blocks(x.device)
-    _lora_da_kernel[(triton.cdiv(n_in, bn),)](
+    launch(_lora_da_kernel, (triton.cdiv(n_in, bn),),
         dt, x, dla, n_rows, n_in, rank, p, seed,
         DROPOUT=p > 0.0, IEEE=x.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=max(16, next_pow2(rank)), num_warps=warps,

@@ -1,4 +1,6 @@
-"""``ptft bench ops|train|all``: run the benchmark suites, print a table, append CSV, plot."""
+"""``ptft bench ops|train|all``: run the benchmark suites, print a table, append CSV, plot.
+``ptft bench card``: the kernel report card (every kernel compiled for sm_90/sm_80 on this machine,
+no GPU needed); see ``ptft_fast.benchmarks.kernel_card``."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from ptft_fast.benchmarks import harness
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark ops and training steps", description=__doc__)
-    p.add_argument("group", nargs="?", default="ops", choices=("ops", "train", "all"))
+    p.add_argument("group", nargs="?", default="ops", choices=("ops", "train", "all", "card"))
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (under a minute on CPU)")
     p.add_argument("--only", default=None, help="comma-separated suite names (e.g. reference,attention)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -28,6 +30,9 @@ def add_parser(sub) -> None:
         help="after the run, rank the compiled backends per op from benchmarks/results/*.csv (GPU rows) "
         "into ptft_fast/ops/auto_backends.json, which backend='auto' follows on CUDA",
     )
+    from ptft_fast.benchmarks.kernel_card import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -46,6 +51,10 @@ def suites(group: str) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.group == "card":
+        from ptft_fast.benchmarks.kernel_card import main
+
+        return main(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chosen = suites(args.group)
     if args.only:
