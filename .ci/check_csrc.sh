@@ -5,7 +5,8 @@
 #     with the defines torch's extension build uses.
 # Prints what it checked; exits non-zero on any failure; skips (exit 0) when nvcc is absent.
 # Env: PYTHON (default .venv/bin/python, else python3), NVCC (default nvcc), CXX (default g++),
-# CUDA_HOME (default /usr/local/cuda), JOBS (parallel compiles, default 2).
+# CUDA_HOME (default /usr/local/cuda), JOBS (parallel compiles, default 2), PTXAS_LOG_DIR (keep each
+# .cu's `-Xptxas -v` report there as <file>.log: the kernel report card's csrc rows read them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +36,9 @@ abi="$("$PYTHON" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-export NVCC CXX CUDA_INC incs abi tmp
+PTXAS_LOG_DIR="${PTXAS_LOG_DIR:-}"
+[[ -n "$PTXAS_LOG_DIR" ]] && mkdir -p "$PTXAS_LOG_DIR"
+export NVCC CXX CUDA_INC incs abi tmp PTXAS_LOG_DIR
 start=$SECONDS
 
 check_one() {
@@ -47,8 +50,9 @@ check_one() {
     "$NVCC" -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -Icsrc \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
-      -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
+      -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
     rc=$?
+    [[ $rc -eq 0 && -n "$PTXAS_LOG_DIR" ]] && cp "$tmp/$name.log" "$PTXAS_LOG_DIR/$name.log"
   else
     what="$CXX -fsyntax-only (torch headers)"
     # C10_CUDA_NO_CMAKE_CONFIGURE_FILE: CPU builds of torch ship the c10/cuda headers without

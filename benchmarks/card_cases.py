@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import triton
 
 from ptft_fast.kernels import attention as attn_k
 from ptft_fast.kernels import attention_bwd as attn_bwd_k
@@ -30,7 +31,9 @@ BF16, FP32 = torch.bfloat16, torch.float32
 class Case:
     """op at one shape: ``run`` calls its launchers (forward and backward) on meta tensors;
     ``ours``/``peer`` are (FLOPs, bytes) of this design and of ``peer_name``'s at that shape
-    (None for edge shapes, which only check that every kernel compiles within bounds)."""
+    (None for edge shapes, which only check that every kernel compiles within bounds); ``archs``:
+    the GPUs it is compiled for (sm_80 for one benchmark shape and the edges of each op, which
+    compiles every kernel for it; sm_90 for all)."""
 
     op: str
     label: str
@@ -39,6 +42,7 @@ class Case:
     ours: tuple[float, float] | None = None
     peer: tuple[float, float] | None = None
     peer_name: str = ""
+    archs: tuple[int, ...] = (90,)
 
     def lower_bound_us(self, flops_bytes) -> float | None:
         if flops_bytes is None:
@@ -67,38 +71,37 @@ def _ce_run(n, hidden, vocab, dtype, bias, smoothing=0.0, z_loss=0.0):
 
 
 def _ce_bounds(n, hidden, vocab, labeled, size):
-    """(ours, Liger's): ours drops unlabeled rows before any matmul and recomputes the logits
-    in backward (4 GEMMs over labeled rows), reading W 3x, writing dW once and a labeled-rows x V
-    chunk buffer once, reading it twice; Liger computes the gradients in the forward (3 GEMMs
-    over all rows), its logits chunks written, updated in place and read twice, dW accumulated
-    in fp32 per chunk (chunks of ~ H/V of the rows)."""
+    """(ours, Liger 0.8.5's) FLOPs and DRAM bytes; W (V x H) does not fit in L2 at these shapes,
+    so every GEMM that streams it reads it again.
+
+    Ours drops unlabeled rows before any matmul: 4 GEMMs over labeled rows. Bytes: W read by the
+    forward and, per chunk holding labeled rows, by the d(logits) and dh GEMMs; d(logits) written
+    once, read twice; dW written once (one chunk) or accumulated in fp32 per chunk, then cast.
+    Liger computes the gradients in the forward, over every row: 3 GEMMs; chunks of
+    next_pow2(N / ceil(V / H)) rows, each reading W twice, writing its logits, reading and writing
+    them in place, reading them twice, and adding into dW in W's dtype (read + write)."""
     n_lab = n * labeled
     w = vocab * hidden * size
-    ours = (8.0 * n_lab * vocab * hidden, 3 * w + w + 3 * n_lab * vocab * size)
-    chunks = max(1, math.ceil(vocab / hidden))
-    liger = (6.0 * n * vocab * hidden, 2 * w + 2 * 4 * vocab * hidden * chunks + 4 * n * vocab * size)
+    w32 = 4 * vocab * hidden
+    active = math.ceil(n_lab / ce_k.chunk_rows(n, vocab, size, 128))
+    dw = w if active == 1 else w32 * (2 * active - 1) + w32 + w
+    ours = (8.0 * n_lab * vocab * hidden, w + 2 * w * active + dw + 3 * n_lab * vocab * size)
+    chunks = math.ceil(n / triton.next_power_of_2(math.ceil(n / math.ceil(vocab / hidden))))
+    liger = (6.0 * n * vocab * hidden, 2 * w * chunks + 2 * w * chunks + 5 * n * vocab * size)
     return ours, liger
 
 
 def cross_entropy_cases() -> list[Case]:
     cases = []
-    for n, hidden, vocab, labeled, label in (
-        (16384, 768, 30522, 0.15, "BERT MLM N=16384 H=768 V=30522, 15% labeled"),
-        (8192, 768, 50257, 1.0, "GPT-2 CLM N=8192 H=768 V=50257, all labeled"),
+    for n, hidden, vocab, labeled, label, archs in (
+        (16384, 768, 30522, 0.15, "BERT MLM N=16384 H=768 V=30522, 15% labeled", (90,)),
+        (8192, 768, 50257, 1.0, "GPT-2 CLM N=8192 H=768 V=50257, all labeled", (90, 80)),
     ):
         ours, liger = _ce_bounds(n, hidden, vocab, labeled, 2)
-        cases.append(
-            Case(
-                "linear_cross_entropy",
-                label,
-                BF16,
-                _ce_run(n, hidden, vocab, BF16, False),
-                ours,
-                liger,
-                "Liger",
-            )
-        )
-    cases.append(Case("linear_cross_entropy", "edge N=H=V=1", FP32, _ce_run(1, 1, 1, FP32, True, 0.1, 1e-4)))
+        run = _ce_run(n, hidden, vocab, BF16, False)
+        cases.append(Case("linear_cross_entropy", label, BF16, run, ours, liger, "Liger", archs))
+    edge = _ce_run(1, 1, 1, FP32, True, 0.1, 1e-4)
+    cases.append(Case("linear_cross_entropy", "edge N=H=V=1", FP32, edge, archs=(90, 80)))
     cases.append(Case("linear_cross_entropy", "edge N=7 H=1 V=67", BF16, _ce_run(7, 1, 67, BF16, True)))
     return cases
 
@@ -130,28 +133,31 @@ def _attn_run(batch, seq, heads, kv_heads, dim, dtype, causal, *, kpm=False, bia
     return run
 
 
-def _attn_bounds(batch, seq, heads, dim, causal, size, block_n_ours, block_n_peer):
+def _attn_bounds(batch, seq, heads, dim, causal, size):
     """(ours, FlashAttention-2's) forward + backward: 2 GEMMs forward, 5 backward (dQ summed over
-    key blocks with fp32 atomics: a read-modify-write of dQ per key block of ``block_n``)."""
+    key blocks by fp32 atomics, as FA2 does; they stay in L2 and are not counted as DRAM bytes);
+    DRAM traffic: Q, K, V, O read/written once forward, Q, K, V, O, dO read and dQ, dK, dV written
+    once backward. The same design on both sides, so the same bound: the card shows the kernels,
+    not the design, decide the difference."""
     frac = 0.5 if causal else 1.0
     gemm = 2.0 * batch * heads * seq * seq * dim * frac
     io = batch * seq * heads * dim * size
-
-    def design(block_n):
-        dq_rmw = 2 * 4 * io / size * max(1, seq // block_n) * frac
-        return 7 * gemm, 4 * io + 8 * io + dq_rmw
-
-    return design(block_n_ours), design(block_n_peer)
+    bound = (7 * gemm, 4 * io + 8 * io)
+    return bound, bound
 
 
 def attention_cases() -> list[Case]:
     cases = []
-    for seq, dim, causal in ((1024, 64, True), (1024, 64, False), (4096, 128, True), (1024, 128, False)):
+    for seq, dim, causal, archs in (
+        (1024, 64, True, (90,)),
+        (1024, 64, False, (90,)),
+        (4096, 128, True, (90, 80)),
+    ):
         heads, batch = 2048 // dim, 16384 // seq
-        ours, fa2 = _attn_bounds(batch, seq, heads, dim, causal, 2, 64, 128)
+        ours, fa2 = _attn_bounds(batch, seq, heads, dim, causal, 2)
         label = f"B={batch} T={seq} H={heads} D={dim}{' causal' if causal else ''}"
         run = _attn_run(batch, seq, heads, heads, dim, BF16, causal)
-        cases.append(Case("attention", label, BF16, run, ours, fa2, "FlashAttention-2"))
+        cases.append(Case("attention", label, BF16, run, ours, fa2, "FlashAttention-2", archs))
     cases.append(
         Case("attention", "BERT B=32 T=512 H=12 D=64 padding mask, dropout 0.1", BF16,
              _attn_run(32, 512, 12, 12, 64, BF16, False, kpm=True, p=0.1))
@@ -164,7 +170,8 @@ def attention_cases() -> list[Case]:
         Case("attention", "varlen GQA 8/2 D=128 causal, dense bias, dropout", BF16,
              _attn_run(8, 1024, 8, 2, 128, BF16, True, bias=True, p=0.1, varlen=True))
     )  # fmt: skip
-    cases.append(Case("attention", "edge one row D=32", FP32, _attn_run(1, 1, 1, 1, 32, FP32, True)))
+    edge = _attn_run(1, 1, 1, 1, 32, FP32, True)
+    cases.append(Case("attention", "edge one row D=32", FP32, edge, archs=(90, 80)))
     return cases
 
 
@@ -186,10 +193,10 @@ def layer_norm_cases() -> list[Case]:
     for hidden in (768, 4096, 8192):
         io = 8.0 * 16384 * hidden * 2  # x, residual in; y, h out; dy, dh_out, h in; dx, dres out
         label = f"N=16384 H={hidden} residual + dropout"
-        cases.append(
-            Case("layer_norm", label, BF16, _ln_run(16384, hidden, BF16), (0, io), (0, io), "Apex/Liger")
-        )
-    cases.append(Case("layer_norm", "edge N=H=1", FP32, _ln_run(1, 1, FP32)))
+        archs = (90, 80) if hidden == 8192 else (90,)
+        run = _ln_run(16384, hidden, BF16)
+        cases.append(Case("layer_norm", label, BF16, run, (0, io), (0, io), "Apex/Liger", archs))
+    cases.append(Case("layer_norm", "edge N=H=1", FP32, _ln_run(1, 1, FP32), archs=(90, 80)))
     return cases
 
 
@@ -219,10 +226,11 @@ def lora_cases() -> list[Case]:
     for n, dim in ((8192, 4096), (8192, 768)):
         ours, peft = _lora_bounds(n, dim, dim, 16, 2)
         label = f"N={n} {dim}x{dim} r=16 dropout 0.1"
-        cases.append(
-            Case("lora_linear", label, BF16, _lora_run(n, dim, dim, 16, BF16, 0.1), ours, peft, "cuBLAS+PEFT")
-        )
-    cases.append(Case("lora_linear", "edge N=1 1x1 r=1", FP32, _lora_run(1, 1, 1, 1, FP32, 0.5)))
+        run = _lora_run(n, dim, dim, 16, BF16, 0.1)
+        archs = (90, 80) if dim == 4096 else (90,)
+        cases.append(Case("lora_linear", label, BF16, run, ours, peft, "cuBLAS+PEFT", archs))
+    edge = _lora_run(1, 1, 1, 1, FP32, 0.5)
+    cases.append(Case("lora_linear", "edge N=1 1x1 r=1", FP32, edge, archs=(90, 80)))
     return cases
 
 
