@@ -205,7 +205,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**{k: env[k] for k in ("triton", "commit", "timestamp")}, **row})
+            cells = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
+            writer.writerow({**{k: env[k] for k in ("triton", "commit", "timestamp")}, **cells})
 
 
 def _fmt_us(v) -> str:
