@@ -55,10 +55,32 @@ DEVICE_PEAKS: dict[str, dict[str, float]] = {
 }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or "" where it is not available."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    model = _cpu_model()
+    return f"CPU {model + ' ' if model else ''}{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 def device_peaks(device: torch.device) -> dict[str, float] | None:
@@ -103,6 +125,8 @@ def environment(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": torch.version.cuda or "none",
+        "transformers": _version("transformers"),  # the hf-* providers' library
+        "peft": _version("peft"),
         "commit": _git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -318,15 +342,32 @@ def run_case(
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "tflops", "gbps",
     "pct_peak", "tokens_per_s", "peak_mem_mb", "baseline", "ratio_vs_baseline", "mem_vs_baseline",
-    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp",
+    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft",
 ]  # fmt: skip
 
 
+def _upgrade_header(path: Path) -> None:
+    """Rewrite a CSV written with an older column list under CSV_FIELDS (old rows keep their
+    values, new columns stay blank), so that appended rows line up with the header."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames == CSV_FIELDS:
+            return
+        rows = list(reader)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Append ``rows`` to the CSV at ``path`` (header written when the file is new)."""
+    """Append ``rows`` to the CSV at ``path`` (header written when the file is new, brought up to
+    CSV_FIELDS when the file has an older one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _upgrade_header(path)
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if new:

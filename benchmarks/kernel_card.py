@@ -9,7 +9,7 @@ then the csrc rows) and, with ``--doc``, the card's table into docs/gpu.md. ``--
 a rule fails (see :func:`gate`). Compiles run in parallel and are cached by kernel source, arguments
 and options (``PTFT_CARD_CACHE``, default ~/.cache/ptft_fast/kernel_card).
 
-Run: ``ptft bench card [--gate] [--doc docs/gpu.md]`` or ``python -m ptft_fast.benchmarks.kernel_card``.
+Run: ``ptft bench card [--gate] [--doc docs/gpu.md] [--archs 90,80] [--csrc-logs DIR]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -290,24 +289,16 @@ def csrc_logs(csrc_dir: Path, log_dir: str | None, workers: int) -> str:
         return "\n".join(pool.map(nvcc_ptxas_report, sources))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The card's options (``ptft bench`` adds them to its own, which has ``--csv`` already)."""
-    p.add_argument("--gate", action="store_true", help="card: exit 1 when a CI rule fails (listed)")
-    p.add_argument("--doc", default=None, help="card: markdown file whose kernel-card section is rewritten")
-    p.add_argument("--archs", default="90,80", help="card: compute capabilities (default 90,80)")
-    p.add_argument("--jobs", type=int, default=None, help="card: parallel compiles (default: CPU count)")
-    p.add_argument("--csrc", choices=("compile", "skip"), default="compile",
-                   help="card: csrc rows by nvcc -Xptxas -v (skipped when nvcc is missing)")  # fmt: skip
-    p.add_argument("--csrc-logs", default=None, help="card: folder of nvcc -Xptxas -v logs to read instead")
-
-
 def main(args: argparse.Namespace) -> int:
+    """``ptft bench card``: args.archs (compute capabilities), args.jobs (parallel compiles or None:
+    CPU count), args.csrc ("compile" | "skip"), args.csrc_logs (folder or None), args.csv (path or
+    None: benchmarks/results/kernel_card.csv), args.doc (markdown file or None), args.gate."""
     import shutil
 
     from ptft_fast.benchmarks.card_cases import all_cases
 
     start = time.time()
-    archs = tuple(int(a) for a in args.archs.split(","))
+    archs = tuple(args.archs)
     workers = args.jobs or os.cpu_count() or 1
     logs = None
     if args.csrc_logs or (args.csrc == "compile" and shutil.which("nvcc")):
@@ -329,10 +320,3 @@ def main(args: argparse.Namespace) -> int:
         )
         return 1 if failures else 0
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="kernel_card", description=__doc__)
-    parser.add_argument("--csv", default=None, help=f"CSV written (default {CSV_PATH})")
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

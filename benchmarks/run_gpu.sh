@@ -5,7 +5,8 @@
 #   2. build csrc/ (ptft_fast._C, sm_90a) in the background while the Triton kernel tests run on the GPU;
 #   3. the CUDA C++ kernel tests once the build is done;
 #   4. end-to-end training step benchmark (BERT-base MLM 128 with every provider incl. torch.compile;
-#      then BERT 512, GPT-2 CLM, T5-small span, GPT-2 LoRA without torch.compile);
+#      then BERT 512, GPT-2 CLM, T5-small span, GPT-2 LoRA, Llama-style 125M without torch.compile;
+#      hf+ptft-patch beside hf-liger);
 #   5. kernel benchmarks (`ptft bench ops --quick`).
 # Every step has a time cap and the whole run a deadline; a failed step does not stop the next. Logs,
 # CSVs, PNGs and junit XML go to $WORK and are packed into $OUT/results.tgz after each step, so a run
@@ -142,8 +143,8 @@ if [[ -n "${E2E_RUNS:-}" ]]; then
 fi
 step e2e_bert128 130 $PY "${E2E[@]}" --only bert_mlm@128 --plot "$WORK/train_e2e_bert128.png" \
   ${E2E_PROVIDERS:+--providers "$E2E_PROVIDERS"}
-step e2e_rest 140 $PY "${E2E[@]}" --only bert_mlm@512,gpt2_clm,t5_span,gpt2_lora \
-  --providers ptft:torch,ptft:triton,ptft:cuda,hf-liger --plot "$WORK/train_e2e_rest.png"
+step e2e_rest 140 $PY "${E2E[@]}" --only bert_mlm@512,gpt2_clm,t5_span,gpt2_lora,llama_clm \
+  --providers ptft:torch,ptft:triton,ptft:cuda,hf+ptft-patch,hf-liger --plot "$WORK/train_e2e_rest.png"
 
 # ---- 5. kernel benchmarks
 step bench_ops 120 $PY -m ptft_fast bench ops --quick ${OPS_ONLY:+--only "$OPS_ONLY"} --csv "$WORK/ops_cuda.csv" --plot "$WORK/ops_cuda.png"

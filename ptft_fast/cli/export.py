@@ -27,8 +27,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ptft_fast.cli.errors import input_path, output_folder, removed_on_error
     from ptft_fast.train.zero_export import export_zero
 
-    out = export_zero(args.ckpt_dir, args.out, dtype=args.dtype)
+    input_path("CKPT_DIR", args.ckpt_dir, kind="folder")
+    output_folder("--out", args.out)
+    with removed_on_error(args.out):
+        out = export_zero(args.ckpt_dir, args.out, dtype=args.dtype)
     print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
     return 0

@@ -18,6 +18,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ptft_fast.cli.errors import (
+    UsageError,
+    float_in,
+    input_path,
+    int_at_least,
+    output_folder,
+    removed_on_error,
+)
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help="fine-tune on a task (full or PEFT), best checkpoint kept")
@@ -33,21 +42,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--label-column", default="label")
     p.add_argument("--labels", default=None, help="comma-separated label set (default: labels seen in train)")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--doc-stride", type=int, default=32, help="qa: overlap of context windows")
-    p.add_argument("--max-answer-len", type=int, default=30, help="qa: longest answer in tokens")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None, help="default: 5e-5 full fine-tuning, 1e-3 PEFT")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--max-length", type=int_at_least(4), default=128)
+    p.add_argument("--doc-stride", type=int_at_least(0), default=32, help="qa: overlap of context windows")
+    p.add_argument("--max-answer-len", type=int_at_least(1), default=30, help="qa: longest answer in tokens")
+    p.add_argument("--epochs", type=int_at_least(1), default=3)
+    p.add_argument("--batch-size", type=int_at_least(1), default=16)
+    p.add_argument(
+        "--lr",
+        type=float_in(0.0, low_open=True),
+        default=None,
+        help="default: 5e-5 full fine-tuning, 1e-3 PEFT",
+    )
+    p.add_argument("--lora-r", type=int_at_least(1), default=8)
+    p.add_argument("--lora-alpha", type=float_in(0.0, low_open=True), default=16.0)
     p.add_argument("--lora-targets", default=None, help="comma-separated module names or a regex")
-    p.add_argument("--num-virtual-tokens", type=int, default=10)
+    p.add_argument("--num-virtual-tokens", type=int_at_least(1), default=10)
     p.add_argument(
         "--prompt-init-text", default=None, help="prompt tuning: initialise from this text's tokens"
     )
     p.add_argument("--adapter-placement", default="houlsby", choices=("houlsby", "pfeiffer"))
-    p.add_argument("--adapter-size", type=int, default=64)
+    p.add_argument("--adapter-size", type=int_at_least(1), default=64)
     p.add_argument("--prompt-column", default="prompt", help="instruct: prompt column")
     p.add_argument("--response-column", default="response", help="instruct: response column")
     p.add_argument("--template", default=None, help="instruct: prompt template with {prompt}")
@@ -90,11 +104,13 @@ def _generative_setup(args, config, model, tok, tr, ev):
 
     template = args.template or instruct.TEMPLATE
     if "{prompt}" not in template:
-        raise ValueError(f"--template must contain {{prompt}}, got {template!r}")
+        raise UsageError(f"--template must contain {{prompt}}, got {template!r}")
     if args.peft in ("prefix", "prompt"):
-        raise ValueError(f"--task {args.task} supports --peft none|lora|adapter|ia3")
+        raise UsageError(f"--task {args.task} supports --peft none|lora|adapter|ia3, got --peft {args.peft}")
     if args.task == "seq2seq" and not config.is_encoder_decoder:
-        raise ValueError(f"--task seq2seq needs an encoder-decoder model (T5/BART), got {config.arch}")
+        raise UsageError(
+            f"--task seq2seq needs an encoder-decoder model (T5/BART), but --model {args.model} is {config.arch}"
+        )
     if config.is_encoder_decoder:
         if args.task == "instruct":
             tr, ev = ([Example(template.format(prompt=e.text), None, e.label, e.where) for e in x]
@@ -103,7 +119,9 @@ def _generative_setup(args, config, model, tok, tr, ev):
         eval_data = tasks.seq2seq_data(tok, ev, args.max_length)
         return model, train_data, lambda m: tasks.evaluate_seq2seq(m, tok, ev, eval_data), None
     if config.arch != "gpt2":
-        raise ValueError(f"--task instruct needs a causal LM (GPT-2) or T5/BART, got {config.arch}")
+        raise UsageError(
+            f"--task instruct needs a causal LM (GPT-2) or T5/BART, but --model {args.model} is {config.arch}"
+        )
 
     def rows(examples):
         recs = [instruct.encode_record(tok, e.text, str(e.label), template, args.max_length)
@@ -115,7 +133,37 @@ def _generative_setup(args, config, model, tok, tr, ev):
     return model, train_data, lambda m: instruct.evaluate_instruct(m, eval_data), instruct.rows_loss
 
 
+def validate(args) -> None:
+    """Options and files checked before anything is read at length or written (UsageError)."""
+    from ptft_fast.finetune.session import EMBEDDED
+
+    output_folder("--out", args.out)
+    input_path("--model", args.model, kind="folder")
+    for option, value in (("--train", args.train), ("--eval", args.eval)):
+        if value != EMBEDDED:
+            input_path(option, value, kind="file")
+    if args.labels is not None and not all(x.strip() for x in args.labels.split(",")):
+        raise UsageError(f"--labels must be comma-separated label names, got {args.labels!r}")
+    if args.task == "qa" and args.doc_stride >= args.max_length:
+        raise UsageError(
+            f"--doc-stride {args.doc_stride} must be smaller than --max-length {args.max_length}"
+        )
+
+
+def check_max_length(max_length: int, config) -> None:
+    """--max-length fits the model's positions (T5's relative positions have no limit)."""
+    limit = (getattr(config, "max_position_embeddings", 0) or 0) - (2 if config.arch == "roberta" else 0)
+    if config.arch != "t5" and limit > 0 and max_length > limit:
+        raise UsageError(f"--max-length {max_length} exceeds the model's {limit} positions")
+
+
 def run(args) -> int:
+    validate(args)
+    with removed_on_error(args.out):
+        return _finetune(args)
+
+
+def _finetune(args) -> int:
     import torch
 
     from ptft_fast import peft
@@ -132,6 +180,7 @@ def run(args) -> int:
         cols = Columns(args.prompt_column, None, args.response_column)
     tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
     backbone, config, tok = load_model_dir(args.model)
+    check_max_length(args.max_length, config)
     loss_fn, higher = None, True
     if args.task in ("seq2seq", "instruct"):
         model, train_data, evaluate, loss_fn = _generative_setup(args, config, backbone, tok, tr, ev)
@@ -181,6 +230,7 @@ def run(args) -> int:
         if args.peft == "none":
             from safetensors.torch import save_file
 
+            from ptft_fast.data.atomic import fix_mode
             from ptft_fast.hf import save_pretrained
 
             save_pretrained(m.backbone if hasattr(m, "head") else m, best)
@@ -189,6 +239,7 @@ def run(args) -> int:
                     {k: v.contiguous() for k, v in m.head.state_dict().items()},
                     str(best / "head.safetensors"),
                 )
+                fix_mode(best / "head.safetensors")  # safetensors creates 0600 files
         else:
             peft.save_adapter(m, best, {"peft_type": args.peft, **(vars(_peft_config(args)) or {})})
         tok.save(best)

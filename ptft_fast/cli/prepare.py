@@ -13,6 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from ptft_fast.cli.errors import (
+    UsageError,
+    float_in,
+    input_path,
+    int_at_least,
+    output_folder,
+    removed_on_error,
+)
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -33,20 +42,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--max-symbol-ratio", type=float, default=0.1)
     f.add_argument("--max-dup-line-frac", type=float, default=0.3)
     f.add_argument("--max-dup-ngram-frac", type=float, default=0.2)
-    f.add_argument("--ngram-size", type=int, default=5)
+    f.add_argument("--ngram-size", type=int_at_least(1), default=5)
     d = p.add_argument_group("dedup and PII")
     d.add_argument("--no-exact-dedup", action="store_true")
     d.add_argument("--no-near-dedup", action="store_true")
-    d.add_argument("--near-threshold", type=float, default=0.8, help="MinHash-LSH Jaccard threshold")
-    d.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
+    d.add_argument(
+        "--near-threshold",
+        type=float_in(0.0, 1.0, low_open=True),
+        default=0.8,
+        help="MinHash-LSH Jaccard threshold",
+    )
+    d.add_argument("--num-perm", type=int_at_least(2), default=128, help="MinHash permutations")
     d.add_argument("--no-pii", action="store_true", help="do not scrub e-mails, phones and IPs")
     t = p.add_argument_group("tokenizer and shards")
     t.add_argument("--tokenizer", choices=("wordpiece", "bpe", "unigram"), help="train this kind")
     t.add_argument("--tokenizer-from", help="use an existing tokenizer.json or HF tokenizer folder")
-    t.add_argument("--vocab-size", type=int, default=8000)
-    t.add_argument("--num-sentinels", type=int, default=100, help="unigram (T5) sentinels")
-    t.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard")
-    t.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    t.add_argument("--vocab-size", type=int_at_least(1), default=8000)
+    t.add_argument("--num-sentinels", type=int_at_least(0), default=100, help="unigram (T5) sentinels")
+    t.add_argument("--shard-tokens", type=int_at_least(1), default=1 << 24, help="tokens per shard")
+    t.add_argument(
+        "--workers", type=int_at_least(1), default=None, help="tokenizer processes (default: all cores)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -56,7 +72,46 @@ def _opt(v):
     return None if v is not None and v < 0 else v
 
 
+SPECIALS = {"wordpiece": 5, "bpe": 5 + 256, "unigram": 3}  # special tokens (+ byte alphabet)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Every option checked before anything is read or written (UsageError naming it)."""
+    if not args.inputs and not args.embedded:
+        raise UsageError("give INPUT files/folders or --embedded")
+    for item in args.inputs:
+        input_path("INPUT", item)
+    output_folder("--out", args.out)
+    if args.tokenizer and args.tokenizer_from:
+        raise UsageError(
+            f"--tokenizer {args.tokenizer} and --tokenizer-from {args.tokenizer_from} are exclusive"
+        )
+    if args.tokenizer_from:
+        from ptft_fast.data.tokenizer import PtftTokenizer
+
+        PtftTokenizer.from_file(input_path("--tokenizer-from", args.tokenizer_from))  # parses
+    if not args.jsonl_field:
+        raise UsageError("--jsonl-field must name a field, got ''")
+    if args.tokenizer:
+        least = SPECIALS[args.tokenizer] + (args.num_sentinels if args.tokenizer == "unigram" else 0) + 1
+        if args.vocab_size < least:
+            raise UsageError(
+                f"--vocab-size {args.vocab_size} is too small for a {args.tokenizer} tokenizer: it needs "
+                f"at least {least} (special tokens"
+                + (f", {args.num_sentinels} sentinels" if args.tokenizer == "unigram" else "")
+                + (", 256 bytes" if args.tokenizer == "bpe" else "")
+                + ")"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
+    validate(args)
+    out = Path(args.out)
+    with removed_on_error(out):
+        return _prepare(args, out)
+
+
+def _prepare(args: argparse.Namespace, out: Path) -> int:
     from ptft_fast.data.corpus import embedded_documents, read_documents
     from ptft_fast.data.dedup import NearDedupConfig
     from ptft_fast.data.filters import FilterConfig
@@ -64,11 +119,6 @@ def run(args: argparse.Namespace) -> int:
     from ptft_fast.data.shards import ShardConfig, write_shards
     from ptft_fast.data.tokenizer import PtftTokenizer, TokenizerConfig, train_tokenizer
 
-    if not args.inputs and not args.embedded:
-        raise ValueError("give INPUT files/folders or --embedded")
-    if args.tokenizer and args.tokenizer_from:
-        raise ValueError("--tokenizer and --tokenizer-from are exclusive")
-    out = Path(args.out)
     broken: list = []
     docs = read_documents(
         args.inputs, broken.append, jsonl_field=args.jsonl_field, txt_doc_split=args.txt_docs

@@ -68,16 +68,24 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptft_fast.train.checkpoint import ResumeError
+    from ptft_fast.cli.errors import input_path, output_folder, removed_on_error
+    from ptft_fast.train.build import tokenizer_kind
     from ptft_fast.train.deepspeed_run import trainer_from_args
     from ptft_fast.train.loop import format_summary
     from ptft_fast.train.trainer import TrainingDiverged
 
+    if args.config:
+        input_path("--config", args.config, kind="file")
     cfg = build_config(args)
-    try:
+    out = output_folder("--out" if args.out else "out", cfg.out)
+    if cfg.data is not None:
+        input_path("--data" if args.data else "data", cfg.data)
+    tokenizer_kind(cfg)  # the model exists and suits the objective: checked before any work
+    with removed_on_error(out):  # a fresh run folder is removed if building the run fails
         trainer = trainer_from_args(args, cfg, resume=args.resume)
+    try:
         summary = trainer.run()
-    except (ResumeError, TrainingDiverged) as exc:
+    except TrainingDiverged as exc:
         print(f"ptft pretrain: error: {exc}", file=sys.stderr)
         return 1
     if getattr(trainer, "rank", 0) == 0:

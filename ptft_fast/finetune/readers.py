@@ -8,8 +8,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptft_fast.errors import UserInputError
 
-class DataError(ValueError):
+
+class DataError(UserInputError):
     """Bad task data; the message starts with "FILE:LINE:"."""
 
 
@@ -44,7 +46,14 @@ class QAExample:
 
 
 def _rows(path: Path):
-    """(line number, dict row) for .tsv / .csv / .jsonl files."""
+    """(line number, dict row) for .tsv / .csv / .jsonl files; text that is not UTF-8 is a DataError."""
+    try:
+        yield from _decoded_rows(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a line)") from None
+
+
+def _decoded_rows(path: Path):
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".csv"):
         with path.open(newline="", encoding="utf-8") as f:

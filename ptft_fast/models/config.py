@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ptft_fast.errors import UserInputError
+
 ARCHS = ("bert", "roberta", "gpt2", "t5", "bart")
 # Activation names (ours) and the ones Hugging Face configs use for them.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """An invalid model config; the message names the field, the rule and the value."""
 
 

@@ -2,6 +2,11 @@
 
 ``layer_norm``, ``attention``, ``linear_cross_entropy``, ``lora_linear``; references in
 ``ptft_fast.ops.reference``; backend selection in ``ptft_fast.ops.dispatch``.
+
+Mixed dtypes follow one rule for all four (``checks.dtypes``, docs/op_contracts.md): the main
+input (x, q, hidden) sets the compute dtype, matmul operands must have it, norm weights, biases
+and the residual may have it or float32 next to float16/bfloat16 inputs; anything else is a
+TypeError naming the argument. Under ``torch.autocast`` the matmul ops cast their inputs first.
 """
 
 from ptft_fast.ops import torch_backend  # noqa: F401  (registers the reference backend)

@@ -76,14 +76,17 @@ def attention(
         max_seqlen_q, max_seqlen_k: longest sequence; derived (a host read) when None.
         attn_bias: additive, differentiable, broadcastable to (B, Hq, Tq, Tk) (T5 relative
             position bias, ALiBi); in varlen form Tq/Tk are max_seqlen_q/k. Or a
-            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton backend
-            looks it up in-kernel (gradient into its table), others materialize it.
+            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton and cuda
+            backends look it up in-kernel (gradient into its table), the torch backend materializes it.
         dropout_p: attention-probability dropout, in [0, 1).
         softmax_scale: default 1/sqrt(D).
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
 
     Returns:
         Like q: (B, Tq, Hq, D) or (total_q, Hq, D). Queries that see no key return zeros.
+
+    Dtypes (docs/op_contracts.md): under autocast q, k, v are cast first; then k and v have q's
+    dtype, attn_bias (or its table) has it or float32 when q is float16/bfloat16.
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     ndim = 3 if varlen else 4
@@ -95,7 +98,7 @@ def attention(
         checks.not_empty(OP, name, t)
     checks.same_device(OP, "q", q, k=k, v=v)
     q, k, v = checks.autocast_inputs(q.device, q, k, v)
-    checks.same_dtype(OP, "q", q, k=k, v=v)
+    checks.dtypes(OP, "q", q, operands={"k": k, "v": v}, params={})
     if k.shape != v.shape:
         raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     if q.shape[-1] != k.shape[-1]:
@@ -137,8 +140,12 @@ def attention(
             checks.same_device(OP, "q", q, key_padding_mask=key_padding_mask)
     if attn_bias is not None:
         _check_bias(attn_bias, full)
-        bias_tensor = attn_bias.table if isinstance(attn_bias, RelativePositionBias) else attn_bias
+        relative = isinstance(attn_bias, RelativePositionBias)
+        bias_tensor = attn_bias.table if relative else attn_bias
         checks.same_device(OP, "q", q, attn_bias=bias_tensor)
+        checks.dtypes(
+            OP, "q", q, operands={}, params={"attn_bias.table" if relative else "attn_bias": bias_tensor}
+        )
     impl = resolve(OP, backend, q.device)
     return impl(
         q,

@@ -77,11 +77,30 @@ def same_device(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
             )
 
 
-def same_dtype(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
-    for name, t in others.items():
-        if t is not None and t.dtype != ref.dtype:
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def dtypes(op: str, main_name: str, main: torch.Tensor, *, operands: dict, params: dict) -> None:
+    """The dtype contract shared by every op (docs/op_contracts.md), checked after autocast casts.
+
+    The op computes in ``main``'s dtype (x, q, hidden). ``operands`` (the tensors a matmul takes
+    with it) must have exactly that dtype. ``params`` (norm weights and biases, the residual,
+    additive biases) may have it, or float32 when ``main`` is float16/bfloat16: fp32 master
+    parameters and an fp32 residual stream next to half-precision activations. Anything else is a
+    TypeError naming the argument and both dtypes.
+    """
+    for name, t in operands.items():
+        if t is not None and t.dtype != main.dtype:
             raise TypeError(
-                f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match"
+                f"{op}: {name} has dtype {t.dtype} but {main_name} has {main.dtype}; "
+                f"{name} must have {main_name}'s dtype"
+            )
+    wider = main.dtype in HALF_DTYPES
+    for name, t in params.items():
+        if t is not None and t.dtype != main.dtype and not (wider and t.dtype == torch.float32):
+            allowed = f"{main.dtype} or torch.float32" if wider else str(main.dtype)
+            raise TypeError(
+                f"{op}: {name} has dtype {t.dtype} but {main_name} has {main.dtype}; it must be {allowed}"
             )
 
 

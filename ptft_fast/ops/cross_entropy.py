@@ -58,6 +58,9 @@ def linear_cross_entropy(
     Returns:
         Scalar loss, or labels-shaped losses for reduction="none", in hidden's dtype (float32
         under ``torch.autocast``, whose matmul dtype the logits then use).
+
+    Dtypes (docs/op_contracts.md): under autocast hidden, weight and bias are cast first; then
+    weight has hidden's dtype, bias has it or float32 when hidden is float16/bfloat16.
     """
     checks.tensor(OP, "hidden", hidden)
     checks.tensor(OP, "weight", weight, ndim=2)
@@ -81,7 +84,7 @@ def linear_cross_entropy(
     autocast = torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != torch.float64
     loss_dtype = torch.float32 if autocast else None
     hidden, weight, bias = checks.autocast_inputs(hidden.device, hidden, weight, bias)
-    checks.same_dtype(OP, "hidden", hidden, weight=weight)
+    checks.dtypes(OP, "hidden", hidden, operands={"weight": weight}, params={"bias": bias})
     checks.probability(OP, "label_smoothing", label_smoothing)
     checks.positive(OP, "z_loss", z_loss, allow_zero=True)
     checks.choice(OP, "reduction", reduction, REDUCTIONS)

@@ -37,7 +37,11 @@ def layer_norm(
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
 
     Returns:
-        y: (..., H) in x's dtype; or (y, h) with ``return_residual``.
+        y: (..., H) in x's dtype; or (y, h) with ``return_residual`` (h in the wider dtype of x
+        and residual).
+
+    Dtypes (docs/op_contracts.md): weight, bias and residual have x's dtype, or float32 when x is
+    float16/bfloat16; any other mix is a TypeError naming the argument.
     """
     checks.tensor(OP, "x", x)
     checks.not_empty(OP, "x", x)
@@ -52,6 +56,7 @@ def layer_norm(
         checks.tensor(OP, "residual", residual)
         checks.shape(OP, "residual", residual, tuple(x.shape), "x.shape")
     checks.same_device(OP, "x", x, weight=weight, bias=bias, residual=residual)
+    checks.dtypes(OP, "x", x, operands={}, params={"weight": weight, "bias": bias, "residual": residual})
     checks.positive(OP, "eps", eps)
     checks.probability(OP, "dropout_p", dropout_p)
     impl = resolve(OP, backend, x.device)

@@ -38,6 +38,9 @@ def lora_linear(
     Returns:
         (..., out) in x's dtype. Gradients flow to x, lora_a, lora_b (and weight/bias if they
         require grad).
+
+    Dtypes (docs/op_contracts.md): under autocast every input is cast first; then weight, lora_a
+    and lora_b have x's dtype, bias has it or float32 when x is float16/bfloat16.
     """
     checks.tensor(OP, "x", x)
     checks.not_empty(OP, "x", x)
@@ -58,7 +61,9 @@ def lora_linear(
         checks.shape(OP, "bias", bias, (out_f,), "weight.shape[0]")
     checks.same_device(OP, "x", x, weight=weight, bias=bias, lora_a=lora_a, lora_b=lora_b)
     x, weight, bias, lora_a, lora_b = checks.autocast_inputs(x.device, x, weight, bias, lora_a, lora_b)
-    checks.same_dtype(OP, "lora_a", lora_a, lora_b=lora_b)
+    checks.dtypes(
+        OP, "x", x, operands={"weight": weight, "lora_a": lora_a, "lora_b": lora_b}, params={"bias": bias}
+    )
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
         raise ValueError(f"{OP}: scaling must be a finite number, got {scaling!r}")
     checks.probability(OP, "dropout_p", dropout_p)

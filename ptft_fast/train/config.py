@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptft_fast.errors import UserInputError
+
 OBJECTIVES = ("mlm", "clm", "prefix-lm", "span", "infill", "electra")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -26,7 +28,7 @@ OBJECTIVE_ARCHS = {
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserInputError):
     """A bad run configuration; the message names the key(s), the rule and the value."""
 
 
@@ -98,7 +100,9 @@ class TrainConfig:
             raise TrainConfigError(
                 f"warmup_steps must be >= 0 or -1 (10% of max_steps), got {self.warmup_steps}"
             )
-        for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm", "cpu_threads"):
+        never_negative = ("eval_every", "save_every", "weight_decay", "max_grad_norm", "cpu_threads")
+        never_negative += ("max_time_s", "price_per_hour", "cpu_watts", "device_watts", "electra_disc_weight")
+        for name in never_negative:
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup >= self.max_steps and self.schedule != "constant":
@@ -187,7 +191,16 @@ def load_yaml(path: str | Path) -> dict:
     """The mapping in a run YAML file (an empty file is an empty mapping)."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise TrainConfigError(
+            f"{path}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise TrainConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise TrainConfigError(f"{path}: a run config must be a mapping of keys, got {type(data).__name__}")
     return data

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open
+from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig
@@ -70,10 +70,10 @@ class DeepSpeedTrainer(Trainer):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.rank == 0:  # tokenizer + shards are cached in the run folder: build them once
             self.out.mkdir(parents=True, exist_ok=True)
-            prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+            prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         dist.barrier()
         seed_everything(cfg.seed)
-        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
         model = build_for_objective(cfg.objective, self.model_config).to(self.device)
@@ -90,8 +90,12 @@ class DeepSpeedTrainer(Trainer):
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
         if resume is not None:
             self.load(resume)
+        self.finished = resume is not None and ckpt.run_finished(self.out, self.step, cfg.max_steps)
+        finished_or_other_rank = self.finished or self.rank != 0  # a finished run writes nothing
         self.log = (
-            MetricsLog(self.out, keep_until=self.step if resume else None) if self.rank == 0 else _NoLog()
+            _NoLog()
+            if finished_or_other_rank
+            else MetricsLog(self.out, keep_until=self.step if resume else None)
         )
         self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
 
@@ -134,7 +138,7 @@ class DeepSpeedTrainer(Trainer):
         """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""
         ckpt_dir = self.out / "checkpoints"
         tag = f"step_{self.step:08d}"
-        if ckpt.read_latest(ckpt_dir) == tag:
+        if ckpt.read_latest(ckpt_dir) == tag and ckpt.verify(ckpt_dir / tag) is None:
             return ckpt_dir / tag  # already the newest checkpoint (the loop saves again at the end)
         client = dict(self._state(), step=self.step)
         with self._gather.paused() if self._gather else contextlib.nullcontext():
@@ -143,9 +147,11 @@ class DeepSpeedTrainer(Trainer):
             )
         rng_js, rng_tensors = ckpt.rng_state()
         save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")
+        fix_mode(ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")  # safetensors creates 0600 files
         (ckpt_dir / tag / f"rng_rank{self.rank}.json").write_text(json.dumps(rng_js))
         dist.barrier()  # every rank's files are written before latest names the checkpoint
         if self.rank == 0:
+            ckpt.write_manifest(ckpt_dir / tag)
             with atomic_open(ckpt_dir / ckpt.LATEST) as fh:
                 fh.write(tag + "\n")
             done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
@@ -161,7 +167,7 @@ class DeepSpeedTrainer(Trainer):
         state = client["ptft"]
         diff = ckpt.config_diff(state["model_config"], dataclasses.asdict(self.model_config))
         if diff:
-            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed:\n  " + "\n  ".join(diff))
+            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed ({'; '.join(diff)})")
         self._restore(state)
         rng_file = path / f"rng_rank{self.rank}.safetensors"
         if not rng_file.is_file():

@@ -93,7 +93,8 @@ def run_loop(trainer) -> dict:
                     0,
                 )
             bar.update(1)
-            out_of_time = cfg.max_time_s > 0 and trainer.elapsed >= cfg.max_time_s
+            # the budget is per invocation: a resumed run gets max_time_s again (and goes on to max_steps)
+            out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 log.write({"kind": "eval", "step": step, **trainer.evaluate()})
             if cfg.save_every and step % cfg.save_every == 0 and not out_of_time:
@@ -137,7 +138,12 @@ def run_loop(trainer) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    """The end-of-run table printed by ``ptft pretrain``."""
+    """The end-of-run table printed by ``ptft pretrain`` (one line for a run that had finished)."""
+    if "finished" in s:
+        return (
+            f"the run in {s['out']} had already finished (step {s['finished']} of max_steps="
+            f"{s['max_steps']}): nothing trained, nothing written; raise max_steps to train further"
+        )
     p = s["price_tag"]
     lines = [
         f"run summary ({s['model']}, {s['objective']}, {s['device']}"

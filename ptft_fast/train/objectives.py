@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ptft_fast.data.atomic import fix_mode
 from ptft_fast.data.electra import discriminator_loss, replace_with_generator_samples
 from ptft_fast.models import EncoderForMaskedLM, build_model
 from ptft_fast.models.config import ModelConfig
@@ -120,6 +121,7 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
         save_pretrained(model.generator, root / "generator")
         head = {k: v.detach().contiguous().clone() for k, v in model.disc_head.state_dict().items()}
         save_file(head, root / "electra_head.safetensors")
+        fix_mode(root / "electra_head.safetensors")  # safetensors creates 0600 files
         return root
     return save_pretrained(model, root)
 

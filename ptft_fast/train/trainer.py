@@ -99,21 +99,26 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
         cfg.validate()
         self.cfg, self.out = cfg, Path(cfg.out)
+        resume_path, saved = None, None
+        if resume:  # verified (or fallen back) before anything is built or written
+            resume_path = ckpt.resolve(resume, self.out)
+            saved = ckpt.read_trainer_state(resume_path)
+        self.step = saved["step"] if saved else 0
+        self.finished = saved is not None and ckpt.run_finished(self.out, saved["step"], cfg.max_steps)
+        if self.finished:
+            return  # nothing to do and nothing to write: run() says so
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         seed_everything(cfg.seed)
-        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
-        resume_path, saved = None, None
-        if resume:
-            resume_path = ckpt.resolve(resume, self.out)
-            saved = ckpt.read_trainer_state(resume_path)
+        if saved is not None:
             diff = ckpt.config_diff(saved["model_config"], dataclasses.asdict(self.model_config))
             if diff:
                 raise ckpt.ResumeError(
                     f"cannot resume {resume_path}: the model config changed in key(s) "
-                    f"{[d.split(':')[0] for d in diff]}:\n  " + "\n  ".join(diff)
+                    f"{[d.split(':')[0] for d in diff]} ({'; '.join(diff)})"
                 )
         self.model = build_for_objective(cfg.objective, self.model_config).to(self.device)
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, self.model, self.device)
@@ -227,6 +232,10 @@ class Trainer:
         }
 
     def run(self) -> dict:
+        """Train and return the summary; for a run resumed after it finished, ``{"finished": step}``
+        (nothing trained, nothing written)."""
         from ptft_fast.train.loop import run_loop
 
+        if getattr(self, "finished", False):
+            return {"finished": self.step, "max_steps": self.cfg.max_steps, "out": str(self.out)}
         return run_loop(self)

@@ -39,9 +39,28 @@ def test_run_case_rows_have_ratio_env_and_skips(tmp_path):
     path = harness.write_csv(rows, tmp_path / "r.csv")
     read = list(csv.DictReader(path.open()))
     assert len(read) == 3
-    for field in ("device", "torch", "triton", "cuda", "commit", "timestamp"):
+    for field in ("device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft"):
         assert read[0][field], field
     assert read[0]["torch"] == torch.__version__
+
+
+def test_cpu_rows_name_the_cpu_model():
+    model = harness._cpu_model()
+    name = harness.device_name(torch.device("cpu"))
+    assert name.startswith("CPU ") and name.endswith(" cores)") and model in name
+
+
+def test_appending_to_a_csv_with_an_older_header_keeps_columns_aligned(tmp_path):
+    old = [f for f in harness.CSV_FIELDS if f not in ("transformers", "peft")]
+    path = tmp_path / "r.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old)
+        writer.writeheader()
+        writer.writerow({**dict.fromkeys(old, ""), "op": "old", "commit": "abc", "timestamp": "t0"})
+    harness.write_csv([{"op": "new", "commit": "def", "transformers": "9.9"}], path)
+    read = list(csv.DictReader(path.open()))
+    assert [r["op"] for r in read] == ["old", "new"] and [r["commit"] for r in read] == ["abc", "def"]
+    assert read[0]["timestamp"] == "t0" and read[0]["transformers"] == "" and read[1]["transformers"] == "9.9"
 
 
 def test_a_provider_that_raises_is_a_failed_row_and_the_others_still_run():
