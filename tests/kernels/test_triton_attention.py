@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_tolerance import assert_rule, attention_low_precision, on_grid
-from philox_ref import assert_binomial, keep_mask
+from triton_dropout_ref import assert_binomial, keep_mask
 
 from ptft_fast.kernels._common import draw_seed
 from ptft_fast.ops import attention

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_tolerance import assert_rule, on_grid
-from philox_ref import assert_binomial, keep_mask
+from triton_dropout_ref import assert_binomial, keep_mask
 
 from ptft_fast.kernels._common import draw_seed
 from ptft_fast.ops import lora_linear
