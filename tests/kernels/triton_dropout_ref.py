@@ -45,4 +45,6 @@ def assert_binomial(keep: torch.Tensor, p: float, sigmas: float = 5.0) -> None:
     n = keep.numel()
     kept = int(keep.sum())
     mean, std = n * (1 - p), (n * p * (1 - p)) ** 0.5
-    assert abs(kept - mean) <= sigmas * std + 1, f"kept {kept} of {n} at p={p}: expected {mean:.0f} ± {std:.1f}"
+    assert abs(kept - mean) <= sigmas * std + 1, (
+        f"kept {kept} of {n} at p={p}: expected {mean:.0f} ± {std:.1f}"
+    )
