@@ -21,6 +21,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ptft_fast.benchmarks.card_compile import parse_ptxas_log
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = [
     "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
@@ -38,25 +40,16 @@ PTX_OPS = {
 
 
 def ptxas_facts(log: str) -> dict[tuple[str, str], dict]:
-    """(mangled kernel, arch) → regs, spill bytes, static smem from an nvcc -Xptxas -v log."""
-    facts, cur = {}, None
-    for line in log.splitlines():
-        m = re.search(r"Compiling entry function '(\S+)' for '(\S+)'", line)
-        if m:
-            cur = (m.group(1), m.group(2))
-            facts[cur] = {"regs": 0, "spill_bytes": 0, "static_smem": 0}
-            continue
-        if cur is None:
-            continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            facts[cur]["spill_bytes"] = int(m.group(1)) + int(m.group(2))
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            facts[cur]["regs"] = int(m.group(1))
-            sm = re.search(r"(\d+) bytes smem", line)
-            facts[cur]["static_smem"] = int(sm.group(1)) if sm else 0
-    return facts
+    """(mangled kernel, arch) → regs, spill bytes, static smem from an nvcc -Xptxas -v log (the
+    kernel report card's parser)."""
+    return {
+        tuple(key.rsplit("@", 1)): {
+            "regs": f["registers"],
+            "spill_bytes": f["spill_bytes"],
+            "static_smem": f["smem_bytes"],
+        }
+        for key, f in parse_ptxas_log(log).items()
+    }
 
 
 def ptx_counts(ptx: str) -> dict[str, dict[str, int]]:

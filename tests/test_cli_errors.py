@@ -292,6 +292,18 @@ CASES = [
     ("bench-device-unknown", ["bench", "ops", "--device", "tpu"], ["--device", "'tpu'"]),
     ("bench-group-unknown", ["bench", "kernels"], ["'kernels'"]),
     ("bench-csv-is-a-folder", ["bench", "ops", "--csv", "{emptydir}"], ["--csv", "emptydir", "folder"]),
+    ("bench-card-archs", ["bench", "card", "--archs", "90,75"], ["--archs", "'90,75'"]),
+    ("bench-card-jobs", ["bench", "card", "--jobs", "0"], ["--jobs", "0"]),
+    (
+        "bench-card-logs-missing",
+        ["bench", "card", "--csrc-logs", "{missing-logs}"],
+        ["--csrc-logs", "missing-logs"],
+    ),
+    (
+        "bench-card-doc-without-section",
+        ["bench", "card", "--doc", "{afile}"],
+        ["--doc", "afile", "kernel-card"],
+    ),
     # ---- export-zero
     (
         "export-ckpt-missing",
