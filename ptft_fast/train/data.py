@@ -184,12 +184,17 @@ class BatchSource:
 
     def next(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         self._set_seq_len(seq_len)
-        rows = [next(self.stream) for _ in range(batch_size)]
+        ids, doc_ids = self.stream.next_rows(batch_size)
+        if len(ids) < batch_size:
+            raise ValueError(f"the training shards hold no documents ({self.stream.sampler.shards.path})")
         if self.objective == "clm":
-            b = self.collator(rows)
+            b = self.collator.collate_rows(ids, doc_ids)
             return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
-        ids = [r.input_ids[r.doc_ids >= 0] for r in rows]
-        b = self.collator(ids)
+        lengths = (doc_ids >= 0).sum(axis=1)  # padding only ever follows a row's tokens
+        if self.objective in ("mlm", "electra", "prefix-lm"):
+            b = self.collator.collate_rows(ids, lengths)
+        else:
+            b = self.collator([row[:n] for row, n in zip(ids, lengths)])
         if self.objective == "prefix-lm":
             return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
         return b
