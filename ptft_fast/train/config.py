@@ -69,6 +69,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # NaN/inf: skip the step with a warning; stop after this many in a row
     max_time_s: float = 0.0  # >0: stop (and save) after this many seconds of training
     cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (1 for models < 20M parameters, else torch's)
+    prefetch: int = 2  # batches built ahead on a background thread; 0 = built in the training thread
     # --- evaluation, logging, checkpoints
     eval_every: int = 100  # steps between evaluations; 0 = only at the end
     eval_batches: int = 8  # micro-batches per evaluation
@@ -98,7 +99,7 @@ class TrainConfig:
             raise TrainConfigError(
                 f"warmup_steps must be >= 0 or -1 (10% of max_steps), got {self.warmup_steps}"
             )
-        for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm", "cpu_threads"):
+        for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm", "cpu_threads", "prefetch"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup >= self.max_steps and self.schedule != "constant":

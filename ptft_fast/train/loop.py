@@ -40,6 +40,7 @@ def run_loop(trainer) -> dict:
     meter = PowerMeter()
     bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=not cfg.progress, desc=cfg.objective)
     window_t, window_tok, window_flops, window_loss, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
+    window_steps, window_data, data_total, steps_run = 0, 0.0, 0.0, 0
     t_start, elapsed0, mfu_warned = time.perf_counter(), trainer.elapsed, False
     recent: list[float] = []
     try:
@@ -47,6 +48,8 @@ def run_loop(trainer) -> dict:
             out = trainer.train_step()
             trainer.elapsed = elapsed0 + time.perf_counter() - t_start
             window_tok, window_flops = window_tok + out.tokens, window_flops + out.flops
+            window_steps, window_data = window_steps + 1, window_data + out.data_s
+            data_total, steps_run = data_total + out.data_s, steps_run + 1
             if math.isfinite(out.loss):
                 window_loss, window_n = window_loss + out.loss, window_n + 1
                 recent = [*recent, out.loss][-20:]
@@ -62,6 +65,7 @@ def run_loop(trainer) -> dict:
                     "loss_scale": out.result.loss_scale,
                     "tokens": trainer.tokens,
                     "tokens_per_s": window_tok / dt,
+                    "data_ms": 1e3 * window_data / max(window_steps, 1),  # training thread, per step
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
@@ -92,6 +96,7 @@ def run_loop(trainer) -> dict:
                     0.0,
                     0,
                 )
+                window_steps, window_data = 0, 0.0
             bar.update(1)
             out_of_time = cfg.max_time_s > 0 and trainer.elapsed >= cfg.max_time_s
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -104,6 +109,8 @@ def run_loop(trainer) -> dict:
     finally:
         bar.close()
         meter.stop()
+        if hasattr(trainer.source, "close"):  # stop the prefetching thread
+            trainer.source.close()
     final_eval = trainer.evaluate()
     log.write({"kind": "eval", "step": trainer.step, **final_eval})
     trainer.save()
@@ -123,6 +130,7 @@ def run_loop(trainer) -> dict:
         **final_eval,
         "train_seconds": trainer.elapsed,
         "tokens_per_s": trainer.tokens / max(trainer.elapsed, 1e-9),
+        "data_wait_share": data_total / max(trainer.elapsed - elapsed0, 1e-9),
         "price_tag": price_tag(trainer.flops, trainer.elapsed, watts, source, cfg.price_per_hour),
         "final_model": str(final_dir),
     }
@@ -148,6 +156,7 @@ def format_summary(s: dict) -> str:
         f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f}",
         f"  eval token accuracy      {s['accuracy']:.2%}",
         f"  throughput               {s['tokens_per_s']:.0f} tokens/s over {s['train_seconds']:.1f} s",
+        f"  waiting for data         {s['data_wait_share']:.1%} of the training time (training thread)",
         "price tag",
         f"  total FLOPs              {p['total_flops']:.3e} (6·N·D + 12·L·S·d_attn·D)",
         f"  device-hours             {p['device_hours']:.5f}",

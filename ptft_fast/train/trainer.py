@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import math
 import random
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptft_fast.data.prefetch import PrefetchingSource
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig
@@ -37,6 +39,7 @@ class StepOutput:
     result: StepResult
     tokens: int
     flops: float
+    data_s: float = 0.0  # time the training thread spent getting the step's batches onto the device
 
 
 def accumulate_step(
@@ -93,6 +96,20 @@ def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> i
     return torch.get_num_threads()
 
 
+def batch_source(cfg: TrainConfig, shards, tok, device: torch.device):
+    """The run's training batches: a :class:`BatchSource`, built ahead on a background thread
+    unless ``cfg.prefetch`` is 0 (pinned for non-blocking copies on CUDA)."""
+    source = BatchSource(cfg.objective, shards, tok, cfg, seed=cfg.seed)
+    if not cfg.prefetch:
+        return source
+    return PrefetchingSource(source, cfg.prefetch, pin_memory=device.type == "cuda")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a batch; non-blocking from pinned memory (the copy overlaps the previous step)."""
+    return {k: v.to(device, non_blocking=v.is_pinned()) for k, v in batch.items()}
+
+
 class Trainer:
     """Builds data, model and strategy from a TrainConfig (resuming when asked) and runs."""
 
@@ -118,7 +135,7 @@ class Trainer:
         self.model = build_for_objective(cfg.objective, self.model_config).to(self.device)
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, self.model, self.device)
         self.strategy = TorchStrategy(self.model, cfg, self.device)
-        self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
+        self.source = batch_source(cfg, self.data.train, self.tok, self.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
         self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
@@ -170,14 +187,17 @@ class Trainer:
         """Collate the step's micro-batches, accumulate, update; apply the NaN/inf policy."""
         cfg = self.cfg
         seq_len = seq_len_at(self.step, cfg)
+        t0 = time.perf_counter()
         batches = [
-            {k: v.to(self.device) for k, v in self.source.next(cfg.micro_batch_size, seq_len).items()}
+            to_device(self.source.next(cfg.micro_batch_size, seq_len), self.device)
             for _ in range(cfg.grad_accum_steps)
         ]
+        data_s = time.perf_counter() - t0
         self.model.train()
         out = accumulate_step(
             cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
         )
+        out.data_s = data_s
         finite_loss = all(math.isfinite(v) for v in out.terms.values())
         if finite_loss and (out.result.stepped or cfg.precision == "fp16"):
             self.bad = 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling
