@@ -17,6 +17,7 @@ git commit and timestamp; :func:`write_csv` appends them to ``benchmarks/results
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import datetime as _dt
@@ -59,6 +60,15 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def device_peaks(device: torch.device) -> dict[str, float] | None:
