@@ -67,7 +67,8 @@ class TrainConfig:
     loss_scale_window: int = 1000  # fp16: good steps before the scale doubles
     gradient_checkpointing: bool = False  # recompute layers in backward (memory for compute)
     max_bad_steps: int = 5  # NaN/inf: skip the step with a warning; stop after this many in a row
-    max_time_s: float = 0.0  # >0: stop (and save) after this many seconds of training
+    max_time_s: float = 0.0  # >0: stop (and save) after this many seconds of training; the lr schedule
+    # then runs over the steps that fit in the budget (estimated from the step rate, capped by max_steps)
     cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (1 for models < 20M parameters, else torch's)
     prefetch: int = 2  # batches built ahead on a background thread; 0 = built in the training thread
     # --- evaluation, logging, checkpoints

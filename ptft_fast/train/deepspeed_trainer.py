@@ -124,7 +124,7 @@ class DeepSpeedTrainer(Trainer):
             tc = token_counts(cfg.objective, b)  # the global batch: what the whole job processed
             tokens += tc["enc"] + tc["dec"]
             flops += train_flops(self.model_config, tc) * (2 if cfg.objective == "electra" else 1)
-        result = self.strategy.step(self.step)
+        result = self.strategy.step(self.step, self.elapsed)
         dist.all_reduce(sums)
         terms = {t: float(sums[i]) / totals[t] if totals[t] else float("nan") for i, t in enumerate(totals)}
         self.step += 1

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import export_model
-from ptft_fast.train.schedule import seq_len_at
+from ptft_fast.train.schedule import planned_steps, seq_len_at
 
 PEAK_KEYS = {"bf16": "bfloat16", "fp16": "float16"}
 
@@ -43,6 +43,12 @@ def run_loop(trainer) -> dict:
     window_steps, window_data, data_total, steps_run = 0, 0.0, 0.0, 0
     t_start, elapsed0, mfu_warned = time.perf_counter(), trainer.elapsed, False
     recent: list[float] = []
+    if cfg.max_time_s > 0:
+        bar.write(
+            f"time budget max_time_s={cfg.max_time_s:g}: learning-rate warm-up and decay run over the steps "
+            f"that fit in it, estimated from the measured step rate at every step (capped by "
+            f"max_steps={cfg.max_steps}; metrics column planned_steps)"
+        )
     try:
         while trainer.step < cfg.max_steps:
             out = trainer.train_step()
@@ -66,6 +72,7 @@ def run_loop(trainer) -> dict:
                     "tokens": trainer.tokens,
                     "tokens_per_s": window_tok / dt,
                     "data_ms": 1e3 * window_data / max(window_steps, 1),  # training thread, per step
+                    "planned_steps": planned_steps(step, cfg, trainer.elapsed),
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
@@ -97,6 +104,8 @@ def run_loop(trainer) -> dict:
                     0,
                 )
                 window_steps, window_data = 0, 0.0
+            if cfg.max_time_s > 0:
+                bar.total = planned_steps(step, cfg, trainer.elapsed)
             bar.update(1)
             out_of_time = cfg.max_time_s > 0 and trainer.elapsed >= cfg.max_time_s
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:

@@ -50,6 +50,7 @@ def accumulate_step(
     step: int,
     weights: dict[str, float],
     sample_gen: torch.Generator | None = None,
+    elapsed_s: float = 0.0,
 ) -> StepOutput:
     """One optimizer step over ``batches`` (the micro-batches): each term's summed loss is divided
     by that term's labeled-token count over *all* micro-batches, so the gradient is the per-token
@@ -69,7 +70,7 @@ def accumulate_step(
         tc = token_counts(objective, b)
         tokens += tc["enc"] + tc["dec"]
         flops += train_flops(cfg, tc) * (2 if objective == "electra" else 1)
-    result = strategy.step(step)
+    result = strategy.step(step, elapsed_s)
     terms = {t: sums[t] / totals[t] if totals[t] else float("nan") for t in totals}
     return StepOutput(terms["lm"], terms, result, tokens, flops)
 
@@ -195,7 +196,14 @@ class Trainer:
         data_s = time.perf_counter() - t0
         self.model.train()
         out = accumulate_step(
-            cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
+            cfg.objective,
+            self.model,
+            self.strategy,
+            batches,
+            self.step,
+            self.weights,
+            self.sample_gen,
+            self.elapsed,
         )
         out.data_s = data_s
         finite_loss = all(math.isfinite(v) for v in out.terms.values())
