@@ -18,10 +18,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ptft_fast.finetune import defaults
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help="fine-tune on a task (full or PEFT), best checkpoint kept")
     p.add_argument("--model", required=True, help="directory: config.json, model.safetensors, tokenizer.json")
+    p.add_argument(
+        "--init",
+        default="pretrained",
+        choices=("pretrained", "random"),
+        help="random: the same architecture and tokenizer from random weights (the from-scratch baseline)",
+    )
     p.add_argument("--task", required=True, choices=("cls", "reg", "tok", "qa", "seq2seq", "instruct"))
     p.add_argument(
         "--train", required=True, help="train file (.tsv/.csv/.jsonl, CoNLL, SQuAD JSON) or stdlib-docstrings"
@@ -29,18 +37,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eval", required=True, help="eval file, same format")
     p.add_argument("--peft", default="none", choices=("none", "lora", "adapter", "prefix", "prompt", "ia3"))
     p.add_argument("--out", default="finetuned", help="output folder (default: finetuned)")
-    p.add_argument("--text-column", default="sentence")
-    p.add_argument("--text-pair-column", default=None)
-    p.add_argument("--label-column", default="label")
+    p.add_argument(
+        "--text-column", default=None, help="default: detected (sentence, text, ... or the only one)"
+    )
+    p.add_argument("--text-pair-column", default=None, help="default: detected (sentence1/sentence2, ...)")
+    p.add_argument("--label-column", default=None, help="default: detected (label, labels, class, ...)")
     p.add_argument("--labels", default=None, help="comma-separated label set (default: labels seen in train)")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=defaults.MAX_LENGTH)
     p.add_argument("--doc-stride", type=int, default=32, help="qa: overlap of context windows")
     p.add_argument("--max-answer-len", type=int, default=30, help="qa: longest answer in tokens")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None, help="default: 5e-5 full fine-tuning, 1e-3 PEFT")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--epochs", type=int, default=None, help="default: enough for >= 400 steps (3..100)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: from the number of examples")
+    p.add_argument("--lr", type=float, default=None, help="default: from the model width (and PEFT or not)")
+    p.add_argument("--lora-r", type=int, default=defaults.LORA_R)
+    p.add_argument("--lora-alpha", type=float, default=defaults.LORA_ALPHA)
     p.add_argument("--lora-targets", default=None, help="comma-separated module names or a regex")
     p.add_argument("--num-virtual-tokens", type=int, default=10)
     p.add_argument(
@@ -56,11 +66,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pooling",
-        default="auto",
+        default=defaults.POOLING,
         choices=("auto", "mean"),
         help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="intra-op threads; 0 = auto (1 for models < 20M parameters, as ptft pretrain)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -122,16 +138,24 @@ def run(args) -> int:
     from ptft_fast.finetune import tasks
     from ptft_fast.finetune.heads import TaskModel
     from ptft_fast.finetune.loop import FinetuneConfig, train
-    from ptft_fast.finetune.readers import Columns
-    from ptft_fast.finetune.session import load_model_dir, load_task_data, write_task_card
+    from ptft_fast.finetune.readers import Columns, detect_columns
+    from ptft_fast.finetune.session import EMBEDDED, load_model_dir, load_task_data, write_task_card
+    from ptft_fast.train.trainer import set_cpu_threads
 
     torch.manual_seed(args.seed)
     labels = args.labels.split(",") if args.labels else None
-    cols = Columns(args.text_column, args.text_pair_column, args.label_column)
-    if args.task == "instruct":
-        cols = Columns(args.prompt_column, None, args.response_column)
+    cols = Columns(args.prompt_column, None, args.response_column)
+    if args.task in ("cls", "reg", "seq2seq") and EMBEDDED not in (args.train, args.eval):
+        cols, detected = detect_columns(
+            args.train, args.text_column, args.text_pair_column, args.label_column
+        )
+        if detected:
+            print(f"{args.train}: {', '.join(detected)} (detected; --text-column/--label-column to choose)")
     tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
-    backbone, config, tok = load_model_dir(args.model)
+    backbone, config, tok = load_model_dir(args.model, init=args.init, seed=args.seed)
+    set_cpu_threads(args.cpu_threads, backbone, torch.device("cpu"))
+    if args.init == "random":
+        print(f"--init random: {config.arch} of {args.model}'s shape and tokenizer, weights drawn afresh")
     loss_fn, higher = None, True
     if args.task in ("seq2seq", "instruct"):
         model, train_data, evaluate, loss_fn = _generative_setup(args, config, backbone, tok, tr, ev)
@@ -200,11 +224,24 @@ def run(args) -> int:
             pooling=args.pooling,
             metrics=row,
             base_model=str(args.model),
+            init=args.init,
         )
 
-    lr = args.lr if args.lr is not None else (5e-5 if args.peft == "none" else 1e-3)
+    recipe = defaults.choose_recipe(
+        config.hidden_size,
+        len(tr),
+        peft=args.peft,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+    )
+    print(recipe.describe(config.hidden_size, len(tr)))
     cfg = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, progress=not args.no_progress
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     hist = train(
         model,

@@ -1,0 +1,96 @@
+"""Fine-tuning hyper-parameters chosen from the model in hand and the labeled data, unless given.
+
+One fixed recipe cannot serve a 0.4 M-parameter encoder and BERT-base: BERT's 2e-5..5e-5 for 3
+epochs leaves a tiny model near the majority class, and a few hundred labels give a few dozen
+updates. :func:`choose_recipe` scales them:
+
+- learning rate with the hidden width: ``FULL_LR_AT_768 · 768 / hidden`` for full fine-tuning
+  (5e-5 at BERT-base, 3e-4 at 128 wide, 6e-4 at 64 wide; clipped to [1e-5, 1e-3]); PEFT methods
+  train few, freshly initialised parameters: ``PEFT_LR_FACTOR`` × that, at most 1e-2;
+- batch size with the number of labeled examples: 8 below 200, 16 below 5,000, else 32;
+- epochs so the run makes at least ``MIN_STEPS`` optimizer steps (a small labeled set gets
+  as many updates as a large one), between ``MIN_EPOCHS`` and ``MAX_EPOCHS``.
+
+The study behind the constants is in ``benchmarks/bench_transfer.py`` and the README.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Defaults of ``ptft finetune`` that the transfer benchmark uses too (one place, no drift).
+MAX_LENGTH = 128  # tokens per example
+POOLING = "auto"  # sequence tasks: the family's own pooling ("mean": masked mean, no pooler)
+LORA_R, LORA_ALPHA = 8, 16.0
+
+FULL_LR_AT_768 = 5e-5  # BERT-base's fine-tuning rate; scaled by 768 / hidden width
+LR_RANGE = (1e-5, 1e-3)
+PEFT_LR_FACTOR = 10.0
+PEFT_LR_MAX = 1e-2
+MIN_STEPS = 400
+MIN_EPOCHS, MAX_EPOCHS = 3, 100
+
+
+@dataclass
+class Recipe:
+    lr: float
+    epochs: int
+    batch_size: int
+    chosen: tuple[str, ...]  # which of lr / epochs / batch_size were chosen here (not given)
+
+    def describe(self, hidden: int, num_examples: int) -> str:
+        """One line saying what was chosen and from what (printed by ``ptft finetune``)."""
+        steps = self.epochs * math.ceil(num_examples / self.batch_size)
+        why = {
+            "lr": f"lr {self.lr:.2g} (hidden size {hidden})",
+            "batch_size": f"batch size {self.batch_size} ({num_examples} labeled examples)",
+            "epochs": f"{self.epochs} epochs ({steps} optimizer steps, at least {MIN_STEPS})",
+        }
+        given = [k for k in ("lr", "batch_size", "epochs") if k not in self.chosen]
+        parts = [why[k] for k in ("lr", "batch_size", "epochs") if k in self.chosen]
+        line = "fine-tuning recipe: " + ("; ".join(parts) if parts else "all given")
+        if parts:
+            line += " — chosen for this model and data; override with --lr/--batch-size/--epochs"
+        if given:
+            line += f" (given: {', '.join(given)})"
+        return line
+
+
+def default_lr(hidden: int, peft: str = "none") -> float:
+    """Peak learning rate for a backbone of width ``hidden`` (see the module docstring)."""
+    lo, hi = LR_RANGE
+    lr = min(hi, max(lo, FULL_LR_AT_768 * 768 / hidden))
+    return lr if peft == "none" else min(PEFT_LR_MAX, PEFT_LR_FACTOR * lr)
+
+
+def default_batch_size(num_examples: int) -> int:
+    return 8 if num_examples < 200 else 16 if num_examples < 5000 else 32
+
+
+def default_epochs(num_examples: int, batch_size: int) -> int:
+    per_epoch = max(1, math.ceil(num_examples / batch_size))
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch)))
+
+
+def choose_recipe(
+    hidden: int,
+    num_examples: int,
+    *,
+    peft: str = "none",
+    lr: float | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+) -> Recipe:
+    """The fine-tuning recipe: given values kept, the others chosen from the backbone width
+    ``hidden`` and the number of labeled training examples."""
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    chosen = tuple(k for k, v in (("lr", lr), ("batch_size", batch_size), ("epochs", epochs)) if v is None)
+    bs = batch_size or default_batch_size(num_examples)
+    return Recipe(
+        lr=lr if lr is not None else default_lr(hidden, peft),
+        epochs=epochs or default_epochs(num_examples, bs),
+        batch_size=bs,
+        chosen=chosen,
+    )
