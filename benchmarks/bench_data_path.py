@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import csv
 import functools
 import json
 import platform
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, environment
+from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, environment, write_csv
 
 # (preset, micro-batch, sequence length) per objective and size
 PRESETS = {
@@ -163,18 +162,6 @@ def measure(size: str, objective: str, steps: int, docs: int, cache: Path) -> di
     }  # fmt: skip
 
 
-def write_rows(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        for row in rows:
-            w.writerow({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in row.items()})
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="tiny,base", help="comma-separated: tiny, base")
@@ -195,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         for objective in args.objectives.split(","):
             row = {**measure(size, objective, args.steps, args.docs, cache), **env}
-            write_rows([row], path)  # each row as soon as it is measured
+            write_csv([row], path, FIELDS)  # each row as soon as it is measured
             print(f"{row['preset']:10s} {objective:9s} {row['threads']:3d} {row['data_build_ms']:9.2f} "
                   f"{row['data_wait_ms']:8.2f} {row['model_ms']:9.1f} {row['step_ms']:8.1f} "
                   f"{100 * row['wait_share']:6.2f} {row['e2e_vs_model']:9.3f}", flush=True)  # fmt: skip

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, device_name, environment
+from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, device_name, environment, write_csv
 
 SETTINGS = ("pretrained", "scratch", "lora")
 FIELDS = ["setting", "train_examples", "seed", "last_accuracy", "best_accuracy", "last_macro_f1", "lr",
@@ -154,17 +154,6 @@ def summarize(rows: list[dict]) -> dict[tuple[int, str], tuple[float, float]]:
     return out
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()})
-
-
 def plot_curve(csv_path: Path, png_path: Path) -> Path:
     """Last-epoch accuracy (mean ± std over seeds) vs labeled examples, one line per setting, for
     the newest run (timestamp) in ``csv_path``."""
@@ -263,7 +252,7 @@ def main(argv=None) -> int:
                      "train_examples": len(sub), **extra}  # fmt: skip
                 rows.append(r)
                 if args.csv != "":
-                    write_rows(path, [r])  # each row as soon as it is measured
+                    write_csv([r], path, FIELDS)  # each row as soon as it is measured
                 print(f"n={len(sub):4d} {setting:10s} seed {seed}  last acc {r['last_accuracy']:.4f}  "
                       f"best {r['best_accuracy']:.4f}  lr {r['lr']:.2g} bs {r['batch_size']} "
                       f"{r['epochs']} epochs  ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip

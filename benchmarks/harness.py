@@ -332,17 +332,17 @@ CSV_FIELDS = [
 ]  # fmt: skip
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Append ``rows`` to the CSV at ``path`` (header written when the file is new)."""
+def write_csv(rows: list[dict], path: str | os.PathLike, fields: list[str] = CSV_FIELDS) -> Path:
+    """Append ``rows`` to the CSV at ``path`` (header ``fields`` written when the file is new)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+            writer.writerow({k: _fmt(row.get(k)) for k in fields})
     return path
 
 
