@@ -82,6 +82,7 @@ def seed_everything(seed: int) -> None:
 
 
 SMALL_MODEL = 20_000_000  # parameters; below this one CPU thread is fastest
+DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import, before any run changed it
 
 
 def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> int:
@@ -90,8 +91,8 @@ def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> i
     (OpenMP barriers wait for descheduled threads) — else torch's default."""
     if device.type != "cpu":
         return torch.get_num_threads()
-    if requested == 0 and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
-        requested = 1
+    if requested == 0:  # auto: the same choice whatever an earlier run in this process set
+        requested = 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL else DEFAULT_THREADS
     if requested:
         torch.set_num_threads(requested)
     return torch.get_num_threads()
