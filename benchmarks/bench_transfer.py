@@ -46,7 +46,7 @@ from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, device_name, en
 
 SETTINGS = ("pretrained", "scratch", "lora")
 FIELDS = ["setting", "train_examples", "seed", "last_accuracy", "best_accuracy", "last_macro_f1", "lr",
-          "epochs", "batch_size", "trainable_pct", "model", "vocab_size", "pretrain_budget_s",
+          "epochs", "batch_size", "pooling", "trainable_pct", "model", "vocab_size", "pretrain_budget_s",
           "pretrain_steps", "pretrain_tokens", "pretrain_seconds", "pretrain_eval_loss", "pretrain_sets",
           "threads", "note", "device", "cpu_model", "torch", "numpy", "python", "commit",
           "timestamp"]  # fmt: skip
@@ -109,8 +109,11 @@ def pretrain(args, eval_texts: set[str]) -> dict:
     return summary
 
 
-def finetune(folder: str, setting: str, train_ex, eval_ex, labels, seed: int, threads: int = 0) -> dict:
-    """One fine-tuning run with ``ptft finetune``'s defaults; last/best eval accuracy."""
+def finetune(
+    folder: str, setting: str, train_ex, eval_ex, labels, seed: int, threads: int = 0, **given
+) -> dict:
+    """One fine-tuning run with ``ptft finetune``'s defaults (``given``: pooling, lr, epochs,
+    batch_size overrides, for studies of the defaults); last/best eval accuracy."""
     from ptft_fast.finetune import FinetuneConfig, TaskModel, train
     from ptft_fast.finetune import defaults as d
     from ptft_fast.finetune.session import load_model_dir
@@ -123,10 +126,11 @@ def finetune(folder: str, setting: str, train_ex, eval_ex, labels, seed: int, th
     set_cpu_threads(threads, backbone, torch.device("cpu"))  # ptft finetune's thread policy
     torch.manual_seed(seed)
     peft = "lora" if setting == "lora" else "none"
-    model = TaskModel(backbone, "cls", len(labels), pooling=d.POOLING)
+    pooling = given.pop("pooling", None) or d.POOLING
+    model = TaskModel(backbone, "cls", len(labels), pooling=pooling)
     if peft == "lora":
         get_peft_model(model, "lora", LoraConfig(r=d.LORA_R, alpha=d.LORA_ALPHA))
-    recipe = d.choose_recipe(config.hidden_size, len(train_ex), peft=peft)
+    recipe = d.choose_recipe(config.hidden_size, len(train_ex), peft=peft, **given)
     train_data = cls_data(tok, train_ex, labels, d.MAX_LENGTH)
     eval_data = cls_data(tok, eval_ex, labels, d.MAX_LENGTH)
     every = max(1, recipe.epochs // 10)  # the last epoch is always evaluated
@@ -142,6 +146,7 @@ def finetune(folder: str, setting: str, train_ex, eval_ex, labels, seed: int, th
         "lr": recipe.lr,
         "epochs": recipe.epochs,
         "batch_size": recipe.batch_size,
+        "pooling": pooling,
     }
 
 
@@ -213,6 +218,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--note", default="", help="free text stored on every row (e.g. 'shared machine')")
     p.add_argument("--progress", action="store_true", help="progress bar during pre-training")
+    study = p.add_argument_group("studies of the fine-tuning defaults (default: ptft finetune's)")
+    study.add_argument("--ft-lr", type=float, default=None, help="fine-tuning learning rate")
+    study.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs")
+    study.add_argument("--pooling", default=None, choices=("auto", "mean"), help="sequence pooling")
     return p.parse_args(argv)
 
 
@@ -248,7 +257,8 @@ def main(argv=None) -> int:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 sub = stratified_sample(tr, n, seed)
                 t0 = time.perf_counter()
-                r = {**finetune(folder, setting, sub, ev, labels, seed, args.threads), "setting": setting, "seed": seed,
+                given = {"lr": args.ft_lr, "epochs": args.ft_epochs, "pooling": args.pooling}
+                r = {**finetune(folder, setting, sub, ev, labels, seed, args.threads, **given), "setting": setting, "seed": seed,
                      "train_examples": len(sub), **extra}  # fmt: skip
                 rows.append(r)
                 if args.csv != "":
