@@ -126,7 +126,7 @@ def finetune(
     set_cpu_threads(threads, backbone, torch.device("cpu"))  # ptft finetune's thread policy
     torch.manual_seed(seed)
     peft = "lora" if setting == "lora" else "none"
-    pooling = given.pop("pooling", None) or d.POOLING
+    pooling = given.pop("pooling", None) or d.default_pooling(config.arch)
     model = TaskModel(backbone, "cls", len(labels), pooling=pooling)
     if peft == "lora":
         get_peft_model(model, "lora", LoraConfig(r=d.LORA_R, alpha=d.LORA_ALPHA))

@@ -66,9 +66,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pooling",
-        default=defaults.POOLING,
+        default=None,
         choices=("auto", "mean"),
-        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler",
+        help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler "
+        "(default: mean for BERT/RoBERTa, auto otherwise)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -153,6 +154,10 @@ def run(args) -> int:
             print(f"{args.train}: {', '.join(detected)} (detected; --text-column/--label-column to choose)")
     tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
     backbone, config, tok = load_model_dir(args.model, init=args.init, seed=args.seed)
+    if args.pooling is None:
+        args.pooling = defaults.default_pooling(config.arch)
+        if args.task in ("cls", "reg"):
+            print(f"pooling: {args.pooling} (the default for {config.arch}; --pooling to choose)")
     set_cpu_threads(args.cpu_threads, backbone, torch.device("cpu"))
     if args.init == "random":
         print(f"--init random: {config.arch} of {args.model}'s shape and tokenizer, weights drawn afresh")

@@ -90,7 +90,7 @@ def test_finetune_cli_init_random_detected_columns_and_recipe(tmp_path, ft_wordp
     )
     text = capsys.readouterr().out
     assert "label column 'category', text column 'review' (detected" in text
-    assert "--init random" in text
+    assert "--init random" in text and "pooling: mean (the default for bert" in text
     assert (
         "fine-tuning recipe: lr 0.0006 (hidden size 64); batch size 8 (4 labeled examples); 100 epochs"
         in text
@@ -103,7 +103,7 @@ def test_finetune_cli_init_random_detected_columns_and_recipe(tmp_path, ft_wordp
     # fresh weights (seed 1; model_dir drew seed 0's): not the saved ones after a few small updates
     assert (trained[key] - pretrained[key]).abs().mean() > 0.5 * pretrained[key].abs().mean()
     card = json.loads((tmp_path / "r" / "best" / "task.json").read_text())
-    assert card["init"] == "random"
+    assert card["init"] == "random" and card["pooling"] == "mean"
 
 
 def test_generate_and_icl_cli(tmp_path, ft_bpe, tsv, capsys):

@@ -24,6 +24,11 @@ def test_recipe_scales_with_width_and_labeled_examples():
         defaults.choose_recipe(128, 0)
 
 
+def test_pooling_default_by_family():
+    assert defaults.default_pooling("bert") == defaults.default_pooling("roberta") == "mean"
+    assert defaults.default_pooling("gpt2") == defaults.default_pooling("bart") == "auto"
+
+
 def _write(tmp_path, name, header, rows):
     path = tmp_path / name
     path.write_text("\n".join(["\t".join(header), *["\t".join(r) for r in rows]]) + "\n")
