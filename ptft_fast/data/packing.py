@@ -64,7 +64,8 @@ class PackedStream:
         used = min(len(docs), full + 1)
         total = min(int(ends[used - 1]), room)
         partial = total - (int(ends[full - 1]) if full else 0) if full < len(docs) else 0
-        which = np.repeat(np.arange(used), seg[:used])[:total]  # document of each output token
+        # document of each output token (counts cut at ``total``: a long document costs only its part)
+        which = np.repeat(np.arange(used), np.diff(np.minimum(ends[:used], total), prepend=0))
         src = np.arange(total) - (ends - seg)[which]  # position inside the document
         src[which == 0] += skip
         ids = tokens[np.minimum(starts[which] + src, len(tokens) - 1)].astype(np.int64)

@@ -58,3 +58,19 @@ def test_batch_cost_does_not_grow_with_the_corpus(objective, run_data, tmp_path)
     (calls_small, mem_small), (calls_big, mem_big) = cost[2_000], cost[60_000]
     assert calls_big <= 1.25 * calls_small + 50, cost
     assert mem_big <= 1.5 * mem_small + 65_536, cost
+
+
+def test_batch_cost_does_not_grow_with_a_long_document(run_data, tmp_path):
+    """A 2,000,000-token document packs at the cost of a 20,000-token one per batch (only the
+    part in the batch is gathered)."""
+    tok = TokenShards(run_data("wordpiece") / "data" / "train").tokenizer()
+    low = int(np.flatnonzero(~tok.special_mask_table())[0])
+    cost = {}
+    for n in (20_000, 2_000_000):
+        doc = np.random.default_rng(0).integers(low, tok.vocab_size, size=n)
+        write_token_shards([doc], tok, tmp_path / f"d{n}", shard_tokens=10**9)
+        src = BatchSource("mlm", TokenShards(tmp_path / f"d{n}"), tok, TrainConfig(seq_len=32), seed=0)
+        cost[n] = _cost_per_batch(src)
+    (calls_small, mem_small), (calls_big, mem_big) = cost[20_000], cost[2_000_000]
+    assert calls_big <= 1.25 * calls_small + 50, cost
+    assert mem_big <= 1.5 * mem_small + 65_536, cost
