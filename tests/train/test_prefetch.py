@@ -122,3 +122,16 @@ def test_closing_an_idle_source_is_harmless():
     time.sleep(0.01)
     ahead.close()
     ahead.close()
+
+
+@pytest.mark.gpu
+def test_batches_are_pinned_and_copied_to_cuda(run_data):
+    from ptft_fast.train.trainer import to_device
+
+    ahead = PrefetchingSource(_source(run_data), depth=2, pin_memory=True)
+    batch = ahead.next(4, 32)
+    assert all(v.is_pinned() for v in batch.values())
+    on_gpu = to_device(batch, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert all(v.is_cuda and torch.equal(v.cpu(), batch[k]) for k, v in on_gpu.items())
+    ahead.close()
