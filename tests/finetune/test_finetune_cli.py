@@ -92,8 +92,7 @@ def test_finetune_cli_init_random_detected_columns_and_recipe(tmp_path, ft_wordp
     assert "label column 'category', text column 'review' (detected" in text
     assert "--init random" in text and "pooling: mean (the default for bert" in text
     assert (
-        "fine-tuning recipe: lr 0.0006 (hidden size 64); batch size 8 (4 labeled examples); 100 epochs"
-        in text
+        "fine-tuning recipe: lr 0.002 (hidden size 64); batch size 8 (4 labeled examples); 100 epochs" in text
     )
     from safetensors.torch import load_file
 

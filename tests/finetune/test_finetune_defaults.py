@@ -8,9 +8,10 @@ from ptft_fast.finetune.readers import DataError, detect_columns
 
 def test_recipe_scales_with_width_and_labeled_examples():
     tiny, base = defaults.choose_recipe(128, 670), defaults.choose_recipe(768, 670)
-    assert base.lr == pytest.approx(5e-5) and tiny.lr == pytest.approx(3e-4)  # 768 / width
+    assert tiny.lr == pytest.approx(1e-3) and base.lr == pytest.approx(1e-3 / 36)  # (128 / width)²
     assert defaults.choose_recipe(16, 670).lr == defaults.LR_RANGE[1]  # clipped
-    assert defaults.choose_recipe(128, 670, peft="lora").lr == pytest.approx(3e-3)
+    assert defaults.choose_recipe(128, 670, peft="lora").lr == pytest.approx(1e-2)
+    assert defaults.choose_recipe(768, 670, peft="lora").lr == pytest.approx(1e-2 / 36)
     assert (tiny.batch_size, tiny.epochs) == (16, 10)  # 42 steps per epoch → >= 400 steps
     small = defaults.choose_recipe(128, 30)
     assert small.batch_size == 8 and small.epochs == 100  # 4 steps per epoch, capped at 100 epochs
