@@ -284,14 +284,18 @@ def _task_setup(args, names, tok, tr):
 
 def validate(args) -> None:
     """Options and files checked before anything is read at length or written (UsageError)."""
+    from ptft_fast.data.hf_datasets import is_dataset
     from ptft_fast.finetune.session import EMBEDDED
 
     finetune_options.validate(args)  # first: --glue sets --task
     output_folder("--out", args.out)
     input_path("--model", args.model, kind="folder")
     for option, value in (("--train", args.train), ("--eval", args.eval), ("--dev", args.dev)):
-        if value is not None and value != EMBEDDED:
+        if value is not None and value != EMBEDDED and not is_dataset(value):  # datasets: a folder too
             input_path(option, value, kind="file")
+    finetune_options.validate_loop(args)
+    if args.pack is None:  # instruct packs its records unless --no-pack; other tasks only with --pack
+        args.pack = args.task == "instruct"
     if args.dev == EMBEDDED or (args.dev is not None and args.train == EMBEDDED):
         raise UsageError(
             f"--dev {args.dev}: the embedded task's dev split is carved from its training split "
@@ -375,6 +379,13 @@ def _task_spec(args, names, cols):
     )
 
 
+def _when(args, row: dict) -> str:
+    """``epoch 2`` (evaluated by epoch) or ``step 40 (epoch 2)``."""
+    if args.eval_every or args.max_steps:
+        return f"step {row['step']} (epoch {row['epoch']})"
+    return f"epoch {row['epoch']}"
+
+
 def _finetune(args) -> int:
     import torch
 
@@ -455,6 +466,8 @@ def _finetune(args) -> int:
         batch_size=args.batch_size,
     )
     print(recipe.describe(config.hidden_size, len(tr)))
+    if args.max_steps:
+        print(f"--max-steps {args.max_steps}: training stops there (the lr schedule runs over those steps)")
     cfg = FinetuneConfig(
         epochs=recipe.epochs,
         batch_size=recipe.batch_size,
@@ -477,15 +490,22 @@ def _finetune(args) -> int:
         restore_best=True,
     )
     for row in hist.epochs:
-        scores = {k: v for k, v in row.items() if k not in ("epoch", "train_loss")}
-        print(f"epoch {row['epoch']}: train_loss={row['train_loss']:.4f}  dev {scores_text(scores)}")
+        scores = {k: v for k, v in row.items() if k not in ("epoch", "step", "train_loss")}
+        print(f"{_when(args, row)}: train_loss={row['train_loss']:.4f}  dev {scores_text(scores)}")
+    if hist.stopped_early:
+        print(f"early stopping: dev {metric} did not improve for {args.early_stopping_patience} evaluations")
     best = hist.best
     model.eval()
     with torch.no_grad():
         test = evaluate_eval(model)  # the kept model: restore_best put its weights back
     saved.add_to_card(out / "best", eval_metrics=test, eval_file=str(args.eval))
-    dev_scores = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}
-    print(f"kept epoch {best['epoch']} of {recipe.epochs}, chosen on dev {metric} → {out / 'best'}")
+    dev_scores = {k: v for k, v in best.items() if k not in ("epoch", "step", "train_loss")}
+    kept = (
+        f"kept epoch {best['epoch']} of {recipe.epochs}"
+        if not (args.eval_every or args.max_steps)
+        else (f"kept the model of step {best['step']} (epoch {best['epoch']})")
+    )
+    print(f"{kept}, chosen on dev {metric} → {out / 'best'}")
     print(f"  dev score (chose it):         {scores_text(dev_scores)}")
     print(
         f"  eval score of the kept model: {scores_text(test)}  ({args.eval}, {len(ev)} examples; not used to choose)"

@@ -5,8 +5,9 @@ which calls them)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ptft_fast.cli.errors import UsageError, float_in, input_path
+from ptft_fast.cli.errors import UsageError, float_in, input_path, int_at_least
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -65,12 +66,110 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="epoch e trains only the top e layer groups (the head first), until all are unfrozen",
     )
+    add_loop_options(p)
     a = p.add_argument_group("after training")
     a.add_argument(
         "--merge-lora",
         action="store_true",
         help="--peft lora/ia3: also write OUT/merged, the adapter folded into a plain model folder",
     )
+
+
+def add_loop_options(p: argparse.ArgumentParser) -> None:
+    """The pre-training loop's machinery, for fine-tuning (ptft_fast.finetune.loop)."""
+    from ptft_fast.train.config import PRECISIONS
+    from ptft_fast.train.deepspeed_config import add_deepspeed_args
+    from ptft_fast.train.report import REPORT_TO
+
+    s = p.add_argument_group("training loop (the machinery of ptft pretrain)")
+    s.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="bf16: autocast; fp16: autocast with dynamic loss scaling",
+    )
+    s.add_argument(
+        "--grad-accum",
+        type=int_at_least(1),
+        default=1,
+        help="split each step's batch into this many micro-batches (the same update, less memory)",
+    )
+    s.add_argument(
+        "--max-steps",
+        type=int_at_least(0),
+        default=0,
+        help="train this many optimizer steps, over as many epochs as that takes (0: --epochs decides)",
+    )
+    s.add_argument(
+        "--eval-every",
+        type=int_at_least(0),
+        default=0,
+        help="score the dev split every N steps, and checkpoint (0: after every epoch)",
+    )
+    s.add_argument(
+        "--early-stopping-patience",
+        type=int_at_least(0),
+        default=0,
+        help="stop after this many dev evaluations without a better task metric (0: never)",
+    )
+    s.add_argument(
+        "--resume",
+        metavar="PATH|latest",
+        default=None,
+        help="continue the run in --out from its newest checkpoint (or a checkpoint folder) exactly",
+    )
+    s.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the layers in backward: less memory, more compute",
+    )
+    s.add_argument(
+        "--pack",
+        dest="pack",
+        action="store_true",
+        default=None,
+        help="cls/reg on BERT/RoBERTa: pack short examples into rows of --max-length, each attending "
+        "only to itself (the encoder's padding-free varlen path); instruct packs by default",
+    )
+    s.add_argument(
+        "--report-to",
+        default="none",
+        choices=REPORT_TO,
+        help="also send the metrics (OUT/metrics.jsonl) to tensorboard (OUT/tensorboard), wandb or mlflow",
+    )
+    add_deepspeed_args(p)
+    p.set_defaults(pack=None)  # --pack / instruct's --no-pack: resolved per task in validate
+
+
+def validate_loop(args) -> None:
+    """The loop options' combinations, the reporter's package and the checkpoint to resume."""
+    from ptft_fast.train import checkpoint as ckpt
+    from ptft_fast.train.deepspeed_config import options_from_args
+    from ptft_fast.train.report import require
+
+    require(args.report_to)
+    deepspeed = options_from_args(args)
+    if deepspeed.enabled and args.gradual_unfreeze:
+        raise UsageError("--gradual-unfreeze runs on one process; not with --zero-stage / --deepspeed")
+    if args.pack and args.task not in ("cls", "reg", "instruct"):
+        raise UsageError(
+            f"--pack packs classification/regression examples (or instruct records), got --task {args.task}"
+        )
+    if (
+        args.pack
+        and args.task != "instruct"
+        and (args.peft in ("prefix", "prompt") or args.pooling == "scalar-mix")
+    ):
+        raise UsageError(
+            "--pack runs examples on the encoder's varlen path: not with --peft prefix/prompt (virtual "
+            f"tokens) or --pooling scalar-mix, got --peft {args.peft} --pooling {args.pooling}"
+        )
+    if args.early_stopping_patience and args.eval_every == 0 and args.epochs == 1:
+        raise UsageError(
+            "--early-stopping-patience needs several evaluations: --eval-every N or --epochs > 1"
+        )
+    if args.resume is not None:
+        ckpt.resolve(args.resume, Path(args.out))  # a missing or damaged checkpoint: one line, before work
 
 
 def validate(args) -> None:
@@ -149,7 +248,20 @@ def glue_evaluate(args, tokenizer, names, ev, mm):
 
 def loop_settings(args) -> dict:
     """FinetuneConfig fields of these options."""
+    from ptft_fast.train.deepspeed_config import options_from_args
+
+    deepspeed = options_from_args(args)
     return {
+        "precision": args.precision,
+        "grad_accum": args.grad_accum,
+        "max_steps": args.max_steps,
+        "eval_steps": args.eval_every,
+        "patience": args.early_stopping_patience,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "out": args.out,
+        "resume": args.resume,
+        "report_to": args.report_to,
+        "deepspeed": deepspeed if deepspeed.enabled else None,
         "layer_lr_decay": args.layer_lr_decay,
         "schedule": args.schedule,
         "stlr_cut_frac": args.stlr_cut_frac,

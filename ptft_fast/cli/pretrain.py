@@ -24,6 +24,8 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from ptft_fast.train.report import REPORT_TO
+
     p = subparsers.add_parser(
         "pretrain",
         help="pre-train a model (MLM, CLM, prefix LM, T5 span, BART infill, ELECTRA)",
@@ -39,8 +41,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        help="shard folder (ptft prepare), or .txt/.jsonl files or a folder of them "
-        "(default: the embedded pydoc corpus)",
+        help="shard folder (ptft prepare), .txt/.jsonl files or a folder of them, or a Hugging Face datasets "
+        "save_to_disk folder / .parquet / .arrow file (default: the embedded pydoc corpus)",
+    )
+    p.add_argument(
+        "--text-column",
+        help="datasets input: the text column (default: detected: text, content, ... or the only string column)",
+    )
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        help="also send metrics to tensorboard (OUT/tensorboard), wandb or mlflow (default: none)",
     )
     p.add_argument("--config", help="run config YAML with TrainConfig keys (default: none)")
     p.add_argument(
@@ -98,6 +109,8 @@ def build_config(args: argparse.Namespace):
         "data": args.data,
         "out": args.out,
         "price_per_hour": args.price_per_hour,
+        "text_column": args.text_column,
+        "report_to": args.report_to,
     }
     if args.no_progress:
         flags["progress"] = False
@@ -125,11 +138,13 @@ def run(args: argparse.Namespace) -> int:
     from ptft_fast.train.build import tokenizer_kind
     from ptft_fast.train.deepspeed_run import trainer_from_args
     from ptft_fast.train.loop import format_summary
+    from ptft_fast.train.report import require as require_reporter
     from ptft_fast.train.trainer import TrainingDiverged
 
     if args.config:
         input_path("--config", args.config, kind="file")
     cfg = build_config(args)
+    require_reporter(cfg.report_to)  # wandb / mlflow installed: checked before any work
     out = output_folder("--out" if args.out else "out", cfg.out)
     if cfg.data is not None:
         input_path("--data" if args.data else "data", cfg.data)

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptft_fast.data import hf_datasets
 from ptft_fast.errors import UserInputError
 
 
@@ -56,7 +57,9 @@ def _rows(path: Path, fieldnames: list[str] | tuple[str, ...] | None = None):
 
 def _decoded_rows(path: Path, fieldnames=None):
     suffix = path.suffix.lower()
-    if suffix in (".tsv", ".csv"):
+    if hf_datasets.is_dataset(path):  # save_to_disk folder, .parquet, .arrow: rows like JSONL records
+        yield from hf_datasets.records(path)
+    elif suffix in (".tsv", ".csv"):
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(
                 f,
@@ -88,7 +91,9 @@ def _decoded_rows(path: Path, fieldnames=None):
                     raise DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
                 yield line, row
     else:
-        raise DataError(f"{path}: unknown format {suffix!r}; use .tsv, .csv or .jsonl")
+        raise DataError(
+            f"{path}: unknown format {suffix!r}; use .tsv, .csv, .jsonl, .parquet, .arrow or a datasets folder"
+        )
 
 
 # Column names recognised when --text-column / --label-column are not given, most specific first.
@@ -150,7 +155,7 @@ def read_examples(
     labels must be numbers. A missing label column is allowed only if no row has it (test data).
     ``fieldnames``: column names of a .tsv/.csv file without a header row (GLUE's CoLA)."""
     path, cols = Path(path), columns or Columns()
-    if not path.is_file():
+    if not path.is_file() and not hf_datasets.is_dataset(path):
         raise FileNotFoundError(f"{path}: no such file")
     out = []
     for line, row in _rows(path, fieldnames):

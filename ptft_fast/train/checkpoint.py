@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -164,9 +165,16 @@ def read_latest(ckpt_dir: Path) -> str | None:
 
 
 def save_checkpoint(
-    ckpt_dir: Path, step: int, model, strategy_state: dict, trainer_state: dict, keep: int
+    ckpt_dir: Path,
+    step: int,
+    model,
+    strategy_state: dict,
+    trainer_state: dict,
+    keep: int,
+    export: Callable = export_model,
 ) -> Path:
-    """Write checkpoint ``step_{step:08d}`` atomically, point ``latest`` at it, prune to ``keep``."""
+    """Write checkpoint ``step_{step:08d}`` atomically, point ``latest`` at it, prune to ``keep``.
+    ``export(model, folder)`` writes the weights (default: an HF-format model folder)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     if read_latest(ckpt_dir) == name and verify(ckpt_dir / name) is None:
@@ -177,7 +185,7 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_dir))
     fix_mode(tmp, directory=True)
-    export_model(model, tmp / "model")
+    export(model, tmp / "model")
     if os.environ.get(SLEEP_ENV):
         time.sleep(float(os.environ[SLEEP_ENV]))
     state_dir = tmp / "state"
@@ -284,12 +292,13 @@ def config_diff(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def load_checkpoint(path: Path, model, strategy) -> dict:
-    """Load weights, optimizer/scaler and global RNG from ``path``; returns the trainer state.
-    A file that cannot be read (a checkpoint older than manifests, damaged) is a ResumeError naming it."""
+def load_checkpoint(path: Path, model, strategy, load: Callable = import_model) -> dict:
+    """Load weights (``load(model, folder)``, the counterpart of save_checkpoint's ``export``),
+    optimizer/scaler and global RNG from ``path``; returns the trainer state. A file that cannot be
+    read (a checkpoint older than manifests, damaged) is a ResumeError naming it."""
     try:
         state = read_trainer_state(path)
-        import_model(model, path / "model")
+        load(model, path / "model")
         opt = _join_optimizer(load_file(path / "state" / "optimizer.safetensors"),
                               json.loads((path / "state" / "optimizer.json").read_text()))  # fmt: skip
         strategy.load_state_dict({"optimizer": opt, "scaler": state.get("scaler")})

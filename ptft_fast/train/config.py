@@ -65,8 +65,13 @@ class TrainConfig:
         "mlm", "pre-training objective; must suit the model's family", choices=OBJECTIVES
     )
     data: str | None = setting(
-        None, "shard folder, or .txt/.jsonl files or a folder of them; none = embedded pydoc corpus"
-    )
+        None, "shard folder, .txt/.jsonl files or a folder of them, or a datasets save_to_disk folder / "
+        ".parquet / .arrow file; none = embedded pydoc corpus",
+    )  # fmt: skip
+    text_column: str | None = setting(
+        None, "datasets input: the column holding the text; none = detected (text, content, ... or the only "
+        "string column)",
+    )  # fmt: skip
     out: str = setting("runs/pretrain", "run folder: metrics, checkpoints, summary, final model")
     seed: int = setting(0, "seeds python, numpy, torch, the data order and the held-out split", low=0)
     # --- data and tokenizer
@@ -159,6 +164,10 @@ class TrainConfig:
     save_every: int = setting(100, "steps between checkpoints; 0 = only at the end", low=0)
     keep_last: int = setting(3, "checkpoints kept on disk", low=1)
     progress: bool = setting(True, "show the progress bar")
+    report_to: str = setting(
+        "none", "also send metric rows to tensorboard (OUT/tensorboard), wandb or mlflow (optional extras)",
+        choices=("none", "tensorboard", "wandb", "mlflow"),
+    )  # fmt: skip
     plot: bool = setting(True, "write loss_curve.png at the end")
     # --- price tag
     price_per_hour: float = setting(0.0, "price of one device-hour, for the cost in the summary", low=0)

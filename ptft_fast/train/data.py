@@ -61,13 +61,21 @@ def _shard_folder(path: Path) -> Path | None:
     return None
 
 
-def _texts(data: str | None) -> list[str]:
+def _texts(data: str | None, text_column: str | None = None) -> list[str]:
     """Documents of the run's corpus; lines that are not valid UTF-8 are skipped with a warning
-    naming the first, and a corpus with none left is an error that says why."""
+    naming the first, and a corpus with none left is an error that says why. A datasets input
+    (save_to_disk folder, .parquet, .arrow) gives the rows of its text column."""
+    from ptft_fast.data import hf_datasets
+
     if data is None:
         from ptft_fast.data.corpus import embedded_corpus
 
         return embedded_corpus()
+    if hf_datasets.is_dataset(data):
+        texts = hf_datasets.texts(data, text_column)
+        if not texts:
+            raise RunDataError(f"data={data!r}: no non-empty text in the dataset")
+        return texts
     from ptft_fast.data.corpus import read_documents
 
     broken: list = []
@@ -116,7 +124,7 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
         warnings.warn(
             f"{root} was built with other settings ({'; '.join(diffs)}): rebuilding it", stacklevel=2
         )
-    texts = _texts(cfg.data)
+    texts = _texts(cfg.data, cfg.text_column)
     every = max(2, round(1 / cfg.eval_fraction)) if cfg.eval_fraction > 0 else 0
     held = {i for i in range(len(texts)) if every and i % every == every - 1}
     if not held:

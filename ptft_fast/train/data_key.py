@@ -26,12 +26,16 @@ def tokenizer_config(cfg: TrainConfig, tokenizer_kind: str) -> TokenizerConfig:
 
 def data_key(cfg: TrainConfig, tokenizer_kind: str) -> dict:
     """What the cached run data is made from; equal keys ⇒ identical data (building is deterministic)."""
+    from ptft_fast.data import hf_datasets
     from ptft_fast.data.corpus import fingerprint
 
     tok = tokenizer_config(cfg, tokenizer_kind)
+    data = {"path": cfg.data, "fingerprint": fingerprint(None if cfg.data is None else [cfg.data])}
+    if hf_datasets.is_dataset(cfg.data):  # its arrow/parquet files, and which column was read
+        data = {"path": cfg.data, "fingerprint": hf_datasets.fingerprint(cfg.data), "column": cfg.text_column}
     return {
         "format": KEY_FORMAT,
-        "data": {"path": cfg.data, "fingerprint": fingerprint(None if cfg.data is None else [cfg.data])},
+        "data": data,
         "tokenizer": {
             "kind": tok.kind,
             "vocab_size": tok.vocab_size,
@@ -50,7 +54,9 @@ def key_diff(cached: dict, wanted: dict) -> list[str]:
     for name in sorted(set(cached) | set(wanted)):
         a, b = cached.get(name), wanted.get(name)
         if name == "data" and isinstance(a, dict) and isinstance(b, dict):
-            if a.get("fingerprint") != b.get("fingerprint"):
+            if a.get("column") != b.get("column"):
+                diffs.append(f"data: text column cached {a.get('column')!r}, now {b.get('column')!r}")
+            elif a.get("fingerprint") != b.get("fingerprint"):
                 now, then = (d.get("path") or "the embedded corpus" for d in (b, a))
                 why = "its content changed since" if now == then else f"the cache was built from {then}"
                 diffs.append(f"data: {now} ({why})")

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.schedule import lr_factor
-from ptft_fast.train.strategy import StepResult, param_groups
+from ptft_fast.train.strategy import StepResult, param_groups, set_lr
 
 
 def use_cpu_accelerator_if_no_gpu() -> None:
@@ -76,7 +77,16 @@ def check_precision_supported(precision: str) -> None:
 class DeepSpeedStrategy:
     """A DeepSpeed engine around ``model`` with the run's AdamW; ``self.engine`` is the model to call."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, ds_config: dict) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        ds_config: dict,
+        *,
+        groups: list[dict] | None = None,
+        lr_at: Callable[[int, float], float] | None = None,
+    ) -> None:
+        """``groups`` / ``lr_at``: as :class:`~ptft_fast.train.strategy.TorchStrategy`'s."""
         import deepspeed
 
         from ptft_fast.train.zero_utils import register_external_parameters
@@ -85,7 +95,9 @@ class DeepSpeedStrategy:
         self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
         check_precision_supported(cfg.precision)
         kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), foreach=False, **kwargs)
+        self.lr_at = lr_at or (lambda step, elapsed_s: cfg.lr * lr_factor(step, cfg, elapsed_s))
+        groups = param_groups(model, cfg.weight_decay) if groups is None else groups
+        optimizer = torch.optim.AdamW(groups, foreach=False, **kwargs)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config
         )
@@ -109,9 +121,8 @@ class DeepSpeedStrategy:
 
     def step(self, step: int, elapsed_s: float = 0.0) -> StepResult:
         """Set the lr, let the engine clip, update (or skip on fp16 overflow) and clear grads."""
-        lr = self.cfg.lr * lr_factor(step, self.cfg, elapsed_s)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self.lr_at(step, elapsed_s)
+        set_lr(self.optimizer, lr)
         scale = float(self.engine.optimizer.cur_scale) if self.cfg.precision == "fp16" else 1.0
         if self._micro != self.cfg.grad_accum_steps:
             raise RuntimeError(

@@ -106,7 +106,12 @@ class DeepSpeedTrainer(Trainer):
         self.log = (
             _NoLog()
             if finished_or_other_rank
-            else MetricsLog(self.out, keep_until=self.step if resume else None)
+            else MetricsLog(
+                self.out,
+                keep_until=self.step if resume else None,
+                report_to=cfg.report_to,
+                run_name=self.out.name,
+            )
         )
         self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
 
@@ -152,42 +157,53 @@ class DeepSpeedTrainer(Trainer):
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""
-        ckpt_dir = self.out / "checkpoints"
-        tag = f"step_{self.step:08d}"
-        if ckpt.read_latest(ckpt_dir) == tag and ckpt.verify(ckpt_dir / tag) is None:
-            return ckpt_dir / tag  # already the newest checkpoint (the loop saves again at the end)
         client = dict(self._state(), step=self.step)
         with self._gather.paused() if self._gather else contextlib.nullcontext():
-            self.engine.save_checkpoint(
-                str(ckpt_dir), tag=tag, client_state={"ptft": client}, save_latest=False
+            return save_engine_checkpoint(
+                self.engine, self.out / "checkpoints", self.step, client, self.rank, self.cfg.keep_last
             )
-        rng_js, rng_tensors = ckpt.rng_state()
-        save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")
-        fix_mode(ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")  # safetensors creates 0600 files
-        (ckpt_dir / tag / f"rng_rank{self.rank}.json").write_text(json.dumps(rng_js))
-        dist.barrier()  # every rank's files are written before latest names the checkpoint
-        if self.rank == 0:
-            ckpt.write_manifest(ckpt_dir / tag)
-            with atomic_open(ckpt_dir / ckpt.LATEST) as fh:
-                fh.write(tag + "\n")
-            done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
-            for old in done[: max(len(done) - (self.cfg.keep_last - 1), 0)]:
-                shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
-        return ckpt_dir / tag
 
     def load(self, resume: str) -> None:
         """Restore engine (weights, ZeRO optimizer shards, loss scaler), client state and RNG."""
         path = ckpt.resolve(resume, self.out)
-        _, client = self.engine.load_checkpoint(str(path.parent), tag=path.name)
-        state = client["ptft"]
+        state = load_engine_checkpoint(self.engine, path, self.rank)
         diff = ckpt.config_diff(state["model_config"], dataclasses.asdict(self.model_config))
         if diff:
             raise ckpt.ResumeError(f"cannot resume {path}: the model config changed ({'; '.join(diff)})")
         self._restore(state)
-        rng_file = path / f"rng_rank{self.rank}.safetensors"
-        if not rng_file.is_file():
-            raise ckpt.ResumeError(
-                f"cannot resume {path}: no RNG state for rank {self.rank} (world size changed?)"
-            )
-        ckpt.set_rng_state(json.loads((path / f"rng_rank{self.rank}.json").read_text()), load_file(rng_file))
+
+
+def save_engine_checkpoint(
+    engine, ckpt_dir: Path, step: int, client: dict, rank: int, keep_last: int
+) -> Path:
+    """Checkpoint ``step_XXXXXXXX`` of a DeepSpeed run (call on every rank): the engine's files
+    (weights, ZeRO optimizer shards, loss scaler) with ``client`` state and each rank's RNG; rank 0
+    writes the manifest and moves ``latest`` once every rank has written, then prunes."""
+    tag = f"step_{step:08d}"
+    if ckpt.read_latest(ckpt_dir) == tag and ckpt.verify(ckpt_dir / tag) is None:
+        return ckpt_dir / tag  # already the newest checkpoint (the loop saves again at the end)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"ptft": client}, save_latest=False)
+    rng_js, rng_tensors = ckpt.rng_state()
+    save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{rank}.safetensors")
+    fix_mode(ckpt_dir / tag / f"rng_rank{rank}.safetensors")  # safetensors creates 0600 files
+    (ckpt_dir / tag / f"rng_rank{rank}.json").write_text(json.dumps(rng_js))
+    dist.barrier()  # every rank's files are written before latest names the checkpoint
+    if rank == 0:
+        ckpt.write_manifest(ckpt_dir / tag)
+        with atomic_open(ckpt_dir / ckpt.LATEST) as fh:
+            fh.write(tag + "\n")
+        done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
+        for old in done[: max(len(done) - (keep_last - 1), 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return ckpt_dir / tag
+
+
+def load_engine_checkpoint(engine, path: Path, rank: int) -> dict:
+    """Restore the engine and this rank's RNG from checkpoint ``path``; returns the client state."""
+    _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+    rng_file = path / f"rng_rank{rank}.safetensors"
+    if not rng_file.is_file():
+        raise ckpt.ResumeError(f"cannot resume {path}: no RNG state for rank {rank} (world size changed?)")
+    ckpt.set_rng_state(json.loads((path / f"rng_rank{rank}.json").read_text()), load_file(rng_file))
+    return client["ptft"]

@@ -114,28 +114,45 @@ class MetricsLog:
         "tflops", "mfu", "seq_len", "elapsed_s", "data_ms", "planned_steps", "eval_loss", "perplexity", "accuracy",
     )  # fmt: skip
 
-    def __init__(self, out: Path, keep_until: int | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        keep_until: int | None = None,
+        *,
+        columns: tuple[str, ...] | None = None,
+        report_to: str = "none",
+        run_name: str = "",
+    ) -> None:
         """A fresh log, or (resuming, ``keep_until`` = the checkpoint's step) the old rows up to
-        that step: rows a killed run wrote after its last checkpoint are dropped."""
+        that step: rows a killed run wrote after its last checkpoint are dropped. ``report_to``:
+        every new row also goes to TensorBoard / W&B / MLflow (:mod:`ptft_fast.train.report`)."""
+        from ptft_fast.train.report import open_reporter
+
         self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
         old = read_rows(self.jsonl) if keep_until is not None and self.jsonl.is_file() else []
+        self.reporter = open_reporter(report_to, out, run_name=run_name, resume_step=keep_until)
         self._j = self.jsonl.open("w")
         self._c = self.csv.open("w", newline="")
-        self._w = csv.DictWriter(self._c, fieldnames=self.COLUMNS, extrasaction="ignore")
+        self._w = csv.DictWriter(self._c, fieldnames=columns or self.COLUMNS, extrasaction="ignore")
         self._w.writeheader()
         for row in old:
             if row["step"] <= keep_until:
-                self.write(row)
+                self._write_files(row)  # already reported by the run that wrote them
 
-    def write(self, row: dict) -> None:
+    def _write_files(self, row: dict) -> None:
         self._j.write(json.dumps(row) + "\n")
         self._j.flush()
         self._w.writerow(row)
         self._c.flush()
 
+    def write(self, row: dict) -> None:
+        self._write_files(row)
+        self.reporter.write(row)
+
     def close(self) -> None:
         self._j.close()
         self._c.close()
+        self.reporter.close()
 
 
 def read_rows(path: Path) -> list[dict]:

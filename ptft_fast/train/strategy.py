@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -30,6 +32,35 @@ class StepResult:
     grad_norm: float  # global grad norm before clipping (inf/nan when skipped)
     lr: float
     loss_scale: float  # 1.0 unless fp16
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row (the message says how many and what to try)."""
+
+
+def check_step(
+    bad: int, step: int, losses: Iterable[float], result: StepResult, cfg: TrainConfig, ckpt_dir: Path
+) -> int:
+    """The NaN/inf policy of both loops: a step with a non-finite loss or skipped update (other than
+    fp16's loss-scaler overflow) warns; ``cfg.max_bad_steps`` of them in a row raise
+    :class:`TrainingDiverged`. Returns the new count of bad steps in a row (``bad`` before)."""
+    losses = list(losses)
+    finite_loss = all(math.isfinite(v) for v in losses)
+    if finite_loss and (result.stepped or cfg.precision == "fp16"):
+        return 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling
+    bad += 1
+    warnings.warn(
+        f"step {step}: non-finite {'loss' if not finite_loss else 'gradients'} "
+        f"(loss={losses[0] if losses else None}, grad_norm={result.grad_norm}); update skipped ({bad} in a row, stop at {cfg.max_bad_steps})",
+        stacklevel=3,
+    )
+    if bad >= cfg.max_bad_steps:
+        raise TrainingDiverged(
+            f"stopping at step {step}: {bad} non-finite steps in a row "
+            f"(max_bad_steps={cfg.max_bad_steps}); lower lr, raise warmup_steps, use "
+            f"precision=fp32/bf16 or check the data. The last good checkpoint is in {ckpt_dir}"
+        )
+    return bad
 
 
 class Strategy(Protocol):
@@ -53,15 +84,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_adamw(
-    model: nn.Module, cfg: TrainConfig, device: torch.device, lr: torch.Tensor | None = None
+    model: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    lr: torch.Tensor | None = None,
+    groups: list[dict] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW: the fused kernel on CUDA, foreach elsewhere (on a 2-core CPU the fused CPU kernel
     measured ~6× slower than foreach for a tiny model). Chosen once, here.
 
     ``lr``: a 0-d tensor the learning rate is read from at each step (a CUDA graph replays the
-    step with it); on CUDA the optimizer is then capturable (its step count on the device)."""
+    step with it); on CUDA the optimizer is then capturable (its step count on the device).
+    ``groups``: parameter groups (default :func:`param_groups`); a group's ``lr_scale`` multiplies
+    the scheduled learning rate (fine-tuning's layer-wise rates)."""
     kwargs = dict(lr=cfg.lr if lr is None else lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay) if groups is None else groups
     if device.type == "cuda":
         try:
             return torch.optim.AdamW(groups, fused=True, capturable=lr is not None, **kwargs)
@@ -71,6 +108,16 @@ def build_adamw(
     return torch.optim.AdamW(
         groups, foreach=lr is None, capturable=lr is not None and device.type == "cuda", **kwargs
     )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr = ``lr`` × its ``lr_scale`` (1 when absent)."""
+    for group in optimizer.param_groups:
+        value = lr * group.get("lr_scale", 1.0)
+        if isinstance(group["lr"], torch.Tensor):  # a captured step reads this tensor
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
 
 
 class DynamicLossScaler:
@@ -102,12 +149,23 @@ class DynamicLossScaler:
 class TorchStrategy:
     """Single-process PyTorch: AdamW, autocast (bf16/fp16), fp16 loss scaling, grad clipping.
 
-    The learning rate is set from :func:`lr_factor` at every step (no scheduler state to lose).
+    The learning rate is set from :func:`lr_factor` at every step (no scheduler state to lose), or
+    from ``lr_at(step, elapsed_s)`` when given (fine-tuning's schedules), times each parameter
+    group's ``lr_scale`` (``groups``: default :func:`param_groups`, one scale).
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        *,
+        groups: list[dict] | None = None,
+        lr_at: Callable[[int, float], float] | None = None,
+    ) -> None:
         self.model, self.cfg, self.device = model, cfg, device
-        self.optimizer = build_adamw(model, cfg, device)
+        self.lr_at = lr_at or (lambda step, elapsed_s: cfg.lr * lr_factor(step, cfg, elapsed_s))
+        self.optimizer = build_adamw(model, cfg, device, groups=groups)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = (
             DynamicLossScaler(cfg.init_loss_scale, cfg.loss_scale_window) if cfg.precision == "fp16" else None
@@ -137,7 +195,7 @@ class TorchStrategy:
                 if p.grad is not None:
                     p.grad.mul_(1.0 / scale)
         norm = float(self._grad_norm())
-        lr = self.cfg.lr * lr_factor(step, self.cfg, elapsed_s)
+        lr = self.lr_at(step, elapsed_s)
         finite = math.isfinite(norm)
         if self.scaler:
             self.scaler.update(finite)
@@ -147,11 +205,7 @@ class TorchStrategy:
                 for p in self.params:
                     if p.grad is not None:
                         p.grad.mul_(coef)
-            for group in self.optimizer.param_groups:
-                if isinstance(group["lr"], torch.Tensor):  # a captured step reads this tensor
-                    group["lr"].fill_(lr)
-                else:
-                    group["lr"] = lr
+            set_lr(self.optimizer, lr)
             self.optimizer.step()
         self.zero_grad()
         return StepResult(finite, norm, lr, scale)

@@ -34,11 +34,8 @@ from ptft_fast.train.objectives import (
     token_counts,
 )
 from ptft_fast.train.schedule import seq_len_at
-from ptft_fast.train.strategy import StepResult, Strategy, TorchStrategy
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many non-finite steps in a row (the message says how many and what to try)."""
+from ptft_fast.train.strategy import StepResult, Strategy, TorchStrategy, check_step
+from ptft_fast.train.strategy import TrainingDiverged as TrainingDiverged  # re-exported: the loop's error
 
 
 @dataclass
@@ -179,7 +176,12 @@ class Trainer:
             changed = sorted(k for k, v in saved["config"].items() if cfg.to_dict().get(k) != v)
             if changed:
                 warnings.warn(f"resuming with changed run settings {changed}", stacklevel=2)
-        self.log = MetricsLog(self.out, keep_until=self.step if resume_path else None)
+        self.log = MetricsLog(
+            self.out,
+            keep_until=self.step if resume_path else None,
+            report_to=cfg.report_to,
+            run_name=self.out.name,
+        )
         self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
 
     # ------------------------------------------------------------ state
@@ -244,24 +246,9 @@ class Trainer:
                 self.elapsed,
             )
         out.data_s = data_s
-        finite_loss = all(math.isfinite(v) for v in out.terms.values())
-        if finite_loss and (out.result.stepped or cfg.precision == "fp16"):
-            self.bad = 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling
-        else:
-            self.bad += 1
-            warnings.warn(
-                f"step {self.step}: non-finite {'loss' if not finite_loss else 'gradients'} "
-                f"(loss={out.loss}, grad_norm={out.result.grad_norm}); update skipped "
-                f"({self.bad} in a row, stop at {cfg.max_bad_steps})",
-                stacklevel=2,
-            )
-            if self.bad >= cfg.max_bad_steps:
-                raise TrainingDiverged(
-                    f"stopping at step {self.step}: {self.bad} non-finite steps in a row "
-                    f"(max_bad_steps={cfg.max_bad_steps}); lower lr, raise warmup_steps, use "
-                    "precision=fp32/bf16 or check the data. The last good checkpoint is in "
-                    f"{self.out / 'checkpoints'}"
-                )
+        self.bad = check_step(
+            self.bad, self.step, out.terms.values(), out.result, cfg, self.out / "checkpoints"
+        )
         self.step += 1
         self.tokens += out.tokens
         self.flops += out.flops
