@@ -311,6 +311,10 @@ def validate(args) -> None:
 
 def check_model_for_task(args, config) -> None:
     """The model's kind suits --task and its options (UsageError naming them)."""
+    if args.pack and args.task in ("cls", "reg") and config.arch not in ("bert", "roberta"):
+        raise UsageError(
+            f"--pack runs on the encoder's varlen path (BERT/RoBERTa), but --model {args.model} is {config.arch}"
+        )
     if args.task not in ("seq2seq", "instruct"):
         return
     if args.template is not None and "{prompt}" not in args.template:
@@ -433,6 +437,13 @@ def _finetune(args) -> int:
         higher = not (args.task == "instruct" and not config.is_encoder_decoder)
     else:
         train_data, scorer = _task_setup(args, names, tok, tr)
+        if args.pack:
+            from ptft_fast.finetune.packed import packed_loss
+
+            loss_fn = packed_loss
+            print(
+                "--pack: each step's examples run packed end to end on the encoder's varlen path (no padding)"
+            )
     if args.glue:
 
         def scorer(examples, mismatched=None):

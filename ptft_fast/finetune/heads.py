@@ -172,6 +172,37 @@ class TaskModel(nn.Module):
             logits = self.head(h)
             if self.task == "qa":  # padding can be neither start nor end
                 logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e4)
+        return self._with_loss(logits, labels)
+
+    def forward_packed(self, input_ids, position_ids, cu_seqlens, token_type_ids=None, labels=None) -> dict:
+        """cls/reg on BERT/RoBERTa with the examples packed end to end (no padding): input_ids,
+        position_ids, token_type_ids (total,), cu_seqlens (N + 1,) int32; each example attends only
+        to itself (the encoder's varlen path). Same logits (N, L) / (N,) and loss as :meth:`forward`
+        on the padded examples."""
+        from ptft_fast.models.state import Packing
+
+        if self.task not in ("cls", "reg") or self.arch not in ("bert", "roberta") or self.scalar_mix:
+            raise ValueError(
+                f"TaskModel.forward_packed: cls/reg on BERT/RoBERTa without scalar mix, got "
+                f"{self.task} on {self.arch} with pooling {self.pooling!r}"
+            )
+        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        longest = int(lens.max())
+        packing = Packing(
+            indices=None, cu_seqlens=cu_seqlens, max_seqlen=longest, batch=len(lens), seqlen=longest
+        )
+        encoder = getattr(self.backbone, "encoder", None) or self.backbone.model.encoder
+        with torch.no_grad() if self.backbone_frozen else contextlib.nullcontext():
+            h = encoder.forward_packed(input_ids, position_ids, packing, token_type_ids)  # (total, C)
+        if self.pooling == "mean":
+            seg = torch.repeat_interleave(torch.arange(len(lens), device=h.device), lens)
+            pooled = h.new_zeros(len(lens), h.shape[-1]).index_add_(0, seg, h) / lens[:, None].to(h.dtype)
+        else:  # [CLS] / <s>: each example's first token
+            pooled = h[cu_seqlens[:-1].long()]
+        logits = self.head(pooled)
+        return self._with_loss(logits.squeeze(-1) if self.task == "reg" else logits, labels)
+
+    def _with_loss(self, logits: torch.Tensor, labels) -> dict:
         loss = None
         if labels is not None:
             if self.task == "cls":

@@ -114,6 +114,28 @@ class Encoder(nn.Module):
             return checkpoint(last.forward_rows, x, rows, packing, queries, use_reentrant=False)
         return last.forward_rows(x, rows, packing, queries)
 
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        packing: Packing,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sequences packed end to end, no padding anywhere: input_ids, position_ids (each
+        sequence's own positions; RoBERTa's start at pad_token_id + 1) and token_type_ids are
+        (total,); ``packing.cu_seqlens`` (N + 1,) delimits the sequences, each attending only to
+        itself. Returns (total, C), equal to the padded forward's states at the real tokens."""
+        x = self.embed_tokens(input_ids) + self.embed_positions(position_ids)
+        if self.embed_types is not None:
+            x = x + (
+                self.embed_types.weight[0] if token_type_ids is None else self.embed_types(token_type_ids)
+            )
+        x = self.embed_norm(x, dropout_p=0.0)
+        if self.training and self.config.dropout > 0.0:
+            x = nn.functional.dropout(x, self.config.dropout, training=True)
+        x, _ = run_layers(self.layers, x, checkpointing=self.config.gradient_checkpointing, packing=packing)
+        return x
+
 
 class EncoderForMaskedLM(nn.Module):
     """BERT / RoBERTa with the tied MLM head (and optional NSP head)."""
