@@ -211,6 +211,7 @@ def train(
     unfreezing = ulmfit.GradualUnfreezing(model, params) if cfg.gradual_unfreeze else None
     log = None
     if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(
             out,
             keep_until=run.step if resumed else None,

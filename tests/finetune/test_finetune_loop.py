@@ -145,3 +145,33 @@ def test_eval_every_steps_with_early_stopping_and_max_steps():
     cfg = FinetuneConfig(epochs=1, batch_size=4, lr=1e-2, progress=False, max_steps=5)
     hist = train(Toy(), data, lambda m: {"acc": 0.0}, cfg, metric="acc")
     assert [r["step"] for r in hist.epochs] == [2, 4, 5] and not hist.stopped_early  # by epoch + the end
+
+
+def test_resume_from_every_checkpoint_is_exact(tmp_path):
+    """With dropout on (global RNG), accumulation and a data order drawn per epoch: resuming from
+    any checkpoint (mid-epoch or at an epoch's end) ends with the uninterrupted run's weights."""
+    import shutil
+
+    from ptft_fast.finetune.heads import TaskModel
+
+    def model():
+        torch.manual_seed(0)
+        return TaskModel(from_name("bert-tiny-cpu", vocab_size=60, pad_token_id=0), "cls", 3)
+
+    def run(out, resume=None):
+        cfg = FinetuneConfig(batch_size=4, lr=1e-2, max_steps=9, eval_steps=2, grad_accum=2, keep_last=100,
+                             out=str(out), resume=resume, progress=False)  # fmt: skip
+        m = model()
+        score = lambda m: {"acc": float(m.head[-1].weight.sum())}  # noqa: E731  (a function of the weights)
+        hist = train(m, ragged_data(), score, cfg, metric="acc", restore_best=True)
+        return m.state_dict(), hist
+
+    want, hist = run(tmp_path / "ref")
+    steps = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "ref" / "checkpoints").glob("step_*"))
+    assert steps == [2, 4, 6, 8, 9]
+    for k in steps[:-1]:
+        out = tmp_path / f"from{k}"
+        shutil.copytree(tmp_path / "ref", out)
+        got, resumed = run(out, resume=str(out / "checkpoints" / f"step_{k:08d}"))
+        assert all(torch.equal(got[n], want[n]) for n in want), k
+        assert resumed.epochs == hist.epochs and resumed.best == hist.best
