@@ -500,6 +500,12 @@ def _finetune(args) -> int:
         loss_fn=loss_fn,
         restore_best=True,
     )
+    if torch.distributed.is_initialized():  # DeepSpeed ranks: rank 0 scores, reports and writes
+        torch.distributed.barrier()
+        if torch.distributed.get_rank() != 0:
+            torch.distributed.destroy_process_group()
+            return 0
+        torch.distributed.destroy_process_group()  # without it gloo ranks can hang at exit
     for row in hist.epochs:
         scores = {k: v for k, v in row.items() if k not in ("epoch", "step", "train_loss")}
         print(f"{_when(args, row)}: train_loss={row['train_loss']:.4f}  dev {scores_text(scores)}")
