@@ -36,7 +36,7 @@ and the report gives both scores, labelled."""
 
 EXAMPLES = """examples:
   ptft finetune --model runs/bert-tiny/final --task cls --train train.tsv --eval test.tsv
-  ptft finetune --model runs/bert-tiny/final --task cls --train train.tsv --dev dev.tsv --eval test.tsv --peft lora
+  ptft finetune --model runs/bert-tiny/final --task cls --train train.parquet --dev dev.parquet --eval test.parquet --peft lora --max-steps 2000 --eval-every 100 --early-stopping-patience 5 --report-to tensorboard
   ptft finetune --model runs/bert-tiny/final --task cls --train stdlib-docstrings --eval stdlib-docstrings
 """
 
@@ -67,7 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--train",
         required=True,
-        help="training file (.tsv/.csv/.jsonl, CoNLL, SQuAD JSON) or stdlib-docstrings (embedded task)",
+        help="training file (.tsv/.csv/.jsonl, .parquet/.arrow or a datasets save_to_disk folder, CoNLL, "
+        "SQuAD JSON) or stdlib-docstrings (embedded task)",
     )
     p.add_argument(
         "--dev",

@@ -116,7 +116,7 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
         "--resume",
         metavar="PATH|latest",
         default=None,
-        help="continue the run in --out from its newest checkpoint (or a checkpoint folder) exactly",
+        help="continue the run in --out from its newest checkpoint (or a checkpoint folder) exactly (default: a fresh run)",
     )
     s.add_argument(
         "--gradient-checkpointing",

@@ -31,7 +31,9 @@ def test_pretrain_report_to_tensorboard_reads_back(new_run, tiny):
 def corpus(tmp_path):
     datasets = pytest.importorskip("datasets")
     docs = [f"document {i}: the quick brown fox jumps over lazy dog number {i}" for i in range(40)]
-    ds = datasets.Dataset.from_dict({"id": list(range(40)), "body": docs, "title": [f"t{i}" for i in range(40)]})
+    ds = datasets.Dataset.from_dict(
+        {"id": list(range(40)), "body": docs, "title": [f"t{i}" for i in range(40)]}
+    )
     ds.save_to_disk(str(tmp_path / "saved"))
     ds.to_parquet(str(tmp_path / "c.parquet"))
     datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dict"))
@@ -50,7 +52,7 @@ def test_datasets_documents(corpus):
     import datasets
 
     datasets.Dataset.from_dict({"x": ["a b"], "y": ["c d"]}).to_parquet(str(root / "xy.parquet"))
-    with pytest.raises(DatasetInputError, match="string columns \\['x', 'y'\\].*--text-column"):
+    with pytest.raises(DatasetInputError, match=r"string columns \['x', 'y'\].*--text-column"):
         _texts(str(root / "xy.parquet"))
     assert _texts(str(root / "xy.parquet"), "y") == ["c d"]
     with pytest.raises(DatasetInputError, match="column 'id' holds"):
@@ -60,7 +62,7 @@ def test_datasets_documents(corpus):
 
 
 def test_pretrain_on_a_datasets_folder(corpus, tiny, capsys):
-    docs, root = corpus
+    _, root = corpus
     out = root / "run"
     sets = [x for k, v in {**tiny, "max_steps": 2, "vocab_size": 128}.items() for x in ("--set", f"{k}={v}")]
     args = ["pretrain", "--data", str(root / "saved"), "--out", str(out), *sets]
