@@ -143,3 +143,22 @@ def test_datasets_inputs_train_like_the_tsv(tmp_path, task_files):
     for name in ("saved", "parquet", "arrow"):
         assert cards[name]["dev_metrics"] == cards["tsv"]["dev_metrics"], name
         assert cards[name]["eval_metrics"] == cards["tsv"]["eval_metrics"], name
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--grad-accum", "0"], "--grad-accum: must be >= 1, got 0"),
+        (["--eval-every", "-2"], "--eval-every: must be >= 0, got -2"),
+        (["--precision", "fp8"], "--precision: invalid choice"),
+        (["--report-to", "comet"], "--report-to: invalid choice"),
+        (["--pack", "--peft", "prompt"], "--pack runs examples on the encoder's varlen path"),
+        (["--zero-stage", "1", "--gradual-unfreeze"], "--gradual-unfreeze runs on one process"),
+    ],
+)
+def test_loop_options_bad_values_are_one_line(tmp_path, task_files, capsys, extra, says):
+    base, train = task_files
+    assert main([*argv(base, train, tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ptft finetune: error: ") and says in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
