@@ -164,11 +164,15 @@ def fingerprint(inputs: Iterable[str | os.PathLike] | None) -> str:
             h.update(text.encode("utf-8") + b"\0")
         return f"sha256:{h.hexdigest()}"
     for item in inputs:
-        base = Path(item)
-        for path in expand_inputs([base]):
-            h.update(str(path.relative_to(base) if base.is_dir() else path.name).encode() + b"\0")
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-            h.update(b"\0")
+        hash_files(h, Path(item), expand_inputs([Path(item)]))
     return f"sha256:{h.hexdigest()}"
+
+
+def hash_files(h, base: Path, files: Iterable[Path]) -> None:
+    """Feed every file's name (relative to ``base`` when it is a folder) and bytes into ``h``."""
+    for path in files:
+        h.update(str(path.relative_to(base) if base.is_dir() else path.name).encode() + b"\0")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")

@@ -104,12 +104,9 @@ def records(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def fingerprint(path: str | Path) -> str:
     """``sha256:<hex>`` of the dataset's files (names and bytes), for a run's data key."""
+    from ptft_fast.data.corpus import hash_files
+
     p = Path(path)
     h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        h.update(b"\0")
+    hash_files(h, p, sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
     return f"sha256:{h.hexdigest()}"

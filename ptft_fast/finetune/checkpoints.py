@@ -28,6 +28,10 @@ from ptft_fast.train import checkpoint as ckpt
 _FREE = ("resume", "progress", "out", "deepspeed", "report_to", "keep_last")
 
 
+# RunState fields saved as they are (JSON)
+_COUNTERS = ("step", "epoch", "pos", "loss_sum", "loss_n", "bad", "since_best", "elapsed", "history", "best")
+
+
 @dataclass
 class RunState:
     """Where a fine-tuning run is: what a checkpoint holds besides weights and optimizer."""
@@ -57,38 +61,15 @@ class RunState:
         return torch.randperm(n, generator=self.gen)
 
     def to_json(self) -> dict:
-        keep = (
-            "step",
-            "epoch",
-            "pos",
-            "loss_sum",
-            "loss_n",
-            "bad",
-            "since_best",
-            "elapsed",
-            "history",
-            "best",
-        )
         return {
-            **{k: getattr(self, k) for k in keep},
+            **{k: getattr(self, k) for k in _COUNTERS},
             "stopped_early": self.stopped_early,
             "gen": _b64(self.gen.get_state()),
             "epoch_gen": None if self.epoch_gen is None else _b64(self.epoch_gen),
         }
 
     def load_json(self, state: dict) -> None:
-        for k in (
-            "step",
-            "epoch",
-            "pos",
-            "loss_sum",
-            "loss_n",
-            "bad",
-            "since_best",
-            "elapsed",
-            "history",
-            "best",
-        ):
+        for k in _COUNTERS:
             setattr(self, k, state[k])
         self.stopped_early = state["stopped_early"]
         self.gen.set_state(_unb64(state["gen"]))
