@@ -510,8 +510,6 @@ def _finetune(args) -> int:
     for row in hist.epochs:
         scores = {k: v for k, v in row.items() if k not in ("epoch", "step", "train_loss")}
         print(f"{_when(args, row)}: train_loss={row['train_loss']:.4f}  dev {scores_text(scores)}")
-    if hist.stopped_early:
-        print(f"early stopping: dev {metric} did not improve for {args.early_stopping_patience} evaluations")
     best = hist.best
     model.eval()
     with torch.no_grad():
