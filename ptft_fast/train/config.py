@@ -85,7 +85,7 @@ class TrainConfig:
         high_open=True,
     )  # fmt: skip
     eval_fraction: float = setting(
-        0.05, "share of documents held out for evaluation (text inputs; a shard folder holds none out)",
+        0.05, "share of documents held out for evaluation (text inputs; a `ptft prepare` folder has its own)",
         low=0, high=1, high_open=True,
     )  # fmt: skip
     mlm_probability: float = setting(

@@ -39,6 +39,7 @@ from ptft_fast.errors import UserInputError
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data_key import KEY_FILE, READER, data_key, key_diff, read_key, tokenizer_config
 
+EVAL_SHARDS = "eval_shards"  # held-out shards `ptft prepare` writes beside shards/
 ROW_SEGMENTS = "row_segments"  # batch key of the per-row document count (not a model input)
 
 
@@ -95,6 +96,9 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
     when ``resuming`` (the checkpoint's data position refers to the cached shards), refused."""
     if cfg.data is not None and (folder := _shard_folder(Path(cfg.data))) is not None:
         shards = TokenShards(folder)
+        held_out = folder.parent / EVAL_SHARDS  # `ptft prepare` holds documents out beside shards/
+        if folder.name == "shards" and (held_out / INDEX_FILE).is_file():
+            return RunData(shards.tokenizer(), shards, TokenShards(held_out), False)
         warnings.warn(f"{folder} is a shard folder: evaluation uses training documents", stacklevel=2)
         return RunData(shards.tokenizer(), shards, shards, True)
     root = out / "data"

@@ -222,7 +222,7 @@ def _eval_lines(s: dict) -> list[str]:
         f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f} on TRAINING documents ({scored})",
         "  warning: --data is a shard folder, so no document was held out: this eval loss is measured on "
         "text the model trained on and is not a held-out score (give .txt/.jsonl files to hold out "
-        "eval_fraction of the documents)",
+        "eval_fraction of the documents, or a `ptft prepare` output folder: it holds documents out)",
     ]
 
 

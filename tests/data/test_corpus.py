@@ -113,7 +113,9 @@ def test_prepare_report_counts_each_stage(tmp_path):
     src.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
     broken = []
     report = prepare_corpus(
-        read_documents([src], broken.append), tmp_path / "out", PrepareConfig(progress=False)
+        read_documents([src], broken.append),
+        tmp_path / "out",
+        PrepareConfig(filters=FilterConfig(min_chars=50), progress=False),  # clean has no length floor
     )
     removed = {s.stage: s.docs_removed for s in report.stages}
     assert removed["filter:too_short"] == 1
