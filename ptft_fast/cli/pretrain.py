@@ -39,7 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        help="shard folder (ptft prepare), or .txt/.jsonl files or a folder of them "
+        nargs="+",
+        help="shard folder (ptft prepare), or .txt/.jsonl files or a folder of them; several sources "
+        "with weights (shares of tokens) as a mixture: --data a.txt:0.7 b.txt:0.3 "
         "(default: the embedded pydoc corpus)",
     )
     p.add_argument("--config", help="run config YAML with TrainConfig keys (default: none)")
@@ -58,7 +60,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="continue from a checkpoint folder, or the newest one in --out (default: a fresh run)",
     )
     p.add_argument(
-        "--price-per-hour", type=float, help="price of one device-hour for the summary's cost (default: 0)"
+        "--price-per-hour",
+        type=float,
+        help="price of one device-hour for the summary's cost (default: 0); its CO2e uses --set "
+        "grid_gco2_per_kwh=G (default: 480, the world average of 2023 electricity generation, Ember, "
+        "Global Electricity Review 2024)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -95,7 +101,7 @@ def build_config(args: argparse.Namespace):
     flags = {
         "model": args.model,
         "objective": args.objective,
-        "data": args.data,
+        "data": data_flag(args.data),
         "out": args.out,
         "price_per_hour": args.price_per_hour,
     }
@@ -118,10 +124,17 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
+def data_flag(items: list[str] | None) -> str | None:
+    """--data's values as TrainConfig.data: one source as given, several joined into a mixture spec."""
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else ",".join(items)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_settings or args.list_models:
         return list_and_exit(args)
-    from ptft_fast.cli.errors import input_path, output_folder, removed_on_error
+    from ptft_fast.cli.errors import UsageError, input_path, output_folder, removed_on_error
     from ptft_fast.train.build import tokenizer_kind
     from ptft_fast.train.deepspeed_run import trainer_from_args
     from ptft_fast.train.loop import format_summary
@@ -132,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     out = output_folder("--out" if args.out else "out", cfg.out)
     if cfg.data is not None:
-        input_path("--data" if args.data else "data", cfg.data)
+        from ptft_fast.data.mixture import parse_mixture
+
+        try:
+            sources = [p for p, _ in parse_mixture(cfg.data) or [(cfg.data, 1.0)]]
+        except ValueError as exc:
+            raise UsageError(f"{'--data' if args.data else 'data'}: {exc}") from None
+        for source in sources:
+            input_path("--data" if args.data else "data", source)
     tokenizer_kind(cfg)  # the model exists and suits the objective: checked before any work
     with removed_on_error(out):  # a fresh run folder is removed if building the run fails
         trainer = trainer_from_args(args, cfg, resume=args.resume)

@@ -28,6 +28,13 @@ OBJECTIVE_ARCHS = {
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
 
 
+# World-average carbon intensity of electricity generation in 2023 (the price tag's default CO2e).
+GRID_GCO2_PER_KWH = 480.0
+GRID_SOURCE = (
+    "480 g/kWh, the world average of 2023 electricity generation (Ember, Global Electricity Review 2024)"
+)
+
+
 class TrainConfigError(UserInputError):
     """A bad run configuration; the message names the key(s), the rule and the value."""
 
@@ -65,8 +72,9 @@ class TrainConfig:
         "mlm", "pre-training objective; must suit the model's family", choices=OBJECTIVES
     )
     data: str | None = setting(
-        None, "shard folder, or .txt/.jsonl files or a folder of them; none = embedded pydoc corpus"
-    )
+        None, "shard folder, or .txt/.jsonl files or a folder of them; none = embedded pydoc corpus; "
+        "a mixture: path:weight,path:weight (token shares; YAML: a list of {path, weight})",
+    )  # fmt: skip
     out: str = setting("runs/pretrain", "run folder: metrics, checkpoints, summary, final model")
     seed: int = setting(0, "seeds python, numpy, torch, the data order and the held-out split", low=0)
     # --- data and tokenizer
@@ -164,6 +172,10 @@ class TrainConfig:
     price_per_hour: float = setting(0.0, "price of one device-hour, for the cost in the summary", low=0)
     cpu_watts: float = setting(65.0, "CPU power for the energy estimate (no CPU power sensor)", low=0)
     device_watts: float = setting(0.0, "> 0: GPU power to use instead of the measured / rated one", low=0)
+    grid_gco2_per_kwh: float = setting(
+        GRID_GCO2_PER_KWH, "carbon intensity of the electricity for the CO2e in the price tag, gCO2e per kWh; "
+        f"default: {GRID_SOURCE}", low=0,
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Raise TrainConfigError naming the first key that breaks a rule."""
@@ -312,6 +324,14 @@ def _coerce(key: str, value):
     """``value`` (from YAML or a ``--set`` string) as the type of field ``key``."""
     optional = type(None) in typing.get_args(_HINTS[key])
     base = _base_type(key)
+    if key == "data" and isinstance(value, list):  # YAML mixture: [{path, weight}, ...] or ["a:0.7", ...]
+        from ptft_fast.data.mixture import mixture_spec, parse_mixture
+
+        try:
+            pairs = parse_mixture(value)
+        except ValueError as exc:
+            raise TrainConfigError(str(exc)) from None
+        return mixture_spec(pairs) if pairs else str(value[0])
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if not optional:
             raise TrainConfigError(f"{key} may not be null")

@@ -16,6 +16,8 @@ restored source yields exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -29,9 +31,9 @@ from ptft_fast.data.bart import BartCollator, BartNoiseConfig, BartNoiser, sente
 from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
 from ptft_fast.data.electra import electra_masking
 from ptft_fast.data.masking import MaskingConfig
+from ptft_fast.data.mixture import MixtureShards, make_sampler, parse_mixture
 from ptft_fast.data.mlm import MLMCollator, MLMConfig
 from ptft_fast.data.packing import PackedStream, row_segments
-from ptft_fast.data.sampler import ResumableSampler
 from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
 from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, train_tokenizer
@@ -89,11 +91,29 @@ def _texts(data: str | None) -> list[str]:
     return texts
 
 
-def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming: bool = False) -> RunData:
+def prepare_run_data(
+    cfg: TrainConfig,
+    tokenizer_kind: str,
+    out: Path,
+    resuming: bool = False,
+    tokenizer: PtftTokenizer | None = None,
+) -> RunData:
     """Tokenizer and shards for the run, built once and cached under ``out/data`` with their key.
 
     A cache whose key differs from the run's is rebuilt with a warning naming what changed, or,
-    when ``resuming`` (the checkpoint's data position refers to the cached shards), refused."""
+    when ``resuming`` (the checkpoint's data position refers to the cached shards), refused.
+    ``tokenizer``: use this one instead of training one (it becomes part of the cache key).
+
+    A mixture (``data="a.txt:0.7,b.txt:0.3"``) builds every source as a run of its own under
+    ``out/data/mix<i>`` (one tokenizer for all: shard folders must share theirs; text sources are
+    tokenized with the first source's tokenizer, trained on the first source) and draws from them
+    with the weights (:class:`~ptft_fast.data.mixture.MixtureSampler`)."""
+    try:
+        mixture = parse_mixture(cfg.data)
+    except ValueError as exc:
+        raise RunDataError(str(exc)) from None
+    if mixture is not None:
+        return _mixture_run_data(cfg, mixture, tokenizer_kind, out, resuming)
     if cfg.data is not None and (folder := _shard_folder(Path(cfg.data))) is not None:
         shards = TokenShards(folder)
         held_out = folder.parent / EVAL_SHARDS  # `ptft prepare` holds documents out beside shards/
@@ -104,6 +124,8 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
     root = out / "data"
     train_dir, eval_dir = root / "train", root / "eval"
     key = data_key(cfg, tokenizer_kind)
+    if tokenizer is not None:
+        key["tokenizer"] = {"given": hashlib.sha256(tokenizer.to_str().encode()).hexdigest()}
     if (train_dir / INDEX_FILE).is_file() and (eval_dir / INDEX_FILE).is_file():
         cached = read_key(root)
         diffs = ["it has no key (built by an older version)"] if cached is None else key_diff(cached, key)
@@ -128,12 +150,32 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
     train_texts = [t for i, t in enumerate(texts) if i not in held]
     if root.exists():
         shutil.rmtree(root)
-    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress)
+    tok = tokenizer or train_tokenizer(
+        train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress
+    )
     atomic_write_json(root / KEY_FILE, key)
     shard_cfg = ShardConfig(num_workers=1, progress=cfg.progress)  # bars only past a few seconds
     write_shards([texts[i] for i in sorted(held)], tok, eval_dir, shard_cfg)
     write_shards(train_texts, tok, train_dir, shard_cfg)  # written last: its index marks completion
     return RunData(tok, *_open(train_dir, eval_dir), False)
+
+
+def _mixture_run_data(cfg: TrainConfig, mixture, tokenizer_kind: str, out: Path, resuming: bool) -> RunData:
+    parts: list[RunData] = []
+    for i, (path, _) in enumerate(mixture):
+        part_cfg = dataclasses.replace(cfg, data=path)
+        shared = parts[0].tokenizer if parts and _shard_folder(Path(path)) is None else None
+        parts.append(prepare_run_data(part_cfg, tokenizer_kind, out / "data" / f"mix{i}", resuming, shared))
+    toks = {p.tokenizer.to_str() for p in parts}
+    if len(toks) > 1:
+        raise RunDataError(
+            f"data mixture: the sources' shard folders use different tokenizers ({cfg.data}); prepare "
+            "them with one tokenizer (ptft prepare --tokenizer-from)"
+        )
+    weights = [w for _, w in mixture]
+    train = MixtureShards([p.train for p in parts], weights)
+    held = MixtureShards([p.eval for p in parts], weights)
+    return RunData(parts[0].tokenizer, train, held, any(p.eval_is_train for p in parts))
 
 
 def _open(train_dir: Path, eval_dir: Path) -> tuple[TokenShards, TokenShards]:
@@ -186,7 +228,7 @@ class BatchSource:
 
     def __init__(self, objective: str, shards: TokenShards, tok: PtftTokenizer, cfg: TrainConfig, seed: int):
         self.objective, self.tok, self.cfg = objective, tok, cfg
-        sampler = ResumableSampler(shards, seed=seed, num_epochs=None)
+        sampler = make_sampler(shards, seed=seed)
         eos = {"mlm": tok.sep_id, "electra": tok.sep_id, "infill": None}.get(objective, tok.eos_id)
         self.stream = PackedStream(sampler, cfg.seq_len, eos_id=eos, pad_id=tok.pad_id or 0)
         if objective in ("mlm", "electra"):

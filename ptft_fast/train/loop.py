@@ -147,7 +147,9 @@ def run_loop(trainer) -> dict:
         "train_seconds": trainer.elapsed,
         "tokens_per_s": trainer.tokens / max(trainer.elapsed, 1e-9),
         "data_wait_share": data_total / max(trainer.elapsed - elapsed0, 1e-9),
-        "price_tag": price_tag(trainer.flops, trainer.elapsed, watts, source, cfg.price_per_hour),
+        "price_tag": price_tag(
+            trainer.flops, trainer.elapsed, watts, source, cfg.price_per_hour, cfg.grid_gco2_per_kwh
+        ),
         "final_model": str(final_dir),
     }
     if cfg.plot:
@@ -251,6 +253,14 @@ def format_summary(s: dict) -> str:
         f"  device-hours             {p['device_hours']:.5f}",
         f"  energy                   {p['energy_kwh']:.5f} kWh at {p['power_watts']:.0f} W ({p['power_source']})",
         f"  cost                     {p['cost']:.4f} at {p['price_per_hour']} per device-hour",
+        *(
+            [
+                f"  CO2e                     {p['co2e_kg'] * 1000:.3f} g at {p['grid_gco2_per_kwh']:g} gCO2e/kWh "
+                "(set grid_gco2_per_kwh)"
+            ]
+            if "co2e_kg" in p
+            else []
+        ),
         f"  final model              {s['final_model']}",
     ]
     if "loss_curve" in s:
