@@ -194,7 +194,7 @@ def filter_config(args: argparse.Namespace):
     return filter_preset(args.filters, **{k: None if v < 0 else v for k, v in given.items()})
 
 
-def _codes(option: str, value: str | None, upper: bool) -> tuple[str, ...]:
+def _codes(value: str | None, upper: bool) -> tuple[str, ...]:
     codes = tuple(c.strip() for c in (value or "").split(",") if c.strip())
     return tuple(c.upper() if upper else c.lower() for c in codes)
 
@@ -227,15 +227,13 @@ def validate(args: argparse.Namespace) -> None:
         from ptft_fast.data.langid import LanguageFilter
 
         try:
-            LanguageFilter(_codes("--languages", args.languages, upper=False))
+            LanguageFilter(_codes(args.languages, upper=False))
         except ValueError as exc:
             raise UsageError(f"--languages {args.languages}: {str(exc).partition(': ')[2]}") from None
     import phonenumbers
 
-    bad = [
-        r for r in _codes("--pii-regions", args.pii_regions, True) if r not in phonenumbers.SUPPORTED_REGIONS
-    ]
-    if bad or not _codes("--pii-regions", args.pii_regions, True):
+    bad = [r for r in _codes(args.pii_regions, True) if r not in phonenumbers.SUPPORTED_REGIONS]
+    if bad or not _codes(args.pii_regions, True):
         raise UsageError(
             f"--pii-regions {args.pii_regions!r}: not ISO country codes phonenumbers knows: {bad}"
         )
@@ -282,8 +280,8 @@ def _prepare(args: argparse.Namespace, out: Path) -> int:
         near=NearDedupConfig(threshold=args.near_threshold, num_perm=args.num_perm),
         sentence_dedup=args.sentence_dedup,
         scrub_pii=not args.no_pii,
-        pii_regions=_codes("--pii-regions", args.pii_regions, True),
-        languages=_codes("--languages", args.languages, False),
+        pii_regions=_codes(args.pii_regions, True),
+        languages=_codes(args.languages, False),
         quality=quality,
         eval_fraction=args.eval_fraction,
         progress=not args.no_progress,
