@@ -63,7 +63,7 @@ DEVICE_PEAKS: dict[str, dict[str, float]] = {
 }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), or "" where it is not available."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -78,7 +78,7 @@ def _cpu_model() -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = _cpu_model()
+    model = cpu_model()
     return f"CPU {model + ' ' if model else ''}{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 

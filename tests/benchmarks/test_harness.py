@@ -46,7 +46,7 @@ def test_run_case_rows_have_ratio_env_and_skips(tmp_path):
 
 
 def test_cpu_rows_name_the_cpu_model():
-    model = harness._cpu_model()
+    model = harness.cpu_model()
     name = harness.device_name(torch.device("cpu"))
     assert name.startswith("CPU ") and name.endswith(" cores)") and model in name
 
