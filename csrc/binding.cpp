@@ -228,7 +228,7 @@ struct AttnShapes {
 AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, const at::Tensor& k,
                           const at::Tensor& v, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
                           const OptTensor& bias, const OptTensor& rel_lut, const OptTensor& rel_table,
-                          const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
+                          const OptTensor& prefix, const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
                           double dropout_p, double scale) {
   PTFT_CHECK_CUDA(OP, q);
   PTFT_CHECK_HALF(OP, q);
@@ -337,6 +337,14 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
     a.rel_table = rel_table->data_ptr<float>();
     a.num_buckets = static_cast<int>(nb);
   }
+  a.prefix_len = nullptr;
+  if (prefix.has_value()) {  // prefix LM: per-sequence prefix lengths (key positions)
+    TORCH_CHECK_VALUE(causal, OP, ": prefix_lengths needs causal=True");
+    PTFT_CHECK_INPUT_N(OP, (*prefix), "prefix_lengths", q);
+    PTFT_CHECK_DTYPE_N(OP, (*prefix), "prefix_lengths", at::kInt);
+    PTFT_CHECK_SHAPE_N(OP, (*prefix), "prefix_lengths", s.batch);
+    a.prefix_len = prefix->data_ptr<int32_t>();
+  }
   a.causal = causal;
   a.softmax_scale = static_cast<float>(scale);
   a.drop = dropout_arg(OP, rng, dropout_p, q);
@@ -353,13 +361,14 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
                                                  const OptTensor& bias, const OptTensor& rel_lut,
-                                                 const OptTensor& rel_table, const OptTensor& rng, int64_t max_q,
-                                                 int64_t max_k, bool causal, double dropout_p, double scale) {
+                                                 const OptTensor& rel_table, const OptTensor& prefix,
+                                                 const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
+                                                 double dropout_p, double scale) {
   constexpr const char* OP = "ptft_fast::attention_fwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
-                                      causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q,
+                                      max_k, causal, dropout_p, scale);
   at::Tensor out = at::empty_like(q);
   // zero-filled: varlen leaves rows past a sequence's length unwritten
   at::Tensor lse = at::zeros({s.batch, s.hq, s.max_q}, q.options().dtype(at::kFloat));
@@ -372,14 +381,14 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm, const OptTensor& bias,
-    const OptTensor& rel_lut, const OptTensor& rel_table,
+    const OptTensor& rel_lut, const OptTensor& rel_table, const OptTensor& prefix,
     const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal, double dropout_p, double scale, bool bias_grad,
     bool rel_grad) {
   constexpr const char* OP = "ptft_fast::attention_bwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
-                                      causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q,
+                                      max_k, causal, dropout_p, scale);
   for (const auto& [name, t] : {Named{"dout", &dout}, Named{"out", &out}}) {
     PTFT_CHECK_INPUT_N(OP, *t, name, q);
     PTFT_CHECK_DTYPE_N(OP, *t, name, q.scalar_type());
@@ -663,14 +672,15 @@ TORCH_LIBRARY(ptft_fast, m) {
       "Tensor dbias)");
   m.def(
       "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, Tensor? rng, "
-      "int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale) -> (Tensor out, "
-      "Tensor lse)");
+      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, Tensor? prefix_lengths, "
+      "Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale) -> "
+      "(Tensor out, Tensor lse)");
   m.def(
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "
       "Tensor? cu_seqlens_k, Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, "
-      "Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale, "
-      "bool bias_grad, bool rel_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias, Tensor drel_table)");
+      "Tensor? prefix_lengths, Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, "
+      "float softmax_scale, bool bias_grad, bool rel_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias, "
+      "Tensor drel_table)");
   m.def(
       "lce_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, int ignore_index, float label_smoothing, "
       "float z_loss, str reduction) -> (Tensor loss, Tensor lse, Tensor rows, Tensor count)");

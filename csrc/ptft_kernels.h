@@ -53,7 +53,8 @@ cudaError_t ptft_layer_norm_bwd(PtftDtype x_dtype, PtftDtype w_dtype, const void
 // T5 relative position bias (nullable, instead of or besides bias): rel_lut (max_q + max_k - 1,)
 // int32 bucket of each key - query distance d at index d + max_q - 1, rel_table (num_buckets,
 // Hq) fp32, num_buckets <= ptft_attention_max_buckets(); drel_table (nullable, backward): its
-// gradient, (num_buckets, Hq) fp32, zero-filled by the caller.
+// gradient, (num_buckets, Hq) fp32, zero-filled by the caller. prefix_len (nullable, causal only):
+// (batch,) int32, prefix LM: query i of sequence b also sees keys j < prefix_len[b].
 struct PtftAttnArgs {
   PtftDtype dtype;
   int batch, hq, hkv, head_dim, max_q, max_k;
@@ -67,6 +68,7 @@ struct PtftAttnArgs {
   const int32_t* rel_lut;
   const float* rel_table;
   int num_buckets;
+  const int32_t* prefix_len;
   bool causal;
   float softmax_scale;
   PtftDropout drop;

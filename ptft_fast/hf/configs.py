@@ -99,6 +99,11 @@ def architecture_of(hf: dict) -> tuple[str, str]:
     return known[0], ARCHITECTURES[known[0]]
 
 
+# config.json key that records a GPT-2 trained as a prefix LM (ptft_fast's own: transformers keeps it
+# as an attribute and ignores it, so its GPT2LMHeadModel attends causally over the prompt too).
+PREFIX_LM_KEY = "prefix_lm"
+
+
 def from_hf_config(hf: dict, **overrides) -> ModelConfig:
     """Our ModelConfig for an HF config.json dict (architecture picked from ``architectures``)."""
     name, arch = architecture_of(hf)
@@ -144,6 +149,7 @@ def from_hf_config(hf: dict, **overrides) -> ModelConfig:
             eos_token_id=hf.get("eos_token_id"),
             initializer_range=hf.get("initializer_range", 0.02),
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
+            prefix_lm=hf.get(PREFIX_LM_KEY, False) is True,
         )
     elif arch == "t5":
         proj = hf.get("feed_forward_proj", "relu")
@@ -269,6 +275,7 @@ def to_hf_config(config: ModelConfig) -> dict:
             embd_pdrop=config.dropout,
             attn_pdrop=config.attention_dropout,
             initializer_range=config.initializer_range,
+            **({PREFIX_LM_KEY: True} if config.prefix_lm else {}),
         )
     if arch == "t5":
         if config.gated_ffn:

@@ -96,6 +96,7 @@ class AttentionArgs:
     attn_bias: torch.Tensor | None  # in q's dtype, broadcastable to (B, Hq, Tq, Tk)
     rel_lut: torch.Tensor | None  # T5 bias in-kernel: (Tq + Tk - 1,) int32 bucket of j - i + Tq - 1
     rel_table: torch.Tensor | None  # (num_buckets, Hq) float32 (differentiable)
+    prefix_lengths: torch.Tensor | None  # (B,) int32, prefix LM
     max_seqlen_q: int
     max_seqlen_k: int
     softmax_scale: float
@@ -113,10 +114,11 @@ def adapt_attention(
     max_seqlen_k,
     attn_bias,
     softmax_scale,
+    prefix_lengths=None,
 ) -> AttentionArgs:
-    """Contiguous q/k/v (16-byte aligned), int32 cu_seqlens, a dense bias in q's dtype; a T5
-    RelativePositionBias goes to the kernels as its bucket table (looked up in-kernel) when it has
-    at most ATTENTION_MAX_BUCKETS buckets, else materialized."""
+    """Contiguous q/k/v (16-byte aligned), int32 cu_seqlens and prefix lengths, a dense bias in
+    q's dtype; a T5 RelativePositionBias goes to the kernels as its bucket table (looked up
+    in-kernel) when it has at most ATTENTION_MAX_BUCKETS buckets, else materialized."""
     op = "attention"
     _require_half(op, "q", q)
     head_dim = q.shape[-1]
@@ -150,9 +152,10 @@ def adapt_attention(
     if attn_bias is not None:  # contiguous: the binding broadcasts it with zero strides, as a view
         attn_bias = attn_bias.to(q.dtype).contiguous()
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
+    prefix = None if prefix_lengths is None else prefix_lengths.to(torch.int32).contiguous()
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
     q, k, v = (_aligned16(t.contiguous()) for t in (q, k, v))
-    return AttentionArgs(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, tq, tk, scale)
+    return AttentionArgs(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, prefix, tq, tk, scale)
 
 
 def _aligned16(t: torch.Tensor) -> torch.Tensor:
@@ -260,13 +263,15 @@ def _register_library() -> None:
 
     # attention
     @torch.library.register_fake("ptft_fast::attention_fwd")
-    def _(q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k, causal, dropout_p, scale):
+    def _(
+        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q, max_k, causal, dropout_p, scale
+    ):  # fmt: skip
         batch = q.shape[0] if cu_q is None else cu_q.shape[0] - 1
         return torch.empty_like(q), q.new_empty((batch, q.shape[-2], max_q), dtype=f32)
 
     @torch.library.register_fake("ptft_fast::attention_bwd")
     def _(
-        dout, q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng,
+        dout, q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng,
         max_q, max_k, causal, dropout_p, scale, bias_grad, rel_grad,
     ):  # fmt: skip
         dbias = torch.empty_like(bias) if bias_grad else q.new_empty(0)
@@ -274,22 +279,20 @@ def _register_library() -> None:
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, drel
 
     def attn_setup(ctx, inputs, output):
-        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k, causal, dropout_p, scale = (
-            inputs
-        )
+        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, *meta = inputs
         out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng)
-        ctx.meta = (max_q, max_k, causal, dropout_p, scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng)
+        ctx.meta = tuple(meta)  # max_q, max_k, causal, dropout_p, scale
         ctx.bias_grad = bias is not None and ctx.needs_input_grad[6]
         ctx.rel_grad = rel_table is not None and ctx.needs_input_grad[8]
 
     def attn_backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng = ctx.saved_tensors
+        q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng = ctx.saved_tensors
         dq, dk, dv, dbias, drel = ops.attention_bwd(
-            dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng,
+            dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng,
             *ctx.meta, ctx.bias_grad, ctx.rel_grad,
         )  # fmt: skip
-        grads = [None] * 15  # one per forward input
+        grads = [None] * 16  # one per forward input
         grads[:3] = dq, dk, dv
         grads[6] = dbias if ctx.bias_grad else None
         grads[8] = drel if ctx.rel_grad else None
@@ -395,6 +398,7 @@ def attention_cuda(
     attn_bias=None,
     dropout_p=0.0,
     softmax_scale=None,
+    prefix_lengths=None,
 ):
     a = adapt_attention(
         q,
@@ -407,6 +411,7 @@ def attention_cuda(
         max_seqlen_k=max_seqlen_k,
         attn_bias=attn_bias,
         softmax_scale=softmax_scale,
+        prefix_lengths=prefix_lengths,
     )
     rng = draw_rng(q.device) if dropout_p > 0.0 else None
     out, _ = torch.ops.ptft_fast.attention_fwd(
@@ -419,6 +424,7 @@ def attention_cuda(
         a.attn_bias,
         a.rel_lut,
         a.rel_table,
+        a.prefix_lengths,
         rng,
         a.max_seqlen_q,
         a.max_seqlen_k,

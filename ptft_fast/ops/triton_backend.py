@@ -142,23 +142,23 @@ def _bias4(bias: Tensor | None) -> Tensor | None:
 @torch.library.custom_op(f"{_NS}::attention_fwd", mutates_args=())
 def _attn_fwd(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, rel_table: Tensor | None, rel_lut: Tensor | None,
-    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None,
+    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None, prefix: Tensor | None,
     batch: int, max_q: int, max_k: int, causal: bool, p: float, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """q: (Nq, Hq, D), k/v: (Nk, Hkv, D) (padded batches flattened). Returns o like q,
-    lse (Nq, Hq) fp32, seed (1,) int64 on CPU."""
+    """q: (Nq, Hq, D), k/v: (Nk, Hkv, D) (padded batches flattened); prefix: (B,) prefix lengths.
+    Returns o like q, lse (Nq, Hq) fp32, seed (1,) int64 on CPU."""
     seed = _seed_tensor(p)
     o, lse = attention_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(),
         batch=batch, max_q=max_q, max_k=max_k, cu_q=cu_q, cu_k=cu_k, causal=causal, kpm=kpm,
         bias4=_bias4(bias), rel_lut=rel_lut, rel_table=None if rel_table is None else rel_table.contiguous(),
-        p=p, seed=int(seed), scale=scale,
+        p=p, seed=int(seed), scale=scale, prefix=prefix,
     )  # fmt: skip
     return o, lse, seed
 
 
 @_attn_fwd.register_fake
-def _(q, k, v, bias, rel_table, rel_lut, cu_q, cu_k, kpm, batch, max_q, max_k, causal, p, scale):
+def _(q, k, v, bias, rel_table, rel_lut, cu_q, cu_k, kpm, prefix, batch, max_q, max_k, causal, p, scale):
     lse = q.new_empty(q.shape[:2], dtype=torch.float32)
     return torch.empty_like(q), lse, torch.empty(1, dtype=torch.int64)
 
@@ -167,7 +167,7 @@ def _(q, k, v, bias, rel_table, rel_lut, cu_q, cu_k, kpm, batch, max_q, max_k, c
 def _attn_bwd(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, seed: Tensor,
     bias: Tensor | None, rel_table: Tensor | None, rel_lut: Tensor | None,
-    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None,
+    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None, prefix: Tensor | None,
     batch: int, max_q: int, max_k: int, causal: bool, p: float, scale: float,
     bias_grad: bool, rel_grad: bool, deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
@@ -178,7 +178,7 @@ def _attn_bwd(
         do.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), o, lse,
         batch=batch, max_q=max_q, max_k=max_k, cu_q=cu_q, cu_k=cu_k, causal=causal, kpm=kpm,
         bias4=bias4, rel_lut=rel_lut, rel_table=table, p=p, seed=int(seed), scale=scale,
-        bias_grad=bias_grad, rel_grad=rel_grad, deterministic=deterministic,
+        bias_grad=bias_grad, rel_grad=rel_grad, deterministic=deterministic, prefix=prefix,
     )  # fmt: skip
     dbias = _empty(q)
     if bias_grad:  # sum the full (B, H, Tq, Tk) gradient over the bias's broadcast dims
@@ -198,14 +198,15 @@ def _(do, q, k, v, o, lse, seed, bias, rel_table, *rest):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, dtable
 
 
-_ATTN_META = ("rel_lut", "cu_q", "cu_k", "kpm", "batch", "max_q", "max_k", "causal", "p", "scale")
+_ATTN_META = ("rel_lut", "cu_q", "cu_k", "kpm", "prefix", "batch", "max_q", "max_k", "causal", "p", "scale")
+_ATTN_TENSORS = 5  # the leading entries of _ATTN_META are tensors (saved for backward)
 
 
 def _attn_setup(ctx, inputs, output):
     q, k, v, bias, rel_table, *meta = inputs
     o, lse, seed = output
-    ctx.save_for_backward(q, k, v, o, lse, seed, bias, rel_table, *meta[:4])
-    ctx.meta = tuple(meta[4:])
+    ctx.save_for_backward(q, k, v, o, lse, seed, bias, rel_table, *meta[:_ATTN_TENSORS])
+    ctx.meta = tuple(meta[_ATTN_TENSORS:])
 
 
 def _attn_backward(ctx, do, *_):
@@ -240,6 +241,7 @@ def attention_triton(
     attn_bias=None,
     dropout_p=0.0,
     softmax_scale=None,
+    prefix_lengths=None,
 ):
     """See :func:`ptft_fast.ops.attention`."""
     if q.shape[-1] > MAX_HEAD_DIM:  # one (BLOCK, D) tile per operand must fit on chip
@@ -260,7 +262,8 @@ def attention_triton(
         None if rel is not None else attn_bias,
         None if rel is None else rel.table,
         None if rel is None else rel.bucket_lut(max_q, max_k),
-        cu_seqlens_q, cu_seqlens_k, kpm, batch, max_q, max_k, bool(causal), float(dropout_p), float(scale),
+        cu_seqlens_q, cu_seqlens_k, kpm, prefix_lengths, batch, max_q, max_k, bool(causal), float(dropout_p),
+        float(scale),
     )  # fmt: skip
     return o.view(q.shape)
 

@@ -110,6 +110,13 @@ class TrainConfig:
         0.3, "infill (BART): share of tokens replaced by masked spans", low=0, high=1, high_open=True
     )
     electra_disc_weight: float = setting(50.0, "electra: weight of the discriminator loss", low=0)
+    cross_document_attention: bool = setting(
+        False,
+        "clm/prefix-lm: a packed row is one sequence — its documents attend to the ones before them, "
+        "positions run on across the row, every token is scored (GPT-2's original packing); default: "
+        "each document attends only to itself, positions restart, a prefix per document",
+        rule="only with objective clm or prefix-lm",
+    )
     # --- optimization
     max_steps: int = setting(300, "optimizer steps (the run stops earlier when max_time_s runs out)", low=1)
     micro_batch_size: int = setting(16, "rows per forward/backward pass", low=1)
@@ -194,6 +201,11 @@ class TrainConfig:
             )
         if not self.compile_backend:
             raise TrainConfigError("compile_backend must name a torch.compile backend, got ''")
+        if self.cross_document_attention and self.objective not in ("clm", "prefix-lm"):
+            raise TrainConfigError(
+                f"cross_document_attention is a clm/prefix-lm setting but objective is {self.objective!r} "
+                "(contradictory)"
+            )
         if self.cuda_graphs:
             self._check_graphable()
         if self.init_loss_scale != 2.0**16 and self.precision != "fp16":

@@ -29,6 +29,7 @@ import torch
 from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.data.bart import BartCollator, BartNoiseConfig, BartNoiser, sentence_end_table
 from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
+from ptft_fast.data.collate import IGNORE_INDEX
 from ptft_fast.data.electra import electra_masking
 from ptft_fast.data.masking import MaskingConfig
 from ptft_fast.data.mixture import MixtureShards, make_sampler, parse_mixture
@@ -223,7 +224,10 @@ class BatchSource:
 
     ``next(batch_size, seq_len)`` returns a dict of tensors for the model; documents are packed
     (separated by the tokenizer's end token where the family uses one) into rows that fill
-    ``seq_len`` model positions (T5: encoder positions after corruption).
+    ``seq_len`` model positions (T5: encoder positions after corruption). clm / prefix-lm rows
+    carry ``doc_ids`` — the decoder attends within each document, positions restart, prefix-lm
+    draws a prefix (``prefix_mask``) per document — unless ``cfg.cross_document_attention``: then
+    a row is one sequence (prefix-lm: one prefix per row).
     """
 
     def __init__(self, objective: str, shards: TokenShards, tok: PtftTokenizer, cfg: TrainConfig, seed: int):
@@ -279,17 +283,29 @@ class BatchSource:
         if len(ids) < batch_size:
             raise ValueError(f"the training shards hold no documents ({self.stream.sampler.shards.path})")
         segments = torch.from_numpy(row_segments(doc_ids))
-        if self.objective == "clm":
-            b = self.collator.collate_rows(ids, doc_ids)
-            return {**{k: b[k] for k in ("input_ids", "attention_mask", "labels")}, ROW_SEGMENTS: segments}
+        if self.objective in ("clm", "prefix-lm"):
+            return {**self._lm_batch(ids, doc_ids), ROW_SEGMENTS: segments}
         lengths = (doc_ids >= 0).sum(axis=1)  # padding only ever follows a row's tokens
-        if self.objective in ("mlm", "electra", "prefix-lm"):
+        if self.objective in ("mlm", "electra"):
             b = self.collator.collate_rows(ids, lengths)
         else:
             b = self.collator([row[:n] for row, n in zip(ids, lengths)])
-        if self.objective == "prefix-lm":
-            b = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
         return {**b, ROW_SEGMENTS: segments}
+
+    def _lm_batch(self, ids: np.ndarray, doc_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """clm / prefix-lm inputs of packed rows (B, T): document-aware (``doc_ids``), or one
+        sequence per row with ``cross_document_attention``."""
+        cross = self.cfg.cross_document_attention
+        if self.objective == "prefix-lm":
+            if cross:
+                b = self.collator.collate_rows(ids, (doc_ids >= 0).sum(axis=1))
+                return {k: b[k] for k in ("input_ids", "attention_mask", "labels", "prefix_mask")}
+            return self.collator.collate_documents(ids, doc_ids)
+        b = self.collator.collate_rows(ids, doc_ids)
+        if cross:  # GPT-2's packing: every real token is scored, the first of a document too
+            b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, IGNORE_INDEX)
+            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        return {k: b[k] for k in ("input_ids", "attention_mask", "labels", "doc_ids")}
 
     def state_dict(self) -> dict:
         rngs = {k: _encode_rng(g) for k, g in _generators(self.collator).items()}

@@ -121,6 +121,18 @@ def test_adapt_attention_varlen_and_relative_bias():
     assert a.rel_lut is None and a.attn_bias.shape[-2:] == (5, 5) and a.attn_bias.dtype == torch.bfloat16
 
 
+def test_adapt_attention_prefix_lengths_to_int32():
+    q = torch.randn(2, 5, 2, 64, dtype=torch.bfloat16)
+    kw = dict(
+        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None
+    )
+    a = cb.adapt_attention(
+        q, q, q, attn_bias=None, softmax_scale=None, prefix_lengths=torch.tensor([3, 0]), **kw
+    )
+    assert a.prefix_lengths.dtype == torch.int32 and a.prefix_lengths.tolist() == [3, 0]
+    assert cb.adapt_attention(q, q, q, attn_bias=None, softmax_scale=None, **kw).prefix_lengths is None
+
+
 def test_adapt_layer_norm_dtype_rules():
     x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
     w32, b16 = torch.randn(16), torch.randn(16, dtype=torch.bfloat16)
@@ -206,6 +218,13 @@ _META_SCRIPT = textwrap.dedent(
     ov = cb.attention_cuda(qv, qv, qv, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6, max_seqlen_k=6)
     ov.float().sum().backward()
     assert ov.shape == qv.shape and qv.grad.shape == qv.shape
+    # prefix LM: per-sequence prefix lengths, varlen
+    qp = leaf(11, 2, 64)
+    pre = torch.zeros(2, dtype=torch.int64, device=M)
+    op = cb.attention_cuda(qp, qp, qp, causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6,
+                           max_seqlen_k=6, prefix_lengths=pre)
+    op.float().sum().backward()
+    assert op.shape == qp.shape and qp.grad.shape == qp.shape
 
     # linear cross-entropy
     for reduction in ("mean", "sum", "none"):

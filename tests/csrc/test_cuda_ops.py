@@ -248,6 +248,33 @@ def test_attention_varlen(causal, d):
         _compare(f"attention varlen d={d} causal={causal} {dtype}", ours, ref32, low)
 
 
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_attention_prefix_lm(d):
+    """Prefix LM (causal + per-sequence prefix lengths): prefixes ending inside a 64-key tile, on a
+    tile edge, past the diagonal of the first query tiles and past the keys; padded (with GQA,
+    Tq != Tk and a padding mask) and varlen."""
+    lengths = torch.tensor([0, 37, 64, 150, 1000], device=DEV)
+    for dtype in HALF:
+        _attn_check(5, 200, 200, 4, 2, d, dtype, causal=True, prefix_lengths=lengths)
+        _attn_check(5, 77, 200, 2, 1, d, dtype, causal=True, prefix_lengths=lengths, padding=True)
+    lq = [1, 7, 64, 131, 140]
+    cu = torch.tensor([0, *torch.tensor(lq).cumsum(0).tolist()], device=DEV, dtype=torch.int32)
+    q = torch.randn(sum(lq), 4, d, device=DEV)
+    kw = dict(causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lq), max_seqlen_k=max(lq))
+    kw["prefix_lengths"] = torch.tensor([1, 3, 64, 70, 0], device=DEV, dtype=torch.int32)
+    for dtype in HALF:
+        (qg,) = on_grid(dtype, (q,))
+        args = (qg, qg.clone(), qg.flip(0).contiguous(), None)
+        ours = _attn_run(lambda *a, **k_: attention(*a, backend="cuda", **k_), *args, dtype, dtype, **kw)
+        ref32 = _attn_run(
+            lambda *a, **k_: attention_ref(*a, upcast=True, **k_), *args, torch.float32, dtype, **kw
+        )
+        low = _attn_run(
+            lambda *a, **k_: attention_low_precision(attention_ref, *a, **k_), *args, dtype, dtype, **kw
+        )
+        _compare(f"attention varlen prefix d={d} {dtype}", ours, ref32, low)
+
+
 def test_attention_unsupported_head_dim_is_a_clear_error():
     q = torch.randn(1, 4, 2, 80, device=DEV, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="head dim"):
@@ -546,6 +573,7 @@ def _opcheck_cases():
     bias = torch.randn(4, 9, 11, **bf, requires_grad=True)
     rel = RelativePositionBias(torch.randn(32, 4, device=DEV, requires_grad=True))
     lut, table = rel.bucket_lut(9, 11), rel.table
+    prefix = torch.tensor([4, 11], device=DEV, dtype=torch.int32)
     h = torch.randn(7, 64, **bf, requires_grad=True)
     wv = torch.randn(50, 64, **bf, requires_grad=True)
     labels = torch.tensor([1, -100, 3, 4, -100, 49, 0], device=DEV)
@@ -553,27 +581,28 @@ def _opcheck_cases():
     lb = torch.randn(32, 4, **bf, requires_grad=True)
     wl = torch.randn(32, 64, **bf)
     ops = torch.ops.ptft_fast
+
+    def attn(bias=None, lut=None, table=None, prefix=None, rng=None, causal=True, p=0.0):
+        """attention_fwd's arguments: q (2, 9, 4, 64), k = v (2, 11, 2, 64), softmax scale 1/8."""
+        v = k.detach().clone()
+        return (q, k, v, None, None, None, bias, lut, table, prefix, rng, 9, 11, causal, p, 0.125)
+
     return [
         (
             ops.layer_norm_fwd.default,
             (x, w, w.detach().clone(), x.detach().clone(), rng, 1e-5, False, 0.1, True),
         ),
         (ops.layer_norm_fwd.default, (x, None, None, None, None, 1e-5, True, 0.0, False)),
-        (
-            ops.attention_fwd.default,
-            (q, k, k.detach().clone(), None, None, None, bias, None, None, rng, 9, 11, True, 0.1, 0.125),
-        ),
-        (
-            ops.attention_fwd.default,
-            (q, k, k.detach().clone(), None, None, None, None, lut, table, None, 9, 11, False, 0.0, 0.125),
-        ),
+        (ops.attention_fwd.default, attn(bias=bias, rng=rng, p=0.1)),
+        (ops.attention_fwd.default, attn(lut=lut, table=table, causal=False)),
+        (ops.attention_fwd.default, attn(prefix=prefix)),
         (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.1, 1e-4, "mean")),
         (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.0, 0.0, "none")),
         (ops.lora_fwd.default, (x, wl, None, la, lb, rng, 2.0, 0.1)),
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_opcheck(case):
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args)

@@ -65,6 +65,7 @@ def test_named_presets_shapes():
             r"decoder_start_token_id must be in \[0, vocab_size=300\)",
         ),
         (dict(arch="gpt2", varlen=True), r"varlen is an encoder-only"),
+        (dict(arch="bert", prefix_lm=True), r"prefix_lm is a decoder-only \(gpt2\) option, got arch 'bert'"),
         (
             dict(arch="t5", decoder_start_token_id=None, max_position_embeddings=0),
             r"decoder_start_token_id is required",

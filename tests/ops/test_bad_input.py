@@ -95,6 +95,24 @@ CASES = [
     ("attn-dropout-nan", _attn(dropout_p=float("nan")), ValueError, ["dropout_p", "nan"]),
     ("attn-scale", _attn(softmax_scale=0.0), ValueError, ["softmax_scale", "0.0"]),
     (
+        "attn-prefix-not-causal",
+        _attn(prefix_lengths=torch.tensor([1, 2])),
+        ValueError,
+        ["prefix_lengths", "causal"],
+    ),
+    (
+        "attn-prefix-shape",
+        _attn(causal=True, prefix_lengths=torch.tensor([1, 2, 3])),
+        ValueError,
+        ["prefix_lengths", "(3,)", "(2,)"],
+    ),
+    (
+        "attn-prefix-float",
+        _attn(causal=True, prefix_lengths=torch.tensor([1.0, 2.0])),
+        TypeError,
+        ["prefix_lengths", "float32"],
+    ),
+    (
         "varlen-decreasing",
         _varlen(cu_seqlens_q=torch.tensor([0, 5, 3, 7], dtype=torch.int32)),
         ValueError,
