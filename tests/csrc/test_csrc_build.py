@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 NO_CUDA_BACKEND = not backend_available("cuda")[0]
 
 
+@pytest.mark.gpu
+def test_cuda_backend_is_built_where_a_gpu_is():
+    """On a machine with a GPU, a missing ptft_fast._C is a failure, not a quiet skip of every CUDA
+    kernel test (test_cuda_ops.py skips, naming the same reason, so that this one test says why)."""
+    available, why = backend_available("cuda")
+    assert available, f"a CUDA GPU is present but the cuda backend is not: {why}"
+
+
 @pytest.mark.skipif(not NO_CUDA_BACKEND, reason="the cuda backend is available here")
 def test_cuda_backend_unavailable_is_a_clear_error():
     x = torch.randn(2, 8)

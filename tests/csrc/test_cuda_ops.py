@@ -7,7 +7,8 @@ under test (``kernel_tolerance.on_grid``), so the fp32 oracle sees exactly what 
 PyTorch see: the errors compared are those of the computation, not of rounding the inputs (which
 would dominate small outputs and make the rule a coin flip even for a correctly rounded kernel).
 
-GPU only: skipped without CUDA (conftest) or without a built ptft_fast._C.
+GPU only: skipped without CUDA (conftest) or without a built ptft_fast._C; on a GPU machine the
+latter also fails test_csrc_build.py::test_cuda_backend_is_built_where_a_gpu_is.
 """
 
 from __future__ import annotations
