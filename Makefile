@@ -7,6 +7,8 @@
 # so an upstream release cannot change what setup installs. `make upgrade-check` tries the newest
 # allowed versions in a throw-away venv; `make lock` does that and, when its tests pass, rewrites
 # $(LOCK) from it.
+# numpy goes in with torch: setup.py imports torch (to decide on the CUDA build), and torch without
+# numpy warns "Failed to initialize NumPy" in the middle of an install that is going fine.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,7 +26,7 @@ setup: $(VENV)/.ptft-installed
 $(VENV)/.ptft-installed: pyproject.toml setup.py $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) pip setuptools wheel
-	$(PY) -m pip install -q -c $(LOCK) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c $(LOCK) "$(TORCH_SPEC)" numpy
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -c $(LOCK) -e ".[test,deepspeed]"
 	$(PY) -m pip check
 	touch $@
@@ -34,7 +36,7 @@ upgrade-check:
 	rm -rf $(UPGRADE_VENV)
 	python3 -m venv $(UPGRADE_VENV)
 	$(UPGRADE_PY) -m pip install -q --upgrade pip setuptools wheel
-	$(UPGRADE_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(UPGRADE_PY) -m pip install -q "$(TORCH_SPEC)" numpy
 	DS_BUILD_OPS=0 $(UPGRADE_PY) -m pip install -q --no-build-isolation -e ".[test,deepspeed]"
 	$(UPGRADE_PY) -m pip check
 	$(UPGRADE_PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

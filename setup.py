@@ -14,8 +14,14 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 from setuptools import setup
+
+# `pip install -e .` maps kernels/ and benchmarks/ into the package with setuptools' import finder,
+# and setuptools then warns on every install that same-named folders could shadow the package
+# (an information notice, not a problem); pip would print it as a warning of the build.
+warnings.filterwarnings("ignore", message="Editable installation")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGES = [

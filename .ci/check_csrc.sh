@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Compile-checks csrc/ without a GPU:
-#   * every csrc/*.cu with nvcc for sm_80 and sm_90a (the kernels include no torch headers),
+#   * every csrc/*.cu with nvcc for sm_80 and sm_90a (the kernels include no torch headers), with
+#     ptxas -v: a kernel that spills registers (spill stores or loads > 0) fails the check,
 #   * csrc/binding.cpp with g++ -fsyntax-only against torch's headers + the CUDA include dir,
 #     with the defines torch's extension build uses.
 # Prints what it checked; exits non-zero on any failure; skips (exit 0) when nvcc is absent.
 # Env: PYTHON (default .venv/bin/python, else python3), NVCC (default nvcc), CXX (default g++),
-# CUDA_HOME (default /usr/local/cuda), JOBS (parallel compiles, default 2).
+# CUDA_HOME (default /usr/local/cuda), JOBS (parallel compiles, default 2), PTXAS_LOG_DIR (keep
+# each source's nvcc -Xptxas -v log there as <source>.log, e.g. for the kernel report card).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,8 +49,15 @@ check_one() {
     "$NVCC" -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -Icsrc \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
-      -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
+      -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
     rc=$?
+    if [[ -n "${PTXAS_LOG_DIR:-}" ]]; then mkdir -p "$PTXAS_LOG_DIR" && cp "$tmp/$name.log" "$PTXAS_LOG_DIR/$name.log"; fi
+    if [[ $rc -eq 0 ]] && grep -Eq "[1-9][0-9]* bytes spill (stores|loads)" "$tmp/$name.log"; then
+      what="$what: register spills (ptxas -v)"
+      grep -B2 -E "[1-9][0-9]* bytes spill (stores|loads)" "$tmp/$name.log" >"$tmp/$name.spills"
+      mv "$tmp/$name.spills" "$tmp/$name.log"
+      rc=1
+    fi
   else
     what="$CXX -fsyntax-only (torch headers)"
     # C10_CUDA_NO_CMAKE_CONFIGURE_FILE: CPU builds of torch ship the c10/cuda headers without

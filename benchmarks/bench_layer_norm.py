@@ -57,8 +57,8 @@ def suite(device: torch.device, quick: bool) -> list[dict]:
     if device.type == "cuda":
         dtype, n_rows = torch.bfloat16, 16384
         hiddens = (768, 4096) if quick else (768, 1024, 2048, 4096, 8192)
-    else:
-        dtype, n_rows, hiddens = torch.float32, 1024, (768,)
+    else:  # quick on CPU: a rehearsal's size
+        dtype, n_rows, hiddens = torch.float32, 256 if quick else 1024, (768,)
     rows = []
     for hidden in hiddens:
         for rms in (False, True):

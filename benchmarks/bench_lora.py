@@ -48,8 +48,8 @@ def _case(device, dtype, n_rows, d_in, d_out, rank, p):
 def suite(device: torch.device, quick: bool) -> list[dict]:
     if device.type == "cuda":
         dtype, n_rows, dim = torch.bfloat16, 8192 if not quick else 2048, 4096
-    else:
-        dtype, n_rows, dim = torch.float32, 512, 512
+    else:  # quick on CPU: a rehearsal's size
+        dtype, n_rows, dim = torch.float32, 128 if quick else 512, 256 if quick else 512
     rows = []
     for p in (0.0, 0.1):
         case, providers = _case(device, dtype, n_rows, dim, dim, 16, p)

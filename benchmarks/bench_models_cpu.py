@@ -32,10 +32,11 @@ from ptft_fast.benchmarks.harness import (
     RESULTS_DIR,
     Case,
     cpu_peak_memory_mb,
+    emit,
     environment,
     format_table,
     single_thread_quick,
-    write_csv,
+    streaming,
 )
 from ptft_fast.benchmarks.train_common import (
     check_loss,
@@ -115,7 +116,7 @@ def _case(name: str, hf_model, batch, *, warmup: int, repeats: int, device) -> l
         row["peak_mem_mb"] = memory[row["provider"]]
         if memory["transformers"] and row["peak_mem_mb"] is not None:
             row["mem_vs_baseline"] = row["peak_mem_mb"] / memory["transformers"]
-    return rows
+    return emit(rows)  # the providers are timed interleaved: their rows are finished together
 
 
 @single_thread_quick
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = suite(torch.device("cpu"), args.quick)
+    with streaming(None if args.quick else args.out):
+        rows = suite(torch.device("cpu"), args.quick)
     print(f"torch threads: {torch.get_num_threads()}")
     print(format_table(rows))
     for row in rows:
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['paired_ratio']:.3f}x (median per round); memory {row.get('mem_vs_baseline', float('nan')):.3f}x"
             )
     if not args.quick:
-        print(f"rows appended to {write_csv(rows, args.out)}")
+        print(f"rows appended to {args.out}")
 
 
 if __name__ == "__main__":

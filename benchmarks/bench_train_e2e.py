@@ -10,17 +10,24 @@ bert_mlm       BERT-base MLM, 15 % of tokens masked         512      1          
 gpt2_clm       GPT-2 124M causal LM                         1024     1           8
 t5_span        T5-small span corruption (512 → 114)         512      2           32
 gpt2_lora      GPT-2 124M, LoRA r=8 on c_attn/c_proj (attn) 1024     1           8
+llama_clm      Llama-style 125M (GQA 12/4 heads) causal LM  1024     1           8
 =============  ===========================================  =======  ==========  ===========
 
 (CPU batches are 1–2 so that a full run completes on a 2-core machine.) ``--quick`` runs tiny
-configs of the same architectures (presets bert-tiny-cpu, gpt-tiny, t5-tiny) with ptft:torch and
-hf-eager only.
+configs of the same architectures (presets bert-tiny-cpu, gpt-tiny, t5-tiny, a tiny Llama) with
+ptft:torch, hf+ptft-patch and hf-eager unless ``--providers`` names others. llama_clm has no
+ptft_fast model of its own: it runs the transformers providers only. ``--tiny`` (the CPU rehearsal
+of ``benchmarks/run_gpu.sh``) runs smaller still, and on CPU lets ptft:triton run under the Triton
+interpreter (``TRITON_INTERPRET=1``).
 
 Providers: ``ptft:<backend>`` for each ptft_fast backend (torch; triton and cuda on CUDA),
 ``hf-eager`` (transformers, attn_implementation="sdpa"; the baseline), ``hf-compile`` (the same
 model under ``torch.compile``), ``hf-liger`` (Liger-Kernel on CUDA: its
 ``apply_liger_kernel_to_<family>`` if it has one, else :mod:`liger_patch`'s LayerNorm/RMSNorm and
-fused linear cross-entropy). A provider that cannot run here is a skipped row with the reason.
+fused linear cross-entropy), ``hf+ptft-patch`` (the same transformers model after
+``ptft_fast.patch``: ptft_fast norms, attention, fused linear cross-entropy and, for LoRA, peft's
+layers on ``ops.lora_linear``; its peak-memory column against hf-eager's is the saving of never
+building the logits). A provider that cannot run here is a skipped row with the reason.
 Same weights (every model is loaded from one saved transformers
 checkpoint; ours through ``ptft_fast.hf``; LoRA weights copied across), same batch, same dtype
 (fp32 on CPU, bf16 autocast on CUDA), dropout 0. Before any timing each provider's step-0 loss is
@@ -31,8 +38,13 @@ Columns: tokens/s (B·T, T5: B·(S + T_dec)), TFLOP/s from :func:`step_flops`, %
 harness's DEVICE_PEAKS (blank on CPU), peak memory (growth during one steady-state step), ratio
 vs hf-eager measured in the same run.
 
-Run: ``python -m ptft_fast.benchmarks.bench_train_e2e [--quick] [--threads N] [--only OPS]``
-→ table, rows appended to ``benchmarks/results/train_e2e_<device>.csv``, tokens/s plot beside.
+Providers run in the order ``--providers`` gives, after the baseline; each row is appended to the
+CSV the moment its provider is measured, and ``--provider-cap`` bounds each provider (a slower one
+becomes a ``TIMEOUT`` row): a run stopped at a GPU lease's limit keeps every finished row.
+
+Run: ``python -m ptft_fast.benchmarks.bench_train_e2e [--quick|--tiny] [--threads N] [--only OPS]
+[--providers P,...] [--provider-cap S]`` → table, rows appended to
+``benchmarks/results/train_e2e_<device>.csv``, tokens/s plot beside.
 """
 
 from __future__ import annotations
@@ -53,9 +65,10 @@ from ptft_fast.benchmarks.harness import (
     failure_summary,
     format_table,
     plot,
+    provider_cap,
     run_case,
     single_thread_quick,
-    write_csv,
+    streaming,
 )
 from ptft_fast.benchmarks.kernel_providers import optional, require_cuda
 from ptft_fast.benchmarks.kernel_providers import ptft as kernel_ptft
@@ -72,6 +85,7 @@ from ptft_fast.ops.dispatch import BACKENDS
 
 KIND = "train"
 BASELINE = "hf-eager"
+PATCHED = "hf+ptft-patch"
 LORA_R, LORA_ALPHA = 8, 16.0
 
 
@@ -115,16 +129,26 @@ def step_flops(dense: Sequence[Dense], attention: Sequence[Attn]) -> float:
 
 @dataclass
 class Workload:
-    op: str  # "bert_mlm" | "gpt2_clm" | "t5_span" | "gpt2_lora"
-    preset: str  # ptft_fast preset (ModelConfig.from_name), dropout forced to 0
+    op: str  # "bert_mlm" | "gpt2_clm" | "t5_span" | "gpt2_lora" | "llama_clm"
+    preset: str  # ptft_fast preset (ModelConfig.from_name), dropout forced to 0; or a label with hf
     seq: int  # tokens per sequence (T5: encoder inputs)
     batch: dict[str, int]  # device type → sequences per step
     overrides: dict = field(default_factory=dict)  # further ModelConfig fields
+    hf: dict | None = None  # transformers-only workload: AutoConfig.for_model fields (model_type first)
 
     @property
     def lora(self) -> bool:
         return self.op.endswith("lora")
 
+
+# Llama-style decoders (RMSNorm, RoPE, SwiGLU, GQA, untied head): ~125M parameters, and tiny.
+_LLAMA = dict(
+    model_type="llama", max_position_embeddings=2048, tie_word_embeddings=False, attention_dropout=0.0
+)
+LLAMA_125M = dict(_LLAMA, vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12)
+LLAMA_125M.update(num_attention_heads=12, num_key_value_heads=4)
+LLAMA_TINY = dict(_LLAMA, vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+LLAMA_TINY.update(num_attention_heads=4, num_key_value_heads=2)
 
 FULL = [
     Workload("bert_mlm", "bert-base", 128, {"cpu": 2, "cuda": 32}),
@@ -132,6 +156,7 @@ FULL = [
     Workload("gpt2_clm", "gpt2", 1024, {"cpu": 1, "cuda": 8}),
     Workload("t5_span", "t5-small", 512, {"cpu": 2, "cuda": 32}),
     Workload("gpt2_lora", "gpt2", 1024, {"cpu": 1, "cuda": 8}),
+    Workload("llama_clm", "llama-125m", 1024, {"cpu": 1, "cuda": 8}, hf=LLAMA_125M),
 ]
 QUICK = [
     Workload("bert_mlm", "bert-tiny-cpu", 128, {"cpu": 2, "cuda": 2}),
@@ -139,6 +164,12 @@ QUICK = [
     Workload("gpt2_clm", "gpt-tiny", 256, {"cpu": 1, "cuda": 1}, {"max_position_embeddings": 256}),
     Workload("t5_span", "t5-tiny", 128, {"cpu": 2, "cuda": 2}),
     Workload("gpt2_lora", "gpt-tiny", 256, {"cpu": 1, "cuda": 1}, {"max_position_embeddings": 256}),
+    Workload("llama_clm", "llama-tiny", 256, {"cpu": 1, "cuda": 1}, hf=LLAMA_TINY),
+]
+# the CPU rehearsal of run_gpu.sh: shapes at which the Triton interpreter takes about a second a step
+TINY = [
+    Workload("bert_mlm", "bert-tiny-cpu", 32, {"cpu": 2, "cuda": 2}),
+    Workload("gpt2_clm", "gpt-tiny", 16, {"cpu": 1, "cuda": 1}),
 ]
 
 
@@ -147,9 +178,9 @@ class Built:
     """One workload, ready to hand to providers: checkpoint dir, batch, reference loss, case."""
 
     workload: Workload
-    config: object  # ptft_fast ModelConfig
-    family: str  # transformers model_type: bert / gpt2 / t5
-    hf_class: str  # transformers class: BertForMaskedLM / GPT2LMHeadModel / T5ForConditionalGeneration
+    config: object  # ptft_fast ModelConfig (the transformers config for an hf-only workload)
+    family: str  # transformers model_type: bert / gpt2 / t5 / llama
+    hf_class: str  # transformers class: BertForMaskedLM / GPT2LMHeadModel / T5ForConditionalGeneration / ...
     ckpt: object  # TemporaryDirectory holding the transformers checkpoint
     batch: dict[str, torch.Tensor]
     lora: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None  # per layer: qkv/out → (A, B)
@@ -182,6 +213,13 @@ def _hf_model(cfg) -> nn.Module:
     hf = to_hf_config(cfg)
     model_type, arch = hf.pop("model_type"), hf.pop("architectures")[0]
     return getattr(t, arch)(t.AutoConfig.for_model(model_type, attn_implementation="sdpa", **hf))
+
+
+def _hf_only_model(fields: dict) -> nn.Module:
+    """A randomly initialized transformers causal LM from AutoConfig fields (SDPA attention)."""
+    t = transformers_module()
+    config = t.AutoConfig.for_model(**fields, attn_implementation="sdpa")
+    return t.AutoModelForCausalLM.from_config(config)
 
 
 def _lora_weights(cfg) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
@@ -243,6 +281,13 @@ def _flops(built: Built, hf_model: nn.Module) -> float:
     b, s = batch["input_ids"].shape
     labels = batch["labels"]
     hv = cfg.hidden_size * cfg.vocab_size  # tied LM/MLM head matmul
+    if built.family == "llama":  # untied, trainable head; attention width = heads × head_dim
+        body = _count(hf_model, "model.layers.") + _count(hf_model, "model.norm.")
+        width = cfg.num_attention_heads * (
+            getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        )
+        attn = [Attn(cfg.num_hidden_layers, b, s, s, width)]
+        return step_flops([Dense(body, b * s), Dense(hv, b * (s - 1))], attn)
     if built.family == "bert":
         head = _count(hf_model, "cls.predictions.transform.") + hv
         dense = [Dense(_count(hf_model, "bert.encoder."), b * s), Dense(head, int((labels != -100).sum()))]
@@ -278,19 +323,26 @@ def build(w: Workload, device: torch.device) -> Built:
     from ptft_fast.models.config import ModelConfig
 
     no_drop = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
-    cfg = ModelConfig.from_name(w.preset, **no_drop, **w.overrides)
     b = w.batch[device.type]
-    if cfg.arch == "bert":
-        batch = mlm_batch(cfg.vocab_size, b, w.seq)
-    elif cfg.arch == "gpt2":
+    if w.hf is not None:
+        torch.manual_seed(0)
+        hf_model = _hf_only_model(w.hf)
+        cfg = hf_model.config
         batch = clm_batch(cfg.vocab_size, b, w.seq)
     else:
-        batch = _t5_batch(cfg, b, w.seq)
-    torch.manual_seed(0)
-    hf_model = _hf_model(cfg)
+        cfg = ModelConfig.from_name(w.preset, **no_drop, **w.overrides)
+        if cfg.arch == "bert":
+            batch = mlm_batch(cfg.vocab_size, b, w.seq)
+        elif cfg.arch == "gpt2":
+            batch = clm_batch(cfg.vocab_size, b, w.seq)
+        else:
+            batch = _t5_batch(cfg, b, w.seq)
+        torch.manual_seed(0)
+        hf_model = _hf_model(cfg)
+    family = hf_model.config.model_type
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     lora = _lora_weights(cfg) if w.lora else None
-    built = Built(w, cfg, cfg.arch, type(hf_model).__name__, save_hf(hf_model), batch, lora, dtype)
+    built = Built(w, cfg, family, type(hf_model).__name__, save_hf(hf_model), batch, lora, dtype)
     flops = _flops(built, hf_model)
     if built.lora is not None:
         hf_model = _hf_lora(hf_model, built.lora)
@@ -301,8 +353,8 @@ def build(w: Workload, device: torch.device) -> Built:
             ctx.enter_context(torch.autocast(device.type, dtype=built.autocast))
         built.ref_loss = hf_model(**batch).loss.item()
     b, s = batch["input_ids"].shape
-    tokens = b * (s + batch["labels"].shape[1] if cfg.arch == "t5" else s)
-    shape = f"{w.preset} B={b} T={s}" + (f" T_dec={batch['labels'].shape[1]}" if cfg.arch == "t5" else "")
+    tokens = b * (s + batch["labels"].shape[1] if family == "t5" else s)
+    shape = f"{w.preset} B={b} T={s}" + (f" T_dec={batch['labels'].shape[1]}" if family == "t5" else "")
     if device.type == "cpu":
         shape += f" threads={torch.get_num_threads()}"
     built.case = Case(w.op, shape, dtype, "step", flops=flops, tokens=tokens)
@@ -357,8 +409,18 @@ def _liger_patch(built: Built, device: torch.device):
     return liger_patch.patch
 
 
-def providers(built: Built, device: torch.device, quick: bool) -> dict:
-    """name → factory (model loaded, step 0 run and checked) for ``run_case``."""
+def _load_hf_patched(built: Built, device: torch.device) -> nn.Module:
+    """transformers model (with peft LoRA for LoRA workloads), then ``ptft_fast.patch``."""
+    import ptft_fast
+
+    model = _load_hf(built, device)
+    ptft_fast.patch(model)
+    return model
+
+
+def providers(built: Built, device: torch.device, *, interpret: bool = False) -> dict:
+    """name → factory (model loaded, step 0 run and checked) for ``run_case``; ``interpret``: the
+    triton backend also on CPU tensors when ``TRITON_INTERPRET=1`` (the rehearsal)."""
 
     def ptft_step(backend: str):
         return checked_step(f"ptft:{backend}", _load_ptft(built, device), built, backend=backend)
@@ -368,19 +430,31 @@ def providers(built: Built, device: torch.device, quick: bool) -> dict:
         call = torch.compile(model, dynamic=False)
         return checked_step("hf-compile", model, built, call=call, compiling=True)
 
-    ours = {name.replace("ptft-", "ptft:"): make for name, make in kernel_ptft(ptft_step, device).items()}
+    ours = kernel_ptft(ptft_step, device, interpret=interpret)
+    if built.workload.hf is not None:
+        ours = {}  # no ptft_fast model of this architecture
     out = {BASELINE: lambda: checked_step(BASELINE, _load_hf(built, device), built)}
-    if quick:
-        return {**out, "ptft:torch": ours["ptft:torch"]}
+    patched = {PATCHED: lambda: checked_step(PATCHED, _load_hf_patched(built, device), built)}
     out["hf-compile"] = compiled
+    out.update(patched)  # before hf-liger: Liger's own patches change transformers' classes process-wide
     out["hf-liger"] = lambda: checked_step(
         "hf-liger", _load_hf(built, device, _liger_patch(built, device)), built
     )
-    return {**out, **ours}
+    return {**out, **{name.replace("ptft-", "ptft:"): make for name, make in ours.items()}}
 
 
-# every provider name ``providers`` can return (--quick times hf-eager and ptft:torch only)
-PROVIDER_NAMES = [BASELINE, "hf-compile", "hf-liger", *(f"ptft:{b}" for b in BACKENDS)]
+# every provider name ``providers`` returns; --quick and --tiny time hf-eager and QUICK_PROVIDERS
+# unless --providers names others
+PROVIDER_NAMES = [BASELINE, "hf-compile", PATCHED, "hf-liger", *(f"ptft:{b}" for b in BACKENDS)]
+QUICK_PROVIDERS = ["ptft:torch", PATCHED]
+
+
+def ordered(factories: dict, keep: Sequence[str]) -> dict:
+    """The baseline, then the providers named in ``keep`` in that order (all when empty); hf-liger
+    last of all (names a workload lacks are left out), since an ``apply_liger_kernel_to_<family>`` patch is process-wide."""
+    names = [BASELINE, *(k for k in keep if k != BASELINE)] if keep else list(factories)
+    names = sorted(dict.fromkeys(names), key=lambda n: (n == "hf-liger", n != BASELINE))
+    return {n: factories[n] for n in names if n in factories}  # llama_clm has no ptft:*
 
 
 def selected(w: Workload, only: Sequence[str]) -> bool:
@@ -390,20 +464,28 @@ def selected(w: Workload, only: Sequence[str]) -> bool:
 
 @single_thread_quick
 def suite(
-    device: torch.device, quick: bool, only: Sequence[str] = (), keep: Sequence[str] = ()
+    device: torch.device,
+    quick: bool,
+    only: Sequence[str] = (),
+    keep: Sequence[str] = (),
+    *,
+    tiny: bool = False,
 ) -> list[dict]:
-    """Rows for every workload (``only``: see :func:`selected`; ``keep``: provider names to time,
-    all when empty; the baseline always runs), providers timed one after another."""
-    warmup, repeats = (1, 3) if quick or device.type == "cpu" else (3, 10)
+    """Rows for every workload (``only``: see :func:`selected`; ``keep``: provider names to time in
+    this order, all when empty — QUICK_PROVIDERS for ``quick``; the baseline always runs first),
+    providers timed one after another, each row streamed as it is measured. ``tiny`` (with
+    ``quick``): the TINY workloads, triton interpreted on CPU."""
+    # step 0 (the loss check) already warms up: the rehearsal's tiny runs time 2 more steps
+    warmup, repeats = (0, 2) if tiny else (1, 3) if quick or device.type == "cpu" else (3, 10)
+    if quick and not keep:
+        keep = QUICK_PROVIDERS
     rows = []
-    for w in QUICK if quick else FULL:
+    for w in TINY if tiny else QUICK if quick else FULL:
         if not selected(w, only):
             continue
         built = build(w, device)
         try:
-            factories = providers(built, device, quick)
-            if keep:
-                factories = {k: v for k, v in factories.items() if k == BASELINE or k in keep}
+            factories = ordered(providers(built, device, interpret=tiny), keep)
             rows += run_case(
                 built.case, factories, device,
                 baseline=BASELINE, warmup=warmup, repeats=repeats,
@@ -415,18 +497,33 @@ def suite(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny configs, ptft:torch and hf-eager only")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny configs, ptft:torch, hf+ptft-patch and hf-eager only"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the rehearsal's shapes (smaller than --quick); triton interpreted on CPU",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated ops (bert_mlm,gpt2_clm,t5_span,gpt2_lora) or op@seq (bert_mlm@512)",
+        help="comma-separated ops (bert_mlm,gpt2_clm,t5_span,gpt2_lora,llama_clm) or op@seq (bert_mlm@512)",
     )
     parser.add_argument(
         "--providers",
         default="",
-        help="comma-separated providers to time (hf-eager always runs: it is the baseline); default all",
+        help="comma-separated providers to time, in this order (hf-eager, the baseline, always runs first); "
+        "default all",
+    )
+    parser.add_argument(
+        "--provider-cap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="at most this long per provider (model load, step 0, timing); over it the row says TIMEOUT",
     )
     parser.add_argument(
         "--csv", default=None, help="CSV to append to (default results/train_e2e_<device>.csv)"
@@ -436,8 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    stem = f"train_e2e_{device.type}" + ("-quick" if args.quick else "")
-    workloads = QUICK if args.quick else FULL
+    stem = f"train_e2e_{device.type}" + ("-tiny" if args.tiny else "-quick" if args.quick else "")
+    workloads = TINY if args.tiny else QUICK if args.quick else FULL
     known = list(dict.fromkeys([w.op for w in workloads] + [f"{w.op}@{w.seq}" for w in workloads]))
     ops = [s for s in args.only.split(",") if s] or list(dict.fromkeys(w.op for w in workloads))
     if set(ops) - set(known):
@@ -447,13 +544,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"--providers: unknown {sorted(set(keep) - set(PROVIDER_NAMES))}; known: {PROVIDER_NAMES}"
         )
+    if args.provider_cap < 0:
+        parser.error(f"--provider-cap must be >= 0 seconds, got {args.provider_cap}")
+    csv_path = args.csv or RESULTS_DIR / f"{stem}.csv"
     rows = []
-    for op in ops:  # rows are appended op by op, so a long CPU run keeps what it measured
-        rows += (new := suite(device, args.quick, [op], keep))
-        print(format_table(new), flush=True)
-        write_csv(new, args.csv or RESULTS_DIR / f"{stem}.csv")
+    with streaming(csv_path), provider_cap(args.provider_cap):
+        for op in ops:
+            rows += suite(device, args.quick or args.tiny, [op], keep, tiny=args.tiny)
     print(format_table(rows))
-    print(f"rows appended to {args.csv or RESULTS_DIR / f'{stem}.csv'}")
+    print(f"rows appended to {csv_path}")
     title = f"one training step, tokens/s per provider ({'quick' if args.quick else 'full'})"
     print(f"plot written to {plot(rows, args.plot or RESULTS_DIR / f'{stem}.png', title, 'tokens_per_s')}")
     if summary := failure_summary(rows):

@@ -13,18 +13,26 @@ warm-up + repeats, reports p20/p50/p80 ms, TFLOP/s and GB/s, % of the device pea
 peak memory (CUDA allocator, or resident-set high-water mark on CPU), the speed ratio vs a baseline provider measured in the same run, and flags results
 that exceed the device's physical limits instead of reporting them. Rows carry device, versions,
 git commit and timestamp; :func:`write_csv` appends them to ``benchmarks/results/*.csv``.
+
+Nothing measured is lost to a time limit: inside :func:`streaming` every row is appended to its
+CSV (written, flushed and fsynced) the moment its provider finishes, and inside
+:func:`provider_cap` a provider that runs past its cap becomes a ``TIMEOUT`` row and the next one
+starts (a GPU lease is short; one slow ``torch.compile`` must not cost the rows after it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import datetime as _dt
 import functools
 import gc
 import os
+import signal
 import statistics
 import subprocess
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -40,6 +48,15 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 class Unavailable(Exception):
     """Raised by a provider factory when that provider cannot run here (message says why)."""
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 def _git_commit() -> str:
@@ -73,6 +90,8 @@ def environment(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": torch.version.cuda or "none",
+        "transformers": _version("transformers"),  # the hf-* providers' library
+        "peft": _version("peft"),
         "commit": _git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -217,6 +236,7 @@ def _metrics(case: Case, timing: Timing, peaks: dict[str, float] | None) -> dict
 
 
 FAILED = "FAILED"
+TIMEOUT = "TIMEOUT"
 
 
 def failed(rows: list[dict]) -> list[dict]:
@@ -232,6 +252,83 @@ def failure_summary(rows: list[dict]) -> str | None:
     return f"{len(bad)} provider(s) FAILED: " + "; ".join(f"{r['op']} {r['provider']}" for r in bad)
 
 
+# ------------------------------------------------------------- rows as they are measured, caps
+
+_SINKS: list[Callable[[dict], None]] = []  # called with every finished row (see streaming)
+_CAP_S: list[float] = []  # innermost provider cap in seconds (see provider_cap)
+
+
+class ProviderTimeout(BaseException):
+    """A provider ran past its cap. A BaseException, so that a provider's own ``except Exception``
+    (e.g. around a ``torch.compile`` call) cannot turn the cap into another kind of row."""
+
+
+@contextlib.contextmanager
+def streaming(csv_path: str | os.PathLike | None = None, *, echo: bool = True):
+    """Inside, every row :func:`run_case` (or :func:`emit`) finishes is appended to ``csv_path``
+    at once (one row per write, flushed and fsynced) and, with ``echo``, printed as one line: a
+    run killed at its time limit keeps every row measured before."""
+
+    def sink(row: dict) -> None:
+        if csv_path is not None:
+            write_csv([row], csv_path)
+        if echo:
+            print(f"[row] {row_line(row)}", flush=True)
+
+    _SINKS.append(sink)
+    try:
+        yield
+    finally:
+        _SINKS.remove(sink)
+
+
+def emit(rows: list[dict]) -> list[dict]:
+    """Hand finished ``rows`` to the active :func:`streaming` sinks (suites that build their own
+    rows call this; :func:`run_case` does it per provider). Returns ``rows``."""
+    for row in rows:
+        for sink in list(_SINKS):
+            sink(row)
+    return rows
+
+
+@contextlib.contextmanager
+def provider_cap(seconds: float | None):
+    """Inside, :func:`run_case` gives each provider (factory, warm-up and timing together) at most
+    ``seconds``; one that runs longer becomes a ``TIMEOUT`` row. None or 0: no cap."""
+    _CAP_S.append(float(seconds or 0.0))
+    try:
+        yield
+    finally:
+        _CAP_S.pop()
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float):
+    """Raise ProviderTimeout in the main thread after ``seconds`` (SIGALRM); no-op without a cap
+    or off the main thread. A long C call is interrupted when it returns to Python; the caller's
+    outer ``timeout`` (run_gpu.sh) is the backstop for a call that never does."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ring(signum, frame):
+        raise ProviderTimeout(f"{TIMEOUT}: over the {seconds:g} s provider cap")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_case(
     case: Case,
     providers: dict[str, Callable[[], Callable[[], object]]],
@@ -243,67 +340,105 @@ def run_case(
     memory: bool = True,
 ) -> list[dict]:
     """Time every provider on ``case``; one row each (skipped providers get a row saying why; a
-    provider that raises anything but ``Unavailable`` gets a ``FAILED ...`` row, see :func:`failed`).
+    provider that raises anything but ``Unavailable`` gets a ``FAILED ...`` row, see :func:`failed`;
+    one past the :func:`provider_cap` a ``TIMEOUT ...`` row).
 
-    The ratio column is baseline p50 / provider p50 (> 1 means faster than the baseline), both
-    measured in this run.
+    The baseline runs first, then the others in order; each row is complete (ratio included) when
+    its provider ends and goes to the :func:`streaming` sinks right then. The ratio column is
+    baseline p50 / provider p50 (> 1 means faster than the baseline), both measured in this run.
     """
     env = environment(device)
     peaks = device_peaks(device)
-    rows = []
-    for name, factory in providers.items():
+    cap = _CAP_S[-1] if _CAP_S else 0.0
+    order = sorted(providers, key=lambda name: name != baseline)  # stable: the baseline first
+    rows, base = [], None
+    for name in order:
         row = {"op": case.op, "provider": name, "shape": case.shape, "dtype": case.dtype, "mode": case.mode}
+        row.update(baseline=baseline or "", **env)
+        fn = None
         try:
-            fn = factory()
-            timing = time_fn(fn, device, warmup=warmup, repeats=repeats, memory=memory)
+            with _alarm(cap):
+                fn = providers[name]()
+                timing = time_fn(fn, device, warmup=warmup, repeats=repeats, memory=memory)
         except Unavailable as exc:
-            row.update(skipped=str(exc), **env)
-            rows.append(row)
-            continue
+            row["skipped"] = str(exc)
+        except ProviderTimeout as exc:
+            row["skipped"] = str(exc)
         except Exception as exc:  # a broken provider is a FAILED row; the others still run
             traceback.print_exc()
-            row.update(skipped=f"{FAILED} {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", **env)
-            rows.append(row)
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        row.update(
-            p20_ms=timing.p20_ms, p50_ms=timing.p50_ms, p80_ms=timing.p80_ms, peak_mem_mb=timing.peak_mem_mb
-        )
-        row.update(_metrics(case, timing, peaks))
-        row.update(env)
-        rows.append(row)
+            row["skipped"] = f"{FAILED} {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        else:
+            row.update(
+                p20_ms=timing.p20_ms,
+                p50_ms=timing.p50_ms,
+                p80_ms=timing.p80_ms,
+                peak_mem_mb=timing.peak_mem_mb,
+            )
+            row.update(_metrics(case, timing, peaks))
+            if name == baseline:
+                base = row
+            if base is not None:
+                row["ratio_vs_baseline"] = base["p50_ms"] / row["p50_ms"]
+                if base.get("peak_mem_mb") and row.get("peak_mem_mb") is not None:
+                    row["mem_vs_baseline"] = row["peak_mem_mb"] / base["peak_mem_mb"]
         del fn
-    base = next((r for r in rows if r["provider"] == baseline and "p50_ms" in r), None)
-    for row in rows:
-        if base is not None and "p50_ms" in row:
-            row["ratio_vs_baseline"] = base["p50_ms"] / row["p50_ms"]
-            if base.get("peak_mem_mb") and row.get("peak_mem_mb") is not None:
-                row["mem_vs_baseline"] = row["peak_mem_mb"] / base["peak_mem_mb"]
-        row["baseline"] = baseline or ""
+        if "p50_ms" not in row:
+            _free(device)
+        rows.append(row)
+        emit([row])
     return rows
 
 
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "tflops", "gbps",
     "pct_peak", "tokens_per_s", "peak_mem_mb", "baseline", "ratio_vs_baseline", "mem_vs_baseline",
-    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp",
+    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft",
 ]  # fmt: skip
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Append ``rows`` to the CSV at ``path`` (header written when the file is new)."""
+def _upgrade_header(path: Path, fields: list[str]) -> None:
+    """Rewrite a CSV written with an older column list under ``fields`` (old rows keep their
+    values, new columns stay blank), so that appended rows line up with the header."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames == fields:
+            return
+        rows = list(reader)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike, fields: list[str] = CSV_FIELDS) -> Path:
+    """Append ``rows`` to the CSV at ``path`` (header written when the file is new, brought up to
+    ``fields`` when the file has an older one), flushed and fsynced before returning: what was
+    appended survives the process being killed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _upgrade_header(path, fields)
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+            writer.writerow({k: _fmt(row.get(k)) for k in fields})
+        f.flush()
+        os.fsync(f.fileno())
     return path
+
+
+def row_line(row: dict) -> str:
+    """One row as one line: op, provider, shape, then p50 ms and the ratio, or why it was skipped."""
+    head = f"{row['op']} | {row['provider']} | {row['shape']}"
+    if "p50_ms" not in row:
+        return f"{head} | skipped: {row.get('skipped', '')}"
+    ratio = row.get("ratio_vs_baseline")
+    return f"{head} | {row['p50_ms']:.3f} ms" + (
+        "" if ratio is None else f" | {ratio:.3g}x {row['baseline']}"
+    )
 
 
 def _fmt(v) -> str:
@@ -421,11 +556,14 @@ def single_thread_quick(suite: Callable[..., list[dict]]) -> Callable[..., list[
 
 
 def run_script(suite: Callable[[torch.device, bool], list[dict]], name: str, title: str) -> None:
-    """``python -m ptft_fast.benchmarks.bench_<name> [--quick]``: run, print, append CSV, plot."""
+    """``python -m ptft_fast.benchmarks.bench_<name> [--quick]``: run, print, append CSV (each row
+    as it is measured), plot."""
     import sys
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = suite(device, "--quick" in sys.argv)
+    csv_path = RESULTS_DIR / f"{name}.csv"
+    with streaming(csv_path):
+        rows = suite(device, "--quick" in sys.argv)
     print(format_table(rows))
-    print(f"rows appended to {write_csv(rows, RESULTS_DIR / f'{name}.csv')}")
+    print(f"rows appended to {csv_path}")
     print(f"plot written to {plot(rows, RESULTS_DIR / f'{name}.png', title)}")

@@ -6,6 +6,7 @@ optional peers (flash-attn, Liger-Kernel) that raise ``Unavailable`` when not im
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 
 import torch
@@ -25,17 +26,22 @@ def fwd_bwd(fn: Callable[[], object], inputs) -> Callable[[], object]:
     return step
 
 
-def ptft(call: Callable[[str], Callable[[], object]], device: torch.device) -> dict:
+def ptft(
+    call: Callable[[str], Callable[[], object]], device: torch.device, *, interpret: bool = False
+) -> dict:
     """One provider per ptft backend; ``call(backend)`` returns the callable to time.
 
-    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests). A
-    compiled backend that rejects the case's inputs (e.g. the cuda backend's attention takes fp16 and
-    bf16 only) raises ``TypeError``: that provider is Unavailable for the case, not a failure.
+    Compiled backends are timed on CUDA only (on CPU Triton runs only interpreted, for tests), except
+    that ``interpret`` lets the triton backend run on CPU under ``TRITON_INTERPRET=1`` (the CPU
+    rehearsal of run_gpu.sh, at tiny shapes). A compiled backend that rejects the case's inputs
+    (e.g. the cuda backend's attention takes fp16 and bf16 only) raises ``TypeError``: that provider
+    is Unavailable for the case, not a failure.
     """
+    interpreted = interpret and os.environ.get("TRITON_INTERPRET") == "1"
 
     def factory(name):
         def make():
-            if name != "torch" and device.type != "cuda":
+            if name != "torch" and device.type != "cuda" and not (name == "triton" and interpreted):
                 raise Unavailable(f"the {name} backend runs on CUDA tensors only")
             ok, why = backend_available(name)
             if not ok:

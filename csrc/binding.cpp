@@ -227,7 +227,8 @@ struct AttnShapes {
 // Checks q/k/v/cu_seqlens/mask/bias and fills the launcher arguments shared by fwd and bwd.
 AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, const at::Tensor& k,
                           const at::Tensor& v, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
-                          const OptTensor& bias, const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
+                          const OptTensor& bias, const OptTensor& rel_lut, const OptTensor& rel_table,
+                          const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
                           double dropout_p, double scale) {
   PTFT_CHECK_CUDA(OP, q);
   PTFT_CHECK_HALF(OP, q);
@@ -248,7 +249,11 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
   TORCH_CHECK_VALUE(k.size(-1) == s.d, OP, ": head dim of k (", k.size(-1), ") must equal q's (", s.d, ")");
   TORCH_CHECK_VALUE(s.hkv >= 1 && s.hq % s.hkv == 0, OP, ": Hq must be divisible by Hkv, got Hq=", s.hq, ", Hkv=", s.hkv);
   TORCH_CHECK_VALUE(ptft_attention_supports_head_dim(static_cast<int>(s.d)), OP,
-                    ": head dim D must be 64 or 128 for the CUDA kernels, got ", s.d);
+                    ": head dim D must be 32, 64 or 128 for the CUDA kernels, got ", s.d);
+  for (const auto& [name, t] : {Named{"q", &q}, Named{"k", &k}, Named{"v", &v}}) {
+    TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, OP, ": ", name,
+                      " must be 16-byte aligned (the kernels copy 16-byte chunks), got address ", t->data_ptr());
+  }
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, OP, ": dropout_p must be in [0, 1), got ", dropout_p);
   TORCH_CHECK_VALUE(scale > 0.0, OP, ": softmax_scale must be > 0, got ", scale);
   if (s.varlen) {
@@ -312,6 +317,26 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
     a.bias_sq = e.stride(2);
     a.bias_sk = e.stride(3);
   }
+  a.rel_lut = nullptr;
+  a.rel_table = nullptr;
+  a.num_buckets = 0;
+  a.drel_table = nullptr;
+  TORCH_CHECK_VALUE(rel_lut.has_value() == rel_table.has_value(), OP, ": give both rel_lut and rel_table or neither");
+  if (rel_lut.has_value()) {  // T5 relative position bias, looked up in the kernels
+    PTFT_CHECK_INPUT_N(OP, (*rel_lut), "rel_lut", q);
+    PTFT_CHECK_DTYPE_N(OP, (*rel_lut), "rel_lut", at::kInt);
+    PTFT_CHECK_SHAPE_N(OP, (*rel_lut), "rel_lut", max_q + max_k - 1);
+    PTFT_CHECK_INPUT_N(OP, (*rel_table), "rel_table", q);
+    PTFT_CHECK_DTYPE_N(OP, (*rel_table), "rel_table", at::kFloat);
+    PTFT_CHECK_DIM_N(OP, (*rel_table), "rel_table", 2);
+    const int64_t nb = rel_table->size(0);
+    TORCH_CHECK_VALUE(nb >= 1 && nb <= ptft_attention_max_buckets() && rel_table->size(1) == s.hq, OP,
+                      ": rel_table must be (num_buckets, Hq) with 1 <= num_buckets <= ", ptft_attention_max_buckets(),
+                      " and Hq = ", s.hq, ", got ", rel_table->sizes());
+    a.rel_lut = rel_lut->data_ptr<int32_t>();
+    a.rel_table = rel_table->data_ptr<float>();
+    a.num_buckets = static_cast<int>(nb);
+  }
   a.causal = causal;
   a.softmax_scale = static_cast<float>(scale);
   a.drop = dropout_arg(OP, rng, dropout_p, q);
@@ -327,12 +352,14 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
-                                                 const OptTensor& bias, const OptTensor& rng, int64_t max_q,
+                                                 const OptTensor& bias, const OptTensor& rel_lut,
+                                                 const OptTensor& rel_table, const OptTensor& rng, int64_t max_q,
                                                  int64_t max_k, bool causal, double dropout_p, double scale) {
   constexpr const char* OP = "ptft_fast::attention_fwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
+                                      causal, dropout_p, scale);
   at::Tensor out = at::empty_like(q);
   // zero-filled: varlen leaves rows past a sequence's length unwritten
   at::Tensor lse = at::zeros({s.batch, s.hq, s.max_q}, q.options().dtype(at::kFloat));
@@ -342,14 +369,17 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm, const OptTensor& bias,
-    const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal, double dropout_p, double scale, bool bias_grad) {
+    const OptTensor& rel_lut, const OptTensor& rel_table,
+    const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal, double dropout_p, double scale, bool bias_grad,
+    bool rel_grad) {
   constexpr const char* OP = "ptft_fast::attention_bwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
+                                      causal, dropout_p, scale);
   for (const auto& [name, t] : {Named{"dout", &dout}, Named{"out", &out}}) {
     PTFT_CHECK_INPUT_N(OP, *t, name, q);
     PTFT_CHECK_DTYPE_N(OP, *t, name, q.scalar_type());
@@ -360,6 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
   PTFT_CHECK_DTYPE(OP, lse, at::kFloat);
   PTFT_CHECK_SHAPE(OP, lse, s.batch, s.hq, s.max_q);
   TORCH_CHECK_VALUE(!bias_grad || bias.has_value(), OP, ": bias_grad=True needs attn_bias");
+  TORCH_CHECK_VALUE(!rel_grad || rel_table.has_value(), OP, ": rel_grad=True needs rel_table");
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor dsum = at::zeros({s.batch, s.hq, s.max_q}, f32);
   at::Tensor dq_acc = at::zeros(q.sizes(), f32);
@@ -374,6 +405,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
   a.dk = dk.data_ptr();
   a.dv = dv.data_ptr();
   a.dbias_full = bias_grad ? dbias_full.data_ptr<float>() : nullptr;
+  at::Tensor drel = rel_grad ? at::zeros_like(*rel_table) : q.new_empty({0}, f32);
+  a.drel_table = rel_grad ? drel.data_ptr<float>() : nullptr;
   PTFT_CHECK_LAUNCH(OP, ptft_attention_bwd(a, stream()));
   at::Tensor dbias = q.new_empty({0});
   if (bias_grad) {  // sum the full gradient over the dims attn_bias broadcasts along
@@ -387,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     at::Tensor red = dims.empty() ? dbias_full : dbias_full.sum(dims, /*keepdim=*/true);
     dbias = red.reshape(bt.sizes()).to(bt.scalar_type());
   }
-  return {dq_acc.to(q.scalar_type()), dk, dv, dbias};
+  return {dq_acc.to(q.scalar_type()), dk, dv, dbias, drel};
 }
 
 // ------------------------------------------------------------------ linear cross-entropy
@@ -485,29 +518,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
   // blocks of <= 2^24 elements; <= 2^22 columns keeps the dlogits grid's y dim under 65535
   const int64_t vchunk = std::min<int64_t>(
       {vocab, int64_t{1} << 22, std::max<int64_t>(64, ((int64_t{1} << 24) / rchunk) / 64 * 64)});
-  // dlogits as a 16-bit hi + lo pair (hi + lo = the fp32 value): products over both keep the
-  // tensor cores and round dh/dW once; db sums the fp32 values inside the kernel
-  at::Tensor dlogits = at::empty({2, rchunk * vchunk}, hidden.options());
+  // dlogits in the 16-bit dtype (rounded once from fp32): two GEMMs with fp32 accumulation per
+  // block; for reduction none also its residual (two more GEMMs, see cross_entropy.cu); db sums
+  // the fp32 values inside the kernel
+  const bool residual = red == 0;
+  at::Tensor dlogits = at::empty({residual ? 2 : 1, rchunk * vchunk}, hidden.options());
   const int64_t row_blocks = (rchunk + 63) / 64;
   at::Tensor db_part = bias.has_value() ? at::empty({row_blocks * vchunk}, f32) : at::Tensor();
   for (int64_t r0 = 0; r0 < n; r0 += rchunk) {
     const int64_t nr = std::min(rchunk, n - r0);
     for (int64_t v0 = 0; v0 < vocab; v0 += vchunk) {
       const int64_t nv = std::min(vchunk, vocab - v0);
-      const at::Tensor d_hi = dlogits[0].narrow(0, 0, nr * nv).view({nr, nv});  // dense (nr, nv)
-      const at::Tensor d_lo = dlogits[1].narrow(0, 0, nr * nv).view({nr, nv});
+      const at::Tensor d = dlogits[0].narrow(0, 0, nr * nv).view({nr, nv});  // dense (nr, nv)
+      const at::Tensor d_lo = residual ? dlogits[1].narrow(0, 0, nr * nv).view({nr, nv}) : at::Tensor();
       const at::Tensor part =
           bias.has_value() ? db_part.narrow(0, 0, (nr + 63) / 64 * nv).view({-1, nv}) : at::Tensor();
       PTFT_CHECK_LAUNCH(OP, ptft_lce_dlogits(dt, hidden.data_ptr(), weight.data_ptr(), ptr_or_null(bias),
                                              labels.data_ptr<int64_t>(), rows.data_ptr<int32_t>(),
                                              count.data_ptr<int32_t>(), lse.data_ptr<float>(), grad.data_ptr<float>(),
                                              red, n, vocab, h, static_cast<float>(label_smoothing),
-                                             static_cast<float>(z_loss), r0, nr, v0, nv, d_hi.data_ptr(),
-                                             d_lo.data_ptr(), bias.has_value() ? part.data_ptr<float>() : nullptr,
-                                             stream()));
+                                             static_cast<float>(z_loss), r0, nr, v0, nv, d.data_ptr(),
+                                             residual ? d_lo.data_ptr() : nullptr,
+                                             bias.has_value() ? part.data_ptr<float>() : nullptr, stream()));
       const at::Tensor w_blk = weight.narrow(0, v0, nv), h_blk = hc.narrow(0, r0, nr);
-      dh_c.narrow(0, r0, nr).add_(at::mm(d_hi, w_blk, at::kFloat)).add_(at::mm(d_lo, w_blk, at::kFloat));
-      dw.narrow(0, v0, nv).add_(at::mm(d_hi.t(), h_blk, at::kFloat)).add_(at::mm(d_lo.t(), h_blk, at::kFloat));
+      at::Tensor dh_blk = dh_c.narrow(0, r0, nr), dw_blk = dw.narrow(0, v0, nv);
+      dh_blk.add_(at::mm(d, w_blk, at::kFloat));
+      dw_blk.add_(at::mm(d.t(), h_blk, at::kFloat));
+      if (residual) {
+        dh_blk.add_(at::mm(d_lo, w_blk, at::kFloat));
+        dw_blk.add_(at::mm(d_lo.t(), h_blk, at::kFloat));
+      }
       if (bias.has_value()) db.narrow(0, v0, nv).add_(part.sum(0));
     }
   }
@@ -623,13 +663,14 @@ TORCH_LIBRARY(ptft_fast, m) {
       "Tensor dbias)");
   m.def(
       "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, "
-      "float dropout_p, float softmax_scale) -> (Tensor out, Tensor lse)");
+      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, Tensor? rng, "
+      "int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale) -> (Tensor out, "
+      "Tensor lse)");
   m.def(
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "
-      "Tensor? cu_seqlens_k, Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rng, int max_seqlen_q, "
-      "int max_seqlen_k, bool causal, float dropout_p, float softmax_scale, bool bias_grad) -> (Tensor dq, "
-      "Tensor dk, Tensor dv, Tensor dbias)");
+      "Tensor? cu_seqlens_k, Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, "
+      "Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale, "
+      "bool bias_grad, bool rel_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias, Tensor drel_table)");
   m.def(
       "lce_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, int ignore_index, float label_smoothing, "
       "float z_loss, str reduction) -> (Tensor loss, Tensor lse, Tensor rows, Tensor count)");
@@ -669,7 +710,8 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("capabilities", []() {
     pybind11::dict caps;
-    caps["attention_head_dims"] = std::vector<int>{64, 128};
+    caps["attention_head_dims"] = std::vector<int>{32, 64, 128};
+    caps["attention_max_relative_buckets"] = ptft_attention_max_buckets();
     caps["attention_dtypes"] = std::vector<std::string>{"float16", "bfloat16"};
     caps["layer_norm_dtypes"] = std::vector<std::string>{"float32", "float16", "bfloat16"};
     caps["layer_norm_max_hidden"] = ptft_layer_norm_max_hidden();

@@ -11,6 +11,7 @@
 #include <math_constants.h>
 #include <stdint.h>
 
+#include "philox.cuh"
 #include "ptft_kernels.h"
 
 namespace ptft {
@@ -50,46 +51,31 @@ __device__ __forceinline__ float round_to(float v) {
   return to_f(from_f<T>(v));
 }
 
-// --------------------------------------------------------------------------- Philox dropout
-__device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
-  const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-#pragma unroll
-  for (int i = 0; i < 10; ++i) {
-    const uint32_t hi0 = __umulhi(M0, c.x), lo0 = M0 * c.x;
-    const uint32_t hi1 = __umulhi(M1, c.z), lo1 = M1 * c.z;
-    c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
-    k.x += W0;
-    k.y += W1;
-  }
-  return c;
-}
-
-// Per-launch dropout state, read once from the device-side {seed, offset}.
+// ----------------------------------------------------------------------------------- dropout
+// Per-launch dropout state, read once from the device-side {seed, offset}; the masks are those of
+// philox.cuh (one Philox call per 8 elements, 16-bit thresholds).
 struct DropState {
   uint64_t seed, offset;
-  float p, scale;
+  uint32_t threshold;  // keep iff the element's 16-bit uniform >= threshold
+  float scale;         // 1 / (1 - p)
   bool on;
   __device__ __forceinline__ void init(const PtftDropout& d) {
     on = d.rng != nullptr && d.p > 0.f;
-    p = d.p;
+    threshold = on ? drop_threshold(d.p) : 0u;
     scale = on ? 1.f / (1.f - d.p) : 1.f;
     seed = on ? static_cast<uint64_t>(d.rng[0]) : 0;
     offset = on ? static_cast<uint64_t>(d.rng[1]) : 0;
   }
-  // One Philox call yields 4 numbers: element idx uses lane idx & 3 of counter idx >> 2.
-  __device__ __forceinline__ bool keep(uint64_t idx) const {
-    if (!on) return true;
-    const uint64_t ctr = idx >> 2;
-    const uint4 r = philox4x32_10(
-        make_uint4(static_cast<uint32_t>(ctr), static_cast<uint32_t>(ctr >> 32), static_cast<uint32_t>(offset),
-                   static_cast<uint32_t>(offset >> 32)),
-        make_uint2(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)));
-    const uint32_t lane = static_cast<uint32_t>(idx & 3);
-    const uint32_t v = lane == 0 ? r.x : lane == 1 ? r.y : lane == 2 ? r.z : r.w;
-    return static_cast<float>(v >> 8) * (1.0f / 16777216.0f) >= p;
+  // Bit i set iff flat element idx0 + i (i < 8) is kept; all set without dropout.
+  __device__ __forceinline__ uint32_t keep8(uint64_t idx0) const {
+    return on ? keep_bits8(idx0, seed, offset, threshold) : 0xffu;
   }
-  // Multiplier of element idx: 0 when dropped, 1/(1-p) when kept, 1 without dropout.
-  __device__ __forceinline__ float factor(uint64_t idx) const { return on ? (keep(idx) ? scale : 0.f) : 1.f; }
+  // The 8 slots of Philox group `counter` (attention's mapping, philox.cuh).
+  __device__ __forceinline__ uint32_t group(uint64_t counter) const {
+    return keep_mask8(counter, seed, offset, threshold);
+  }
+  // Multiplier of an element from its keep bit: 0 when dropped, 1/(1-p) when kept.
+  __device__ __forceinline__ float factor(uint32_t bits, int i) const { return ((bits >> i) & 1u) ? scale : 0.f; }
 };
 
 // ------------------------------------------------------------------------------ reductions

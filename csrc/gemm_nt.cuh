@@ -22,10 +22,10 @@ struct Operand {
   int64_t k;             // reduction length
   const int32_t* index;  // optional: logical row r reads physical row index[r]
   bool vec;              // 16-byte loads allowed (ptr 16B-aligned, ld % 8 == 0, k % 8 == 0)
-  DropState drop;        // dropout on load; element (row, c) uses counter row * k + c
+  DropState drop;        // dropout on load; element (row, c) is flat element row * k + c
 };
 
-template <typename T>
+template <bool kDrop, typename T>
 __device__ __forceinline__ void load_chunk8(const Operand<T>& op, T* dst, int64_t row, int64_t row_limit,
                                             int64_t c) {
   if (row >= row_limit || c >= op.k) {
@@ -40,17 +40,19 @@ __device__ __forceinline__ void load_chunk8(const Operand<T>& op, T* dst, int64_
 #pragma unroll
     for (int i = 0; i < 8; ++i) dst[i] = c + i < op.k ? src[i] : from_f<T>(0.f);
   }
-  if (op.drop.on) {
+  if (kDrop && op.drop.on) {
+    const uint32_t keep = op.drop.keep8(prow * op.k + c);  // one or two Philox calls for 8 elements
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      if (c + i < op.k) dst[i] = from_f<T>(to_f(dst[i]) * op.drop.factor(prow * op.k + c + i));
+      if (c + i < op.k) dst[i] = from_f<T>(to_f(dst[i]) * op.drop.factor(keep, i));
     }
   }
 }
 
 // acc[nt][e] += sum_k A[m0 + row, k] * B[n0 + col, k] for the calling warp's rows/cols.
 // a_limit/b_limit: rows past them read as zeros. sA, sB: kGemmBM * kGemmLD elements each.
-template <typename T>
+// kDropA: A's dropout is applied (compiled in only where an operand can carry one).
+template <bool kDropA = false, typename T>
 __device__ __forceinline__ void gemm_nt_tile(float (&acc)[8][4], const Operand<T>& A, int64_t m0, int64_t a_limit,
                                              const Operand<T>& B, int64_t n0, int64_t b_limit, T* sA, T* sB) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -59,8 +61,8 @@ __device__ __forceinline__ void gemm_nt_tile(float (&acc)[8][4], const Operand<T
     __syncthreads();  // previous k-slice consumed
     for (int c = threadIdx.x; c < kGemmBM * kChunks; c += kGemmThreads) {
       const int r = c / kChunks, kc = (c % kChunks) * 8;
-      load_chunk8(A, sA + r * kGemmLD + kc, m0 + r, a_limit, k0 + kc);
-      load_chunk8(B, sB + r * kGemmLD + kc, n0 + r, b_limit, k0 + kc);
+      load_chunk8<kDropA>(A, sA + r * kGemmLD + kc, m0 + r, a_limit, k0 + kc);
+      load_chunk8<false>(B, sB + r * kGemmLD + kc, n0 + r, b_limit, k0 + kc);
     }
     __syncthreads();
 #pragma unroll

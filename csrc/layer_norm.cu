@@ -25,13 +25,21 @@ __global__ void __launch_bounds__(kLnThreads)
   const int64_t r = blockIdx.x;
   const int64_t base = r * hidden;
   float sum = 0.f;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-    float v = to_f(x[base + c]);
-    if (drop.on) v = round_to<T>(v * drop.factor(base + c));
-    if (residual != nullptr) v = round_to<T>(v + to_f(residual[base + c]));
-    row[c] = v;
-    if (h_out != nullptr) h_out[base + c] = from_f<T>(v);
-    sum += v;
+  // 8 consecutive columns per thread and step: one Philox call decides all 8 (philox.cuh)
+  for (int64_t c0 = threadIdx.x * 8; c0 < hidden; c0 += blockDim.x * 8) {
+    const uint32_t keep = drop.keep8(base + c0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t c = c0 + i;
+      if (c < hidden) {
+        float v = to_f(x[base + c]);
+        if (drop.on) v = round_to<T>(v * drop.factor(keep, i));
+        if (residual != nullptr) v = round_to<T>(v + to_f(residual[base + c]));
+        row[c] = v;
+        if (h_out != nullptr) h_out[base + c] = from_f<T>(v);
+        sum += v;
+      }
+    }
   }
   const float mean = rms ? 0.f : block_sum(sum, red) / static_cast<float>(hidden);
   float sq = 0.f;
@@ -78,16 +86,23 @@ __global__ void __launch_bounds__(kLnThreads)
     }
     const float mean_g = rms ? 0.f : block_sum(s_g, red) * inv_h;
     const float mean_gx = block_sum(s_gx, red) * inv_h;
-    for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-      const float xh = (to_f(h[base + c]) - mean) * rstd;
-      const float dyv = to_f(dy[base + c]);
-      const float g = dyv * (weight != nullptr ? to_f(weight[c]) : 1.f);
-      float dh = rstd * (g - mean_g - xh * mean_gx);
-      if (dh_extra != nullptr) dh += to_f(dh_extra[base + c]);
-      if (dresidual != nullptr) dresidual[base + c] = from_f<T>(dh);
-      dx[base + c] = from_f<T>(drop.on ? dh * drop.factor(base + c) : dh);
-      if (dwp != nullptr) dwp[c] += dyv * xh;
-      if (dbp != nullptr) dbp[c] += dyv;
+    for (int64_t c0 = threadIdx.x * 8; c0 < hidden; c0 += blockDim.x * 8) {  // the forward's mask chunks
+      const uint32_t keep = drop.keep8(base + c0);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int64_t c = c0 + i;
+        if (c < hidden) {
+          const float xh = (to_f(h[base + c]) - mean) * rstd;
+          const float dyv = to_f(dy[base + c]);
+          const float g = dyv * (weight != nullptr ? to_f(weight[c]) : 1.f);
+          float dh = rstd * (g - mean_g - xh * mean_gx);
+          if (dh_extra != nullptr) dh += to_f(dh_extra[base + c]);
+          if (dresidual != nullptr) dresidual[base + c] = from_f<T>(dh);
+          dx[base + c] = from_f<T>(drop.on ? dh * drop.factor(keep, i) : dh);
+          if (dwp != nullptr) dwp[c] += dyv * xh;
+          if (dbp != nullptr) dbp[c] += dyv;
+        }
+      }
     }
   }
 }

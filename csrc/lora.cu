@@ -21,7 +21,7 @@ Operand<T> dense(const void* ptr, int64_t rows, int64_t k) {
   op.index = nullptr;
   op.vec = aligned16(ptr) && k % 8 == 0;
   op.drop.on = false;
-  op.drop.p = 0.f;
+  op.drop.threshold = 0;
   op.drop.scale = 1.f;
   op.drop.seed = op.drop.offset = 0;
   return op;
@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kGemmBM, n0 = static_cast<int64_t>(blockIdx.y) * kGemmBN;
   float acc[8][4];
   zero_acc(acc);
-  gemm_nt_tile(acc, X, m0, X.rows, A, n0, A.rows, sA, sB);
+  gemm_nt_tile<true>(acc, X, m0, X.rows, A, n0, A.rows, sA, sB);
   const int64_t r = A.rows;
   for_each_acc(acc, m0, n0, X.rows, r, [&](int64_t row, int64_t col, float v) {
     const T hi = from_f<T>(v);  // u = hi + lo keeps the fp32 value for the up projection
@@ -79,14 +79,24 @@ __global__ void __launch_bounds__(kGemmThreads)
   });
 }
 
+// Grid-stride loop over 8-element chunks (one Philox call each): fn(first index of the chunk).
+template <typename Fn>
+__device__ __forceinline__ void for_each_chunk8(int64_t n, Fn fn) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * 8;
+  for (int64_t c0 = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 8; c0 < n; c0 += stride) fn(c0);
+}
+
 template <typename T>
 __global__ void dropout_apply_cuda(const T* __restrict__ x, T* __restrict__ y, int64_t n, PtftDropout drop_args) {
   DropState drop;
   drop.init(drop_args);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = from_f<T>(to_f(x[i]) * drop.factor(i));
-  }
+  for_each_chunk8(n, [&](int64_t c0) {
+    const uint32_t keep = drop.keep8(c0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (c0 + i < n) y[c0 + i] = from_f<T>(to_f(x[c0 + i]) * drop.factor(keep, i));
+    }
+  });
 }
 
 template <typename T>
@@ -94,14 +104,17 @@ __global__ void lora_dx_combine_cuda(const float* __restrict__ dx_base, const fl
                                      int64_t n, PtftDropout drop_args) {
   DropState drop;
   drop.init(drop_args);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dx[i] = from_f<T>(dx_base[i] + t[i] * drop.factor(i));
-  }
+  for_each_chunk8(n, [&](int64_t c0) {
+    const uint32_t keep = drop.keep8(c0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (c0 + i < n) dx[c0 + i] = from_f<T>(dx_base[c0 + i] + t[c0 + i] * drop.factor(keep, i));
+    }
+  });
 }
 
 unsigned elementwise_grid(int64_t n) {
-  const int64_t blocks = ceil_div(n, 256);
+  const int64_t blocks = ceil_div(n, 256 * 8);
   return static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
 }
 

@@ -50,6 +50,10 @@ cudaError_t ptft_layer_norm_bwd(PtftDtype x_dtype, PtftDtype w_dtype, const void
 // in q's dtype. key_padding_mask (nullable, padded form): (batch, max_k) bytes, nonzero = attend.
 // dbias_full (nullable): (batch, Hq, max_q, max_k) fp32, zero-filled by the caller.
 // dq_acc: fp32 like q, zero-filled by the caller; the binding casts it to q's dtype.
+// T5 relative position bias (nullable, instead of or besides bias): rel_lut (max_q + max_k - 1,)
+// int32 bucket of each key - query distance d at index d + max_q - 1, rel_table (num_buckets,
+// Hq) fp32, num_buckets <= ptft_attention_max_buckets(); drel_table (nullable, backward): its
+// gradient, (num_buckets, Hq) fp32, zero-filled by the caller.
 struct PtftAttnArgs {
   PtftDtype dtype;
   int batch, hq, hkv, head_dim, max_q, max_k;
@@ -60,6 +64,9 @@ struct PtftAttnArgs {
   const uint8_t* key_padding_mask;
   const void* bias;
   int64_t bias_sb, bias_sh, bias_sq, bias_sk;
+  const int32_t* rel_lut;
+  const float* rel_table;
+  int num_buckets;
   bool causal;
   float softmax_scale;
   PtftDropout drop;
@@ -69,8 +76,10 @@ struct PtftAttnArgs {
   float* dq_acc;
   void *dk, *dv;
   float* dbias_full;
+  float* drel_table;
 };
 bool ptft_attention_supports_head_dim(int head_dim);
+int ptft_attention_max_buckets();
 cudaError_t ptft_attention_fwd(const PtftAttnArgs& args, cudaStream_t stream);
 cudaError_t ptft_attention_bwd(const PtftAttnArgs& args, cudaStream_t stream);
 
@@ -90,17 +99,18 @@ cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight
                          const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n,
                          int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss, int reduction,
                          float* workspace, float* lse, float* row_loss, float* loss, cudaStream_t stream);
-// dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv), split into two (nr, nv)
-// blocks in dtype with dlogits_hi + dlogits_lo = the fp32 value (to ~2x dtype's precision); rows
-// past count get zeros. db_part: nullable, (ceil(nr / 64), nv) fp32 column sums of the fp32 block
-// per 64-row block. grad: (n,) loss gradient for reduction none (applied per row); for sum/mean
-// the blocks are left unscaled and the caller multiplies the products by the scalar gradient
-// (/ count for mean), keeping the 16-bit blocks clear of underflow.
+// dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv): (nr, nv) in dtype, rounded
+// once from the fp32 value; rows past count get zeros. dlogits_lo: nullable, the residual
+// (fp32 value - dlogits) in dtype, for products at ~2x the 16-bit precision (reduction none,
+// whose gradients PyTorch rounds once: see cross_entropy.cu). db_part: nullable, (ceil(nr / 64), nv) fp32
+// column sums of the fp32 block per 64-row block. grad: (n,) loss gradient for reduction none
+// (applied per row); for sum/mean the block is left unscaled and the caller multiplies the
+// products by the scalar gradient (/ count for mean), keeping the 16-bit values clear of underflow.
 cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
                              const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
                              const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
                              float label_smoothing, float z_loss, int64_t r0, int64_t nr, int64_t v0, int64_t nv,
-                             void* dlogits_hi, void* dlogits_lo, float* db_part, cudaStream_t stream);
+                             void* dlogits, void* dlogits_lo, float* db_part, cudaStream_t stream);
 // out[rc] = hidden[rows[rc]] for rc < count, zeros after: (n, H) in dtype.
 cudaError_t ptft_lce_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows, const int32_t* count,
                                  int64_t n, int64_t hidden_dim, void* out, cudaStream_t stream);

@@ -3,25 +3,38 @@
 Layout: tokens are rows of (N, H, D) contiguous tensors. Padded batches are the special case of
 varlen where sequence b starts at row b·T and has length T, so one kernel serves both: with
 VARLEN the start/length of sequence b come from cu_seqlens. Everything that shapes the scores —
-causal (aligned bottom-right per sequence), key padding mask, dense additive bias (any
-broadcast, via strides), T5 relative position bias (looked up in-kernel), dropout (Philox keyed
-by the padded (b, h, i, j) coordinate, so backward and :func:`attention_dropout_keep` regenerate
-the same mask) — lives in :func:`_scores` / :func:`_keep`, shared with the backward kernels.
+causal (aligned bottom-right per sequence), key padding mask, dense additive bias (any broadcast,
+via strides), T5 relative position bias (looked up in-kernel), dropout (the Philox mask of
+``_jit_common.keep_mask`` over the padded (b, h, i) rows and j columns, regenerated in backward) —
+lives in :func:`scores` / :func:`dropout_keep`, shared with the backward kernels.
+
+Softmax in base 2: scores are scaled by scale·log2(e) once (bias terms by log2(e)), so every
+exponential is one exp2. A query block first walks the key blocks it sees entirely (no bounds
+or causal mask: only the key padding mask, when given, applies), then the few blocks that
+straddle the causal diagonal or the end of the keys, masked. The log-sum-exp is stored in base 2.
+
+Tiles come from a small autotune set (:data:`FWD_CONFIGS`) keyed on head dim, causal, bias,
+dropout, dtype and sequence-length bucket, pruned by shared memory for the GPU at hand.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import INTERPRET, contiguous, next_pow2, require_package_name
+from ptft_fast.kernels._common import contiguous, gpu_target, launch, next_pow2, require_package_name
+from ptft_fast.kernels._jit_common import dot, keep_mask
 
 require_package_name(__name__)
 
+LOG2E = math.log2(math.e)
+
 
 @triton.jit
-def _seq_bounds(CU, b, max_len, VARLEN: tl.constexpr):
+def seq_bounds(CU, b, max_len, VARLEN: tl.constexpr):
     """(first row, length) of sequence b."""
     if VARLEN:
         start = tl.load(CU + b).to(tl.int32)
@@ -33,137 +46,271 @@ def _seq_bounds(CU, b, max_len, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    """a @ b accumulated in fp32; exact fp32 products for fp32 inputs (no TF32)."""
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
+def program_sequence(CU_Q, CU_K, heads, max_q, max_k, VARLEN: tl.constexpr):
+    """(b, head, first query row, query length, first key row, key length) of the program whose
+    program_id(1) is b·heads + head — the set-up every attention kernel starts with."""
+    b = tl.program_id(1) // heads
+    head = tl.program_id(1) % heads
+    q0, len_q = seq_bounds(CU_Q, b, max_q, VARLEN)
+    k0, len_k = seq_bounds(CU_K, b, max_k, VARLEN)
+    return b, head, q0, len_q, k0, len_k
 
 
 @triton.jit
-def _scores(
-    q, k, b, h, offs_m, offs_n, len_q, len_k, scale,
-    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k,
-    CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr,
-    IEEE: tl.constexpr,
+def head_tile(first_row, offs, length, n_heads, head, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Element offsets (BLOCK, BLOCK_D) int64 and in-bounds mask of rows ``first_row + offs`` of one
+    head in a (N, n_heads, HEAD_DIM) tensor; rows at or past ``length`` are masked."""
+    offs_d = tl.arange(0, BLOCK_D)
+    off = (first_row + offs[:, None]).to(tl.int64) * (n_heads * HEAD_DIM) + head * HEAD_DIM + offs_d[None, :]
+    mask = offs[:, None] < length
+    if BLOCK_D != HEAD_DIM:  # head dims that are not a power of two pad the tile
+        mask &= offs_d[None, :] < HEAD_DIM
+    return off, mask
+
+
+@triton.jit
+def scores(
+    q, k, b, h, offs_m, offs_n, len_q, len_k, qk_scale,
+    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, need_mask,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_REL: tl.constexpr, IEEE: tl.constexpr, KEY_MAJOR: tl.constexpr = False,
 ):  # fmt: skip
-    """Scores block (BM, BN) in fp32: q kᵀ·scale + bias, -inf where masked; and the mask."""
-    s = _dot(q, tl.trans(k), IEEE) * scale
-    valid = (offs_m[:, None] < len_q) & (offs_n[None, :] < len_k)
+    """Scores block in fp32 and base 2: (q kᵀ·scale + bias)·log2(e), -inf where masked; and the
+    mask. (BM, BN) with query rows; KEY_MAJOR: its transpose (BN, BM), key rows — the layout in
+    which the dK/dV pass feeds P and dS to its matmuls without a register transpose.
+
+    MASKED: 0 — every query row sees every key of the block (no bounds or causal mask; only the
+    key padding mask, data, still applies); 1 — the block may hold keys past len_k or above the
+    causal diagonal; 2 — as 1 when the runtime flag ``need_mask`` (uniform over the program) is
+    set, else as 0: one loop body serves both kinds of blocks."""
+    if KEY_MAJOR:
+        s = dot(k, tl.trans(q), IEEE) * qk_scale
+        qi, kj = offs_m[None, :], offs_n[:, None]
+    else:
+        s = dot(q, tl.trans(k), IEEE) * qk_scale
+        qi, kj = offs_m[:, None], offs_n[None, :]
+    inside = qi < len_q  # bias reads stay in bounds for the block's padding rows
+    if MASKED:
+        inside &= kj < len_k
     if HAS_BIAS:
         # int64: a dense (B, H, T, T) bias can exceed 2^31 elements
-        ptr = BIAS + b.to(tl.int64) * sb_b + h * sb_h + offs_m[:, None] * sb_i + offs_n[None, :] * sb_j
-        s += tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+        ptr = BIAS + b.to(tl.int64) * sb_b + h * sb_h + qi * sb_i + kj * sb_j
+        s += tl.load(ptr, mask=inside, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_REL:
         # T5: bucket of (j - i) from a (max_q + max_k - 1,) lookup table built by the reference
         # bucketing (exact), then the learned per-head value from the (num_buckets, H) table.
-        bucket = tl.load(LUT + (offs_n[None, :] - offs_m[:, None] + max_q - 1), mask=valid, other=0)
-        s += tl.load(TABLE + bucket * n_heads + h, mask=valid, other=0.0).to(tl.float32)
+        bucket = tl.load(LUT + (kj - qi + max_q - 1), mask=inside, other=0)
+        s += tl.load(TABLE + bucket * n_heads + h, mask=inside, other=0.0).to(tl.float32) * 1.4426950408889634
+    valid = inside
     if HAS_KPM:
-        valid &= tl.load(KPM + b * max_k + offs_n, mask=offs_n < len_k, other=0)[None, :] != 0
-    if CAUSAL:
-        valid &= offs_n[None, :] <= offs_m[:, None] + (len_k - len_q)
-    return tl.where(valid, s, float("-inf")), valid
+        if MASKED:
+            visible = tl.load(KPM + b * max_k + offs_n, mask=offs_n < len_k, other=0) != 0
+        else:
+            visible = tl.load(KPM + b * max_k + offs_n) != 0
+        if KEY_MAJOR:
+            valid &= visible[:, None]
+        else:
+            valid &= visible[None, :]
+    if CAUSAL and MASKED:
+        valid &= kj <= qi + (len_k - len_q)
+    if MASKED == 2:
+        if need_mask or HAS_KPM:
+            s = tl.where(valid, s, float("-inf"))
+    elif MASKED or HAS_KPM:
+        s = tl.where(valid, s, float("-inf"))
+    return s, valid
 
 
 @triton.jit
-def _keep(seed, b, h, n_heads, offs_m, offs_n, max_q, max_k, p):
-    """Dropout keep mask (BM, BN) for the padded coordinate (b, h, i, j)."""
-    row = ((b * n_heads + h) * max_q + offs_m).to(tl.int64)
-    return tl.rand(seed, row[:, None] * max_k + offs_n[None, :]) >= p
+def dropout_keep(seed, b, h, n_heads, offs_m, n0, max_q, max_k, p, BLOCK_N: tl.constexpr):
+    """Dropout keep mask (BM, BLOCK_N) of keys n0 .. n0 + BLOCK_N - 1 for padded rows (b, h, i)."""
+    rows = (b * n_heads + h) * max_q + offs_m
+    return keep_mask(seed, rows, n0, max_k, p, BLOCK_N)
+
+
+@triton.jit
+def visible_key_range(
+    m_start, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
+    """(full_end, end) for query rows m_start .. m_start + BLOCK_M - 1: key blocks below full_end
+    are visible to every row of the block; blocks from full_end to end need the mask."""
+    end = len_k
+    full_end = len_k // BLOCK_N * BLOCK_N
+    if CAUSAL:  # row i sees keys j <= i + (len_k - len_q): skip blocks above the diagonal
+        diag = len_k - len_q
+        end = tl.maximum(tl.minimum(len_k, m_start + BLOCK_M + diag), 0)
+        full_end = tl.maximum(tl.minimum(m_start + diag + 1, len_k), 0) // BLOCK_N * BLOCK_N
+    return full_end, end
+
+
+@triton.jit
+def _fwd_key_blocks(
+    acc, l_i, m_i, q, K, V, k0, len_k, hk, n_kv_heads, lo, hi, b, h, offs_m, len_q, qk_scale,
+    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Online-softmax update of (acc, l_i, m_i) over key blocks lo .. hi (multiples of BLOCK_N)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for n0 in range(lo, hi, BLOCK_N):
+        kn = n0 + offs_n
+        kv_off, kv_mask = head_tile(k0, kn, len_k, n_kv_heads, hk, HEAD_DIM, BLOCK_D)
+        if MASKED or BLOCK_D != HEAD_DIM:
+            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
+        else:
+            k = tl.load(K + kv_off)
+            v = tl.load(V + kv_off)
+        s, _ = scores(
+            q, k, b, h, offs_m, kn, len_q, len_k, qk_scale,
+            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False,
+            MASKED, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, IEEE,
+        )  # fmt: skip
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN
+        pr = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(pr, axis=1)
+        if DROPOUT:  # the normalizer uses undropped probabilities, the output dropped ones
+            keep = dropout_keep(seed, b, h, n_heads, offs_m, n0, max_q, max_k, p, BLOCK_N)
+            pr = tl.where(keep, pr * (1.0 / (1.0 - p)), 0.0)
+        acc = acc * alpha[:, None] + dot(pr.to(v.dtype), v, IEEE)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
 def _attention_fwd_kernel(
     Q, K, V, OUT, LSE, CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE,
-    n_heads, n_kv_heads, head_dim, max_q, max_k, scale, p, seed,
-    VARLEN: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    n_heads, n_kv_heads, max_q, max_k, seq_bucket, qk_scale, p, seed,
+    HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    b = tl.program_id(1) // n_heads
-    h = tl.program_id(1) % n_heads
+    """One program per (query block, b·Hq + h). seq_bucket only keys the autotune cache."""
+    b, h, q0, len_q, k0, len_k = program_sequence(CU_Q, CU_K, n_heads, max_q, max_k, VARLEN)
     hk = h // (n_heads // n_kv_heads)  # GQA/MQA: query head h reads kv head hk
-    q0, len_q = _seq_bounds(CU_Q, b, max_q, VARLEN)
-    k0, len_k = _seq_bounds(CU_K, b, max_k, VARLEN)
-    m_start = pid_m * BLOCK_M
+    m_start = tl.program_id(0) * BLOCK_M
     if m_start >= len_q:
         return
     offs_m = m_start + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d[None, :] < head_dim
-    qmask = (offs_m[:, None] < len_q) & dmask
-    q_off = (q0 + offs_m[:, None]).to(tl.int64) * (n_heads * head_dim) + h * head_dim + offs_d[None, :]
-    q = tl.load(Q + q_off, mask=qmask, other=0.0)
-    kv_row = n_kv_heads * head_dim
+    q_off, q_mask = head_tile(q0, offs_m, len_q, n_heads, h, HEAD_DIM, BLOCK_D)
+    q = tl.load(Q + q_off, mask=q_mask, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    end_n = len_k
-    if CAUSAL:  # key blocks entirely above the diagonal are skipped
-        end_n = tl.maximum(tl.minimum(len_k, m_start + BLOCK_M + len_k - len_q), 0)
-    for n0 in range(0, end_n, BLOCK_N):
-        kn = n0 + offs_n
-        kv_off = (k0 + kn[:, None]).to(tl.int64) * kv_row + hk * head_dim + offs_d[None, :]
-        kvmask = (kn[:, None] < len_k) & dmask
-        k = tl.load(K + kv_off, mask=kvmask, other=0.0)
-        v = tl.load(V + kv_off, mask=kvmask, other=0.0)
-        s, _ = _scores(
-            q, k, b, h, offs_m, kn, len_q, len_k, scale,
-            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k,
-            CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, IEEE,
-        )  # fmt: skip
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN
-        pr = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(pr, axis=1)
-        if DROPOUT:  # the normalizer uses undropped probabilities, the output dropped ones
-            pr = tl.where(_keep(seed, b, h, n_heads, offs_m, kn, max_q, max_k, p), pr / (1.0 - p), 0.0)
-        acc = acc * alpha[:, None] + _dot(pr.to(v.dtype), v, IEEE)
-        m_i = m_new
+    full_end, end = visible_key_range(m_start, len_q, len_k, BLOCK_M, BLOCK_N, CAUSAL)
+    # the key blocks every row sees entirely, without masks; then the masked ones
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, K, V, k0, len_k, hk, n_kv_heads, 0, full_end, b, h, offs_m, len_q, qk_scale,
+        KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
+        False, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, HEAD_DIM, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, K, V, k0, len_k, hk, n_kv_heads, full_end, end, b, h, offs_m, len_q, qk_scale,
+        KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
+        True, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, HEAD_DIM, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]  # queries that see no key give zeros
-    lse = tl.where(
-        has_key, m_i + tl.log(tl.where(has_key, l_i, 1.0)), float("inf")
-    )  # +inf: backward gets P = 0
-    tl.store(OUT + q_off, out.to(OUT.dtype.element_ty), mask=qmask)
+    # base-2 log-sum-exp; +inf for queries without keys, so backward gets P = 0
+    lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
+    tl.store(OUT + q_off, out.to(OUT.dtype.element_ty), mask=q_mask)
     tl.store(LSE + (q0 + offs_m) * n_heads + h, lse, mask=offs_m < len_q)
 
 
-@triton.jit
-def _attention_keep_kernel(
-    KEEP, n_heads, max_q, max_k, p, seed, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
-):
-    """Writes the dropout keep mask of (b, h) = program_id(1) to KEEP (B, H, max_q, max_k)."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    b = tl.program_id(1) // n_heads
-    h = tl.program_id(1) % n_heads
-    base = KEEP + tl.program_id(1).to(tl.int64) * max_q * max_k
-    for n0 in range(0, max_k, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        keep = _keep(seed, b, h, n_heads, offs_m, offs_n, max_q, max_k, p)
-        mask = (offs_m[:, None] < max_q) & (offs_n[None, :] < max_k)
-        tl.store(base + offs_m[:, None] * max_k + offs_n[None, :], keep.to(tl.int8), mask=mask)
+def prune_configs(configs, args: dict, rows: str, cols: str, accumulators: int, score_tiles: int):
+    """The autotune configs that fit the launch. A program keeps a ``rows`` × D block resident,
+    with ``accumulators`` such fp32 tiles in registers (accumulators, and operands kept across the
+    loop), and streams ``cols`` × D tiles of two operands per pipeline stage; each step holds
+    ``score_tiles`` (rows, cols) fp32 tiles (scores, probabilities, their gradients), plus about
+    1.5 more per bias, T5-bias or dropout term. Kept when
+
+      * shared memory, (rows + 2·stages·cols)·D·itemsize, fits the GPU's per-block limit;
+      * the fp32 tiles take <= 128 registers per thread on sm_90 (wgmma reads its B operand from
+        shared memory), <= 88 before it (mma.sync holds both operands' fragments in registers), so
+        the rest of the 255-register budget holds operands and addresses without spilling
+        (calibrated against ptxas on the kernel report card);
+      * 128-wide blocks of the streamed operand only for D <= 64.
+
+    Never empty: the config with the fewest registers is the last resort."""
+    q = args["Q"]
+    target = gpu_target(q.device)
+    block_d = args["BLOCK_D"]
+    extra = 1.5 * (int(args["HAS_BIAS"]) + int(args["HAS_REL"]) + int(args["DROPOUT"]))
+
+    def registers(c):
+        br, bc = c.kwargs[rows], c.kwargs[cols]
+        return (accumulators * br * block_d + br * bc * (score_tiles + extra)) / (32 * c.num_warps)
+
+    budget = 128 if target is None or target.arch >= 90 else 88
+    kept = []
+    for c in configs:
+        bc = c.kwargs[cols]
+        smem = (c.kwargs[rows] + 2 * c.num_stages * bc) * block_d * q.element_size()
+        fits_smem = target is None or smem <= target.smem_per_block
+        if fits_smem and registers(c) <= budget and (bc <= 64 or block_d <= 64):
+            kept.append(c)
+    return kept or [min(configs, key=registers)]
 
 
-def blocks(head_dim: int, dtype: torch.dtype, device: torch.device, backward: bool = False):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). Head dims pad to a power of two >= 16
-    (tl.dot's minimum). Large head dims, 4-byte inputs and the backward (two (BLOCK, D) fp32
-    accumulators per program) get smaller tiles so tiles fit in shared memory and registers."""
-    block_d = max(16, next_pow2(head_dim))
-    if INTERPRET or device.type != "cuda":
-        return 32, 32, block_d, 4, 1
-    wide = block_d * (dtype.itemsize // 2)  # tile width in 2-byte units
-    if backward:
-        if wide > 256:  # fp32 with D = 256: keep the tiles within an A100's 163 KiB
-            return 32, 32, block_d, 8, 1
-        return 64, 64 if wide <= 128 else 32, block_d, 4 if wide <= 64 else 8, 2
-    if wide <= 64:
-        return 128, 64, block_d, 4, 3
-    return (128, 64, block_d, 8, 2) if wide <= 128 else (64, 32, block_d, 8, 2)
+def config_pruner(rows: str, cols: str, accumulators: int, score_tiles: int):
+    """``early_config_prune`` for triton.autotune (launch arguments arrive as keywords)."""
+    return lambda configs, nargs, **kw: prune_configs(
+        configs, {**nargs, **kw}, rows, cols, accumulators, score_tiles
+    )
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): 128-wide key blocks for D <= 64, 8 warps for 128 rows
+FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in ((128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2))
+]
+AUTOTUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_BIAS", "HAS_REL", "DROPOUT", "seq_bucket"]
+
+_attention_fwd_tuned = triton.autotune(
+    FWD_CONFIGS,
+    key=AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": config_pruner("BLOCK_M", "BLOCK_N", 1, 1)},
+)(_attention_fwd_kernel)
+
+
+def head_block(head_dim: int) -> int:
+    """Tile width for a head dim: a power of two >= 16 (tl.dot's minimum)."""
+    return max(16, next_pow2(head_dim))
+
+
+def seq_bucket(max_k: int) -> int:
+    """Power-of-two bucket of the key length, >= 64: the autotune cache key's length term."""
+    return max(64, next_pow2(max_k))
+
+
+def bias_strides(bias4: torch.Tensor | None) -> tuple[int, int, int, int]:
+    """Element strides of the (B, H, Tq, Tk) broadcast of a 4-D bias view; 0 on broadcast dims."""
+    if bias4 is None:
+        return (0, 0, 0, 0)
+    return tuple(0 if bias4.shape[i] == 1 else s for i, s in enumerate(bias4.stride()))
+
+
+def fixed_tiles(q: torch.Tensor, interpreter, fp32):
+    """Tiles that bypass autotuning: ``interpreter``'s under the interpreter (small: short Python
+    loops), ``fp32``'s for fp32 inputs (exact products on FMA units, no tensor cores: both operands
+    in registers, so small tiles); None for 16-bit inputs on a GPU (the autotune set)."""
+    if gpu_target(q.device) is None:
+        return interpreter
+    return fp32 if q.dtype == torch.float32 else None
+
+
+def launch_tiles(tuned, grid, tiles, **args) -> None:
+    """The autotuned kernel (tiles None), or its kernel at tiles (BLOCK_M, BLOCK_N, warps, stages).
+    grid: a function of the meta-parameters."""
+    if tiles is None:
+        launch(tuned, grid, **args)
+        return
+    bm, bn, warps, stages = tiles
+    meta = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    launch(tuned.fn, grid(meta), **args, **meta)
 
 
 def attention_fwd(
@@ -180,30 +327,21 @@ def attention_fwd(
         (num_buckets, Hq) — T5 bias, or None. p: dropout prob, seed: Philox seed. scale: softmax.
 
     Returns:
-        o (Nq, Hq, D) like q; lse (Nq, Hq) fp32 (+inf for queries that see no key).
+        o (Nq, Hq, D) like q; lse (Nq, Hq) fp32 in base 2 (+inf for queries that see no key).
     """
     q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table = contiguous(q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table)
     n_q, n_heads, head_dim = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((n_q, n_heads), dtype=torch.float32, device=q.device)
-    bm, bn, bd, warps, stages = blocks(head_dim, q.dtype, q.device)
-    sb = bias4.stride() if bias4 is not None else (0, 0, 0, 0)
-    sb = tuple(0 if bias4 is not None and bias4.shape[i] == 1 else s for i, s in enumerate(sb))
-    grid = (triton.cdiv(max_q, bm), batch * n_heads)
-    _attention_fwd_kernel[grid](
-        q, k, v, o, lse, cu_q, cu_k, kpm, bias4, *sb, rel_lut, rel_table,
-        n_heads, k.shape[1], head_dim, max_q, max_k, scale, p, seed,
-        VARLEN=cu_q is not None, CAUSAL=causal, HAS_KPM=kpm is not None, HAS_BIAS=bias4 is not None,
-        HAS_REL=rel_table is not None, DROPOUT=p > 0.0, IEEE=q.dtype == torch.float32,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+    args = dict(
+        Q=q, K=k, V=v, OUT=o, LSE=lse, CU_Q=cu_q, CU_K=cu_k, KPM=kpm, BIAS=bias4,
+        **dict(zip(("sb_b", "sb_h", "sb_i", "sb_j"), bias_strides(bias4), strict=True)),
+        LUT=rel_lut, TABLE=rel_table, n_heads=n_heads, n_kv_heads=k.shape[1], max_q=max_q, max_k=max_k,
+        seq_bucket=seq_bucket(max_k), qk_scale=scale * LOG2E, p=p, seed=seed,
+        HEAD_DIM=head_dim, VARLEN=cu_q is not None, CAUSAL=causal, HAS_KPM=kpm is not None,
+        HAS_BIAS=bias4 is not None, HAS_REL=rel_table is not None, DROPOUT=p > 0.0,
+        IEEE=q.dtype == torch.float32, BLOCK_D=head_block(head_dim),
     )  # fmt: skip
+    grid = lambda meta: (triton.cdiv(max_q, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
+    launch_tiles(_attention_fwd_tuned, grid, fixed_tiles(q, (32, 16, 4, 1), (32, 32, 4, 2)), **args)
     return o, lse
-
-
-def attention_dropout_keep(batch, n_heads, max_q, max_k, p, seed, device) -> torch.Tensor:
-    """The keep mask (B, Hq, max_q, max_k) bool that the kernels use for ``seed`` (for tests and
-    for composing reference computations)."""
-    keep = torch.empty((batch, n_heads, max_q, max_k), dtype=torch.int8, device=device)
-    grid = (triton.cdiv(max_q, 32), batch * n_heads)
-    _attention_keep_kernel[grid](keep, n_heads, max_q, max_k, p, seed, BLOCK_M=32, BLOCK_N=32)
-    return keep.bool()

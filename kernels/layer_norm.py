@@ -2,8 +2,8 @@
 
 One program normalizes BLOCK_M rows of BLOCK_N >= H columns at once: for small hidden sizes
 (768, 1024) a single row per program leaves most lanes idle, so several rows share a program.
-Dropout masks come from Philox keyed by (seed, element index), so backward regenerates the exact
-forward mask instead of storing it.
+Dropout masks are ``_jit_common.keep_mask`` of (seed, row, column) — four columns per Philox call —
+so backward regenerates the exact forward mask instead of storing it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ptft_fast.kernels._common import contiguous, next_pow2, num_programs_cap, require_package_name
+from ptft_fast.kernels._common import contiguous, gpu_target, launch, require_package_name
+from ptft_fast.kernels._jit_common import dropout_block, keep_mask
 
 require_package_name(__name__)
 
@@ -30,8 +31,7 @@ def _layer_norm_fwd_kernel(
     offs = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
     h = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = tl.rand(seed, offs) >= p
-        h = tl.where(keep, h / (1.0 - p), 0.0)
+        h = tl.where(keep_mask(seed, rows, 0, n_cols, p, BLOCK_N), h * (1.0 / (1.0 - p)), 0.0)
     if HAS_RES:
         h += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
     if STORE_H:
@@ -102,18 +102,19 @@ def _layer_norm_bwd_kernel(
         if HAS_DRES:
             tl.store(DRES + offs, dh.to(DRES.dtype.element_ty), mask=mask)
         if DROPOUT:
-            keep = tl.rand(seed, offs) >= p
-            dh = tl.where(keep, dh / (1.0 - p), 0.0)
+            dh = tl.where(keep_mask(seed, rows, 0, n_cols, p, BLOCK_N), dh * (1.0 / (1.0 - p)), 0.0)
         tl.store(DX + offs, dh.to(DX.dtype.element_ty), mask=mask)
     tl.store(DW_PART + pid * n_cols + cols, dw_acc, mask=cmask)
     tl.store(DB_PART + pid * n_cols + cols, db_acc, mask=cmask)
 
 
 def _blocks(n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps): ~4K elements per program, at least one full row."""
-    block_n = next_pow2(n_cols)
+    """(BLOCK_M, BLOCK_N, num_warps): ~4K elements per program, at least one full row (>= 4
+    columns: the dropout mask's granularity), <= 8 elements of a row tile per thread so the
+    backward's row tiles and column accumulators stay in registers."""
+    block_n = dropout_block(n_cols)
     block_m = max(1, min(16, 4096 // block_n))
-    num_warps = min(max(block_m * block_n // 256, 1), 16)
+    num_warps = min(max(block_m * block_n // 256, 1), 32)
     return block_m, block_n, num_warps
 
 
@@ -147,12 +148,12 @@ def layer_norm_fwd(
     rstd = torch.empty_like(mean)
     block_m, block_n, num_warps = _blocks(n_cols)
     grid = (triton.cdiv(n_rows, block_m),)
-    _layer_norm_fwd_kernel[grid](
+    launch(_layer_norm_fwd_kernel, grid,
         x, residual, weight, bias, y, h, mean, rstd,
         n_rows, n_cols, eps, dropout_p, seed,
         HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
         DROPOUT=dropout_p > 0.0, STORE_H=store_h, RMS=rms,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=1,
     )  # fmt: skip
     return y, h, mean, rstd
 
@@ -189,13 +190,14 @@ def layer_norm_bwd(
         else torch.empty((n_rows, n_cols), dtype=residual_dtype, device=dy.device)
     )
     block_m, block_n, num_warps = _blocks(n_cols)
-    nprog = max(1, min(triton.cdiv(n_rows, block_m), num_programs_cap(dy.device)))
+    target = gpu_target(dy.device)
+    nprog = max(1, min(triton.cdiv(n_rows, block_m), 4 * target.sm_count if target else 4))
     dw_part = torch.empty((nprog, n_cols), dtype=torch.float32, device=dy.device)
     db_part = torch.empty_like(dw_part)
-    _layer_norm_bwd_kernel[(nprog,)](
+    launch(_layer_norm_bwd_kernel, (nprog,),
         dy, h, weight, mean, rstd, dh_out, dx, dres, dw_part, db_part,
         n_rows, n_cols, dropout_p, seed,
         HAS_W=weight is not None, HAS_DHOUT=dh_out is not None, HAS_DRES=dres is not None,
-        DROPOUT=dropout_p > 0.0, RMS=rms, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        DROPOUT=dropout_p > 0.0, RMS=rms, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=2,
     )  # fmt: skip
     return dx, dres, dw_part.sum(0), db_part.sum(0)

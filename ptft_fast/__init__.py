@@ -9,13 +9,14 @@ from ptft_fast.ops import use_backend  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ops", "patch", "use_backend"]
+__all__ = ["__version__", "ops", "patch", "unpatch", "use_backend"]
 
 
 def __getattr__(name: str):
-    # `ptft_fast.patch` is imported on first use: it needs ptft_fast.hf (and, when called, transformers).
-    if name == "patch":
-        from ptft_fast.hf.patch import patch
+    # `ptft_fast.patch` / `unpatch` are imported on first use: they need ptft_fast.hf (and, when
+    # called, transformers).
+    if name in ("patch", "unpatch"):
+        from ptft_fast.hf import patch as patching
 
-        return patch
+        return getattr(patching, name)
     raise AttributeError(f"module 'ptft_fast' has no attribute {name!r}")

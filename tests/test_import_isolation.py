@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_MODULES = ("_common", "attention", "attention_bwd", "cross_entropy", "layer_norm", "lora")
+KERNEL_MODULES = (
+    "_common",
+    "_jit_common",
+    "attention",
+    "attention_bwd",
+    "cross_entropy",
+    "layer_norm",
+    "lora",
+)
 
 # Prints where `kernels` and `ptft_fast.kernels.attention` came from, as JSON on the last line.
 PROBE = textwrap.dedent(

@@ -1,12 +1,8 @@
 """``ptft pretrain``: pre-train a model on a corpus (default: the embedded pydoc corpus).
 
-    ptft pretrain --model bert-tiny-cpu --objective mlm --out runs/bert
-    ptft pretrain --model gpt-tiny --objective clm --set max_steps=500 --set lr=2e-3
-    ptft pretrain --config configs/pretrain-bert-tiny.yaml --resume latest
-
-Settings merge in order: defaults, ``--config`` YAML, ``--set key=value``, then the flags below.
-Writes metrics.jsonl/.csv, checkpoints/, final/ (HF-format model + tokenizer), summary.json and
-loss_curve.png under ``--out``.
+Settings merge in order: defaults, ``--config`` YAML, ``--set key=value``, then the flags below
+(``--list-settings`` prints every key). Writes metrics.jsonl/.csv, checkpoints/, final/ (HF-format
+model + tokenizer), summary.json and loss_curve.png under ``--out``.
 """
 
 from __future__ import annotations
@@ -14,20 +10,71 @@ from __future__ import annotations
 import argparse
 import sys
 
+DESCRIPTION = """Pre-train a model from random weights: masked LM (mlm, electra) for BERT/RoBERTa, causal or
+prefix LM (clm, prefix-lm) for GPT-2, span corruption (span) for T5, text infilling (infill) for BART.
+Without --data it trains on the text of the standard library's pydoc topics (no download).
+A tokenizer is trained on the corpus first; the run folder gets metrics, checkpoints, the final model
+(Hugging Face format) and a summary. Every setting: --list-settings; every model: --list-models."""
+
+EXAMPLES = """examples:
+  ptft pretrain --model bert-tiny --objective mlm --set max_steps=3000 --set max_time_s=600 --set cpu_threads=2
+  ptft pretrain --model gpt-tiny --objective clm --data corpus.txt --set max_steps=500 --set lr=2e-3
+  ptft pretrain --config configs/pretrain-bert-tiny.yaml --resume latest
+"""
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "pretrain", help="pre-train a model (MLM, CLM, prefix LM, T5 span, BART infill, ELECTRA)"
+        "pretrain",
+        help="pre-train a model (MLM, CLM, prefix LM, T5 span, BART infill, ELECTRA)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
     )
-    p.add_argument("--model", help="preset name or config.json / HF model folder (default bert-tiny-cpu)")
-    p.add_argument("--objective", choices=("mlm", "clm", "prefix-lm", "span", "infill", "electra"))
-    p.add_argument("--data", help="shard folder, or .txt/.jsonl files or folder (default: embedded corpus)")
-    p.add_argument("--config", help="run config YAML (keys of TrainConfig)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--out", help="run folder (default runs/pretrain)")
-    p.add_argument("--resume", metavar="PATH|latest", help="continue from a checkpoint")
-    p.add_argument("--price-per-hour", type=float, help="price of one device-hour for the price tag")
+    p.add_argument("--model", help="preset name (see --list-models) or config.json / HF model folder "
+                   "(default: bert-tiny-cpu, or the --config/--set value)")  # fmt: skip
+    p.add_argument(
+        "--objective",
+        choices=("mlm", "clm", "prefix-lm", "span", "infill", "electra"),
+        help="what the model learns to predict; must suit the model (default: mlm)",
+    )
+    p.add_argument(
+        "--data",
+        help="shard folder (ptft prepare), or .txt/.jsonl files or a folder of them "
+        "(default: the embedded pydoc corpus)",
+    )
+    p.add_argument("--config", help="run config YAML with TrainConfig keys (default: none)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set one run setting, repeatable, e.g. --set max_time_s=600 --set cpu_threads=2; "
+        "every key with its default and range: --list-settings",
+    )
+    p.add_argument("--out", help="run folder (default: runs/pretrain)")
+    p.add_argument(
+        "--resume",
+        metavar="PATH|latest",
+        help="continue from a checkpoint folder, or the newest one in --out (default: a fresh run)",
+    )
+    p.add_argument(
+        "--price-per-hour", type=float, help="price of one device-hour for the summary's cost (default: 0)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (fullgraph; kernels stay opaque ops)"
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA: capture forward + backward + optimizer step in one graph and replay it (fixed shapes)",
+    )
+    p.add_argument(
+        "--list-settings", action="store_true", help="print every --set key (type, default, range, meaning)"
+    )
+    p.add_argument(
+        "--list-models", action="store_true", help="print every model preset (same as ptft models)"
+    )
     from ptft_fast.train.deepspeed_config import add_deepspeed_args
 
     add_deepspeed_args(p)
@@ -54,6 +101,10 @@ def build_config(args: argparse.Namespace):
     }
     if args.no_progress:
         flags["progress"] = False
+    if args.compile:
+        flags["compile"] = True
+    if args.cuda_graphs:
+        flags["cuda_graphs"] = True
     flags = {k: v for k, v in flags.items() if v is not None}
     clash = sorted(
         k for k in flags if k in sets and merge(cfg, {k: sets[k]}, "--set").to_dict()[k] != flags[k]
@@ -68,18 +119,40 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptft_fast.train.checkpoint import ResumeError
+    if args.list_settings or args.list_models:
+        return list_and_exit(args)
+    from ptft_fast.cli.errors import input_path, output_folder, removed_on_error
+    from ptft_fast.train.build import tokenizer_kind
     from ptft_fast.train.deepspeed_run import trainer_from_args
     from ptft_fast.train.loop import format_summary
     from ptft_fast.train.trainer import TrainingDiverged
 
+    if args.config:
+        input_path("--config", args.config, kind="file")
     cfg = build_config(args)
-    try:
+    out = output_folder("--out" if args.out else "out", cfg.out)
+    if cfg.data is not None:
+        input_path("--data" if args.data else "data", cfg.data)
+    tokenizer_kind(cfg)  # the model exists and suits the objective: checked before any work
+    with removed_on_error(out):  # a fresh run folder is removed if building the run fails
         trainer = trainer_from_args(args, cfg, resume=args.resume)
+    try:
         summary = trainer.run()
-    except (ResumeError, TrainingDiverged) as exc:
+    except TrainingDiverged as exc:
         print(f"ptft pretrain: error: {exc}", file=sys.stderr)
         return 1
     if getattr(trainer, "rank", 0) == 0:
         print(format_summary(summary))
+    return 0
+
+
+def list_and_exit(args: argparse.Namespace) -> int:
+    """--list-settings / --list-models: print and do nothing else."""
+    from ptft_fast.cli.models import presets_table
+    from ptft_fast.train.config import settings_table
+
+    parts = ([settings_table()] if args.list_settings else []) + (
+        [presets_table()] if args.list_models else []
+    )
+    print("\n\n".join(parts))
     return 0

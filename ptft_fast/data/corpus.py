@@ -8,6 +8,7 @@ replacement characters.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -151,3 +152,23 @@ def embedded_documents() -> Iterator[Document]:
 
     for name in sorted(topics):
         yield Document(topics[name].strip(), f"pydoc_data.topics:{name}", 1)
+
+
+def fingerprint(inputs: Iterable[str | os.PathLike] | None) -> str:
+    """``sha256:<hex>`` of a corpus: every input file's name (relative to the folder named) and
+    bytes, in reading order; ``None`` = the embedded corpus (its text, which follows the Python
+    version). Reads every byte: a changed file is a changed corpus whatever its mtime says."""
+    h = hashlib.sha256()
+    if inputs is None:
+        for text in embedded_corpus():
+            h.update(text.encode("utf-8") + b"\0")
+        return f"sha256:{h.hexdigest()}"
+    for item in inputs:
+        base = Path(item)
+        for path in expand_inputs([base]):
+            h.update(str(path.relative_to(base) if base.is_dir() else path.name).encode() + b"\0")
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+            h.update(b"\0")
+    return f"sha256:{h.hexdigest()}"

@@ -84,6 +84,15 @@ class PackedStream:
         self._carry = None if c is None else (DocRef(c[0], c[1]), c[2])
 
 
+def row_segments(doc_ids: np.ndarray) -> np.ndarray:
+    """(B,) number of document pieces in each row of (B, T) ``doc_ids`` (-1 = padding): a document
+    that continues from the previous row, or into the next, counts in both."""
+    doc_ids = np.asarray(doc_ids)
+    start = np.ones_like(doc_ids, dtype=bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return (start & (doc_ids >= 0)).sum(axis=1)
+
+
 def segment_ids(doc_ids: np.ndarray) -> np.ndarray:
     """(B, T) per-row segment index: 0, 0, 1, 1, 1, ... increasing at each document change."""
     doc_ids = np.asarray(doc_ids)

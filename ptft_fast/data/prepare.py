@@ -14,13 +14,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ptft_fast.data.atomic import atomic_open, atomic_write_json
 from ptft_fast.data.corpus import BrokenLine, Document
 from ptft_fast.data.dedup import ExactDeduper, NearDedupConfig, NearDeduper
 from ptft_fast.data.filters import FilterConfig, quality_reason
 from ptft_fast.data.pii import scrub_pii
+from ptft_fast.data.progress import LiveBar
 
 CORPUS_FILE = "corpus.jsonl"
 REPORT_FILE = "report.json"
@@ -152,9 +151,11 @@ def prepare_corpus(
     cfg = cfg or PrepareConfig()
     out = Path(out_dir)
     report = PrepareReport()
-    stream = tqdm(docs, desc="prepare", unit="doc", disable=not cfg.progress)
-    with atomic_open(out / CORPUS_FILE, "w") as fh:
-        for text in clean_documents(stream, cfg, report):
+    with (
+        LiveBar("clean, dedup, scrub", unit="doc", enabled=cfg.progress) as bar,
+        atomic_open(out / CORPUS_FILE, "w") as fh,
+    ):
+        for text in clean_documents(bar.counted(docs), cfg, report):
             fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     report.broken_lines = list(broken or [])
     atomic_write_json(out / REPORT_FILE, report.to_dict())

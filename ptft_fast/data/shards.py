@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ptft_fast.data.atomic import atomic_open, atomic_write_json
+from ptft_fast.data.progress import LiveBar
 from ptft_fast.data.tokenizer import PtftTokenizer
 
 INDEX_FILE = "index.json"
@@ -139,8 +139,7 @@ def write_shards(
     dtype = token_dtype(tokenizer.vocab_size)
     writer = _ShardWriter(out, dtype, cfg.shard_tokens)
     workers = cfg.num_workers or os.cpu_count() or 1
-    bar = tqdm(desc="tokenize", unit="doc", disable=not cfg.progress)
-    pool = None
+    pool = bar = None
     try:
         if workers > 1:
             # the parent may have used the tokenizers thread pool; children get their own processes
@@ -156,6 +155,8 @@ def write_shards(
             results = _windowed_imap(pool, _batches(texts, cfg.batch_docs), 4 * workers)
         else:
             results = (tokenizer.encode_batch(b) for b in _batches(texts, cfg.batch_docs))
+        # after the fork: the bar's redraw thread is not copied into the workers
+        bar = LiveBar(f"tokenize ({out.name})", unit="doc", enabled=cfg.progress)
         for batch in results:
             for ids in batch:
                 if ids:
@@ -166,7 +167,8 @@ def write_shards(
         writer.abort()
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from ptft_fast.data import stable_training
+from ptft_fast.errors import UserInputError, one_line
+
 TOKENIZER_FILE = "tokenizer.json"
 KINDS = ("wordpiece", "bpe", "unigram")
 
@@ -118,12 +121,34 @@ def _post_processor(kind: str, tok: Tokenizer):
     )
 
 
-def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig | None = None) -> PtftTokenizer:
-    """Train a tokenizer of ``cfg.kind`` on ``texts`` (any iterable of strings, streamed)."""
+def train_tokenizer(
+    texts: Iterable[str], cfg: TokenizerConfig | None = None, *, progress: bool = False
+) -> PtftTokenizer:
+    """Train a tokenizer of ``cfg.kind`` on ``texts`` (any iterable of strings, streamed).
+
+    Deterministic: the same texts (in the same order) and settings give a byte-identical
+    ``tokenizer.json`` in every process (WordPiece and Unigram go through
+    :mod:`ptft_fast.data.stable_training`, which says why and how). ``progress``: a bar of the
+    documents read and the time spent, shown once training takes more than a few seconds."""
+    from ptft_fast.data.progress import LiveBar
+
     cfg = cfg or TokenizerConfig()
     tok, trainer = _build(cfg)
-    tok.train_from_iterator(texts, trainer=trainer)
+    desc = f"train {cfg.kind} tokenizer ({cfg.vocab_size} tokens)"
+    with LiveBar(desc, unit="doc", enabled=progress) as bar:
+
+        def read(stream: Iterable[str]):
+            yield from bar.counted(stream)
+            bar.set_description(f"{desc}, all read, building the vocabulary")
+
+        if cfg.kind == "wordpiece":
+            tok.model = stable_training.train_wordpiece(
+                read(texts), tok, cfg.vocab_size, cfg.min_frequency, _specials(cfg)
+            )
+        else:
+            tok.train_from_iterator(read(texts), trainer=trainer)
     if cfg.kind == "unigram":
+        tok.model = stable_training.canonical_unigram(tok.model, len(_specials(cfg)))
         # added last in reverse so <extra_id_0> gets the highest id, as in T5
         tok.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(cfg.num_sentinels))])
     tok.post_processor = _post_processor(cfg.kind, tok)
@@ -301,7 +326,10 @@ class PtftTokenizer:
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no {TOKENIZER_FILE} at {str(path)!r}")
-        backend = Tokenizer.from_file(str(file))
+        try:
+            backend = Tokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception for any file it cannot parse
+            raise UserInputError(f"{file}: not a tokenizers JSON file ({one_line(exc)})") from None
         vocab = backend.get_vocab(with_added_tokens=True)
         # roles an HF config names but the vocabulary lacks fall back to the family defaults
         roles = {r: t for r, t in _hf_special_tokens(file.parent).items() if t in vocab}

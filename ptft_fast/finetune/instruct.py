@@ -149,3 +149,38 @@ def evaluate_instruct(model, data: dict[str, torch.Tensor], batch_size: int = 16
             count += n
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def padded_rows(records: list[Record], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """One record per row, right-padded: input_ids, labels (IGNORE_INDEX on the prompt and the
+    padding), attention_mask, each (N, L). For models that must see whole rows through their own
+    forward (prefix and prompt tuning wrap it; packing goes around it)."""
+    width = max(len(r.ids) for r in records)
+    ids = torch.full((len(records), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(records):
+        ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        labels[i, : len(r.ids)] = torch.tensor(r.labels)
+        mask[i, : len(r.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def padded_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean response-token loss of :func:`padded_rows` through the model's forward (shifted there)."""
+    return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def evaluate_padded(model, data: dict[str, torch.Tensor], batch_size: int = 16) -> dict[str, float]:
+    """Token-weighted mean response loss and perplexity over :func:`padded_rows`."""
+    import math
+
+    total, count = 0.0, 0
+    for i in range(0, data["input_ids"].shape[0], batch_size):
+        b = {k: v[i : i + batch_size] for k, v in data.items()}
+        n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())  # position t is scored against t + 1
+        if n:
+            total += float(padded_loss(model, b)) * n
+            count += n
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

@@ -1,6 +1,10 @@
 """A small fine-tuning loop: AdamW, linear warm-up/decay, gradient clipping, evaluation each epoch,
 best checkpoint kept. Written against plain callables so the trainer of ``ptft_fast.train`` can
-replace it in ``ptft finetune`` later without touching the task code."""
+replace it in ``ptft finetune`` later without touching the task code.
+
+The ``evaluate`` callable scores a *validation* (dev) split: its scores choose the kept epoch, so it
+must never see the test data the final number is reported on (``ptft finetune`` scores ``--eval``
+once, on the kept model, after training)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from ptft_fast.finetune import ulmfit
 
 
 @dataclass
@@ -24,6 +30,13 @@ class FinetuneConfig:
     seed: int = 0
     progress: bool = True  # tqdm bar per epoch
     eval_every: int = 1  # evaluate every this many epochs (and after the last one)
+    # ULMFiT (ptft_fast.finetune.ulmfit): per-layer lr decay (1 = one lr), "linear" warm-up/decay
+    # or "stlr" (slanted triangular), gradual unfreezing (epoch e trains the top e layer groups)
+    layer_lr_decay: float = 1.0
+    schedule: str = "linear"
+    stlr_cut_frac: float = 0.1
+    stlr_ratio: float = 32.0
+    gradual_unfreeze: bool = False
 
 
 @dataclass
@@ -69,30 +82,39 @@ def train(
     higher_is_better: bool = True,
     on_best: Callable[[nn.Module, dict], None] | None = None,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+    restore_best: bool = False,
 ) -> History:
-    """Train the parameters that require grad; ``evaluate(model)`` after every ``cfg.eval_every``-th
-    epoch and the last (``History.epochs`` holds the evaluated epochs); ``on_best``
-    is called (e.g. to save a checkpoint) whenever ``metric`` improves."""
+    """Train the parameters that require grad; ``evaluate(model)`` (the validation split) after
+    every ``cfg.eval_every``-th epoch and the last (``History.epochs`` holds the evaluated epochs);
+    ``on_best`` is called (e.g. to save a checkpoint) whenever ``metric`` improves. With
+    ``restore_best`` the model ends with the weights of the best epoch (a CPU copy of the trainable
+    parameters is kept while training), ready to be scored on the test split."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
+        ulmfit.param_groups(model, params, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay), lr=cfg.lr
     )
     n = next(iter(train_data.values())).shape[0]
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
-    warm = max(1, int(cfg.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+        opt,
+        ulmfit.schedule(
+            cfg.schedule,
+            total,
+            warmup_ratio=cfg.warmup_ratio,
+            cut_frac=cfg.stlr_cut_frac,
+            ratio=cfg.stlr_ratio,
+        ),
     )
+    unfreezing = ulmfit.GradualUnfreezing(model, params) if cfg.gradual_unfreeze else None
     loss_fn = loss_fn or default_loss
     hist = History()
     for epoch in range(1, cfg.epochs + 1):
+        if unfreezing is not None:
+            unfreezing.start_epoch(epoch)
         model.train()
         losses = []
         bar = tqdm(
@@ -105,6 +127,8 @@ def train(
             loss = loss_fn(model, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if unfreezing is not None:
+                unfreezing.drop_frozen_grads()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -123,6 +147,12 @@ def train(
         )
         if better:
             hist.best = row
+            if restore_best:
+                best_weights = [p.detach().to("cpu", copy=True) for p in params]
             if on_best is not None:
                 on_best(model, row)
+    if restore_best and hist.best is not None:
+        with torch.no_grad():
+            for p, w in zip(params, best_weights):
+                p.copy_(w)
     return hist

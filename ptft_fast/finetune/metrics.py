@@ -1,5 +1,6 @@
-"""Task metrics: accuracy, macro/micro F1, Matthews correlation, Pearson/Spearman, SQuAD EM/F1,
-ROUGE-L. Pure Python / numpy on lists; no external metric packages."""
+"""Task metrics: accuracy, macro/micro/binary F1, Matthews correlation, Pearson/Spearman, SQuAD
+EM/F1 (pure Python / numpy on lists); entity-level NER scores through ``seqeval`` and ROUGE /
+BLEU through ``rouge-score`` and ``sacrebleu``, the field's reference implementations."""
 
 from __future__ import annotations
 
@@ -107,29 +108,62 @@ def squad_em_f1(pred: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str
     return {"exact_match": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+def is_entity_scheme(tags: Sequence[str]) -> bool:
+    """Tags of a chunking scheme (IOB1/IOB2/IOE/IOBES: ``O`` and ``B-``/``I-``/``E-``/``S-``
+    prefixed types), which entity-level scores apply to; POS tags and the like are not."""
+    return any(t != "O" for t in tags) and all(t == "O" or re.match(r"^[BIESLU]-.", t) for t in tags)
 
 
-def rouge_l(pred: Sequence[str], gold: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure over whitespace tokens of lower-cased text."""
-    _check(pred, gold, "rouge_l")
-    scores = []
+def entity_scores(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (micro over entity types) of tag sequences, one per
+    sentence, as CoNLL's conlleval scores them (seqeval's default mode: an entity counts when its
+    type and its exact span match). Plus token accuracy."""
+    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    _check(pred, gold, "entity_scores")
+    for i, (p, g) in enumerate(zip(pred, gold)):
+        if len(p) != len(g):
+            raise ValueError(
+                f"entity_scores: sentence {i} has {len(p)} predicted tags and {len(g)} gold tags"
+            )
+    pred, gold = [list(p) for p in pred], [list(g) for g in gold]
+    return {
+        "f1": float(f1_score(gold, pred)),
+        "precision": float(precision_score(gold, pred)),
+        "recall": float(recall_score(gold, pred)),
+        "accuracy": float(accuracy_score(gold, pred)),
+    }
+
+
+def generation_metrics(pred: Sequence[str], gold: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1/2/L F-measures (Google's ``rouge-score``: lower-cased alphanumeric tokens, no
+    stemming; mean over examples), corpus BLEU (``sacrebleu``, its default 13a tokenization, 0-100)
+    and exact match (stripped strings)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    _check(pred, gold, "generation_metrics")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for p, g in zip(pred, gold):
-        pt, gt = p.lower().split(), g.lower().split()
-        lcs = _lcs(pt, gt)
-        if lcs == 0:
-            scores.append(0.0)
-            continue
-        prec, rec = lcs / len(pt), lcs / len(gt)
-        scores.append(2 * prec * rec / (prec + rec))
-    return float(np.mean(scores))
+        for k, score in scorer.score(g, p).items():
+            totals[k] += score.fmeasure
+    n = len(gold)
+    return {
+        "rouge_l": totals["rougeL"] / n,
+        "rouge_1": totals["rouge1"] / n,
+        "rouge_2": totals["rouge2"] / n,
+        "bleu": float(sacrebleu.corpus_bleu(list(pred), [list(gold)]).score),
+        "exact_match": sum(p.strip() == g.strip() for p, g in zip(pred, gold)) / n,
+    }
+
+
+def binary_f1(pred: Sequence, gold: Sequence, positive) -> float:
+    """F1 of the ``positive`` class (GLUE's F1 for MRPC and QQP); 0 when it never occurs."""
+    _check(pred, gold, "binary_f1")
+    tp = sum(p == positive and g == positive for p, g in zip(pred, gold))
+    wrong = sum((p == positive) != (g == positive) for p, g in zip(pred, gold))
+    return 2 * tp / (2 * tp + wrong) if tp + wrong else 0.0
 
 
 def classification_metrics(pred: Sequence, gold: Sequence) -> dict[str, float]:

@@ -8,8 +8,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptft_fast.errors import UserInputError
 
-class DataError(ValueError):
+
+class DataError(UserInputError):
     """Bad task data; the message starts with "FILE:LINE:"."""
 
 
@@ -43,13 +45,22 @@ class QAExample:
     answers: list[dict] = field(default_factory=list)  # {"text": str, "answer_start": int}
 
 
-def _rows(path: Path):
-    """(line number, dict row) for .tsv / .csv / .jsonl files."""
+def _rows(path: Path, fieldnames: list[str] | tuple[str, ...] | None = None):
+    """(line number, dict row) for .tsv / .csv / .jsonl files; text that is not UTF-8 is a DataError.
+    ``fieldnames``: the column names of a .tsv/.csv file without a header row."""
+    try:
+        yield from _decoded_rows(path, fieldnames)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a line)") from None
+
+
+def _decoded_rows(path: Path, fieldnames=None):
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".csv"):
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(
                 f,
+                fieldnames=fieldnames,
                 delimiter="\t" if suffix == ".tsv" else ",",
                 quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
             )
@@ -86,14 +97,16 @@ def read_examples(
     *,
     label_set: list[str] | None = None,
     regression: bool = False,
+    fieldnames: list[str] | tuple[str, ...] | None = None,
 ) -> list[Example]:
     """Sentence(-pair) examples. With ``label_set`` every label must be in it; with ``regression``
-    labels must be numbers. A missing label column is allowed only if no row has it (test data)."""
+    labels must be numbers. A missing label column is allowed only if no row has it (test data).
+    ``fieldnames``: column names of a .tsv/.csv file without a header row (GLUE's CoLA)."""
     path, cols = Path(path), columns or Columns()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     out = []
-    for line, row in _rows(path):
+    for line, row in _rows(path, fieldnames):
         where = f"{path}:{line}"
         for need in (cols.text, cols.text_pair):
             if need is not None and need not in row:
@@ -120,10 +133,11 @@ def read_examples(
 
 
 def read_conll(
-    path: str | Path, *, word_col: int = 0, tag_col: int = -1, label_set=None
+    path: str | Path, *, word_col: int = 0, tag_col: int = -1, label_set=None, with_tags: bool = True
 ) -> list[TokenExample]:
     """CoNLL: one token per line (whitespace-separated columns), blank line between sentences,
-    ``-DOCSTART-`` lines skipped."""
+    ``-DOCSTART-`` lines skipped. ``with_tags=False`` reads words only (a file to predict tags for;
+    its examples get "O" tags)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -138,6 +152,10 @@ def read_conll(
                 if words:
                     out.append(TokenExample(words, tags, f"{path}:{start}"))
                 words, tags, start = [], [], line_no + 1
+                continue
+            if not with_tags:
+                words.append(parts[word_col])
+                tags.append("O")
                 continue
             if len(parts) < 2:
                 raise DataError(f"{path}:{line_no}: expected a token and a tag, got {line.strip()!r}")
@@ -184,3 +202,15 @@ def read_squad(path: str | Path) -> list[QAExample]:
     if not out:
         raise DataError(f"{path}: no questions")
     return out
+
+
+def column_values(
+    path: str | Path, names: tuple[str, ...], fieldnames: list[str] | tuple[str, ...] | None = None
+) -> list[str] | None:
+    """The values of the first of ``names`` that is a column of ``path`` (e.g. a test file's
+    example ids), one per row; None when there is none."""
+    rows = [row for _, row in _rows(Path(path), fieldnames)]
+    for name in names:
+        if rows and name in rows[0]:
+            return [str(r.get(name, "")) for r in rows]
+    return None

@@ -40,23 +40,30 @@ def load_task_data(task: str, train: str, evaluation: str, columns: Columns, lab
         return tr, read_conll(evaluation, label_set=tags), tags
     if task == "qa":
         return read_squad(train), read_squad(evaluation), None
-    if task == "reg":
-        return (
-            read_examples(train, columns, regression=True),
-            read_examples(evaluation, columns, regression=True),
-            None,
-        )
     if task == "instruct":
         tr, ev = read_examples(train, columns), read_examples(evaluation, columns)
         for e in (*tr, *ev):
             if e.label is None or not str(e.label).strip():
                 raise DataError(f"{e.where}: empty or missing response column {columns.label!r}")
         return tr, ev, None
-    tr = read_examples(train, columns, label_set=labels)
+    if task == "reg":
+        tr = read_examples(train, columns, regression=True)
+        ev = read_examples(evaluation, columns, regression=True)
+        return _labeled(tr, columns), _labeled(ev, columns), None
+    tr = _labeled(read_examples(train, columns, label_set=labels), columns)
     names = labels or sorted({str(e.label) for e in tr})
     if task == "seq2seq":
-        return tr, read_examples(evaluation, columns), None
-    return tr, read_examples(evaluation, columns, label_set=names), names
+        return tr, _labeled(read_examples(evaluation, columns), columns), None
+    return tr, _labeled(read_examples(evaluation, columns, label_set=names), columns), names
+
+
+def _labeled(examples: list, columns: Columns) -> list:
+    """``examples`` if every one has a label; else a DataError naming the first without one (a
+    file without the label column trains nothing: it is refused before any work)."""
+    for e in examples:
+        if e.label is None or not str(e.label).strip():
+            raise DataError(f"{e.where}: no label in column {columns.label!r} (set it with --label-column)")
+    return examples
 
 
 def write_task_card(out: Path, **fields) -> None:

@@ -3,7 +3,8 @@
 Checkpoints: ``load_pretrained(dir)`` → (model, config) for BERT/RoBERTa (MLM, pre-training),
 GPT-2, T5 (v1.0 and v1.1) and BART; ``save_pretrained(model, dir)`` writes config.json +
 model.safetensors that ``transformers`` loads; name tables in ``ptft_fast.hf.mapping`` (one per
-family). Patching a transformers model onto ptft_fast ops: ``ptft_fast.hf.patch``.
+family). Patching a transformers (or peft) model onto ptft_fast ops, and undoing it:
+``ptft_fast.patch`` / ``ptft_fast.unpatch`` (``ptft_fast.hf.patch``).
 
 Names are resolved lazily so that ``import ptft_fast`` stays light.
 """

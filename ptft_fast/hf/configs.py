@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+from ptft_fast.errors import UserInputError
 from ptft_fast.models.config import ModelConfig
 
 # HF architecture name → our arch.
@@ -24,8 +27,49 @@ _ACT_FROM_HF = {
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
 
-class UnsupportedCheckpointError(ValueError):
+# Special-token ids the forward pass reads, per family: outside the vocabulary they are refused.
+# The others (bos/eos, GPT-2's pad) only steer generation: outside the vocabulary the model can
+# never produce them, so they load as None with a warning, as transformers loads them.
+_COMPUTED_IDS = {
+    "bert": ("pad_token_id",),  # embedding padding_idx
+    "roberta": ("pad_token_id",),  # padding_idx and position ids
+    "t5": ("pad_token_id", "decoder_start_token_id"),  # decoder inputs shifted from the labels
+    "bart": ("pad_token_id", "decoder_start_token_id"),
+    "gpt2": (),
+}
+_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+
+
+class UnsupportedCheckpointError(UserInputError):
     """A Hugging Face checkpoint ptft_fast cannot represent exactly; the message says why."""
+
+
+def _special_ids(fields: dict, arch: str, where: str) -> dict:
+    """``fields`` with special-token ids outside [0, vocab_size) dropped (warning) or refused."""
+    vocab = fields["vocab_size"]
+    out = dict(fields)
+    for name in _ID_FIELDS:
+        value = out.get(name)
+        if isinstance(value, list):  # several eos ids (generation stops on any): ptft_fast keeps one
+            inside = [v for v in value if isinstance(v, int) and 0 <= v < vocab]
+            warnings.warn(
+                f"{where}: {name}={value} is a list; using {inside[0] if inside else None}", stacklevel=3
+            )
+            value = out[name] = inside[0] if inside else None
+        if value is None or 0 <= value < vocab:
+            continue
+        if name in _COMPUTED_IDS[arch]:
+            raise UnsupportedCheckpointError(
+                f"{where}: {name}={value} is outside the vocabulary (vocab_size={vocab}) and the "
+                f"{arch} forward pass looks it up"
+            )
+        warnings.warn(
+            f"{where}: {name}={value} is outside the vocabulary (vocab_size={vocab}); loaded as None "
+            "(the model can never produce that id)",
+            stacklevel=3,
+        )
+        out[name] = None
+    return out
 
 
 def _act(name: str, where: str) -> str:
@@ -99,6 +143,7 @@ def from_hf_config(hf: dict, **overrides) -> ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"),
             initializer_range=hf.get("initializer_range", 0.02),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
         )
     elif arch == "t5":
         proj = hf.get("feed_forward_proj", "relu")
@@ -161,8 +206,9 @@ def from_hf_config(hf: dict, **overrides) -> ModelConfig:
             decoder_start_token_id=hf.get("decoder_start_token_id", 2),
             scale_embedding=bool(hf.get("scale_embedding", False)),
             initializer_range=hf.get("init_std", 0.02),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
         )
-    return ModelConfig(arch=arch, **{**fields, **overrides})
+    return ModelConfig(arch=arch, **{**_special_ids(fields, arch, where), **overrides})
 
 
 def to_hf_config(config: ModelConfig) -> dict:

@@ -74,9 +74,9 @@ def bert_table(config: ModelConfig) -> list[Rule]:
 
 
 def gpt2_table(config: ModelConfig) -> list[Rule]:
-    """GPT2LMHeadModel (Conv1D weights are stored transposed)."""
+    """GPT2LMHeadModel (Conv1D weights are stored transposed; lm_head.weight when untied)."""
     t, ours = "transformer.h.{i}", "layers.{i}"
-    return [
+    rules = [
         *_one("embed_tokens.weight", "transformer.wte.weight"),
         *_one("embed_positions.weight", "transformer.wpe.weight"),
         *_norm(f"{ours}.attn_norm", f"{t}.ln_1"),
@@ -87,6 +87,9 @@ def gpt2_table(config: ModelConfig) -> list[Rule]:
         *_linear(f"{ours}.mlp.fc_out", f"{t}.mlp.c_proj", transpose=True),
         *_norm("final_norm", "transformer.ln_f"),
     ]
+    if not config.tie_word_embeddings:
+        rules += _one("lm_head.weight", "lm_head.weight")
+    return rules
 
 
 def t5_table(config: ModelConfig) -> list[Rule]:
@@ -122,8 +125,10 @@ def t5_table(config: ModelConfig) -> list[Rule]:
 
 
 def bart_table(config: ModelConfig) -> list[Rule]:
-    """BartForConditionalGeneration."""
+    """BartForConditionalGeneration (lm_head.weight when untied)."""
     rules = [*_one("shared.weight", "model.shared.weight"), *_one("final_logits_bias", "final_logits_bias")]
+    if not config.tie_word_embeddings:
+        rules += _one("lm_head.weight", "lm_head.weight")
     for side, idx in (("encoder", "{i}"), ("decoder", "{j}")):
         m, layer, ours = f"model.{side}", f"model.{side}.layers.{idx}", f"{side}.layers.{idx}"
         rules += _one(f"{side}.embed_positions.weight", f"{m}.embed_positions.weight")
@@ -153,6 +158,15 @@ IGNORED = {
     "gpt2": [r"\.attn\.(bias|masked_bias)$", r"^lm_head\.weight$"],
     "t5": [r"^(encoder|decoder)\.embed_tokens\.weight$", r"^lm_head\.weight$"],
     "bart": [r"^model\.(encoder|decoder)\.embed_tokens\.weight$", r"^lm_head\.weight$"],
+}
+
+
+# HF keys transformers fills itself when a checkpoint lacks them (with a warning): key → the other
+# names the same tensor is stored under; when none is there either, zeros (transformers' init).
+OPTIONAL = {
+    "bert": {"cls.predictions.bias": ("cls.predictions.decoder.bias",)},
+    "roberta": {"lm_head.bias": ("lm_head.decoder.bias",)},
+    "bart": {"final_logits_bias": ()},
 }
 
 

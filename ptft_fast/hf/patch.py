@@ -1,136 +1,95 @@
-"""``ptft_fast.patch(model)``: run a transformers model's norms, attention and loss on ptft_fast ops.
+"""``ptft_fast.patch(model)``: run a transformers (or peft) model on ptft_fast ops; ``unpatch`` undoes it.
 
-Nothing in a model class is rewritten: norms are swapped module-for-module (sharing the
-parameters, so state dicts and tied weights are unchanged), attention goes through transformers'
-public ``AttentionInterface`` registration and ``set_attn_implementation``, and the training loss
-through forward hooks and a parameter-sharing replacement of the vocab projection
-(``ptft_fast.hf.patch_loss``). transformers is imported only when ``patch`` is called.
+Nothing in a model class is rewritten and no family is listed by name:
+
+- norms are found by parameters and behaviour (``ptft_fast.hf.patch_norms``: LayerNorm, RMSNorm,
+  Gemma's (1 + w) RMSNorm) and swapped module-for-module, sharing the parameters;
+- attention goes through transformers' public ``AttentionInterface`` registration and
+  ``set_attn_implementation`` (``ptft_fast.hf.patch_attention``), for every model that calls its
+  attention through that interface (every modern family does);
+- the training loss of an LM head goes through ``ops.linear_cross_entropy`` without building the
+  logits (``ptft_fast.hf.patch_loss``);
+- peft LoRA ``Linear`` layers run on ``ops.lora_linear`` (``ptft_fast.hf.patch_peft``).
+
+State dicts, tied weights, ``save_pretrained`` and peft's adapter handling are unchanged. The
+:class:`PatchReport` says what was patched and what was left alone, and why. transformers is
+imported only when ``patch`` is called.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from ptft_fast.hf import patch_attention, patch_loss
-from ptft_fast.hf.patch_loss import LossHead
-from ptft_fast.nn import LayerNorm, RMSNorm
+from ptft_fast.hf import patch_attention, patch_loss, patch_norms, patch_peft
 
-# model_type → (display name, {model class name: its LM/MLM loss head}). Models of a listed
-# family get norms and attention patched; those with a head here also get the fused loss.
-FAMILIES: dict[str, tuple[str, dict[str, LossHead]]] = {
-    "bert": (
-        "BERT",
-        {
-            "BertForMaskedLM": LossHead("cls.predictions.decoder", shift=False, num_items=False),
-            "BertLMHeadModel": LossHead("cls.predictions.decoder", shift=True, num_items=True),
-        },
-    ),
-    "roberta": (
-        "RoBERTa",
-        {
-            "RobertaForMaskedLM": LossHead("lm_head.decoder", shift=False, num_items=False),
-            "RobertaForCausalLM": LossHead("lm_head.decoder", shift=True, num_items=True),
-        },
-    ),
-    "gpt2": ("GPT-2", {"GPT2LMHeadModel": LossHead("lm_head", shift=True, num_items=True)}),
-    "t5": (
-        "T5",
-        {
-            "T5ForConditionalGeneration": LossHead(
-                "lm_head", shift=False, num_items=False, decoder_inputs_from_labels=True
-            )
-        },
-    ),
-}
+_STATE = "_ptft_fast_patch"  # attribute of the patched transformers model: (report, undo steps)
 
 
 @dataclass
 class PatchReport:
-    """What ``ptft_fast.patch`` replaced in one model."""
+    """What ``ptft_fast.patch`` replaced in one model, and what it left alone (with the reason)."""
 
-    model: str  # class name of the patched model
+    model: str  # class name of the model passed in (e.g. LlamaForCausalLM, PeftModelForCausalLM)
     family: str  # config.model_type
     backend: str | None  # backend the patched ops run on (None → the current default per call)
-    norms: list[str] = field(default_factory=list)  # qualified names of the swapped norm modules
+    norms: dict[str, str] = field(
+        default_factory=dict
+    )  # qualified name → "layer_norm" | "rms" | "offset_rms"
     attention: str | None = None  # attn implementation now set, e.g. "ptft_fast"
     attention_modules: int = 0  # attention modules that look their function up from it
-    loss: str | None = None  # qualified name of the projection computing the fused loss
-    not_patched: list[str] = field(default_factory=list)  # what was asked for but not done, and why
+    loss: str | None = None  # the fused loss: projection and route (LossPlan.describe)
+    lora: list[str] = field(default_factory=list)  # peft LoRA Linear layers now on ops.lora_linear
+    not_patched: list[str] = field(default_factory=list)  # left alone, and why
 
     def __str__(self) -> str:
+        forms = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(self.norms.values()).items()))
         lines = [
             f"ptft_fast.patch({self.model}, family={self.family!r}, backend={self.backend!r})",
-            f"  norms:     {len(self.norms)} replaced",
+            f"  norms:     {len(self.norms)} replaced" + (f" ({forms})" if forms else ""),
             f"  attention: {self.attention or 'unchanged'} ({self.attention_modules} modules)",
             f"  loss:      {'fused at ' + self.loss if self.loss else 'unchanged'}",
+            f"  lora:      {len(self.lora)} layers on ops.lora_linear",
         ]
-        lines += [f"  not patched: {why}" for why in self.not_patched]
+        lines += [f"  left alone: {why}" for why in self.not_patched]
         return "\n".join(lines)
 
 
-def supported() -> str:
-    """A human-readable list of the supported families and their fused-loss heads."""
-    return "; ".join(
-        f"{name} ({kind}: fused loss for {', '.join(heads)})" for kind, (name, heads) in FAMILIES.items()
-    )
-
-
-def _family(model) -> str:
+def _unwrap(model) -> tuple[nn.Module, nn.Module]:
+    """(the transformers PreTrainedModel, the module tree holding LoRA layers) of ``model``."""
     from transformers import PreTrainedModel
 
-    if not isinstance(model, PreTrainedModel):
+    base = model
+    if not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
+        base = model.get_base_model()  # a peft PeftModel
+    if not isinstance(base, PreTrainedModel):
         raise TypeError(
-            f"ptft_fast.patch: expected a transformers PreTrainedModel, got {type(model).__name__}; "
-            "for your own modules use ptft_fast.nn directly"
+            "ptft_fast.patch: expected a transformers PreTrainedModel or a peft PeftModel, got "
+            f"{type(model).__name__}; for your own modules use ptft_fast.nn directly"
         )
-    kind = getattr(model.config, "model_type", None)
-    if kind not in FAMILIES:
-        raise ValueError(
-            f"ptft_fast.patch: unsupported model {type(model).__name__} (model_type={kind!r}); "
-            f"supported: {supported()}"
-        )
-    return kind
+    return base, model
 
 
-def _loss_head(model, heads: dict[str, LossHead]) -> LossHead | None:
-    for cls in type(model).__mro__:
-        if cls.__name__ in heads:
-            return heads[cls.__name__]
-    return None
-
-
-def _swap_norms(model: nn.Module, backend: str | None) -> list[str]:
-    from transformers.models.t5.modeling_t5 import T5LayerNorm
-
-    swapped = []
-    for name, module in list(model.named_modules()):
-        if type(module) is nn.LayerNorm:
-            new = LayerNorm.from_torch(module, backend=backend)
-        elif type(module) is T5LayerNorm:
-            new = RMSNorm.from_weight(module.weight, module.variance_epsilon, backend=backend)
-        else:
-            continue
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, new)
-        swapped.append(name)
-    return swapped
-
-
-def _set_attention(model, backend: str | None) -> tuple[str, int]:
+def _set_attention(model, backend: str | None) -> tuple[str | None, int, Callable[[], None] | None]:
     from transformers import PreTrainedModel
 
     name = patch_attention.register(backend)
     before = model.config._attn_implementation
     model.set_attn_implementation(name)
+
+    def undo() -> None:
+        model.set_attn_implementation(before)
+
     refused = [
         type(m).__name__
         for m in model.modules()
         if isinstance(m, PreTrainedModel) and m.config._attn_implementation != name
     ]
     if refused:
-        model.set_attn_implementation(before)
+        undo()
         raise RuntimeError(
             f"ptft_fast.patch: {', '.join(sorted(set(refused)))} did not accept the attention "
             f"implementation {name!r} (set_attn_implementation refused); the model is unchanged"
@@ -141,7 +100,39 @@ def _set_attention(model, backend: str | None) -> tuple[str, int]:
         for m in model.modules()
         if hasattr(m, "scaling") and hasattr(m, "config") and not isinstance(m, PreTrainedModel)
     )
-    return name, count
+    if count == 0:
+        undo()
+        return None, 0, None
+    return name, count, undo
+
+
+def _patch_all(base, root, report: PatchReport, steps: list, *, norms, attention, loss, lora) -> None:
+    backend = report.backend
+    if attention:  # first: the only step transformers may refuse
+        why = patch_attention.unsupported(base)
+        if why is None:
+            report.attention, report.attention_modules, undo = _set_attention(base, backend)
+            if undo is None:
+                why = f"{type(base).__name__} has no attention layer"
+            else:
+                steps.append(undo)
+        if why is not None:
+            report.not_patched.append(f"attention: {why}")
+    if norms:
+        originals, report.norms, left = patch_norms.swap(base, backend, skip=patch_peft.is_peft_layer)
+        steps.append(lambda: patch_norms.restore(base, originals))
+        report.not_patched += left
+    if loss:
+        plan, why = patch_loss.plan(base)
+        if plan is None:
+            report.not_patched.append(f"loss: {why}")
+        else:
+            steps.append(patch_loss.install(base, plan, backend))
+            report.loss = plan.describe()
+    if lora:
+        report.lora, left, undo = patch_peft.install(root, backend)
+        steps.append(undo)
+        report.not_patched += left
 
 
 def patch(
@@ -150,47 +141,74 @@ def patch(
     norms: bool = True,
     attention: bool = True,
     loss: bool = True,
+    lora: bool = True,
     backend: str | None = None,
 ) -> PatchReport:
-    """Run a transformers model's norms, attention and training loss on ptft_fast ops, in place.
+    """Run a transformers model's norms, attention, training loss and peft LoRA layers on ptft_fast ops, in place.
 
     Args:
-        model: a transformers ``PreTrainedModel`` of a supported family (BERT, RoBERTa, GPT-2,
-            T5); anything else raises, naming the class and the supported families.
-        norms: swap ``nn.LayerNorm`` → ``ptft_fast.nn.LayerNorm`` and ``T5LayerNorm`` →
-            ``ptft_fast.nn.RMSNorm`` (parameters shared, state dict unchanged).
+        model: a transformers ``PreTrainedModel``, or a peft ``PeftModel`` around one (patch after
+            ``get_peft_model`` so that the LoRA layers are found).
+        norms: swap every module that computes a LayerNorm, RMSNorm or (1 + w) RMSNorm (found by
+            behaviour, ``patch_norms``) for ``ptft_fast.nn.LayerNorm`` / ``RMSNorm`` /
+            ``OffsetRMSNorm`` sharing its parameters.
         attention: register ``ops.attention`` in transformers' ``AttentionInterface`` (as
-            "ptft_fast" or "ptft_fast_<backend>") and ``set_attn_implementation`` to it. Masks,
-            T5's position bias, ``scaling`` and ``dropout`` pass through; attention weights are
-            not returned (as with SDPA).
-        loss: for LM/MLM heads (see ``FAMILIES``), compute the training-mode loss from the hidden
-            states with ``ops.linear_cross_entropy``; such calls return ``logits=None``. Eval-mode
-            calls are unchanged and return logits.
+            "ptft_fast" or "ptft_fast_<backend>") and ``set_attn_implementation`` to it. Masks
+            (padding, causal, sliding window), T5's position bias, GQA, ``scaling`` and ``dropout``
+            pass through; attention weights are not returned (as with SDPA). Models with
+            attention-logit soft-capping or sinks are left alone.
+        loss: compute the training-mode loss of ``*ForCausalLM`` / ``*ForMaskedLM`` /
+            ``*ForConditionalGeneration`` heads from the hidden states with
+            ``ops.linear_cross_entropy`` (``patch_loss``); such calls return ``logits=None``.
+            Eval-mode calls are unchanged and return logits. Heads whose logits are soft-capped or
+            scaled before the loss are left alone.
+        lora: run peft LoRA ``Linear`` layers on ``ops.lora_linear`` (``patch_peft``).
         backend: "auto" | "torch" | "triton" | "cuda" | None (→ the current default per call).
 
     Returns:
-        A :class:`PatchReport` of what was replaced.
+        A :class:`PatchReport` of what was replaced and what was left alone (and why).
+        ``unpatch(model)`` restores the original modules.
     """
-    kind = _family(model)
-    if getattr(model, "_ptft_fast_patch_report", None) is not None:
-        raise RuntimeError(f"ptft_fast.patch: this {type(model).__name__} is already patched")
+    base, root = _unwrap(model)
+    if getattr(base, _STATE, None) is not None:
+        raise RuntimeError(
+            f"ptft_fast.patch: this {type(base).__name__} is already patched (unpatch it first)"
+        )
     if backend is not None:
         from ptft_fast.ops.dispatch import _validate_choice
 
         backend = _validate_choice(backend, "ptft_fast.patch")
-    report = PatchReport(model=type(model).__name__, family=kind, backend=backend)
-    if attention:  # first: the only step transformers may refuse, and it is undone if so
-        report.attention, report.attention_modules = _set_attention(model, backend)
-    if norms:
-        report.norms = _swap_norms(model, backend)
-    if loss:
-        head = _loss_head(model, FAMILIES[kind][1])
-        if head is None:
-            report.not_patched.append(
-                f"loss: {type(model).__name__} has no LM/MLM head ptft_fast fuses "
-                f"(fused for {', '.join(FAMILIES[kind][1])})"
-            )
-        else:
-            report.loss = patch_loss.install(model, head, backend)
-    model._ptft_fast_patch_report = report
+    report = PatchReport(model=type(model).__name__, family=str(base.config.model_type), backend=backend)
+    steps: list[Callable[[], None]] = []
+    try:
+        _patch_all(base, root, report, steps, norms=norms, attention=attention, loss=loss, lora=lora)
+    except BaseException:
+        _undo(steps)
+        raise
+    if not (report.norms or report.attention or report.loss or report.lora):
+        _undo(steps)
+        raise ValueError(
+            f"ptft_fast.patch: nothing in {type(model).__name__} runs on ptft_fast ops: "
+            + "; ".join(report.not_patched or ["every part was switched off"])
+        )
+    setattr(base, _STATE, (report, steps))
+    return report
+
+
+def _undo(steps: list[Callable[[], None]]) -> None:
+    for step in reversed(steps):
+        step()
+
+
+def unpatch(model) -> PatchReport:
+    """Undo ``patch(model)``: the original norm modules, LM head, loss function, attention
+    implementation and peft forwards come back (the very objects that were there). Returns the
+    report of the patch that was undone."""
+    base, _ = _unwrap(model)
+    state = getattr(base, _STATE, None)
+    if state is None:
+        raise ValueError(f"ptft_fast.unpatch: this {type(base).__name__} is not patched")
+    report, steps = state
+    _undo(steps)
+    delattr(base, _STATE)
     return report

@@ -8,6 +8,11 @@ together with a mask builder for the same name: transformers' SDPA-style boolean
 attend, or None when a plain causal/bidirectional pattern suffices), except that a padding-only
 bidirectional mask stays compact, (B, 1, 1, Tk), and reaches ``ops.attention`` as its
 ``key_padding_mask`` instead of a dense (B, 1, Tq, Tk) bias.
+
+Sliding-window attention (Mistral, Qwen2, Phi-3) is supported: transformers builds the window
+into the mask (a dense boolean one, folded into ``ops.attention``'s bias), or passes no mask only
+when the window cannot bind (fewer keys than the window). Attention-logit soft-capping and
+attention sinks are refused (:func:`unsupported` at patch time, the function itself at call time).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from ptft_fast import ops
 
-UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "s_aux")
+UNSUPPORTED_KWARGS = ("softcap", "s_aux")  # attention-logit soft-capping, attention sinks
 
 
 def implementation_name(backend: str | None) -> str:
@@ -88,14 +93,21 @@ def make_attention_function(backend: str | None):
         for name in UNSUPPORTED_KWARGS:
             if kwargs.get(name) is not None:
                 raise NotImplementedError(f"ptft_fast attention does not support {name}={kwargs[name]!r}")
-        tq = query.shape[2]
+        tq, tk = query.shape[2], key.shape[2]
+        window = kwargs.get("sliding_window")
+        if window is not None and attention_mask is None and tk > window:
+            # transformers encodes the window in the mask it builds; without one it would be lost
+            raise NotImplementedError(
+                f"ptft_fast attention: sliding_window={window} binds over {tk} keys but no attention mask "
+                "carries it (build masks with the model's mask interface)"
+            )
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         # As in transformers' SDPA path: a causal layer gets no mask when the pattern is plain causal.
         causal = bool(causal) and tq > 1 and attention_mask is None
         key_padding_mask, bias, no_key = None, position_bias, None
         if attention_mask is not None:
             key_padding_mask, bias, no_key = _mask_to_ops(attention_mask, bias, query)
-        elif causal and key.shape[2] > tq:
+        elif causal and tk > tq:
             # Prefill into an empty static cache: transformers aligns causal top-left and the keys
             # past Tq are unused slots; drop them (ops.attention aligns bottom-right).
             key, value = key[:, :, :tq], value[:, :, :tq]
@@ -116,6 +128,24 @@ def make_attention_function(backend: str | None):
         return out, None
 
     return ptft_fast_attention
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why ``model``'s attention cannot run on ``ops.attention`` (None when it can)."""
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        if not isinstance(m, PreTrainedModel):
+            continue
+        if not m._can_set_attn_implementation():
+            return f"{type(m).__name__} does not call its attention through transformers' AttentionInterface"
+        cap = getattr(m.config, "attn_logit_softcapping", None)
+        if cap is not None:
+            return f"{type(m).__name__} soft-caps its attention logits (attn_logit_softcapping={cap})"
+    for name, _ in model.named_parameters():
+        if name.rpartition(".")[2] == "sinks":
+            return f"attention sinks ({name}) are not supported"
+    return None
 
 
 def register(backend: str | None) -> str:

@@ -16,18 +16,20 @@ from torch.utils.checkpoint import checkpoint
 from ptft_fast import ops
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.state import KV, KVCache, Packing
+from ptft_fast.ops.graph_mode import in_graph
 
 
 def effective_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """attention_mask as bool, or None when it masks nothing.
 
-    Checked on CPU only (a free host read there, a sync on GPU): without a mask, attention takes
-    SDPA's unmasked (or is_causal) fast path instead of building and applying a boolean mask.
+    Checked on CPU only (a free host read there, a sync on GPU) and not in graph mode (a
+    data-dependent branch): without a mask, attention takes SDPA's unmasked (or is_causal) fast
+    path instead of building and applying a boolean mask.
     """
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if mask.device.type == "cpu" and bool(mask.all()):
+    if mask.is_cpu and not in_graph() and bool(mask.all()):
         return None
     return mask
 
@@ -95,11 +97,13 @@ class Attention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
         packing: Packing | None = None,
+        weights: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV]:
         """x: (B, T, C) or packed (total, C); memory: (B, S, C) for cross-attention.
 
         Returns the output like x and the (keys, values) to cache: for self-attention the past
-        ones concatenated with the new ones, (B, past + T, H, D).
+        ones concatenated with the new ones, (B, past + T, H, D). With a list ``weights`` (padded
+        form only), the attention probabilities (B, H, T, Tk) are appended to it.
         """
         lead = x.shape[:-1]
         hd = (self.heads, self.head_dim)
@@ -113,17 +117,33 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).view(*lead, 3, *hd).unbind(-3)  # (B, T, H, D) each
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
-        extra = packing.attention_kwargs() if packing is not None else {}
+        cu, longest = (packing.cu_seqlens, packing.max_seqlen) if packing is not None else (None, None)
+        if weights is not None:
+            if packing is not None:
+                raise ValueError("attention weights are returned for padded batches only (not packed)")
+            weights.append(
+                ops.attention_weights(
+                    q,
+                    k,
+                    causal=causal,
+                    key_padding_mask=key_padding_mask,
+                    attn_bias=attn_bias,
+                    softmax_scale=self.softmax_scale,
+                )
+            )
         o = ops.attention(
             q,
             k,
             v,
             causal=causal,
             key_padding_mask=key_padding_mask,
+            cu_seqlens_q=cu,
+            cu_seqlens_k=cu,
+            max_seqlen_q=longest,
+            max_seqlen_k=longest,
             attn_bias=attn_bias,
             dropout_p=self.dropout if self.training else 0.0,
             softmax_scale=self.softmax_scale,
-            **extra,
         )
         return self.out(o.reshape(*lead, -1)), (k, v)
 
@@ -207,22 +227,45 @@ class Layer(nn.Module):
         memory_mask: torch.Tensor | None = None,
         past_self: KV | None = None,
         past_cross: KV | None = None,
+        attentions: list[torch.Tensor] | None = None,
+        cross_attentions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV, KV | None]:
+        """``attentions`` / ``cross_attentions``: lists that receive this layer's self- and
+        cross-attention probabilities (B, H, T, Tk) when given (see ``Attention.forward``)."""
         p = self.dropout if self.training else 0.0
-        self_kw = dict(causal=causal, key_padding_mask=key_padding_mask, attn_bias=attn_bias, packing=packing)
         cross_kv = None
         if self.pre_norm:
-            a, self_kv = self.attn(self.attn_norm(x), past=past_self, **self_kw)
+            a, self_kv = self.attn(
+                self.attn_norm(x),
+                past=past_self,
+                causal=causal,
+                key_padding_mask=key_padding_mask,
+                attn_bias=attn_bias,
+                packing=packing,
+                weights=attentions,
+            )
             if self.cross is not None:
                 n, x = self.cross_norm(a, residual=x, dropout_p=p, return_residual=True)
-                a, cross_kv = self.cross(n, memory=memory, past=past_cross, key_padding_mask=memory_mask)
+                a, cross_kv = self.cross(
+                    n, memory=memory, past=past_cross, key_padding_mask=memory_mask, weights=cross_attentions
+                )
             n, x = self.mlp_norm(a, residual=x, dropout_p=p, return_residual=True)
             m = self.mlp(n)
             return x + (F.dropout(m, p, training=True) if p > 0.0 else m), self_kv, cross_kv
-        a, self_kv = self.attn(x, past=past_self, **self_kw)
+        a, self_kv = self.attn(
+            x,
+            past=past_self,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            attn_bias=attn_bias,
+            packing=packing,
+            weights=attentions,
+        )
         x = self.attn_norm(a, residual=x, dropout_p=p)
         if self.cross is not None:
-            a, cross_kv = self.cross(x, memory=memory, past=past_cross, key_padding_mask=memory_mask)
+            a, cross_kv = self.cross(
+                x, memory=memory, past=past_cross, key_padding_mask=memory_mask, weights=cross_attentions
+            )
             x = self.cross_norm(a, residual=x, dropout_p=p)
         return self.mlp_norm(self.mlp(x), residual=x, dropout_p=p), self_kv, cross_kv
 
@@ -246,13 +289,15 @@ def run_layers(
     checkpointing: bool,
     cache: KVCache | None = None,
     use_cache: bool = False,
+    hidden_states: list[torch.Tensor] | None = None,
     **kw,
 ) -> tuple[torch.Tensor, KVCache | None]:
     """Apply ``layers`` in order, with gradient checkpointing and/or a KV cache.
 
     With ``use_cache`` the returned cache holds every layer's keys/values (extending ``cache``).
     Checkpointing recomputes each layer in backward (dropout masks are replayed: RNG state is
-    saved) and is only active while training with grad enabled.
+    saved) and is only active while training with grad enabled. ``hidden_states``: a list that
+    receives each layer's input (the embeddings first); the caller appends the final output.
     """
     recompute = checkpointing and torch.is_grad_enabled() and layers.training
     if recompute and use_cache:
@@ -261,6 +306,8 @@ def run_layers(
     for i, layer in enumerate(layers):
         past_self = cache.self_attn[i] if cache is not None else None
         past_cross = cache.cross_attn[i] if cache is not None and cache.cross_attn else None
+        if hidden_states is not None:
+            hidden_states.append(x)
         if recompute:
             x, kv, ckv = checkpoint(
                 layer, x, use_reentrant=False, past_self=past_self, past_cross=past_cross, **kw

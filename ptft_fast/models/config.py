@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ptft_fast.errors import UserInputError
+
 ARCHS = ("bert", "roberta", "gpt2", "t5", "bart")
 # Activation names (ours) and the ones Hugging Face configs use for them.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """An invalid model config; the message names the field, the rule and the value."""
 
 
@@ -271,4 +273,26 @@ PRESETS: dict[str, dict] = {
         ffn_size=128,
         max_position_embeddings=128,
     ),
+}
+
+# What each preset is for (``ptft models`` prints it next to the shape and parameter count).
+PRESET_USES: dict[str, str] = {
+    "bert-tiny": "BERT-Tiny shape (2 layers x 128, Turc et al. 2019): a real pre-training run on a CPU",
+    "bert-mini": "BERT-Mini shape (4 x 256): longer CPU runs or a small GPU",
+    "bert-base": "BERT-base (12 x 768): GPU pre-training, the reference encoder",
+    "bert-large": "BERT-large (24 x 1024): several GPUs (DeepSpeed ZeRO)",
+    "roberta-base": "RoBERTa-base: masked LM with byte-level BPE, on a GPU",
+    "gpt2": "GPT-2 small (124M at its vocabulary): causal LM on a GPU",
+    "gpt2-medium": "GPT-2 medium (24 x 1024): causal LM on a GPU",
+    "t5-small": "T5 v1.0 small: span corruption on a GPU",
+    "t5-base": "T5 v1.0 base: span corruption on a GPU",
+    "t5-v1_1-small": "T5 v1.1 small (gated GELU MLP, untied head): span corruption on a GPU",
+    "t5-v1_1-base": "T5 v1.1 base: span corruption on a GPU",
+    "bart-base": "BART-base: text infilling on a GPU",
+    "bert-tiny-cpu": "the default: 2 x 64, trains in seconds on a CPU (smoke runs, tests, demos)",
+    "roberta-tiny": "2 x 64 RoBERTa: seconds on a CPU (smoke runs, tests)",
+    "gpt-tiny": "2 x 64 GPT-2: seconds on a CPU (smoke runs, tests)",
+    "t5-tiny": "2 x 64 T5 v1.0: seconds on a CPU (smoke runs, tests)",
+    "t5-v1_1-tiny": "2 x 64 T5 v1.1: seconds on a CPU (smoke runs, tests)",
+    "bart-tiny": "2 x 64 BART: seconds on a CPU (smoke runs, tests)",
 }

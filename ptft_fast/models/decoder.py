@@ -45,6 +45,8 @@ class DecoderForCausalLM(nn.Module):
         cache: KVCache | None = None,
         use_cache: bool = False,
         return_logits: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> ModelOutput:
         """input_ids: (B, T) new tokens; attention_mask: (B, past + T), 1/True = token (covers the
         cached positions too); labels: (B, T), position t is scored against labels[t + 1] (the
@@ -58,6 +60,9 @@ class DecoderForCausalLM(nn.Module):
 
         ``cache`` holds the keys/values of earlier positions (``cache.length`` of them).
         Logits are computed when there are no labels or ``return_logits=True``.
+        ``output_hidden_states`` / ``output_attentions``: also return the embeddings' and every
+        layer's output (``all_hidden_states``, N + 1 tensors (B, T, C), the last after the final
+        norm) and the attention probabilities (``attentions``, (B, H, T, past + T) per layer).
         """
         cfg = self.config
         past = cache.length if cache is not None else 0
@@ -74,6 +79,8 @@ class DecoderForCausalLM(nn.Module):
         if self.training and cfg.dropout > 0.0:
             x = nn.functional.dropout(x, cfg.dropout, training=True)
         mask = effective_mask(attention_mask)
+        states = [] if output_hidden_states else None
+        attentions = [] if output_attentions else None
         x, new_cache = run_layers(
             self.layers,
             x,
@@ -82,6 +89,8 @@ class DecoderForCausalLM(nn.Module):
             use_cache=use_cache,
             causal=True,
             key_padding_mask=mask,
+            hidden_states=states,
+            attentions=attentions,
         )
         h = self.final_norm(x)
         weight = self.embed_tokens.weight
@@ -89,7 +98,14 @@ class DecoderForCausalLM(nn.Module):
         if return_logits is None:
             return_logits = labels is None
         logits = self.lm_head.logits(h, weight) if return_logits else None
-        return ModelOutput(loss=loss, logits=logits, hidden_states=h, cache=new_cache)
+        return ModelOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=h,
+            cache=new_cache,
+            all_hidden_states=None if states is None else (*states, h),
+            attentions=None if attentions is None else tuple(attentions),
+        )
 
     def _default_positions(
         self, attention_mask: torch.Tensor | None, past: int, total: int, device: torch.device

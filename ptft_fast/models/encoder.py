@@ -21,6 +21,7 @@ from ptft_fast.models.blocks import (
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, MLMHead, NSPHead
 from ptft_fast.models.state import ModelOutput, Packing
+from ptft_fast.ops.graph_mode import in_graph
 
 
 def roberta_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -72,9 +73,13 @@ class Encoder(nn.Module):
         *,
         packing: Packing | None = None,
         keep: torch.Tensor | None = None,
+        hidden_states: list[torch.Tensor] | None = None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """input_ids: (B, T); attention_mask: (B, T) 1/True = token. Returns (B, T, C), or packed
-        (total, C) when ``packing`` is given (padding-free path).
+        (total, C) when ``packing`` is given (padding-free path). ``hidden_states`` /
+        ``attentions`` (lists, padded path, no ``keep``) receive every layer's input and
+        attention probabilities.
 
         keep: (B, T) bool. With it the last layer is computed only at kept token positions (its
         keys/values still come from every token) and the result is (n_kept, C), in row-major
@@ -83,7 +88,7 @@ class Encoder(nn.Module):
         x = self.embed(input_ids, token_type_ids)
         if self.training and self.config.dropout > 0.0:
             x = nn.functional.dropout(x, self.config.dropout, training=True)
-        kw: dict = {}
+        kw: dict = {"hidden_states": hidden_states, "attentions": attentions}
         if packing is not None:
             x = packing.unpad(x)
             kw["packing"] = packing
@@ -132,8 +137,15 @@ class EncoderForMaskedLM(nn.Module):
         next_sentence_label: torch.Tensor | None = None,
         *,
         return_logits: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> ModelOutput:
         """input_ids, attention_mask, token_type_ids, labels: (B, T); next_sentence_label: (B,).
+
+        ``output_hidden_states`` / ``output_attentions``: also return the embeddings' and every
+        layer's output (``all_hidden_states``, N + 1 tensors (B, T, C)) and every layer's attention
+        probabilities (``attentions``, (B, H, T, T)), as transformers does; such a call runs the
+        padded path (no varlen packing, no labeled-rows-only shortcut).
 
         labels hold token ids at masked positions and IGNORE_INDEX (-100) elsewhere. The full
         (B, T, V) logits are computed when there are no labels or ``return_logits=True``. The
@@ -145,18 +157,28 @@ class EncoderForMaskedLM(nn.Module):
         if return_logits is None:
             return_logits = labels is None
         attention_mask = effective_mask(attention_mask)
-        packing = (
-            Packing.from_mask(attention_mask) if self.config.varlen and attention_mask is not None else None
-        )
+        static = in_graph()  # no packing and no labeled-rows-only last layer: both need host reads
+        collect = output_hidden_states or output_attentions  # per-layer outputs in the padded form
+        varlen = self.config.varlen and attention_mask is not None and not static and not collect
+        packing = Packing.from_mask(attention_mask) if varlen else None
         weight = self.encoder.embed_tokens.weight
-        keep = labels != IGNORE_INDEX if labels is not None else None
-        if keep is not None and not return_logits and self.nsp is None and bool(keep.any()):
+        keep = labels != IGNORE_INDEX if labels is not None and not static else None
+        if keep is not None and not return_logits and self.nsp is None and not collect and bool(keep.any()):
             # Loss only: the last layer runs at the labeled positions alone (exact for the loss).
             h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing, keep=keep)
             if attention_mask is not None:
                 keep = keep & attention_mask
             return ModelOutput(loss=self.mlm.loss(h, weight, labels[keep]))
-        h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing)
+        states = [] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        h = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            packing=packing,
+            hidden_states=states,
+            attentions=attentions,
+        )
         loss = None
         if labels is not None:
             tok_labels = packing.unpad(labels) if packing is not None else labels
@@ -172,4 +194,11 @@ class EncoderForMaskedLM(nn.Module):
             nsp_loss = nn.functional.cross_entropy(nsp_logits, next_sentence_label, ignore_index=IGNORE_INDEX)
             loss = nsp_loss if loss is None else loss + nsp_loss
         logits = self.mlm.logits(h, weight) if return_logits else None
-        return ModelOutput(loss=loss, logits=logits, hidden_states=h, nsp_logits=nsp_logits)
+        return ModelOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=h,
+            nsp_logits=nsp_logits,
+            all_hidden_states=None if states is None else (*states, h),
+            attentions=None if attentions is None else tuple(attentions),
+        )

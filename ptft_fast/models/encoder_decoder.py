@@ -101,7 +101,13 @@ class Stack(nn.Module):
         memory_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
+        hidden_states: list[torch.Tensor] | None = None,
+        attentions: list[torch.Tensor] | None = None,
+        cross_attentions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
+        """input_ids: (B, T) → (B, T, C) and the new cache. The lists, when given, receive the
+        embeddings' and every layer's output (the last after T5's final norm) and the self- and
+        cross-attention probabilities of every layer."""
         cfg = self.config
         past = cache.length if cache is not None else 0
         t = input_ids.shape[1]
@@ -131,11 +137,16 @@ class Stack(nn.Module):
             attn_bias=bias,
             memory=memory,
             memory_mask=effective_mask(memory_mask),
+            hidden_states=hidden_states,
+            attentions=attentions,
+            cross_attentions=cross_attentions,
         )
         if self.t5:
             x = self.final_norm(x)
             if p > 0.0:
                 x = nn.functional.dropout(x, p, training=True)
+        if hidden_states is not None:
+            hidden_states.append(x)
         return x, new_cache
 
 
@@ -207,23 +218,34 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
         cache: KVCache | None = None,
         use_cache: bool = False,
         return_logits: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> ModelOutput:
         """input_ids/attention_mask: (B, S) encoder side; decoder_input_ids: (B, T), derived from
         labels by shifting right when None; decoder_attention_mask: (B, past + T); labels: (B, T)
         aligned with the decoder outputs, IGNORE_INDEX (-100) skipped.
 
         Pass ``encoder_hidden_states`` (from ``encode``) to skip the encoder, e.g. when decoding
-        step by step with ``cache``.
+        step by step with ``cache``. ``output_hidden_states`` / ``output_attentions``: also return
+        each stack's embeddings and layer outputs (``encoder_all_hidden_states``,
+        ``all_hidden_states``: N + 1 tensors each) and the attention probabilities
+        (``encoder_attentions``, ``attentions``, ``cross_attentions``), as transformers does.
         """
         cfg = self.config
+        enc_states = [] if output_hidden_states and encoder_hidden_states is None else None
+        enc_attn = [] if output_attentions and encoder_hidden_states is None else None
         if encoder_hidden_states is None:
             if input_ids is None:
                 raise ValueError("EncoderDecoder: give input_ids or encoder_hidden_states")
-            encoder_hidden_states = self.encode(input_ids, attention_mask)
+            encoder_hidden_states = self.encoder(
+                input_ids, self.shared, attention_mask, hidden_states=enc_states, attentions=enc_attn
+            )[0]
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("EncoderDecoder: give decoder_input_ids or labels")
             decoder_input_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
+        states = [] if output_hidden_states else None
+        attn, cross = ([], []) if output_attentions else (None, None)
         h, new_cache = self.decoder(
             decoder_input_ids,
             self.shared,
@@ -232,6 +254,9 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
             memory_mask=attention_mask,
             cache=cache,
             use_cache=use_cache,
+            hidden_states=states,
+            attentions=attn,
+            cross_attentions=cross,
         )
         bias = self.final_logits_bias.view(-1) if cfg.arch == "bart" else None
         weight = self.shared.weight
@@ -245,4 +270,13 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
             hidden_states=h,
             encoder_hidden_states=encoder_hidden_states,
             cache=new_cache,
+            all_hidden_states=_tuple(states),
+            attentions=_tuple(attn),
+            cross_attentions=_tuple(cross),
+            encoder_all_hidden_states=_tuple(enc_states),
+            encoder_attentions=_tuple(enc_attn),
         )
+
+
+def _tuple(items: list | None) -> tuple | None:
+    return None if items is None else tuple(items)

@@ -12,6 +12,7 @@ from torch import nn
 from ptft_fast import ops
 from ptft_fast.models.blocks import Norm, activation_fn
 from ptft_fast.models.config import ModelConfig
+from ptft_fast.ops.graph_mode import in_graph
 
 IGNORE_INDEX = -100
 
@@ -41,9 +42,9 @@ class MLMHead(nn.Module):
         """hidden: (..., C), labels: (...) with IGNORE_INDEX at unmasked tokens → scalar mean loss."""
         flat_labels = labels.reshape(-1)
         flat = hidden.reshape(-1, hidden.shape[-1])
-        if flat.device.type == "cpu":
+        if flat.is_cpu and not in_graph():
             # Select the labeled rows first (a free host read on CPU): the transform then runs on
-            # ~15% of the tokens. On GPU linear_cross_entropy masks rows itself (no sync).
+            # ~15% of the tokens. On GPU (and in graph mode) linear_cross_entropy masks rows itself.
             rows = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
             flat, flat_labels = flat.index_select(0, rows), flat_labels.index_select(0, rows)
         if flat.shape[0] == 0:  # no labeled token: zero loss that still backpropagates

@@ -30,12 +30,24 @@ class KVCache:
 
 @dataclass
 class ModelOutput:
+    """What a model's forward returns; the per-layer fields are filled only when asked for
+    (``output_hidden_states`` / ``output_attentions``, transformers' names and conventions)."""
+
     loss: torch.Tensor | None = None  # scalar mean loss over labeled tokens
     logits: torch.Tensor | None = None  # (B, T, V); None when only the loss was asked for
     hidden_states: torch.Tensor | None = None  # (B, T, C) last (decoder) layer, after the final norm
     nsp_logits: torch.Tensor | None = None  # (B, 2) next-sentence prediction (BERT pre-training)
     encoder_hidden_states: torch.Tensor | None = None  # (B, S, C) encoder-decoder models
     cache: KVCache | None = None  # with use_cache=True
+    # output_hidden_states=True: the embeddings' output and every layer's, (B, T, C) each, N + 1
+    # in all as transformers gives them (the last after the final norm where the model has one)
+    all_hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None  # output_attentions=True: (B, H, T, Tk) per layer
+    cross_attentions: tuple[torch.Tensor, ...] | None = None  # encoder-decoder: (B, H, T, S) per layer
+    encoder_all_hidden_states: tuple[torch.Tensor, ...] | None = (
+        None  # encoder-decoder, like all_hidden_states
+    )
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None  # encoder-decoder: (B, H, S, S) per layer
 
 
 @dataclass
@@ -67,7 +79,3 @@ class Packing:
         """(total, ...) → (B, T, ...) with zeros at padding."""
         out = x.new_zeros(self.batch * self.seqlen, *x.shape[1:]).index_copy(0, self.indices, x)
         return out.view(self.batch, self.seqlen, *x.shape[1:])
-
-    def attention_kwargs(self) -> dict:
-        cu, m = self.cu_seqlens, self.max_seqlen
-        return dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m)

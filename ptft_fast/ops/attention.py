@@ -76,31 +76,40 @@ def attention(
         max_seqlen_q, max_seqlen_k: longest sequence; derived (a host read) when None.
         attn_bias: additive, differentiable, broadcastable to (B, Hq, Tq, Tk) (T5 relative
             position bias, ALiBi); in varlen form Tq/Tk are max_seqlen_q/k. Or a
-            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton backend
-            looks it up in-kernel (gradient into its table), others materialize it.
+            :class:`~ptft_fast.ops.relative_bias.RelativePositionBias` (T5): the triton and cuda
+            backends look it up in-kernel (gradient into its table), the torch backend materializes it.
         dropout_p: attention-probability dropout, in [0, 1).
         softmax_scale: default 1/sqrt(D).
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
 
     Returns:
         Like q: (B, Tq, Hq, D) or (total_q, Hq, D). Queries that see no key return zeros.
+
+    Dtypes (docs/op_contracts.md): under autocast q, k, v are cast first; then k and v have q's
+    dtype, attn_bias (or its table) has it or float32 when q is float16/bfloat16.
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     ndim = 3 if varlen else 4
-    layout = "(total, H, D) in varlen form" if varlen else "(B, T, H, D)"
     for name, t in (("q", q), ("k", k), ("v", v)):
         checks.tensor(OP, name, t)
         if t.dim() != ndim:
+            layout = "(total, H, D) in varlen form" if varlen else "(B, T, H, D)"
             raise ValueError(f"{OP}: {name} must be {layout}, got shape {tuple(t.shape)}")
         checks.not_empty(OP, name, t)
-    checks.same_device(OP, "q", q, k=k, v=v)
-    q, k, v = checks.autocast_inputs(q.device, q, k, v)
-    checks.same_dtype(OP, "q", q, k=k, v=v)
-    if k.shape != v.shape:
-        raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{OP}: head dim D of q ({q.shape[-1]}) and k ({k.shape[-1]}) must match")
-    hq, hkv = q.shape[-2], k.shape[-2]
+    device = q.device
+    if k.device != device or v.device != device:
+        checks.same_device(OP, "q", q, k=k, v=v)
+    kind = checks.device_type(q)
+    if torch.is_autocast_enabled(kind):
+        q, k, v = checks.autocast_inputs(kind, q, k, v)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        checks.dtypes(OP, "q", q, operands={"k": k, "v": v}, params={})
+    q_shape, k_shape = q.shape, k.shape  # read once: each .shape builds a new object
+    if k_shape != v.shape:
+        raise ValueError(f"{OP}: k and v must have the same shape, got {tuple(k_shape)} and {tuple(v.shape)}")
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(f"{OP}: head dim D of q ({q_shape[-1]}) and k ({k_shape[-1]}) must match")
+    hq, hkv = q_shape[-2], k_shape[-2]
     if hq % hkv != 0:
         raise ValueError(f"{OP}: Hq must be divisible by Hkv (GQA/MQA), got Hq={hq}, Hkv={hkv}")
     checks.probability(OP, "dropout_p", dropout_p)
@@ -124,22 +133,27 @@ def attention(
         max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, cu_seqlens_k)
         full = (bq, hq, max_seqlen_q, max_seqlen_k)
     else:
-        if q.shape[0] != k.shape[0]:
-            raise ValueError(f"{OP}: batch of q ({q.shape[0]}) and k ({k.shape[0]}) must match")
-        full = (q.shape[0], hq, q.shape[1], k.shape[1])
+        if q_shape[0] != k_shape[0]:
+            raise ValueError(f"{OP}: batch of q ({q_shape[0]}) and k ({k_shape[0]}) must match")
+        full = (q_shape[0], hq, q_shape[1], k_shape[1])
         if key_padding_mask is not None:
             checks.tensor(OP, "key_padding_mask", key_padding_mask, floating=False)
             if key_padding_mask.dtype != torch.bool:
                 raise TypeError(
                     f"{OP}: key_padding_mask must be bool (True = attend), got {key_padding_mask.dtype}"
                 )
-            checks.shape(OP, "key_padding_mask", key_padding_mask, (k.shape[0], k.shape[1]), "(B, Tk)")
+            checks.shape(OP, "key_padding_mask", key_padding_mask, (k_shape[0], k_shape[1]), "(B, Tk)")
             checks.same_device(OP, "q", q, key_padding_mask=key_padding_mask)
     if attn_bias is not None:
         _check_bias(attn_bias, full)
-        bias_tensor = attn_bias.table if isinstance(attn_bias, RelativePositionBias) else attn_bias
+        relative = isinstance(attn_bias, RelativePositionBias)
+        bias_tensor = attn_bias.table if relative else attn_bias
         checks.same_device(OP, "q", q, attn_bias=bias_tensor)
-    impl = resolve(OP, backend, q.device)
+        if bias_tensor.dtype != q.dtype:
+            checks.dtypes(
+                OP, "q", q, operands={}, params={"attn_bias.table" if relative else "attn_bias": bias_tensor}
+            )
+    impl = resolve(OP, backend, q)
     return impl(
         q,
         k,
@@ -153,6 +167,50 @@ def attention(
         attn_bias=attn_bias,
         dropout_p=dropout_p,
         softmax_scale=softmax_scale if softmax_scale is None else float(softmax_scale),
+    )
+
+
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | RelativePositionBias | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """The attention probabilities :func:`attention` applies to v, for inspection (which heads
+    attend where): softmax(q kᵀ · scale + attn_bias + mask), before dropout, in float32.
+
+    Same conventions as :func:`attention`, padded form only: q (B, Tq, Hq, D), k (B, Tk, Hkv, D),
+    key_padding_mask (B, Tk) bool True = attend, causal aligned bottom-right. Returns
+    (B, Hq, Tq, Tk); each row sums to 1, or is zeros for a query that sees no key. Always the
+    PyTorch reference (the fused kernels never materialize the probabilities).
+    """
+    from ptft_fast.ops.reference import attention_weights_ref
+
+    for name, t in (("q", q), ("k", k)):
+        checks.tensor(OP, name, t)
+        if t.dim() != 4:
+            raise ValueError(f"attention_weights: {name} must be (B, T, H, D), got shape {tuple(t.shape)}")
+    if q.shape[-1] != k.shape[-1] or q.shape[0] != k.shape[0] or q.shape[-2] % k.shape[-2]:
+        raise ValueError(
+            f"attention_weights: q {tuple(q.shape)} and k {tuple(k.shape)} must share B and D, Hq % Hkv == 0"
+        )
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (k.shape[0], k.shape[1])
+    ):
+        raise ValueError(
+            f"attention_weights: key_padding_mask must be bool (B, Tk) = {(k.shape[0], k.shape[1])}, "
+            f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+        )
+    return attention_weights_ref(
+        q,
+        k,
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        attn_bias=attn_bias,
+        softmax_scale=softmax_scale,
     )
 
 

@@ -6,15 +6,19 @@ import torch
 
 from ptft_fast.ops import checks
 from ptft_fast.ops.dispatch import resolve
+from ptft_fast.ops.graph_mode import in_graph
 
 OP = "linear_cross_entropy"
 REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_labels_in_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
-    """Labels lie in [0, V) or equal ignore_index: ValueError on CPU, async device assert on GPU."""
+    """Labels lie in [0, V) or equal ignore_index: ValueError on CPU, async device assert on GPU.
+
+    The public op checks device tensors; on CPU each backend checks (the torch backend's small
+    path lets ``F.cross_entropy`` check, and calls this only to word the error)."""
     bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
-    if labels.device.type == "cpu":
+    if labels.is_cpu and not in_graph():  # in a graph: the assert, not a data-dependent branch
         if bad.any():
             value = labels[bad][0].item()
             raise ValueError(
@@ -58,37 +62,49 @@ def linear_cross_entropy(
     Returns:
         Scalar loss, or labels-shaped losses for reduction="none", in hidden's dtype (float32
         under ``torch.autocast``, whose matmul dtype the logits then use).
+
+    Dtypes (docs/op_contracts.md): under autocast hidden, weight and bias are cast first; then
+    weight has hidden's dtype, bias has it or float32 when hidden is float16/bfloat16.
     """
     checks.tensor(OP, "hidden", hidden)
     checks.tensor(OP, "weight", weight, ndim=2)
     checks.tensor(OP, "labels", labels, floating=False)
     if labels.dtype not in checks.INDEX_DTYPES:
         raise TypeError(f"{OP}: labels must be int64 or int32, got {labels.dtype}")
-    if hidden.dim() < 1 or tuple(hidden.shape[:-1]) != tuple(labels.shape):
+    h_shape, w_shape = hidden.shape, weight.shape
+    if not h_shape or h_shape[:-1] != labels.shape:
         raise ValueError(
-            f"{OP}: hidden must be labels.shape + (H,), got hidden {tuple(hidden.shape)} "
+            f"{OP}: hidden must be labels.shape + (H,), got hidden {tuple(h_shape)} "
             f"and labels {tuple(labels.shape)}"
         )
     checks.not_empty(OP, "hidden", hidden)
-    checks.size(OP, "weight", weight, 1, hidden.shape[-1], "hidden.shape[-1] (H)")
+    if w_shape[1] != h_shape[-1]:
+        checks.size(OP, "weight", weight, 1, h_shape[-1], "hidden.shape[-1] (H)")
     checks.not_empty(OP, "weight", weight)
     if bias is not None:
         checks.tensor(OP, "bias", bias, ndim=1)
-        checks.shape(OP, "bias", bias, (weight.shape[0],), "weight.shape[0] (V)")
-    checks.same_device(OP, "hidden", hidden, weight=weight, labels=labels, bias=bias)
+        checks.shape(OP, "bias", bias, (w_shape[0],), "weight.shape[0] (V)")
+    device = hidden.device
+    if weight.device != device or labels.device != device or (bias is not None and bias.device != device):
+        checks.same_device(OP, "hidden", hidden, weight=weight, labels=labels, bias=bias)
     # under autocast the matmul runs in the autocast dtype and the loss comes back in fp32, as
     # F.cross_entropy's does (autocast runs losses in fp32)
-    autocast = torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != torch.float64
-    loss_dtype = torch.float32 if autocast else None
-    hidden, weight, bias = checks.autocast_inputs(hidden.device, hidden, weight, bias)
-    checks.same_dtype(OP, "hidden", hidden, weight=weight)
+    kind = checks.device_type(hidden)
+    loss_dtype = None
+    if torch.is_autocast_enabled(kind):
+        if hidden.dtype != torch.float64:
+            loss_dtype = torch.float32
+        hidden, weight, bias = checks.autocast_inputs(kind, hidden, weight, bias)
+    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
+        checks.dtypes(OP, "hidden", hidden, operands={"weight": weight}, params={"bias": bias})
     checks.probability(OP, "label_smoothing", label_smoothing)
     checks.positive(OP, "z_loss", z_loss, allow_zero=True)
     checks.choice(OP, "reduction", reduction, REDUCTIONS)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"{OP}: ignore_index must be an int, got {type(ignore_index).__name__}")
-    check_labels_in_range(labels, weight.shape[0], ignore_index)
-    impl = resolve(OP, backend, hidden.device)
+    if not labels.is_cpu:  # an async device assert; CPU labels are checked by the backends
+        check_labels_in_range(labels, w_shape[0], ignore_index)
+    impl = resolve(OP, backend, hidden)
     return impl(
         hidden,
         weight,

@@ -9,7 +9,7 @@ not support) is plain Python above it and is tested on CPU.
 
 What the kernels do not support raises a ``TypeError``/``ValueError`` naming the argument — never
 a silent fallback: attention and linear_cross_entropy / lora_linear run in float16/bfloat16 only
-(tensor cores), attention head dims are 64 and 128, layer norm rows are at most 32768 wide.
+(tensor cores), attention head dims are 32, 64 and 128, layer norm rows are at most 32768 wide.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ except ImportError:  # not built here: the dispatcher reports why when backend="
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 LAYER_NORM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYER_NORM_MAX_HIDDEN = 32768  # csrc/layer_norm.cu: one fp32 row in shared memory
-ATTENTION_HEAD_DIMS = (64, 128)
+ATTENTION_HEAD_DIMS = (32, 64, 128)
+ATTENTION_MAX_BUCKETS = 256  # csrc/attention_common.cuh: T5 buckets looked up in-kernel
 REDUCTIONS = ("none", "sum", "mean")
 
 
@@ -93,6 +94,8 @@ class AttentionArgs:
     cu_seqlens_k: torch.Tensor | None
     key_padding_mask: torch.Tensor | None
     attn_bias: torch.Tensor | None  # in q's dtype, broadcastable to (B, Hq, Tq, Tk)
+    rel_lut: torch.Tensor | None  # T5 bias in-kernel: (Tq + Tk - 1,) int32 bucket of j - i + Tq - 1
+    rel_table: torch.Tensor | None  # (num_buckets, Hq) float32 (differentiable)
     max_seqlen_q: int
     max_seqlen_k: int
     softmax_scale: float
@@ -111,7 +114,9 @@ def adapt_attention(
     attn_bias,
     softmax_scale,
 ) -> AttentionArgs:
-    """Contiguous q/k/v, int32 cu_seqlens, the bias materialized (T5 table) in q's dtype."""
+    """Contiguous q/k/v (16-byte aligned), int32 cu_seqlens, a dense bias in q's dtype; a T5
+    RelativePositionBias goes to the kernels as its bucket table (looked up in-kernel) when it has
+    at most ATTENTION_MAX_BUCKETS buckets, else materialized."""
     op = "attention"
     _require_half(op, "q", q)
     head_dim = q.shape[-1]
@@ -134,15 +139,27 @@ def adapt_attention(
     else:
         tq, tk = q.shape[1], k.shape[1]
         cu_q = cu_k = None
-    if isinstance(attn_bias, RelativePositionBias):  # T5 bias: materialize (grad flows to the table)
-        attn_bias = attn_bias.materialize(tq, tk)
+    rel_lut = rel_table = None
+    if isinstance(attn_bias, RelativePositionBias):  # grad flows to the table either way
+        if attn_bias.num_buckets <= ATTENTION_MAX_BUCKETS:
+            rel_lut = attn_bias.bucket_lut(tq, tk).to(q.device)
+            rel_table = attn_bias.table.to(q.device, torch.float32).contiguous()
+            attn_bias = None
+        else:
+            attn_bias = attn_bias.materialize(tq, tk)
     if attn_bias is not None:  # contiguous: the binding broadcasts it with zero strides, as a view
         attn_bias = attn_bias.to(q.dtype).contiguous()
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
-    return AttentionArgs(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, mask, attn_bias, tq, tk, scale
-    )
+    q, k, v = (_aligned16(t.contiguous()) for t in (q, k, v))
+    return AttentionArgs(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, tq, tk, scale)
+
+
+def _aligned16(t: torch.Tensor) -> torch.Tensor:
+    """t itself, or a copy when its data does not start on a 16-byte boundary (the kernels copy
+    16-byte chunks): storages are allocated aligned, so the storage offset decides (which, unlike
+    data_ptr(), torch.compile can trace)."""
+    return t if t.storage_offset() * t.element_size() % 16 == 0 else t.clone()
 
 
 @dataclass(frozen=True)
@@ -243,44 +260,40 @@ def _register_library() -> None:
 
     # attention
     @torch.library.register_fake("ptft_fast::attention_fwd")
-    def _(q, k, v, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale):
+    def _(q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k, causal, dropout_p, scale):
         batch = q.shape[0] if cu_q is None else cu_q.shape[0] - 1
         return torch.empty_like(q), q.new_empty((batch, q.shape[-2], max_q), dtype=f32)
 
     @torch.library.register_fake("ptft_fast::attention_bwd")
     def _(
-        dout, q, k, v, out, lse, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale, bias_grad
-    ):
+        dout, q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng,
+        max_q, max_k, causal, dropout_p, scale, bias_grad, rel_grad,
+    ):  # fmt: skip
         dbias = torch.empty_like(bias) if bias_grad else q.new_empty(0)
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+        drel = torch.empty_like(rel_table) if rel_grad else q.new_empty(0, dtype=f32)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, drel
 
     def attn_setup(ctx, inputs, output):
-        q, k, v, cu_q, cu_k, kpm, bias, rng, max_q, max_k, causal, dropout_p, scale = inputs
+        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k, causal, dropout_p, scale = (
+            inputs
+        )
         out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rng)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng)
         ctx.meta = (max_q, max_k, causal, dropout_p, scale)
         ctx.bias_grad = bias is not None and ctx.needs_input_grad[6]
+        ctx.rel_grad = rel_table is not None and ctx.needs_input_grad[8]
 
     def attn_backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_q, cu_k, kpm, bias, rng = ctx.saved_tensors
-        dq, dk, dv, dbias = ops.attention_bwd(
-            dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rng, *ctx.meta, ctx.bias_grad
-        )
-        return (
-            dq,
-            dk,
-            dv,
-            None,
-            None,
-            None,
-            dbias if ctx.bias_grad else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng = ctx.saved_tensors
+        dq, dk, dv, dbias, drel = ops.attention_bwd(
+            dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng,
+            *ctx.meta, ctx.bias_grad, ctx.rel_grad,
+        )  # fmt: skip
+        grads = [None] * 15  # one per forward input
+        grads[:3] = dq, dk, dv
+        grads[6] = dbias if ctx.bias_grad else None
+        grads[8] = drel if ctx.rel_grad else None
+        return tuple(grads)
 
     torch.library.register_autograd("ptft_fast::attention_fwd", attn_backward, setup_context=attn_setup)
 
@@ -352,6 +365,12 @@ def _register_library() -> None:
 def layer_norm_cuda(
     x, weight, bias=None, eps=1e-5, *, residual=None, rms=False, dropout_p=0.0, return_residual=False
 ):
+    if residual is not None and residual.dtype == torch.float32 and x.dtype != torch.float32:
+        # op contract: an fp32 residual stream next to half x; the kernel adds in x's dtype, so it
+        # runs in fp32 here (h stays fp32) and y comes back in x's dtype
+        out = layer_norm_cuda(x.float(), weight, bias, eps, residual=residual, rms=rms,
+                              dropout_p=dropout_p, return_residual=return_residual)  # fmt: skip
+        return (out[0].to(x.dtype), out[1]) if return_residual else out.to(x.dtype)
     a = adapt_layer_norm(x, weight, bias, residual)
     rng = draw_rng(x.device) if dropout_p > 0.0 else None
     store_h = return_residual or residual is not None or dropout_p > 0.0  # backward needs h unless h is x
@@ -398,6 +417,8 @@ def attention_cuda(
         a.cu_seqlens_k,
         a.key_padding_mask,
         a.attn_bias,
+        a.rel_lut,
+        a.rel_table,
         rng,
         a.max_seqlen_q,
         a.max_seqlen_k,

@@ -152,14 +152,32 @@ def _resolve_auto(op: str, device_type: str) -> Callable:
     raise BackendUnavailableError(f"{op}: no backend available for {device_type} tensors")
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
-    """The implementation of ``op`` for ``backend`` (None → current default) and ``device``."""
+def resolve(op: str, backend: str | None, ref: torch.Tensor) -> Callable:
+    """The implementation of ``op`` for ``backend`` (None → current default) and the device of the
+    op's tensor ``ref``. A couple of dict lookups once warm (it runs on every op call). Under
+    torch.compile the choice is made once, when the graph is traced: a later ``use_backend``
+    does not change a compiled model's backend."""
+    device_type = "cpu" if ref.is_cpu else "cuda" if ref.is_cuda else ref.device.type
+    if torch.compiler.is_compiling():
+        return _REGISTRY[op][_traced_choice(op, backend, device_type)]
+    return _lookup(op, backend, device_type)
+
+
+@torch.compiler.assume_constant_result
+def _traced_choice(op: str, backend: str | None, device_type: str) -> str:
+    """The backend name :func:`resolve` picks, computed while torch.compile traces (it cannot trace
+    a ContextVar or the first-call probes) and folded into the graph as a constant."""
+    impl = _lookup(op, backend, device_type)
+    return next(name for name, fn in _REGISTRY[op].items() if fn is impl)
+
+
+def _lookup(op: str, backend: str | None, device_type: str) -> Callable:
     name = _CURRENT.get() if backend is None else backend
     if name == "auto":
-        key = (op, device.type)
+        key = (op, device_type)
         impl = _AUTO_CACHE.get(key)
         if impl is None:
-            impl = _AUTO_CACHE[key] = _resolve_auto(op, device.type)
+            impl = _AUTO_CACHE[key] = _resolve_auto(op, device_type)
         return impl
     impl = _EXPLICIT_CACHE.get((op, name))
     if impl is None:
@@ -175,12 +193,12 @@ def resolve(op: str, backend: str | None, device: torch.device) -> Callable:
             )
         _EXPLICIT_CACHE[(op, name)] = impl
     if (
-        name in ("triton", "cuda")
-        and device.type != "cuda"
+        name != "torch"
+        and device_type != "cuda"
         and not (name == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
     ):
         raise BackendUnavailableError(
-            f"{op}: backend {name!r} runs on CUDA tensors, got tensors on {device}; "
+            f"{op}: backend {name!r} runs on CUDA tensors, got tensors on {device_type}; "
             "use backend='torch' or 'auto' for CPU tensors"
         )
     return impl

@@ -37,24 +37,36 @@ def layer_norm(
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
 
     Returns:
-        y: (..., H) in x's dtype; or (y, h) with ``return_residual``.
+        y: (..., H) in x's dtype; or (y, h) with ``return_residual`` (h in the wider dtype of x
+        and residual).
+
+    Dtypes (docs/op_contracts.md): weight, bias and residual have x's dtype, or float32 when x is
+    float16/bfloat16; any other mix is a TypeError naming the argument.
     """
     checks.tensor(OP, "x", x)
     checks.not_empty(OP, "x", x)
-    if x.dim() < 1:
+    x_shape = x.shape
+    if not x_shape:
         raise ValueError(f"{OP}: x must have at least 1 dim (..., H), got a scalar")
-    hidden = x.shape[-1]
+    hidden = (x_shape[-1],)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             checks.tensor(OP, name, t, ndim=1)
-            checks.shape(OP, name, t, (hidden,), "x.shape[-1]")
+            checks.shape(OP, name, t, hidden, "x.shape[-1]")
     if residual is not None:
         checks.tensor(OP, "residual", residual)
-        checks.shape(OP, "residual", residual, tuple(x.shape), "x.shape")
-    checks.same_device(OP, "x", x, weight=weight, bias=bias, residual=residual)
+        checks.shape(OP, "residual", residual, x_shape, "x.shape")
+    device = x.device
+    if (
+        (weight is not None and weight.device != device)
+        or (bias is not None and bias.device != device)
+        or (residual is not None and residual.device != device)
+    ):
+        checks.same_device(OP, "x", x, weight=weight, bias=bias, residual=residual)
+    checks.dtypes(OP, "x", x, operands={}, params={"weight": weight, "bias": bias, "residual": residual})
     checks.positive(OP, "eps", eps)
     checks.probability(OP, "dropout_p", dropout_p)
-    impl = resolve(OP, backend, x.device)
+    impl = resolve(OP, backend, x)
     return impl(
         x,
         weight,

@@ -38,6 +38,9 @@ def lora_linear(
     Returns:
         (..., out) in x's dtype. Gradients flow to x, lora_a, lora_b (and weight/bias if they
         require grad).
+
+    Dtypes (docs/op_contracts.md): under autocast every input is cast first; then weight, lora_a
+    and lora_b have x's dtype, bias has it or float32 when x is float16/bfloat16.
     """
     checks.tensor(OP, "x", x)
     checks.not_empty(OP, "x", x)
@@ -47,20 +50,42 @@ def lora_linear(
     checks.tensor(OP, "lora_a", lora_a, ndim=2)
     checks.tensor(OP, "lora_b", lora_b, ndim=2)
     out_f, in_f = weight.shape
-    checks.size(OP, "weight", weight, 1, x.shape[-1], "x.shape[-1] (in_features)")
-    checks.size(OP, "lora_a", lora_a, 1, in_f, "weight.shape[1] (in_features)")
-    checks.size(OP, "lora_b", lora_b, 0, out_f, "weight.shape[0] (out_features)")
-    checks.size(OP, "lora_b", lora_b, 1, lora_a.shape[0], "lora_a.shape[0] (rank r)")
-    if lora_a.shape[0] == 0:
-        raise ValueError(f"{OP}: rank r = lora_a.shape[0] must be >= 1, got shape {tuple(lora_a.shape)}")
+    a_shape = lora_a.shape
+    if in_f != x.shape[-1]:
+        checks.size(OP, "weight", weight, 1, x.shape[-1], "x.shape[-1] (in_features)")
+    if a_shape[1] != in_f:
+        checks.size(OP, "lora_a", lora_a, 1, in_f, "weight.shape[1] (in_features)")
+    if lora_b.shape != (out_f, a_shape[0]):
+        checks.size(OP, "lora_b", lora_b, 0, out_f, "weight.shape[0] (out_features)")
+        checks.size(OP, "lora_b", lora_b, 1, a_shape[0], "lora_a.shape[0] (rank r)")
+    if a_shape[0] == 0:
+        raise ValueError(f"{OP}: rank r = lora_a.shape[0] must be >= 1, got shape {tuple(a_shape)}")
     if bias is not None:
         checks.tensor(OP, "bias", bias, ndim=1)
         checks.shape(OP, "bias", bias, (out_f,), "weight.shape[0]")
-    checks.same_device(OP, "x", x, weight=weight, bias=bias, lora_a=lora_a, lora_b=lora_b)
-    x, weight, bias, lora_a, lora_b = checks.autocast_inputs(x.device, x, weight, bias, lora_a, lora_b)
-    checks.same_dtype(OP, "lora_a", lora_a, lora_b=lora_b)
+    device = x.device
+    if (
+        weight.device != device
+        or lora_a.device != device
+        or lora_b.device != device
+        or (bias is not None and bias.device != device)
+    ):
+        checks.same_device(OP, "x", x, weight=weight, bias=bias, lora_a=lora_a, lora_b=lora_b)
+    kind = checks.device_type(x)
+    if torch.is_autocast_enabled(kind):
+        x, weight, bias, lora_a, lora_b = checks.autocast_inputs(kind, x, weight, bias, lora_a, lora_b)
+    dtype = x.dtype
+    if (
+        weight.dtype != dtype
+        or lora_a.dtype != dtype
+        or lora_b.dtype != dtype
+        or (bias is not None and bias.dtype != dtype)
+    ):
+        checks.dtypes(
+            OP, "x", x, operands={"weight": weight, "lora_a": lora_a, "lora_b": lora_b}, params={"bias": bias}
+        )
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
         raise ValueError(f"{OP}: scaling must be a finite number, got {scaling!r}")
     checks.probability(OP, "dropout_p", dropout_p)
-    impl = resolve(OP, backend, x.device)
+    impl = resolve(OP, backend, x)
     return impl(x, weight, bias, lora_a, lora_b, float(scaling), dropout_p=dropout_p)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptft_fast.ops.graph_mode import in_graph
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
 # Elements of one (rows x vocab) logits block in linear_cross_entropy (64 MiB in fp32).
@@ -19,11 +20,14 @@ LCE_VOCAB_CHUNK = 1 << 16
 
 
 def _compute_dtype(t: torch.Tensor, upcast: bool) -> torch.dtype:
-    return t.dtype if (not upcast or t.dtype == torch.float64) else torch.float32
+    dtype = t.dtype
+    return dtype if (not upcast or dtype == torch.float64) else torch.float32
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
+    """``t`` in ``dtype`` (None stays None). A no-op ``.to`` still costs ~1 µs of host time per call:
+    skipped when the dtype already matches (the torch backend's usual case)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 # ----------------------------------------------------------------------------------- layer norm
@@ -50,14 +54,14 @@ def layer_norm_ref(
         x = F.dropout(x, dropout_p, training=True)
     h = x if residual is None else x + residual
     cdt = _compute_dtype(h, upcast)
-    hc, w, b = h.to(cdt), _cast(weight, cdt), _cast(bias, cdt)
+    hc, w, b = _cast(h, cdt), _cast(weight, cdt), _cast(bias, cdt)
     if rms:
         y = F.rms_norm(hc, (h.shape[-1],), w, eps)
         if b is not None:
             y = y + b
     else:
         y = F.layer_norm(hc, (h.shape[-1],), w, b, eps)
-    y = y.to(x.dtype)
+    y = _cast(y, x.dtype)
     return (y, h) if return_residual else y
 
 
@@ -114,11 +118,13 @@ def attention_ref(
     """
     out_dtype = q.dtype
     cdt = _compute_dtype(q, upcast)
-    if isinstance(attn_bias, RelativePositionBias):  # T5 bias given as its table: materialize
-        tq, tk = (max_seqlen_q, max_seqlen_k) if cu_seqlens_q is not None else (q.shape[1], k.shape[1])
-        attn_bias = attn_bias.materialize(tq, tk)
-    q, k, v, attn_bias = q.to(cdt), k.to(cdt), v.to(cdt), _cast(attn_bias, cdt)
     varlen = cu_seqlens_q is not None
+    if attn_bias is not None:
+        if isinstance(attn_bias, RelativePositionBias):  # T5 bias given as its table: materialize
+            tq, tk = (max_seqlen_q, max_seqlen_k) if varlen else (q.shape[1], k.shape[1])
+            attn_bias = attn_bias.materialize(tq, tk)
+        attn_bias = _cast(attn_bias, cdt)
+    q, k, v = _cast(q, cdt), _cast(k, cdt), _cast(v, cdt)
     if varlen:
         q, q_rows = _pad_varlen(q, cu_seqlens_q, max_seqlen_q)
         k, _ = _pad_varlen(k, cu_seqlens_k, max_seqlen_k)
@@ -126,12 +132,13 @@ def attention_ref(
         key_padding_mask, len_k = _lengths_mask(cu_seqlens_k, max_seqlen_k)
         len_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
         causal_offset = (len_k - len_q)[:, None, None, None]  # (B, 1, 1, 1)
-    else:
-        causal_offset = k.shape[1] - q.shape[1]
-    tq, tk = q.shape[1], k.shape[1]
+    q_shape, k_shape = q.shape, k.shape
+    tq, tk = q_shape[1], k_shape[1]
+    if not varlen:
+        causal_offset = tk - tq
     # (B, T, H, D) → (B, H, T, D) for SDPA
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    gqa = qt.shape[1] != kt.shape[1]
+    gqa = q_shape[2] != k_shape[2]
 
     allowed = None  # bool, broadcastable to (B, H, Tq, Tk)
     if key_padding_mask is not None:
@@ -150,22 +157,52 @@ def attention_ref(
         no_key = ~allowed.any(dim=-1, keepdim=True)
         allowed = allowed | no_key
         mask = allowed if attn_bias is None else attn_bias.masked_fill(~allowed, float("-inf"))
-    out = F.scaled_dot_product_attention(
-        qt,
-        kt,
-        vt,
-        attn_mask=mask,
-        dropout_p=dropout_p,
-        is_causal=use_is_causal,
-        scale=softmax_scale,
-        enable_gqa=gqa,
-    )
+    if softmax_scale is None and not gqa:  # positional: parsing keywords costs host time per call
+        out = F.scaled_dot_product_attention(qt, kt, vt, mask, dropout_p, use_is_causal)
+    else:
+        out = F.scaled_dot_product_attention(
+            qt, kt, vt, mask, dropout_p, use_is_causal, scale=softmax_scale, enable_gqa=gqa
+        )
     if no_key is not None:
         out = out.masked_fill(no_key, 0.0)
     out = out.transpose(1, 2)  # (B, Tq, Hq, D)
     if varlen:
         out = out.reshape(-1, *out.shape[2:]).index_select(0, q_rows)
-    return out.to(out_dtype)
+    return _cast(out, out_dtype)
+
+
+def attention_weights_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + bias + mask) in float32: the probabilities ``attention_ref`` applies
+    to v (before dropout). q: (B, Tq, Hq, D), k: (B, Tk, Hkv, D); key_padding_mask: (B, Tk) bool,
+    True = attend; attn_bias broadcastable to (B, Hq, Tq, Tk) or a ``RelativePositionBias``;
+    causal aligned bottom-right. Returns (B, Hq, Tq, Tk); a query that sees no key gets zeros."""
+    tq, tk = q.shape[1], k.shape[1]
+    if isinstance(attn_bias, RelativePositionBias):
+        attn_bias = attn_bias.materialize(tq, tk)
+    qt, kt = q.transpose(1, 2).float(), k.transpose(1, 2).float()  # (B, H, T, D)
+    if kt.shape[1] != qt.shape[1]:  # GQA/MQA: each key head serves Hq / Hkv query heads
+        kt = kt.repeat_interleave(qt.shape[1] // kt.shape[1], dim=1)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    scores = (qt @ kt.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
+    if attn_bias is not None:
+        scores = scores + attn_bias.float()
+    allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        i = torch.arange(tq, device=q.device)[:, None]
+        allowed = torch.arange(tk, device=q.device)[None, :] <= i + (tk - tq)
+    allowed = allowed[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return probs.nan_to_num(0.0)  # rows without a visible key: all -inf → NaN → 0
 
 
 # ----------------------------------------------------------------------- linear cross-entropy
@@ -270,8 +307,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, ignore_index, smoothing, z_loss, reduction):
         valid = labels != ignore_index
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        if hidden.device.type == "cpu":
-            # Dropping unlabeled rows needs their count on the host: free on CPU, a sync on GPU.
+        if hidden.is_cpu and not in_graph():
+            # Dropping unlabeled rows needs their count on the host: free on CPU, a sync on GPU
+            # (and a data-dependent shape in a graph).
             rows = valid.nonzero().squeeze(1)
             h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
             row_weight = torch.ones(rows.shape, dtype=acc, device=hidden.device)
@@ -352,11 +390,11 @@ def linear_cross_entropy_ref(
     """
     out_shape = labels.shape
     cdt = _compute_dtype(hidden, upcast)
-    h2, w, b = hidden.reshape(-1, hidden.shape[-1]).to(cdt), weight.to(cdt), _cast(bias, cdt)
+    h2, w, b = _cast(hidden.reshape(-1, hidden.shape[-1]), cdt), _cast(weight, cdt), _cast(bias, cdt)
     out = _LinearCrossEntropy.apply(
         h2, w, b, labels.reshape(-1), ignore_index, label_smoothing, z_loss, reduction
     )
-    out = out.to(loss_dtype or hidden.dtype)
+    out = _cast(out, loss_dtype or hidden.dtype)
     return out.reshape(out_shape) if reduction == "none" else out
 
 
@@ -380,7 +418,13 @@ def lora_linear_ref(
     Returns (..., out) in x's dtype.
     """
     cdt = _compute_dtype(x, upcast)
-    xc, w, b, a, bb = x.to(cdt), weight.to(cdt), _cast(bias, cdt), lora_a.to(cdt), lora_b.to(cdt)
+    xc, w, b, a, bb = (
+        _cast(x, cdt),
+        _cast(weight, cdt),
+        _cast(bias, cdt),
+        _cast(lora_a, cdt),
+        _cast(lora_b, cdt),
+    )
     base = F.linear(xc, w, b)
     xd = F.dropout(xc, dropout_p, training=True) if dropout_p > 0.0 else xc
-    return (base + scaling * F.linear(F.linear(xd, a), bb)).to(x.dtype)
+    return _cast(base + scaling * F.linear(F.linear(xd, a), bb), x.dtype)

@@ -1,5 +1,5 @@
 """T5 relative position bias as an ``attention`` bias: a learned (num_buckets, H) table indexed by
-the bucket of the key-minus-query distance. Backends that can (Triton) look it up inside the
+the bucket of the key-minus-query distance. Backends that can (Triton, CUDA) look it up inside the
 attention kernel and accumulate the table's gradient there; the others :meth:`materialize` it.
 """
 

@@ -19,8 +19,15 @@ from ptft_fast.peft.core import (
     read_adapter_config,
     save_adapter,
 )
-from ptft_fast.peft.ia3 import IA3Config, IA3Linear, apply_ia3
-from ptft_fast.peft.lora import LoraConfig, apply_lora, merge_drift, merge_lora, unmerge_lora
+from ptft_fast.peft.ia3 import IA3Config, IA3Linear, apply_ia3, merge_ia3
+from ptft_fast.peft.lora import (
+    LoraConfig,
+    apply_lora,
+    merge_and_unload_lora,
+    merge_drift,
+    merge_lora,
+    unmerge_lora,
+)
 from ptft_fast.peft.prefix import PrefixEncoder, PrefixTuning, PrefixTuningConfig
 from ptft_fast.peft.prompt import PromptTuning, PromptTuningConfig
 
@@ -63,8 +70,18 @@ def get_peft_model(
     return model
 
 
+MERGEABLE = ("lora", "ia3")  # methods whose weights fold into the base model's
+
+
+def merge_and_unload(model: nn.Module) -> int:
+    """Fold every LoRA and (IA)³ module into a plain linear of the base architecture (in place);
+    returns how many were folded. Adapters, prefixes and prompts add computation and stay."""
+    return merge_and_unload_lora(model) + merge_ia3(model)
+
+
 __all__ = [
     "CONFIGS",
+    "MERGEABLE",
     "METHODS",
     "AdapterConfig",
     "BottleneckAdapter",
@@ -80,6 +97,7 @@ __all__ = [
     "get_peft_model",
     "load_adapter_weights",
     "mark_trainable",
+    "merge_and_unload",
     "merge_drift",
     "merge_lora",
     "param_report",

@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ptft_fast.data.atomic import fix_mode
+
 PEFT_MARKERS = ("lora_A", "lora_B", "ia3_", "adapter_", "prefix_", "soft_prompt")
-DEFAULT_HEAD_NAMES = ("head", "classifier", "score", "qa_outputs")
+DEFAULT_HEAD_NAMES = ("head", "classifier", "score", "qa_outputs", "scalar_mix")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -90,6 +92,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, config: dict) -
         raise ValueError("save_adapter: the model has no trainable parameters to save")
     tmp = os.path.join(directory, ADAPTER_WEIGHTS + ".tmp")
     save_file(state, tmp)
+    fix_mode(tmp)  # safetensors creates 0600 files
     os.replace(tmp, os.path.join(directory, ADAPTER_WEIGHTS))
     tmp = os.path.join(directory, ADAPTER_CONFIG + ".tmp")
     with open(tmp, "w") as f:

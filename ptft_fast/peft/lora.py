@@ -48,6 +48,21 @@ def lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
+def merge_and_unload_lora(model: nn.Module) -> int:
+    """Replace every LoRA linear by a plain ``nn.Linear`` with the update folded in (W + s·BA);
+    returns how many. The model then has the base architecture's parameters only."""
+    modules = lora_modules(model)
+    for name, m in modules:
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        lin = lin.to(device=m.weight.device, dtype=m.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(m.weight if m.merged else m.weight + m.delta_weight())
+            if m.bias is not None:
+                lin.bias.copy_(m.bias)
+        replace_module(model, name, lin)
+    return len(modules)
+
+
 def merge_lora(model: nn.Module) -> None:
     """Fold every LoRA update into its base weight (W += s·BA)."""
     for _, m in lora_modules(model):

@@ -58,8 +58,8 @@ class PromptTuning(nn.Module):
         init_ids: token ids whose embeddings initialise the prompt (repeated/truncated to P);
             None → P rows sampled from the vocabulary embedding.
         placeholder_id: id fed at the prompt positions (its embedding is replaced).
-        strip_outputs: drop the P prompt positions from ``hidden_states``/``logits`` of the output
-            (for ptft_fast task heads that pool by position).
+        strip_outputs: drop the P prompt positions from ``hidden_states``/``logits`` (and every
+            layer's ``all_hidden_states``) of the output (for ptft_fast task heads that pool by position).
     """
 
     def __init__(
@@ -131,6 +131,8 @@ class PromptTuning(nn.Module):
                 t = getattr(out, name, None)
                 if isinstance(t, torch.Tensor) and t.dim() == 3 and t.shape[1] == ids.shape[1]:
                     setattr(out, name, t[:, p:])
+            if getattr(out, "all_hidden_states", None) is not None:
+                out.all_hidden_states = tuple(h[:, p:] for h in out.all_hidden_states)
         return out
 
     def _continues_cache(self, cache) -> bool:

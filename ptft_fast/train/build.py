@@ -32,10 +32,12 @@ def base_model_config(model: str) -> ModelConfig:
 
 
 def tokenizer_kind(cfg: TrainConfig) -> str:
-    """Tokenizer trained for the run: the family's kind (unigram for T5 span corruption)."""
-    arch = base_model_config(cfg.model).arch
-    check_objective(cfg, arch)
-    return DEFAULT_TOKENIZER[arch]
+    """Tokenizer trained for the run: the family's kind (unigram for T5 span corruption); the model,
+    objective and sequence lengths are checked on the way, before any work."""
+    base = base_model_config(cfg.model)
+    check_objective(cfg, base.arch)
+    check_seq_len(cfg, base)
+    return DEFAULT_TOKENIZER[base.arch]
 
 
 def check_objective(cfg: TrainConfig, arch: str) -> None:
@@ -64,10 +66,15 @@ def model_config(cfg: TrainConfig, tok: PtftTokenizer) -> ModelConfig:
             f"model vocab_size ({base.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size})"
         )
     mc = base.replace(**over)
+    check_seq_len(cfg, mc)
+    return mc
+
+
+def check_seq_len(cfg: TrainConfig, mc: ModelConfig) -> None:
+    """The run's sequence lengths fit the model's learned positions (T5's relative ones: any)."""
     longest = max(cfg.seq_len, cfg.long_seq_len)
     limit = mc.max_position_embeddings - (2 if mc.arch == "roberta" else 0)
     if mc.arch != "t5" and longest > limit:
         raise TrainConfigError(
             f"seq_len/long_seq_len ({longest}) exceeds the model's max_position_embeddings ({limit})"
         )
-    return mc

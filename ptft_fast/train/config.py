@@ -1,4 +1,4 @@
-"""``TrainConfig``: every knob of a pre-training run, typed, with commented defaults.
+"""``TrainConfig``: every knob of a pre-training run, typed, with its meaning and allowed values.
 
 Sources merge in this order: defaults → ``--config run.yaml`` → ``--set key=value`` → CLI flags.
 Unknown keys and contradictory settings raise :class:`TrainConfigError` naming them.
@@ -10,6 +10,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+
+from ptft_fast.errors import UserInputError
 
 OBJECTIVES = ("mlm", "clm", "prefix-lm", "span", "infill", "electra")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
@@ -26,103 +28,179 @@ OBJECTIVE_ARCHS = {
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserInputError):
     """A bad run configuration; the message names the key(s), the rule and the value."""
+
+
+def setting(
+    default,
+    meaning: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+    rule: str | None = None,
+):
+    """A TrainConfig field with its documentation and allowed values (``ptft pretrain
+    --list-settings`` prints them; :meth:`TrainConfig.validate` enforces ``low``/``high``/
+    ``choices``; ``rule`` describes a check that involves other keys, written out in validate)."""
+    meta = {"meaning": meaning, "low": low, "high": high, "low_open": low_open, "high_open": high_open}
+    meta.update(choices=choices, rule=rule)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
+    """Every key is a ``setting`` with a one-line meaning and its allowed values."""
+
     # --- what to train
-    model: str = "bert-tiny-cpu"  # preset name (ptft_fast.models.PRESETS) or a config.json / HF dir
-    objective: str = "mlm"  # one of OBJECTIVES
-    data: str | None = None  # shard folder, corpus.jsonl / .txt files; None = embedded pydoc corpus
-    out: str = "runs/pretrain"  # run folder: metrics, checkpoints, final model
-    seed: int = 0  # seeds python, numpy, torch and the data order
+    model: str = setting(
+        "bert-tiny-cpu",
+        "the model to pre-train, from random weights",
+        rule="a preset (list: ptft models) or a config.json / HF model folder",
+    )
+    objective: str = setting(
+        "mlm", "pre-training objective; must suit the model's family", choices=OBJECTIVES
+    )
+    data: str | None = setting(
+        None, "shard folder, or .txt/.jsonl files or a folder of them; none = embedded pydoc corpus"
+    )
+    out: str = setting("runs/pretrain", "run folder: metrics, checkpoints, summary, final model")
+    seed: int = setting(0, "seeds python, numpy, torch, the data order and the held-out split", low=0)
     # --- data and tokenizer
-    vocab_size: int = 1024  # tokenizer trained on the corpus when the run has none cached
-    seq_len: int = 128  # tokens per sequence (encoder length for span/infill)
-    long_seq_len: int = 0  # >0: switch to this length for the last part of training (BERT: 512)
-    long_seq_len_start: float = 0.9  # fraction of max_steps after which long_seq_len is used
-    eval_fraction: float = 0.05  # documents held out for evaluation (text inputs only)
-    mlm_probability: float = 0.15  # MLM / ELECTRA: fraction of tokens chosen
-    noise_density: float = 0.15  # T5 span corruption
-    mean_noise_span_length: float = 3.0  # T5 span corruption
-    infill_ratio: float = 0.3  # BART text infilling
-    electra_disc_weight: float = 50.0  # ELECTRA: λ on the discriminator loss
+    vocab_size: int = setting(
+        1024, "size of the tokenizer trained on the corpus (presets take it as their vocabulary)", low=1
+    )
+    seq_len: int = setting(
+        128, "model positions per row, several documents packed per row (span/infill: encoder length)", low=1
+    )
+    long_seq_len: int = setting(
+        0, "> 0: rows of this length for the last part of training (BERT: 512)", low=0,
+        rule="0 (off) or > seq_len",
+    )  # fmt: skip
+    long_seq_len_start: float = setting(
+        0.9, "fraction of max_steps after which long_seq_len is used", low=0, high=1, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    eval_fraction: float = setting(
+        0.05, "share of documents held out for evaluation (text inputs; a shard folder holds none out)",
+        low=0, high=1, high_open=True,
+    )  # fmt: skip
+    mlm_probability: float = setting(
+        0.15, "mlm/electra: share of tokens chosen for prediction", low=0, high=1, high_open=True
+    )
+    noise_density: float = setting(
+        0.15, "span (T5): share of tokens in corrupted spans", low=0, high=1, high_open=True
+    )
+    mean_noise_span_length: float = setting(
+        3.0, "span (T5): mean length of a corrupted span", low=0, low_open=True
+    )
+    infill_ratio: float = setting(
+        0.3, "infill (BART): share of tokens replaced by masked spans", low=0, high=1, high_open=True
+    )
+    electra_disc_weight: float = setting(50.0, "electra: weight of the discriminator loss", low=0)
     # --- optimization
-    max_steps: int = 300  # optimizer steps
-    micro_batch_size: int = 16  # sequences per forward/backward
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # floor of linear/cosine decay, as a fraction of lr
-    warmup_steps: int = -1  # linear warm-up from 0; -1 = 10% of max_steps
-    schedule: str = "cosine"  # one of SCHEDULES (decay after warm-up)
-    weight_decay: float = 0.01  # AdamW, not applied to biases and norm weights
-    beta1: float = 0.9
-    beta2: float = 0.98
-    adam_eps: float = 1e-6
-    max_grad_norm: float = 1.0  # clip the global grad norm; 0 = off
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + dynamic loss scaling)
-    init_loss_scale: float = 2.0**16  # fp16 only
-    loss_scale_window: int = 1000  # fp16: good steps before the scale doubles
-    gradient_checkpointing: bool = False  # recompute layers in backward (memory for compute)
-    max_bad_steps: int = 5  # NaN/inf: skip the step with a warning; stop after this many in a row
-    max_time_s: float = 0.0  # >0: stop (and save) after this many seconds of training
-    cpu_threads: int = 0  # CPU intra-op threads; 0 = auto (1 for models < 20M parameters, else torch's)
+    max_steps: int = setting(300, "optimizer steps (the run stops earlier when max_time_s runs out)", low=1)
+    micro_batch_size: int = setting(16, "rows per forward/backward pass", low=1)
+    grad_accum_steps: int = setting(1, "micro-batches per optimizer step (batch = product of the two)", low=1)
+    lr: float = setting(1e-3, "peak learning rate (AdamW)", low=0, low_open=True)
+    min_lr_ratio: float = setting(0.1, "floor of the linear/cosine decay, as a fraction of lr", low=0, high=1)
+    warmup_steps: int = setting(
+        -1, "linear warm-up steps from 0; -1 = 10% of max_steps", low=-1,
+        rule="< max_steps unless schedule=constant",
+    )  # fmt: skip
+    schedule: str = setting("cosine", "learning-rate decay after warm-up", choices=SCHEDULES)
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on biases and norm weights)", low=0)
+    beta1: float = setting(0.9, "AdamW beta1 (first-moment decay)", low=0, high=1, high_open=True)
+    beta2: float = setting(0.98, "AdamW beta2 (second-moment decay)", low=0, high=1, high_open=True)
+    adam_eps: float = setting(1e-6, "AdamW epsilon", low=0)
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm to this; 0 = no clipping", low=0)
+    precision: str = setting(
+        "fp32", "fp32; bf16 (autocast); fp16 (autocast + dynamic loss scaling)", choices=PRECISIONS
+    )
+    init_loss_scale: float = setting(
+        2.0**16, "fp16: initial loss scale", low=0, low_open=True, rule="only with precision=fp16"
+    )
+    loss_scale_window: int = setting(1000, "fp16: good steps before the loss scale doubles", low=1)
+    gradient_checkpointing: bool = setting(False, "recompute layers in backward: less memory, more compute")
+    max_bad_steps: int = setting(
+        5, "NaN/inf steps are skipped with a warning; stop after this many in a row", low=1
+    )
+    max_time_s: float = setting(
+        0.0,
+        "> 0: stop (and save) after this many seconds of training in this invocation "
+        "(the lr schedule is still planned over max_steps)",
+        low=0,
+    )
+    cpu_threads: int = setting(
+        0, "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default)", low=0
+    )
+    compile: bool = setting(False, "torch.compile the model, fullgraph (the ops stay opaque custom ops)")
+    compile_backend: str = setting(
+        "inductor", "torch.compile backend (aot_eager: tracing without code generation)",
+        rule="a torch.compile backend name, not empty",
+    )  # fmt: skip
+    cuda_graphs: bool = setting(
+        False, "CUDA: capture forward + backward + optimizer step once and replay it (fixed shapes)",
+        rule="needs fixed shapes and a device-only step (no long_seq_len, electra, infill, fp16, "
+        "gradient checkpointing)",
+    )  # fmt: skip
     # --- evaluation, logging, checkpoints
-    eval_every: int = 100  # steps between evaluations; 0 = only at the end
-    eval_batches: int = 8  # micro-batches per evaluation
-    log_every: int = 10  # steps between metric rows
-    save_every: int = 100  # steps between checkpoints; 0 = only at the end
-    keep_last: int = 3  # checkpoints kept on disk
-    progress: bool = True  # progress bar
-    plot: bool = True  # loss-curve PNG at the end
+    eval_every: int = setting(100, "steps between evaluations; 0 = only at the end", low=0)
+    eval_batches: int = setting(8, "micro-batches per evaluation (the same rows every time)", low=1)
+    log_every: int = setting(10, "steps per metrics row (the row's loss is their mean)", low=1)
+    save_every: int = setting(100, "steps between checkpoints; 0 = only at the end", low=0)
+    keep_last: int = setting(3, "checkpoints kept on disk", low=1)
+    progress: bool = setting(True, "show the progress bar")
+    plot: bool = setting(True, "write loss_curve.png at the end")
     # --- price tag
-    price_per_hour: float = 0.0  # currency per device-hour
-    cpu_watts: float = 65.0  # CPU power used for the energy estimate (no CPU power sensor)
-    device_watts: float = 0.0  # >0: override the GPU's measured / rated power
+    price_per_hour: float = setting(0.0, "price of one device-hour, for the cost in the summary", low=0)
+    cpu_watts: float = setting(65.0, "CPU power for the energy estimate (no CPU power sensor)", low=0)
+    device_watts: float = setting(0.0, "> 0: GPU power to use instead of the measured / rated one", low=0)
 
     def validate(self) -> None:
         """Raise TrainConfigError naming the first key that breaks a rule."""
-        if self.objective not in OBJECTIVES:
-            raise TrainConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.schedule not in SCHEDULES:
-            raise TrainConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.precision not in PRECISIONS:
-            raise TrainConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        positive = ("max_steps", "micro_batch_size", "grad_accum_steps", "seq_len", "vocab_size")
-        for name in (*positive, "eval_batches", "log_every", "keep_last", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < -1:
-            raise TrainConfigError(
-                f"warmup_steps must be >= 0 or -1 (10% of max_steps), got {self.warmup_steps}"
-            )
-        for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm", "cpu_threads"):
-            if getattr(self, name) < 0:
-                raise TrainConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            problem = out_of_range(f, getattr(self, f.name))
+            if problem:
+                raise TrainConfigError(f"{f.name} must be {problem}, got {getattr(self, f.name)!r}")
         if self.warmup >= self.max_steps and self.schedule != "constant":
             raise TrainConfigError(
                 f"warmup_steps ({self.warmup}) must be < max_steps ({self.max_steps}) "
                 f"for schedule {self.schedule!r}"
             )
-        if not self.lr > 0:
-            raise TrainConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise TrainConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("mlm_probability", "noise_density", "infill_ratio", "eval_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise TrainConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.long_seq_len and self.long_seq_len <= self.seq_len:
             raise TrainConfigError(
                 f"long_seq_len ({self.long_seq_len}) must be > seq_len ({self.seq_len}) or 0 (off)"
             )
-        if not 0.0 < self.long_seq_len_start < 1.0:
-            raise TrainConfigError(f"long_seq_len_start must be in (0, 1), got {self.long_seq_len_start}")
+        if not self.compile_backend:
+            raise TrainConfigError("compile_backend must name a torch.compile backend, got ''")
+        if self.cuda_graphs:
+            self._check_graphable()
         if self.init_loss_scale != 2.0**16 and self.precision != "fp16":
             raise TrainConfigError(
                 f"init_loss_scale is an fp16 setting but precision is {self.precision!r} (contradictory)"
             )
+
+    def _check_graphable(self) -> None:
+        """cuda_graphs replays one captured step: every step must have the same shapes and keep
+        its decisions on the device."""
+        why = None
+        if self.long_seq_len:
+            why = f"long_seq_len={self.long_seq_len} switches the sequence length mid-run"
+        elif self.objective in ("electra", "infill"):
+            why = {
+                "electra": "ELECTRA samples replacement tokens between its two models",
+                "infill": "BART text infilling shortens each row by a random amount",
+            }[self.objective] + " (shapes vary)"
+        elif self.precision == "fp16":
+            why = "fp16's dynamic loss scaling decides on the host whether a step is skipped; use bf16"
+        elif self.gradient_checkpointing:
+            why = "gradient checkpointing saves and restores RNG state on the host in backward"
+        if why:
+            raise TrainConfigError(f"cuda_graphs needs fixed shapes and a device-only step: {why}")
 
     @property
     def warmup(self) -> int:
@@ -135,13 +213,100 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
+# --list-settings prints the keys in field order under these headings (keyed by a section's first key).
+SECTIONS = {
+    "model": "what to train",
+    "vocab_size": "data and tokenizer",
+    "max_steps": "optimization",
+    "eval_every": "evaluation, logging, checkpoints",
+    "price_per_hour": "price tag",
+}
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def allowed(f: dataclasses.Field) -> str:
+    """The values field ``f`` accepts, in words: ``one of a|b``, ``>= 1``, ``in [0, 1)``, ..."""
+    m = f.metadata
+    if m.get("choices"):
+        return "one of " + "|".join(m.get("choices"))
+    low, high = m.get("low"), m.get("high")
+    if low is not None and high is not None:
+        text = f"in {'(' if m['low_open'] else '['}{_num(low)}, {_num(high)}{')' if m['high_open'] else ']'}"
+    elif low is not None:
+        text = f"{'>' if m['low_open'] else '>='} {_num(low)}"
+    elif high is not None:
+        text = f"{'<' if m['high_open'] else '<='} {_num(high)}"
+    elif _base_type(f.name) is bool:
+        text = "true|false"
+    else:
+        text = "any"
+    return text
+
+
+def out_of_range(f: dataclasses.Field, value) -> str | None:
+    """None when ``value`` is allowed for field ``f``, else the rule it breaks (:func:`allowed`)."""
+    m = f.metadata
+    if value is None or isinstance(value, bool):
+        return None
+    if m.get("choices"):
+        return None if value in m.get("choices") else allowed(f)
+    low, high = m.get("low"), m.get("high")
+    ok = low is None or (value > low if m.get("low_open") else value >= low)  # False for NaN
+    ok = ok and (high is None or (value < high if m.get("high_open") else value <= high))
+    return None if ok else allowed(f)
+
+
+def _base_type(key: str) -> type:
+    hint = _HINTS[key]
+    return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+
+
+def _type_name(key: str) -> str:
+    optional = type(None) in typing.get_args(_HINTS[key])
+    return _base_type(key).__name__ + (" or none" if optional else "")
+
+
+def _default_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def describe(f: dataclasses.Field) -> tuple[str, str]:
+    """(``key: type = default  (allowed)``, meaning) of one TrainConfig field."""
+    rule, limits = f.metadata.get("rule"), allowed(f)
+    if rule:
+        limits = rule if limits == "any" else f"{limits}; {rule}"
+    head = f"{f.name}: {_type_name(f.name)} = {_default_text(f.default)}"
+    return (head if limits == "any" else f"{head}  ({limits})"), f.metadata.get(
+        "meaning", "(undocumented: declare the key with setting())"
+    )
+
+
+def settings_table() -> str:
+    """Every TrainConfig key with its type, default, allowed values and meaning: what
+    ``ptft pretrain --list-settings`` prints (generated from the dataclass, so it cannot drift)."""
+    lines = [
+        "Settings of `ptft pretrain`: give them as --set KEY=VALUE (repeatable) or as keys of a --config",
+        "YAML file. Later sources win: defaults, --config, --set, then the flags (--model, --objective, ...).",
+    ]
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SECTIONS:
+            lines += ["", f"{SECTIONS[f.name]}:"]
+        head, meaning = describe(f)
+        lines += [f"  {head}", f"      {meaning}"]
+    return "\n".join(lines)
 
 
 def _coerce(key: str, value):
     """``value`` (from YAML or a ``--set`` string) as the type of field ``key``."""
-    hint = _HINTS[key]
-    optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    optional = type(None) in typing.get_args(_HINTS[key])
+    base = _base_type(key)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if not optional:
             raise TrainConfigError(f"{key} may not be null")
@@ -167,7 +332,8 @@ def merge(cfg: TrainConfig, updates: dict, source: str) -> TrainConfig:
     unknown = sorted(set(updates) - set(_FIELDS))
     if unknown:
         raise TrainConfigError(
-            f"unknown key(s) {unknown} in {source}; known keys: {', '.join(sorted(_FIELDS))}"
+            f"unknown key(s) {unknown} in {source} (every key with its meaning: ptft pretrain "
+            f"--list-settings); known keys: {', '.join(sorted(_FIELDS))}"
         )
     return dataclasses.replace(cfg, **{k: _coerce(k, v) for k, v in updates.items()})
 
@@ -187,7 +353,16 @@ def load_yaml(path: str | Path) -> dict:
     """The mapping in a run YAML file (an empty file is an empty mapping)."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise TrainConfigError(
+            f"{path}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise TrainConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise TrainConfigError(f"{path}: a run config must be a mapping of keys, got {type(data).__name__}")
     return data

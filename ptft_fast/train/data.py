@@ -4,6 +4,9 @@ batch source per objective.
 ``prepare_run_data`` accepts a shard folder (``index.json``; a ``ptft prepare`` output folder with
 ``shards/`` too), text inputs (.txt / .jsonl files or folders), or nothing (the embedded pydoc
 corpus). Text inputs are split by document into train and eval (every k-th document held out).
+The cache carries a key (``data/key.json``: corpus fingerprint, tokenizer kind and size, reader and
+split settings); when the run's settings give another key the cache is rebuilt (a fresh run) or
+the run is refused (a resumed one), naming the settings that differ.
 
 :class:`BatchSource` packs documents from a :class:`ResumableSampler` into rows and collates them
 for the objective; ``state_dict()`` holds the stream position and the collators' RNG states, so a
@@ -13,6 +16,7 @@ restored source yields exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import base64
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +24,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.data.bart import BartCollator, BartNoiseConfig, BartNoiser, sentence_end_table
 from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
 from ptft_fast.data.electra import electra_masking
 from ptft_fast.data.masking import MaskingConfig
 from ptft_fast.data.mlm import MLMCollator, MLMConfig
-from ptft_fast.data.packing import PackedStream
+from ptft_fast.data.packing import PackedStream, row_segments
 from ptft_fast.data.sampler import ResumableSampler
 from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
-from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, TokenizerConfig, train_tokenizer
+from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, train_tokenizer
+from ptft_fast.errors import UserInputError
 from ptft_fast.train.config import TrainConfig
+from ptft_fast.train.data_key import KEY_FILE, READER, data_key, key_diff, read_key, tokenizer_config
+
+ROW_SEGMENTS = "row_segments"  # batch key of the per-row document count (not a model input)
+
+
+class RunDataError(UserInputError):
+    """The run's data cannot be built or does not match the run (message names the setting)."""
 
 
 @dataclass
@@ -49,41 +62,71 @@ def _shard_folder(path: Path) -> Path | None:
 
 
 def _texts(data: str | None) -> list[str]:
+    """Documents of the run's corpus; lines that are not valid UTF-8 are skipped with a warning
+    naming the first, and a corpus with none left is an error that says why."""
     if data is None:
         from ptft_fast.data.corpus import embedded_corpus
 
         return embedded_corpus()
     from ptft_fast.data.corpus import read_documents
 
-    texts = [d.text for d in read_documents([data])]
+    broken: list = []
+    texts = [
+        d.text
+        for d in read_documents(
+            [data], broken.append, jsonl_field=READER["jsonl_field"], txt_doc_split=READER["txt_docs"]
+        )
+    ]
+    if broken:
+        b = broken[0]
+        what = f"{len(broken)} line(s) skipped (first: {b.source}:{b.line}: {b.reason})"
+        if not texts:
+            raise RunDataError(f"data={data!r}: no documents left, {what}; `ptft prepare` reports every one")
+        warnings.warn(f"data={data!r}: {what}", stacklevel=3)
     if not texts:
-        raise FileNotFoundError(f"data={data!r}: no documents found (.txt/.jsonl files or a shard folder)")
+        raise RunDataError(f"data={data!r}: no documents found (.txt/.jsonl files or a shard folder)")
     return texts
 
 
-def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path) -> RunData:
-    """Tokenizer and shards for the run, built once and cached under ``out/data``."""
+def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming: bool = False) -> RunData:
+    """Tokenizer and shards for the run, built once and cached under ``out/data`` with their key.
+
+    A cache whose key differs from the run's is rebuilt with a warning naming what changed, or,
+    when ``resuming`` (the checkpoint's data position refers to the cached shards), refused."""
     if cfg.data is not None and (folder := _shard_folder(Path(cfg.data))) is not None:
         shards = TokenShards(folder)
         warnings.warn(f"{folder} is a shard folder: evaluation uses training documents", stacklevel=2)
         return RunData(shards.tokenizer(), shards, shards, True)
     root = out / "data"
     train_dir, eval_dir = root / "train", root / "eval"
+    key = data_key(cfg, tokenizer_kind)
     if (train_dir / INDEX_FILE).is_file() and (eval_dir / INDEX_FILE).is_file():
-        return RunData(
-            PtftTokenizer.from_file(train_dir / TOKENIZER_FILE), *_open(train_dir, eval_dir), False
+        cached = read_key(root)
+        diffs = ["it has no key (built by an older version)"] if cached is None else key_diff(cached, key)
+        if diffs and resuming and cached is not None:
+            raise RunDataError(
+                f"cannot resume in {out}: its data was built with other settings ({'; '.join(diffs)}); "
+                "resume with the original settings, or start a new run with another --out"
+            )
+        if not diffs or resuming:  # an old run's cache: resumed as it is, it cannot be checked
+            if diffs:
+                warnings.warn(f"{root}: {diffs[0]}; resuming on it unchecked", stacklevel=2)
+            tok = PtftTokenizer.from_file(train_dir / TOKENIZER_FILE)
+            return RunData(tok, *_open(train_dir, eval_dir), False)
+        warnings.warn(
+            f"{root} was built with other settings ({'; '.join(diffs)}): rebuilding it", stacklevel=2
         )
     texts = _texts(cfg.data)
     every = max(2, round(1 / cfg.eval_fraction)) if cfg.eval_fraction > 0 else 0
     held = {i for i in range(len(texts)) if every and i % every == every - 1}
     if not held:
-        raise ValueError(f"eval_fraction={cfg.eval_fraction} holds out no document of {len(texts)}")
+        raise RunDataError(f"eval_fraction={cfg.eval_fraction} holds out no document of {len(texts)}")
     train_texts = [t for i, t in enumerate(texts) if i not in held]
-    tok_cfg = TokenizerConfig(kind=tokenizer_kind, vocab_size=cfg.vocab_size)
-    if tokenizer_kind == "unigram":
-        tok_cfg.num_sentinels = min(100, cfg.vocab_size // 10)
-    tok = train_tokenizer(train_texts, tok_cfg)
-    shard_cfg = ShardConfig(num_workers=1, progress=False)
+    if root.exists():
+        shutil.rmtree(root)
+    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress)
+    atomic_write_json(root / KEY_FILE, key)
+    shard_cfg = ShardConfig(num_workers=1, progress=cfg.progress)  # bars only past a few seconds
     write_shards([texts[i] for i in sorted(held)], tok, eval_dir, shard_cfg)
     write_shards(train_texts, tok, train_dir, shard_cfg)  # written last: its index marks completion
     return RunData(tok, *_open(train_dir, eval_dir), False)
@@ -183,16 +226,19 @@ class BatchSource:
             self.stream.seq_len = seq_len
 
     def next(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """The model's inputs, plus ``row_segments`` (B,): document pieces per row, a statistic
+        for the run summary that :func:`ptft_fast.train.objectives.model_inputs` strips."""
         self._set_seq_len(seq_len)
         rows = [next(self.stream) for _ in range(batch_size)]
+        segments = torch.from_numpy(row_segments(np.stack([r.doc_ids for r in rows])))
         if self.objective == "clm":
             b = self.collator(rows)
-            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+            return {**{k: b[k] for k in ("input_ids", "attention_mask", "labels")}, ROW_SEGMENTS: segments}
         ids = [r.input_ids[r.doc_ids >= 0] for r in rows]
         b = self.collator(ids)
         if self.objective == "prefix-lm":
-            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
-        return b
+            b = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        return {**b, ROW_SEGMENTS: segments}
 
     def state_dict(self) -> dict:
         rngs = {k: _encode_rng(g) for k, g in _generators(self.collator).items()}

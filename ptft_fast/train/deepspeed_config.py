@@ -63,12 +63,25 @@ class DeepSpeedOptions:
 def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
     """The DeepSpeed flags of ``ptft pretrain`` / ``ptft finetune``."""
     g = parser.add_argument_group("DeepSpeed (launch with `deepspeed` or `torchrun`)")
-    g.add_argument("--deepspeed", metavar="DS_CONFIG.json", help="DeepSpeed config passed through")
     g.add_argument(
-        "--zero-stage", type=int, choices=(0, 1, 2, 3), help="generate a ZeRO config at this stage"
+        "--deepspeed", metavar="DS_CONFIG.json", help="DeepSpeed config file, passed through (default: none)"
     )
-    g.add_argument("--offload-optimizer", choices=OFFLOAD_DEVICES, help="ZeRO optimizer offload")
-    g.add_argument("--offload-params", choices=OFFLOAD_DEVICES, help="ZeRO-3 parameter offload")
+    g.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 1, 2, 3),
+        help="generate a DeepSpeed ZeRO config at this stage (default: none, plain PyTorch training)",
+    )
+    g.add_argument(
+        "--offload-optimizer",
+        choices=OFFLOAD_DEVICES,
+        help="ZeRO: keep optimizer states on this device (default: none, on the GPU)",
+    )
+    g.add_argument(
+        "--offload-params",
+        choices=OFFLOAD_DEVICES,
+        help="ZeRO-3: keep parameters on this device (default: none, on the GPU)",
+    )
     g.add_argument("--nvme-path", default="/local_nvme", help="swap folder for nvme offload")
     # The launchers pass --local_rank / --local-rank; LOCAL_RANK in the environment is what we read.
     g.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)

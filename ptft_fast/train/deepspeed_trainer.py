@@ -24,15 +24,23 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open
+from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
-from ptft_fast.train.config import TrainConfig
+from ptft_fast.train.config import TrainConfig, TrainConfigError
 from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
 from ptft_fast.train.deepspeed_config import DeepSpeedOptions, build_config
 from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distributed
 from ptft_fast.train.metrics import MetricsLog, train_flops
-from ptft_fast.train.objectives import build_for_objective, label_counts, loss_sums, token_counts
+from ptft_fast.train.objectives import (
+    add_stats,
+    build_for_objective,
+    label_counts,
+    loss_sums,
+    model_inputs,
+    row_stats,
+    token_counts,
+)
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything, set_cpu_threads
 from ptft_fast.train.zero_utils import GatheredStateDict
@@ -63,6 +71,8 @@ class DeepSpeedTrainer(Trainer):
 
     def __init__(self, cfg: TrainConfig, ds: DeepSpeedOptions, resume: str | None = None) -> None:
         cfg.validate()
+        if cfg.compile or cfg.cuda_graphs:
+            raise TrainConfigError("compile and cuda_graphs are single-process options; not with DeepSpeed")
         self.rank, self.world = init_distributed()
         if self.rank != 0:  # rank 0 shows progress, logs metrics and plots
             cfg = dataclasses.replace(cfg, progress=False, plot=False)
@@ -70,10 +80,10 @@ class DeepSpeedTrainer(Trainer):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.rank == 0:  # tokenizer + shards are cached in the run folder: build them once
             self.out.mkdir(parents=True, exist_ok=True)
-            prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+            prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         dist.barrier()
         seed_everything(cfg.seed)
-        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
         model = build_for_objective(cfg.objective, self.model_config).to(self.device)
@@ -90,8 +100,12 @@ class DeepSpeedTrainer(Trainer):
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
         if resume is not None:
             self.load(resume)
+        self.finished = resume is not None and ckpt.run_finished(self.out, self.step, cfg.max_steps)
+        finished_or_other_rank = self.finished or self.rank != 0  # a finished run writes nothing
         self.log = (
-            MetricsLog(self.out, keep_until=self.step if resume else None) if self.rank == 0 else _NoLog()
+            _NoLog()
+            if finished_or_other_rank
+            else MetricsLog(self.out, keep_until=self.step if resume else None)
         )
         self.baseline = unigram_entropy(self.data.train, self.tok.vocab_size)
 
@@ -114,7 +128,7 @@ class DeepSpeedTrainer(Trainer):
             if parts:
                 loss = sum(self.weights[t] * s / totals[t] for t, s in parts.items())
             else:  # no labeled token in this slice: a zero loss still runs the engine's reduction
-                loss = self.engine(**local).loss.float() * 0.0
+                loss = self.engine(**model_inputs(local)).loss.float() * 0.0
             self.strategy.backward(loss)
             for i, t in enumerate(totals):
                 sums[i] += float(parts[t].detach()) if t in parts else 0.0
@@ -127,14 +141,17 @@ class DeepSpeedTrainer(Trainer):
         self.step += 1
         self.tokens += tokens
         self.flops += flops
-        return StepOutput(terms["lm"], terms, result, tokens, flops)
+        rows: dict = {}
+        for b in full:  # the global batch: what the whole job trained on
+            rows = add_stats(rows, row_stats(b))
+        return StepOutput(terms["lm"], terms, result, tokens, flops, rows)
 
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""
         ckpt_dir = self.out / "checkpoints"
         tag = f"step_{self.step:08d}"
-        if ckpt.read_latest(ckpt_dir) == tag:
+        if ckpt.read_latest(ckpt_dir) == tag and ckpt.verify(ckpt_dir / tag) is None:
             return ckpt_dir / tag  # already the newest checkpoint (the loop saves again at the end)
         client = dict(self._state(), step=self.step)
         with self._gather.paused() if self._gather else contextlib.nullcontext():
@@ -143,9 +160,11 @@ class DeepSpeedTrainer(Trainer):
             )
         rng_js, rng_tensors = ckpt.rng_state()
         save_file(rng_tensors, ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")
+        fix_mode(ckpt_dir / tag / f"rng_rank{self.rank}.safetensors")  # safetensors creates 0600 files
         (ckpt_dir / tag / f"rng_rank{self.rank}.json").write_text(json.dumps(rng_js))
         dist.barrier()  # every rank's files are written before latest names the checkpoint
         if self.rank == 0:
+            ckpt.write_manifest(ckpt_dir / tag)
             with atomic_open(ckpt_dir / ckpt.LATEST) as fh:
                 fh.write(tag + "\n")
             done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name != tag)
@@ -161,7 +180,7 @@ class DeepSpeedTrainer(Trainer):
         state = client["ptft"]
         diff = ckpt.config_diff(state["model_config"], dataclasses.asdict(self.model_config))
         if diff:
-            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed:\n  " + "\n  ".join(diff))
+            raise ckpt.ResumeError(f"cannot resume {path}: the model config changed ({'; '.join(diff)})")
         self._restore(state)
         rng_file = path / f"rng_rank{self.rank}.safetensors"
         if not rng_file.is_file():

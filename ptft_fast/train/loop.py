@@ -12,11 +12,12 @@ from tqdm import tqdm
 
 from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
-from ptft_fast.train.objectives import export_model
+from ptft_fast.train.objectives import add_stats, export_model
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.utils.device import device_name, device_peaks
 
 PEAK_KEYS = {"bf16": "bfloat16", "fp16": "float16"}
+TRAIN_LOSS_WINDOW = 20  # steps the summary's final train loss is the mean of (fewer in a short run)
 
 
 def _peak_tflops(trainer) -> float | None:
@@ -39,6 +40,7 @@ def run_loop(trainer) -> dict:
     window_t, window_tok, window_flops, window_loss, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     t_start, elapsed0, mfu_warned = time.perf_counter(), trainer.elapsed, False
     recent: list[float] = []
+    rows: dict[str, int] = {}
     try:
         while trainer.step < cfg.max_steps:
             out = trainer.train_step()
@@ -46,7 +48,8 @@ def run_loop(trainer) -> dict:
             window_tok, window_flops = window_tok + out.tokens, window_flops + out.flops
             if math.isfinite(out.loss):
                 window_loss, window_n = window_loss + out.loss, window_n + 1
-                recent = [*recent, out.loss][-20:]
+                recent = [*recent, out.loss][-TRAIN_LOSS_WINDOW:]
+            rows = add_stats(rows, out.rows)
             step = trainer.step
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 dt = max(time.perf_counter() - window_t, 1e-9)
@@ -90,7 +93,8 @@ def run_loop(trainer) -> dict:
                     0,
                 )
             bar.update(1)
-            out_of_time = cfg.max_time_s > 0 and trainer.elapsed >= cfg.max_time_s
+            # the budget is per invocation: a resumed run gets max_time_s again (and goes on to max_steps)
+            out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 log.write({"kind": "eval", "step": step, **trainer.evaluate()})
             if cfg.save_every and step % cfg.save_every == 0 and not out_of_time:
@@ -116,6 +120,9 @@ def run_loop(trainer) -> dict:
         "steps": trainer.step,
         "tokens": trainer.tokens,
         "final_train_loss": sum(recent) / max(len(recent), 1),
+        "train_loss_steps": len(recent),  # the last steps of this invocation with a finite loss
+        "rows": rows_summary(rows),
+        "eval_data": eval_data_summary(trainer),
         "unigram_entropy": trainer.baseline,
         **final_eval,
         "train_seconds": trainer.elapsed,
@@ -133,16 +140,89 @@ def run_loop(trainer) -> dict:
     return summary
 
 
+def rows_summary(stats: dict[str, int]) -> dict:
+    """How the training rows were built, from the batches the steps consumed (summed row_stats)."""
+    rows = max(stats.get("rows", 0), 1)
+    separated = stats.get("batches", 0) > 0 and stats.get("separated", 0) == stats["batches"]
+    return {
+        "rows": stats.get("rows", 0),
+        "positions_per_row": stats.get("positions", 0) / rows,
+        "documents_per_row": stats["documents"] / rows if "documents" in stats else None,
+        "padding_share": 1.0 - stats.get("tokens", 0) / max(stats.get("positions", 0), 1),
+        "attention_across_documents": not separated,
+    }
+
+
+def eval_data_summary(trainer) -> dict:
+    """What the eval loss is computed on: held-out documents, or (a shard folder) training ones."""
+    cfg = trainer.cfg
+    return {
+        "held_out": not trainer.data.eval_is_train,
+        "documents": trainer.data.eval.num_docs,
+        "tokens": trainer.data.eval.num_tokens,
+        "positions": cfg.eval_batches * cfg.micro_batch_size * seq_len_at(trainer.step, cfg),
+        "eval_fraction": None if trainer.data.eval_is_train else cfg.eval_fraction,
+        "rows": cfg.eval_batches * cfg.micro_batch_size,
+    }
+
+
+def _rows_line(r: dict) -> str:
+    docs = (
+        ""
+        if r["documents_per_row"] is None
+        else f"{r['documents_per_row']:.2f} documents per row on average (a document cut at a row's end "
+        "goes on in the next row), "
+    )
+    attention = (
+        "attention crosses the documents of a row (the model gets no document boundaries)"
+        if r["attention_across_documents"]
+        else "attention stays within each document"
+    )
+    return (
+        f"{r['positions_per_row']:.0f} positions, documents packed end to end: {docs}"
+        f"{r['padding_share']:.1%} padding; {attention}"
+    )
+
+
+def _eval_lines(s: dict) -> list[str]:
+    e = s.get("eval_data")
+    if e is None:
+        return [f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f}"]
+    scored = (
+        f"{e['rows']} rows, {s['eval_tokens']:,} tokens scored" if "eval_tokens" in s else f"{e['rows']} rows"
+    )
+    if e.get("positions", 0) > 1.5 * e.get("tokens", math.inf):  # the eval rows wrap around
+        scored += (
+            f"; the rows read each of their {e['tokens']:,} tokens ~{e['positions'] / e['tokens']:.0f} times"
+        )
+    if e["held_out"]:
+        where = f"{e['documents']:,} held-out documents (eval_fraction={e['eval_fraction']:g}; {scored})"
+        return [f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f} on {where}"]
+    return [
+        f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f} on TRAINING documents ({scored})",
+        "  warning: --data is a shard folder, so no document was held out: this eval loss is measured on "
+        "text the model trained on and is not a held-out score (give .txt/.jsonl files to hold out "
+        "eval_fraction of the documents)",
+    ]
+
+
 def format_summary(s: dict) -> str:
-    """The end-of-run table printed by ``ptft pretrain``."""
+    """The end-of-run table printed by ``ptft pretrain`` (one line for a run that had finished)."""
+    if "finished" in s:
+        return (
+            f"the run in {s['out']} had already finished (step {s['finished']} of max_steps="
+            f"{s['max_steps']}): nothing trained, nothing written; raise max_steps to train further"
+        )
     p = s["price_tag"]
     lines = [
         f"run summary ({s['model']}, {s['objective']}, {s['device']}"
         + (f", {s['cpu_threads']} CPU thread(s))" if s.get("cpu_threads") else ")"),
         f"  steps / tokens           {s['steps']} / {s['tokens']:,}",
-        f"  final train loss         {s['final_train_loss']:.4f} nats/token (mean of the last 20 steps)",
+        *([f"  rows                     {_rows_line(s['rows'])}"] if "rows" in s else []),
+        f"  final train loss         {s['final_train_loss']:.4f} nats/token (mean over the last "
+        f"{s.get('train_loss_steps', TRAIN_LOSS_WINDOW)} steps of this run)",
         f"  unigram entropy baseline {s['unigram_entropy']:.4f} nats/token (token frequencies of the train data)",
-        f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f}",
+        *_eval_lines(s),
         f"  eval token accuracy      {s['accuracy']:.2%}",
         f"  throughput               {s['tokens_per_s']:.0f} tokens/s over {s['train_seconds']:.1f} s",
         "price tag",

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ptft_fast.data.atomic import fix_mode
 from ptft_fast.data.electra import discriminator_loss, replace_with_generator_samples
 from ptft_fast.models import EncoderForMaskedLM, build_model
 from ptft_fast.models.config import ModelConfig
+from ptft_fast.train.data import ROW_SEGMENTS
 
 IGNORE = -100
 LM_OBJECTIVES = ("clm", "prefix-lm")  # the model shifts: position t predicts labels[t + 1]
@@ -41,8 +43,46 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+# Batch keys that describe the rows rather than feed the model (see BatchSource.next).
+STATS_KEYS = (ROW_SEGMENTS,)
+# Keys that would hand the model document boundaries inside a packed row; a batch without any of
+# them is attended across its documents (every batch key is a model argument).
+DOC_BOUNDARY_KEYS = ("cu_seqlens", "doc_ids", "segment_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """``batch`` without the statistics keys: what the model is called with."""
+    return {k: v for k, v in batch.items() if k not in STATS_KEYS}
+
+
+def row_stats(batch: dict) -> dict[str, int]:
+    """What the rows of ``batch`` hold: rows, document pieces (when the source counts them),
+    model positions and real (non-padding) tokens of the encoder / decoder-only input."""
+    ids, mask = batch["input_ids"], batch.get("attention_mask")  # no mask: every position is real
+    stats = {
+        "batches": 1,
+        "rows": int(ids.shape[0]),
+        "positions": int(ids.numel()),
+        "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),
+    }
+    if ROW_SEGMENTS in batch:
+        stats["documents"] = int(batch[ROW_SEGMENTS].sum())
+    stats["separated"] = int(any(k in batch for k in DOC_BOUNDARY_KEYS))
+    return stats
+
+
+def add_stats(total: dict[str, int], stats: dict[str, int]) -> dict[str, int]:
+    """``total`` plus ``stats``, key by key (a sum of :func:`row_stats`)."""
+    return {k: total.get(k, 0) + stats.get(k, 0) for k in {*total, *stats}}
+
+
 def build_for_objective(objective: str, config: ModelConfig) -> nn.Module:
     return ElectraModel(config) if objective == "electra" else build_model(config)
+
+
+def real_tokens(batch: dict, mask: str = "attention_mask", ids: str = "input_ids") -> int:
+    """Non-padding tokens of a batch; no mask means no padding (the trainer drops all-true masks)."""
+    return int(batch[mask].sum()) if mask in batch else batch[ids].numel()
 
 
 def label_counts(objective: str, batch: dict) -> dict[str, int]:
@@ -52,7 +92,7 @@ def label_counts(objective: str, batch: dict) -> dict[str, int]:
         labels = labels[:, 1:]
     counts = {"lm": int((labels != IGNORE).sum())}
     if objective == "electra":
-        counts["disc"] = int(batch["attention_mask"].sum())
+        counts["disc"] = real_tokens(batch)
     return counts
 
 
@@ -61,6 +101,7 @@ def loss_sums(
 ) -> dict[str, torch.Tensor]:
     """Summed loss per term (``lm``, and ``disc`` for ELECTRA); a term with no labeled token is absent."""
     counts = label_counts(objective, batch)
+    batch = model_inputs(batch)
     if objective != "electra":
         if counts["lm"] == 0:
             return {}
@@ -81,8 +122,7 @@ def loss_sums(
 def eval_sums(objective: str, model: nn.Module, batch: dict) -> dict[str, float]:
     """loss_sum, tokens, correct (argmax == label on the scored tokens) for one eval batch."""
     net = model.generator if objective == "electra" else model
-    kwargs = {k: v for k, v in batch.items()}
-    out = net(**kwargs, return_logits=True)
+    out = net(**model_inputs(batch), return_logits=True)
     logits, labels = out.logits, batch["labels"]
     if objective in LM_OBJECTIVES:
         logits, labels = logits[:, :-1], labels[:, 1:]
@@ -97,7 +137,7 @@ def token_counts(objective: str, batch: dict) -> dict[str, int]:
     """Real (non-padding) tokens through the encoder/decoder stacks and the vocab head; the
     longest row lengths (for the attention FLOPs)."""
     counts = label_counts(objective, batch)
-    enc = int(batch["attention_mask"].sum())
+    enc = real_tokens(batch)
     seq = batch["input_ids"].shape[1]
     dec, dec_len = 0, 0
     if "decoder_input_ids" in batch:
@@ -120,6 +160,7 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
         save_pretrained(model.generator, root / "generator")
         head = {k: v.detach().contiguous().clone() for k, v in model.disc_head.state_dict().items()}
         save_file(head, root / "electra_head.safetensors")
+        fix_mode(root / "electra_head.safetensors")  # safetensors creates 0600 files
         return root
     return save_pretrained(model, root)
 

@@ -52,17 +52,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_adamw(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, lr: torch.Tensor | None = None
+) -> torch.optim.AdamW:
     """AdamW: the fused kernel on CUDA, foreach elsewhere (on a 2-core CPU the fused CPU kernel
-    measured ~6× slower than foreach for a tiny model). Chosen once, here."""
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    measured ~6× slower than foreach for a tiny model). Chosen once, here.
+
+    ``lr``: a 0-d tensor the learning rate is read from at each step (a CUDA graph replays the
+    step with it); on CUDA the optimizer is then capturable (its step count on the device)."""
+    kwargs = dict(lr=cfg.lr if lr is None else lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     groups = param_groups(model, cfg.weight_decay)
     if device.type == "cuda":
         try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
+            return torch.optim.AdamW(groups, fused=True, capturable=lr is not None, **kwargs)
         except (RuntimeError, ValueError) as exc:
             warnings.warn(f"fused AdamW unavailable ({exc}); using foreach", stacklevel=2)
-    return torch.optim.AdamW(groups, foreach=True, **kwargs)
+    # a tensor learning rate without capturable needs the single-tensor implementation
+    return torch.optim.AdamW(
+        groups, foreach=lr is None, capturable=lr is not None and device.type == "cuda", **kwargs
+    )
 
 
 class DynamicLossScaler:
@@ -140,7 +148,10 @@ class TorchStrategy:
                     if p.grad is not None:
                         p.grad.mul_(coef)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                if isinstance(group["lr"], torch.Tensor):  # a captured step reads this tensor
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
             self.optimizer.step()
         self.zero_grad()
         return StepResult(finite, norm, lr, scale)

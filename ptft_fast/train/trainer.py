@@ -18,10 +18,19 @@ from torch import nn
 
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
+from ptft_fast.train.compiled import GraphStep, compile_model
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
 from ptft_fast.train.metrics import MetricsLog, train_flops
-from ptft_fast.train.objectives import build_for_objective, eval_sums, label_counts, loss_sums, token_counts
+from ptft_fast.train.objectives import (
+    add_stats,
+    build_for_objective,
+    eval_sums,
+    label_counts,
+    loss_sums,
+    row_stats,
+    token_counts,
+)
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.strategy import StepResult, Strategy, TorchStrategy
 
@@ -37,6 +46,7 @@ class StepOutput:
     result: StepResult
     tokens: int
     flops: float
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)  # summed row_stats of the batches
 
 
 def accumulate_step(
@@ -54,9 +64,10 @@ def accumulate_step(
     counts = [label_counts(objective, b) for b in batches]
     totals = {t: sum(c[t] for c in counts) for t in counts[0]}
     sums = dict.fromkeys(totals, 0.0)
-    tokens, flops = 0, 0.0
+    tokens, flops, rows = 0, 0.0, {}
     cfg = model.config
     for b in batches:
+        rows = add_stats(rows, row_stats(b))
         with strategy.autocast():
             parts = loss_sums(objective, model, b, sample_gen)
         if parts:
@@ -68,13 +79,26 @@ def accumulate_step(
         flops += train_flops(cfg, tc) * (2 if objective == "electra" else 1)
     result = strategy.step(step)
     terms = {t: sums[t] / totals[t] if totals[t] else float("nan") for t in totals}
-    return StepOutput(terms["lm"], terms, result, tokens, flops)
+    return StepOutput(terms["lm"], terms, result, tokens, flops, rows)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+MASKS = ("attention_mask", "decoder_attention_mask")
+
+
+def drop_full_masks(objective: str, batch: dict) -> dict:
+    """``batch`` without the attention masks that mask nothing, read on the host before the batch
+    goes to the device (free there): models then take attention's unmasked (or is_causal) path
+    on GPU and in graph mode too, where they cannot look at the mask. ELECTRA keeps its mask (its
+    sampler reads it)."""
+    if objective == "electra":
+        return batch
+    return {k: v for k, v in batch.items() if not (k in MASKS and bool(v.all()))}
 
 
 SMALL_MODEL = 20_000_000  # parameters; below this one CPU thread is fastest
@@ -99,25 +123,33 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
         cfg.validate()
         self.cfg, self.out = cfg, Path(cfg.out)
+        resume_path, saved = None, None
+        if resume:  # verified (or fallen back) before anything is built or written
+            resume_path = ckpt.resolve(resume, self.out)
+            saved = ckpt.read_trainer_state(resume_path)
+        self.step = saved["step"] if saved else 0
+        self.finished = saved is not None and ckpt.run_finished(self.out, saved["step"], cfg.max_steps)
+        if self.finished:
+            return  # nothing to do and nothing to write: run() says so
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         seed_everything(cfg.seed)
-        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out)
+        self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
-        resume_path, saved = None, None
-        if resume:
-            resume_path = ckpt.resolve(resume, self.out)
-            saved = ckpt.read_trainer_state(resume_path)
+        if saved is not None:
             diff = ckpt.config_diff(saved["model_config"], dataclasses.asdict(self.model_config))
             if diff:
                 raise ckpt.ResumeError(
                     f"cannot resume {resume_path}: the model config changed in key(s) "
-                    f"{[d.split(':')[0] for d in diff]}:\n  " + "\n  ".join(diff)
+                    f"{[d.split(':')[0] for d in diff]} ({'; '.join(diff)})"
                 )
         self.model = build_for_objective(cfg.objective, self.model_config).to(self.device)
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, self.model, self.device)
         self.strategy = TorchStrategy(self.model, cfg, self.device)
+        if cfg.compile:
+            compile_model(self.model, cfg)
+        self.graph_step = GraphStep.for_trainer(self) if cfg.cuda_graphs else None
         self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
         self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
@@ -170,14 +202,18 @@ class Trainer:
         """Collate the step's micro-batches, accumulate, update; apply the NaN/inf policy."""
         cfg = self.cfg
         seq_len = seq_len_at(self.step, cfg)
-        batches = [
-            {k: v.to(self.device) for k, v in self.source.next(cfg.micro_batch_size, seq_len).items()}
+        host = [
+            drop_full_masks(cfg.objective, self.source.next(cfg.micro_batch_size, seq_len))
             for _ in range(cfg.grad_accum_steps)
         ]
         self.model.train()
-        out = accumulate_step(
-            cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
-        )
+        if self.graph_step is not None:  # copies the batches into its captured inputs itself
+            out = self.graph_step(host, self.step)
+        else:
+            batches = [{k: v.to(self.device) for k, v in b.items()} for b in host]
+            out = accumulate_step(
+                cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
+            )
         finite_loss = all(math.isfinite(v) for v in out.terms.values())
         if finite_loss and (out.result.stepped or cfg.precision == "fp16"):
             self.bad = 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling
@@ -224,9 +260,14 @@ class Trainer:
             "eval_loss": loss,
             "perplexity": math.exp(min(loss, 700.0)),
             "accuracy": totals["correct"] / n,
+            "eval_tokens": totals["tokens"],  # the tokens scored (MLM: the masked ones)
         }
 
     def run(self) -> dict:
+        """Train and return the summary; for a run resumed after it finished, ``{"finished": step}``
+        (nothing trained, nothing written)."""
         from ptft_fast.train.loop import run_loop
 
+        if getattr(self, "finished", False):
+            return {"finished": self.step, "max_steps": self.cfg.max_steps, "out": str(self.out)}
         return run_loop(self)

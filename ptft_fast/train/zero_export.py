@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 from ptft_fast.data.atomic import atomic_open
+from ptft_fast.errors import UserInputError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
 
 
-class ExportError(ValueError):
+class ExportError(UserInputError):
     """A folder that is not a complete ZeRO checkpoint (the message says what is missing)."""
 
 

@@ -47,7 +47,7 @@ def test_step0_loss_check_rejects_a_perturbed_weight(index):
             weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * 0.5)
         with pytest.raises(LossMismatchError, match=r"step-0 loss of ptft:torch"):
             e2e.checked_step("ptft:torch", model, built, backend="torch")
-        full = e2e.providers(built, CPU, quick=False)
+        full = e2e.providers(built, CPU)
         for name in ("hf-liger", "ptft:triton", "ptft:cuda"):  # CUDA-only providers are skipped rows
             with pytest.raises(Unavailable):
                 full[name]()
@@ -55,11 +55,29 @@ def test_step0_loss_check_rejects_a_perturbed_weight(index):
         built.ckpt.cleanup()
 
 
+def test_llama_flops_count_the_untied_head_and_gqa_attention_width():
+    built = e2e.build(e2e.QUICK[5], CPU)  # llama-tiny: L=2, H=64, F=128, V=1024, 4 heads / 2 kv; B=1, T=256
+    try:
+        h, f, v, kv, layers, t = 64, 128, 1024, 32, 2, 256
+        per_layer = 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h  # q, o; k, v (2 of 4 heads); SwiGLU; 2 norms
+        body = layers * per_layer + h  # + final norm
+        expected = 6 * body * t + 6 * h * v * (t - 1) + 3 * layers * 4 * t * t * h
+        assert built.family == "llama" and built.case.flops == expected
+        assert set(e2e.providers(built, CPU)) == {
+            "hf-eager",
+            "hf-compile",
+            "hf+ptft-patch",
+            "hf-liger",
+        }
+    finally:
+        built.ckpt.cleanup()
+
+
 def test_quick_suite_rows_are_filled():
     rows = e2e.suite(CPU, True)
-    assert {r["op"] for r in rows} == {"bert_mlm", "gpt2_clm", "t5_span", "gpt2_lora"}
-    assert {r["provider"] for r in rows} == {"hf-eager", "ptft:torch"}
-    assert len(rows) == 2 * len(e2e.QUICK)
+    assert {r["op"] for r in rows} == {"bert_mlm", "gpt2_clm", "t5_span", "gpt2_lora", "llama_clm"}
+    assert {r["provider"] for r in rows} == {"hf-eager", "ptft:torch", "hf+ptft-patch"}
+    assert len(rows) == 3 * len(e2e.QUICK) - 1  # llama_clm: no ptft:torch
     for r in rows:
         assert r["tokens_per_s"] > 0 and r["tflops"] > 0, r
         assert r["peak_mem_mb"] is not None and r["ratio_vs_baseline"] > 0, r
@@ -85,3 +103,13 @@ def test_selected_matches_op_or_op_at_seq():
     w = e2e.FULL[1]  # bert_mlm @ 512
     assert e2e.selected(w, []) and e2e.selected(w, ["bert_mlm"]) and e2e.selected(w, ["bert_mlm@512"])
     assert not e2e.selected(w, ["bert_mlm@128"]) and not e2e.selected(w, ["gpt2_clm"])
+
+
+def test_providers_run_in_the_order_given_after_the_baseline():
+    factories = dict.fromkeys(e2e.PROVIDER_NAMES)
+    given = ["hf-liger", "ptft:triton", "hf-compile"]  # hf-liger patches process-wide: always last
+    assert list(e2e.ordered(factories, given)) == ["hf-eager", "ptft:triton", "hf-compile", "hf-liger"]
+    assert list(e2e.ordered(factories, ["ptft:cuda"])) == ["hf-eager", "ptft:cuda"]
+    everything = list(e2e.ordered(factories, []))
+    assert everything[0] == "hf-eager" and everything[-1] == "hf-liger"
+    assert sorted(everything) == sorted(e2e.PROVIDER_NAMES)

@@ -73,7 +73,7 @@ def test_adapt_attention_rejects_unsupported_head_dim_and_dtype():
         attn_bias=None,
         softmax_scale=None,
     )
-    with pytest.raises(ValueError, match=r"head dim D.*\(64, 128\).*got 80"):
+    with pytest.raises(ValueError, match=r"head dim D.*\(32, 64, 128\).*got 80"):
         cb.adapt_attention(q, q, q, **kw)
     q32 = torch.randn(1, 3, 2, 64)
     with pytest.raises(TypeError, match=r"q must be float16 or bfloat16.*float32"):
@@ -120,8 +120,13 @@ def test_adapt_attention_varlen_and_relative_bias():
     )
     assert a.cu_seqlens_q.dtype == torch.int32 and a.cu_seqlens_q.tolist() == [0, 4, 9]
     assert (a.max_seqlen_q, a.max_seqlen_k, a.softmax_scale) == (5, 5, 0.5)
-    assert a.attn_bias.dtype == torch.bfloat16
-    assert a.attn_bias.shape[-2:] == (5, 5) and a.attn_bias.shape[-3] == 2
+    assert a.attn_bias is None  # the T5 table goes to the kernels, looked up there
+    assert a.rel_table.dtype == torch.float32 and a.rel_table.shape == (32, 2)
+    assert a.rel_lut.dtype == torch.int32 and a.rel_lut.tolist() == rel.bucket_lut(5, 5).tolist()
+    big = RelativePositionBias(torch.randn(300, 2), num_buckets=300)  # past the kernels' cap: dense
+    kw = dict(key_padding_mask=None, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=5, max_seqlen_k=5)
+    a = cb.adapt_attention(q, q, q, attn_bias=big, softmax_scale=None, **kw)
+    assert a.rel_lut is None and a.attn_bias.shape[-2:] == (5, 5) and a.attn_bias.dtype == torch.bfloat16
 
 
 def test_adapt_layer_norm_dtype_rules():
@@ -198,6 +203,11 @@ _META_SCRIPT = textwrap.dedent(
     o.float().sum().backward()
     assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
     assert bias.grad.shape == bias.shape and bias.grad.dtype == bf
+    # T5 relative bias, looked up in the kernels: gradient into its (num_buckets, Hq) table
+    from ptft_fast.ops.relative_bias import RelativePositionBias
+    table = leaf(32, 4, dtype=torch.float32)
+    cb.attention_cuda(q, k, v, causal=True, attn_bias=RelativePositionBias(table)).float().sum().backward()
+    assert table.grad.shape == (32, 4) and table.grad.dtype == torch.float32
     # varlen, fp16, no bias
     qv = leaf(11, 2, 128, dtype=f16)
     cu = torch.zeros(3, dtype=torch.int64, device=M)
@@ -250,3 +260,15 @@ def test_check_csrc_skips_without_nvcc():
     assert proc.stdout.strip().splitlines() == [
         "check_csrc: SKIPPED — nvcc not found (set NVCC or install the CUDA toolkit)"
     ]
+
+
+def test_adapt_attention_copies_views_off_the_16_byte_grid():
+    kw = dict(
+        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None
+    )
+    base = torch.randn(4 * 2 * 64 + 1, dtype=torch.bfloat16)
+    q = base[1:].view(1, 4, 2, 64)  # contiguous, but 2 bytes past an aligned start
+    a = cb.adapt_attention(q, q, q, attn_bias=None, softmax_scale=None, **kw)
+    assert a.q.storage_offset() == 0 and torch.equal(a.q, q)
+    aligned = base[8:].view(-1)[: 4 * 2 * 64 - 8]
+    assert cb._aligned16(aligned) is aligned

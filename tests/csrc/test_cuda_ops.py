@@ -20,6 +20,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import philox_ref
 from kernel_tolerance import assert_rule, attention_low_precision, on_grid
 
 from ptft_fast.ops import attention, layer_norm, linear_cross_entropy, lora_linear
@@ -30,6 +32,7 @@ from ptft_fast.ops.reference import (
     linear_cross_entropy_ref,
     lora_linear_ref,
 )
+from ptft_fast.ops.relative_bias import RelativePositionBias
 
 pytestmark = [
     pytest.mark.gpu,
@@ -182,18 +185,21 @@ def _attn_check(b, tq, tk, hq, hkv, d, dtype, *, bias_shape=None, padding=False,
     _compare(f"attention {(b, tq, tk, hq, hkv, d)} {dtype} {kw.keys()}", ours, ref32, low)
 
 
-ATTN_SHAPES = [  # (B, Tq, Tk, Hq, Hkv)
+ATTN_SHAPES = [  # (B, Tq, Tk, Hq, Hkv): T off the 64/128 tiles, GQA and MQA
     (1, 1, 1, 1, 1),
     (2, 7, 7, 2, 2),
     (1, 31, 63, 4, 2),
     (3, 64, 64, 2, 1),
     (1, 127, 97, 3, 3),
     (2, 257, 129, 4, 4),
+    (2, 200, 131, 4, 1),
+    (1, 129, 300, 6, 2),
 ]
+HEAD_DIMS = [32, 64, 128]
 
 
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention(shape, d, causal):
     for dtype in HALF:
@@ -204,6 +210,7 @@ def test_attention(shape, d, causal):
 def test_attention_bias_grad_and_padding(bias_shape):
     _attn_check(2, 33, 47, 4, 2, 64, torch.bfloat16, bias_shape=bias_shape, padding=True, causal=True)
     _attn_check(2, 33, 47, 4, 4, 128, torch.float16, bias_shape=bias_shape, padding=True)
+    _attn_check(2, 33, 47, 4, 1, 32, torch.bfloat16, bias_shape=bias_shape, padding=True, causal=True)
 
 
 def test_attention_softmax_scale():
@@ -211,9 +218,9 @@ def test_attention_softmax_scale():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", HEAD_DIMS)
 def test_attention_varlen(causal, d):
-    lq, lk = [1, 7, 64, 31], [3, 7, 127, 16]
+    lq, lk = [1, 7, 64, 31, 1, 130], [3, 7, 127, 16, 1, 140]  # one-token sequences, > one block
     cu_q = torch.tensor([0, *torch.tensor(lq).cumsum(0).tolist()], device=DEV, dtype=torch.int32)
     cu_k = torch.tensor([0, *torch.tensor(lk).cumsum(0).tolist()], device=DEV, dtype=torch.int32)
     q = torch.randn(sum(lq), 4, d, device=DEV)
@@ -288,6 +295,92 @@ def test_attention_dropout(causal):
     ref32 = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, torch.float32, bf)
     low = _attn_run(lambda q_, k_, v_, attn_bias: manual(q_, k_, v_), q, k, v, None, bf, bf)
     _compare("attention dropout", ours, ref32, low)
+
+
+def _t5_run(fn, qkv, table, dtype, table_dtype, grid, bidirectional, causal):
+    leaves = _leaves(qkv, dtype)
+    tab = table.detach().to(table_dtype).requires_grad_()
+    rel = RelativePositionBias(tab, bidirectional=bidirectional, num_buckets=32, max_distance=64)
+    out = fn(*leaves, attn_bias=rel, causal=causal)
+    res = {"out": out.detach()}
+    res.update(_grads(out, [*leaves, tab], ("dq", "dk", "dv", "dtable"), grid))
+    return res
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_attention_relative_bias_in_kernel(bidirectional, d):
+    """T5 bias looked up in the kernels (bucket LUT + table) vs the reference's materialized bias,
+    output and every gradient, the table's included; causal decoder style and encoder style."""
+    b, tq, tk, hq, hkv = 2, 77, 150, 4, 2
+    kw = dict(bidirectional=bidirectional, causal=not bidirectional)
+    q = torch.randn(b, tq, hq, d, device=DEV)
+    k = torch.randn(b, tk, hkv, d, device=DEV)
+    v = torch.randn(b, tk, hkv, d, device=DEV)
+    table = torch.randn(32, hq, device=DEV)
+    for dtype in HALF:
+        qkv = on_grid(dtype, (q, k, v))
+        f32 = torch.float32
+        ours = _t5_run(
+            lambda *a, **k_: attention(*a, backend="cuda", **k_), qkv, table, dtype, f32, dtype, **kw
+        )
+        ref32 = _t5_run(
+            lambda *a, **k_: attention_ref(*a, upcast=True, **k_), qkv, table, f32, f32, dtype, **kw
+        )
+        low = _t5_run(
+            lambda *a, **k_: attention_low_precision(attention_ref, *a, **k_),
+            qkv,
+            table,
+            dtype,
+            dtype,
+            dtype,
+            **kw,
+        )
+        _compare(f"attention T5 d={d} {kw} {dtype}", ours, ref32, low)
+
+
+def _rng_after_seed(seed):
+    """The {seed, offset} that cuda_backend.draw_rng draws first after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    rng = torch.empty(2, dtype=torch.int64, device=DEV).random_().tolist()
+    return rng[0] & (2**64 - 1), rng[1] & (2**64 - 1)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout_mask_is_the_documented_philox_mask(d, causal):
+    """The kept probabilities (revealed by a one-hot v) are exactly philox_ref.attention_keep of the
+    launch's {seed, offset}: the mask is regenerated independently, not read back from a kernel."""
+    b, t, h, p = 2, min(d, 61), 3, 0.3
+    q = torch.randn(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    onehot = torch.zeros(b, t, h, d, device=DEV, dtype=torch.bfloat16)
+    onehot[:, torch.arange(t), :, torch.arange(t)] = 1.0
+    seed, offset = _rng_after_seed(23)
+    torch.manual_seed(23)
+    pd = attention(q, k, onehot, causal=causal, dropout_p=p, backend="cuda")[
+        ..., :t
+    ].float()  # (b, tq, h, tk)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * d**-0.5
+    if causal:
+        s = s.masked_fill(torch.ones(t, t, device=DEV, dtype=torch.bool).triu(1), float("-inf"))
+    probs = s.softmax(-1)
+    keep = torch.from_numpy(philox_ref.attention_keep(seed, offset, b, h, t, t, p)).to(DEV)
+    seen = probs > 1e-3  # where the bf16 output can show the probability
+    assert torch.equal((pd.permute(0, 2, 1, 3) > 0)[seen], keep[seen])
+    torch.testing.assert_close(pd.permute(0, 2, 1, 3), probs * keep / (1 - p), atol=2e-2, rtol=2e-2)
+
+
+def test_layer_norm_dropout_mask_is_the_documented_philox_mask():
+    rows, hidden, p = 5, 203, 0.4  # rows straddle the 8-element Philox groups
+    seed, offset = _rng_after_seed(31)
+    torch.manual_seed(31)
+    _, h = layer_norm(
+        torch.ones(rows, hidden, device=DEV), None, return_residual=True, dropout_p=p, backend="cuda"
+    )
+    keep = torch.from_numpy(philox_ref.elementwise_keep(seed, offset, rows * hidden, p)).to(DEV)
+    assert torch.equal(h.reshape(-1) > 0, keep)
+    torch.testing.assert_close(h.reshape(-1), keep.float() / (1 - p))
 
 
 # ------------------------------------------------------------------------- linear cross-entropy
@@ -452,6 +545,8 @@ def _opcheck_cases():
     q = torch.randn(2, 9, 4, 64, **bf, requires_grad=True)
     k = torch.randn(2, 11, 2, 64, **bf, requires_grad=True)
     bias = torch.randn(4, 9, 11, **bf, requires_grad=True)
+    rel = RelativePositionBias(torch.randn(32, 4, device=DEV, requires_grad=True))
+    lut, table = rel.bucket_lut(9, 11), rel.table
     h = torch.randn(7, 64, **bf, requires_grad=True)
     wv = torch.randn(50, 64, **bf, requires_grad=True)
     labels = torch.tensor([1, -100, 3, 4, -100, 49, 0], device=DEV)
@@ -467,7 +562,11 @@ def _opcheck_cases():
         (ops.layer_norm_fwd.default, (x, None, None, None, None, 1e-5, True, 0.0, False)),
         (
             ops.attention_fwd.default,
-            (q, k, k.detach().clone(), None, None, None, bias, rng, 9, 11, True, 0.1, 0.125),
+            (q, k, k.detach().clone(), None, None, None, bias, None, None, rng, 9, 11, True, 0.1, 0.125),
+        ),
+        (
+            ops.attention_fwd.default,
+            (q, k, k.detach().clone(), None, None, None, None, lut, table, None, 9, 11, False, 0.0, 0.125),
         ),
         (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.1, 1e-4, "mean")),
         (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.0, 0.0, "none")),
@@ -475,7 +574,7 @@ def _opcheck_cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_opcheck(case):
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args)

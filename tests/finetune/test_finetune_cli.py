@@ -43,20 +43,25 @@ def test_finetune_cli_keeps_best(tmp_path, ft_wordpiece, tsv, peft, capsys):
                "--peft", peft, *(["--prompt-init-text", "classify the module"] if peft == "prompt" else []), "--epochs", "2", "--batch-size", "4", "--out", str(out), "--no-progress"])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
-    assert "trainable params" in text and "best epoch" in text
+    assert "trainable params" in text and "kept epoch" in text and "eval score of the kept model" in text
     card = json.loads((out / "best" / "task.json").read_text())
     assert card["labels"] == ["io", "json"] and card["peft"] == peft
     if peft == "none":
         assert (out / "best" / "model.safetensors").is_file() and (
             out / "best" / "head.safetensors"
         ).is_file()
-    else:
+    elif peft == "lora":  # peft's format (base_model.model.<transformers module>), the head beside it
         from safetensors.torch import load_file
 
         saved = load_file(out / "best" / "adapter_model.safetensors")
-        assert any("head." in k for k in saved) and all(
-            "head." in k or "lora" in k or "soft_prompt" in k for k in saved
-        )
+        assert saved and all(k.startswith("base_model.model.bert.") and ".lora_" in k for k in saved)
+        assert any(k.startswith("head.") for k in load_file(out / "best" / "head.safetensors"))
+        assert card["weights"] == "peft"
+    else:  # ptft_fast's names, the head inside
+        from safetensors.torch import load_file
+
+        saved = load_file(out / "best" / "adapter_model.safetensors")
+        assert any("head." in k for k in saved) and all("head." in k or "soft_prompt" in k for k in saved)
 
 
 def test_finetune_cli_bad_label_names_line(tmp_path, ft_wordpiece, tsv, capsys):
@@ -91,7 +96,7 @@ def test_finetune_cli_tok_qa_seq2seq(tmp_path, ft_wordpiece, ft_bpe, tsv, capsys
     conll = tmp_path / "t.conll"
     conll.write_text("John B-PER\nreads O\nfiles O\n\nParis B-LOC\nopens O\n")
     base = ["--epochs", "1", "--batch-size", "2", "--no-progress"]
-    assert main(["finetune", "--model", str(bert), "--task", "tok", "--train", str(conll), "--eval", str(conll),
+    assert main(["finetune", "--model", str(bert), "--task", "tok", "--train", str(conll), "--dev", str(conll), "--eval", str(conll),
                  "--out", str(tmp_path / "tok"), *base]) == 0  # fmt: skip
     ctx = "The open function returns a file object. " * 6
     squad = {"data": [{"paragraphs": [{"context": ctx, "qas": [
@@ -99,7 +104,7 @@ def test_finetune_cli_tok_qa_seq2seq(tmp_path, ft_wordpiece, ft_bpe, tsv, capsys
     ]}]}]}  # fmt: skip
     (tmp_path / "s.json").write_text(json.dumps(squad))
     assert main(["finetune", "--model", str(bert), "--task", "qa", "--train", str(tmp_path / "s.json"),
-                 "--eval", str(tmp_path / "s.json"), "--max-length", "32", "--doc-stride", "8",
+                 "--dev", str(tmp_path / "s.json"), "--eval", str(tmp_path / "s.json"), "--max-length", "32", "--doc-stride", "8",
                  "--peft", "ia3", "--out", str(tmp_path / "qa"), *base]) == 0  # fmt: skip
     bart = model_dir(tmp_path, "bart-tiny", ft_bpe)
     assert main(["finetune", "--model", str(bart), "--task", "seq2seq", "--train", str(tsv), "--eval", str(tsv),
@@ -126,15 +131,17 @@ def test_finetune_cli_instruct_gpt(tmp_path, ft_bpe, peft, capsys):
     gpt = model_dir(tmp_path, "gpt-tiny", ft_bpe)
     data = _records(tmp_path / "r.jsonl", RECORDS)
     out = tmp_path / "inst"
-    assert main(["finetune", "--model", str(gpt), "--task", "instruct", "--train", str(data), "--eval", str(data),
-                 "--peft", peft, "--epochs", "3", "--batch-size", "2", "--lr", "3e-3", "--max-length", "48",
+    assert main(["finetune", "--model", str(gpt), "--task", "instruct", "--train", str(data), "--dev", str(data),
+                 "--eval", str(data), "--peft", peft, "--epochs", "3", "--batch-size", "2", "--lr", "3e-3", "--max-length", "48",
                  "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     text = capsys.readouterr().out
-    rows = [ln for ln in text.splitlines() if ln.startswith("epoch=")]
+    rows = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
     losses = [float(w.split("=")[1]) for ln in rows for w in ln.split() if w.startswith("loss=")]
-    assert len(losses) == 3 and losses[-1] < losses[0]  # eval response loss falls on the training records
+    assert len(losses) == 3 and losses[-1] < losses[0]  # dev response loss falls on the training records
     card = json.loads((out / "best" / "task.json").read_text())
-    assert card["task"] == "instruct" and card["metrics"]["loss"] == pytest.approx(min(losses), abs=1e-4)
+    assert card["task"] == "instruct" and card["dev_metrics"]["loss"] == pytest.approx(min(losses), abs=1e-4)
+    # --eval is the same file: the kept model's eval loss is its dev loss
+    assert card["eval_metrics"]["loss"] == pytest.approx(min(losses), abs=1e-4)
     if peft == "lora":
         from safetensors.torch import load_file
 

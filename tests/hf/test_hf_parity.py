@@ -251,3 +251,52 @@ def test_missing_and_unexpected_keys(tmp_path):
     msg = str(err.value)
     assert "missing (1): bert.encoder.layer.1.output.dense.bias" in msg
     assert "unexpected (1): bert.encoder.layer.7.extra.weight" in msg
+
+
+def _hf_layer_outputs(out, family: str) -> dict[str, tuple]:
+    """transformers' per-layer outputs under our ModelOutput field names."""
+    if family in ("t5", "t5-v1_1", "bart"):
+        return {
+            "encoder_all_hidden_states": out.encoder_hidden_states,
+            "encoder_attentions": out.encoder_attentions,
+            "all_hidden_states": out.decoder_hidden_states,
+            "attentions": out.decoder_attentions,
+            "cross_attentions": out.cross_attentions,
+        }
+    return {"all_hidden_states": out.hidden_states, "attentions": out.attentions}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "t5", "t5-v1_1", "bart"])
+def test_hidden_states_and_attentions_match_transformers(family, tmp_path):
+    """output_hidden_states / output_attentions: every layer's output (embeddings first, the last
+    after the final norm where there is one) and every attention probability map, self and
+    cross, equal transformers' (eager attention) on a right-padded batch, at the positions whose
+    outputs are defined (GPT-2 places padding tokens elsewhere than transformers)."""
+    hf = _hf_model(family)
+    _perturb(hf)
+    hf.eval()
+    hf.save_pretrained(tmp_path)
+    hf.set_attn_implementation("eager")  # the probabilities are only returned by eager attention
+    ours, _ = load_pretrained(tmp_path)
+    ours.eval()
+    batch = _batch(family, padded=True)
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        ref = _hf_layer_outputs(hf(**batch, **flags), family)
+        out = ours(**batch, **flags)
+    layers = 3 if family in ("t5", "t5-v1_1", "bart") else 2  # decoder (or only) stack depth
+    assert len(out.all_hidden_states) == layers + 1 and len(out.attentions) == layers
+    rows = _valid_rows(family, batch)  # (B, T) of the decoder (or only) stack
+    enc_rows = batch["attention_mask"].bool()
+    for name, expected in ref.items():
+        got = getattr(out, name)
+        assert got is not None and len(got) == len(expected), name
+        valid = enc_rows if name.startswith("encoder") else rows
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            if a.dim() == 4:  # (B, H, Tq, Tk): the query rows of defined positions
+                a, b = a.transpose(1, 2), b.transpose(1, 2)
+            torch.testing.assert_close(a[valid], b[valid], **TOL, msg=lambda m, n=name, i=i: f"{n}[{i}]: {m}")
+    if family == "gpt2":  # the last entry is after the final norm, the one before is not
+        torch.testing.assert_close(out.all_hidden_states[-1], out.hidden_states, atol=0, rtol=0)
+    none = ours(**batch)
+    assert none.all_hidden_states is None and none.attentions is None

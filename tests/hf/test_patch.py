@@ -1,7 +1,7 @@
-"""ptft_fast.patch on transformers models built from small random configs (no downloads).
-
-The patched model must give the same logits, loss and gradients as the unpatched one (fp32, CPU,
-1e-4), with the work actually done by ptft_fast ops.
+"""ptft_fast.patch beyond the family matrix (test_patch_families.py): how calls reach the ops
+(masks, labels by position, tuple outputs, num_items_in_batch, shift_labels), what is left alone
+and why (soft-capping, attention outside the interface, nothing to patch), the runtime guards of
+the fused loss, and the attention function against transformers' SDPA one.
 """
 
 import copy
@@ -16,167 +16,36 @@ from ptft_fast import ops
 from ptft_fast.hf import patch_attention
 
 transformers = pytest.importorskip("transformers")
+from hf_tiny import VOCAB, batch, build  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
-TOL = {"atol": 1e-4, "rtol": 1e-4}
-VOCAB = 97
+TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-@pytest.fixture
-def op_calls(monkeypatch):
-    """Counts calls of the ptft_fast ops the patched modules reach."""
-    calls = dict.fromkeys(("attention", "layer_norm", "linear_cross_entropy"), 0)
-    for name in calls:
-        real = getattr(ops, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(ops, name, spy)
-    return calls
-
-
-def _batch(b=3, t=11):
-    ids = torch.randint(0, VOCAB, (b, t))
-    mask = torch.ones(b, t, dtype=torch.long)
-    mask[1, 7:] = 0  # right padding
-    mask[2, 4:] = 0
-    return ids, mask
-
-
-def _mlm_batch():
-    ids, mask = _batch()
-    labels = torch.full_like(ids, -100)
-    labels[:, ::3] = ids[:, ::3]  # masked-LM targets on a third of the positions
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def _clm_batch():
-    ids, mask = _batch()
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
-
-
-def bert():
-    cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    return transformers.BertForMaskedLM(cfg), _mlm_batch()
-
-
-def roberta():
-    cfg = transformers.RobertaConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=40, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    return transformers.RobertaForMaskedLM(cfg), _mlm_batch()
-
-
-def bert_causal():
-    cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=32, is_decoder=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    return transformers.BertLMHeadModel(cfg), _clm_batch()
-
-
-def gpt2():
-    cfg = transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
-    return transformers.GPT2LMHeadModel(cfg), _clm_batch()
-
-
-def t5():
-    cfg = transformers.T5Config(
-        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
-    )  # fmt: skip
-    ids, mask = _batch()
-    labels = torch.randint(1, VOCAB, (3, 6))
-    labels[0, 4:] = -100
-    return transformers.T5ForConditionalGeneration(cfg), {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": labels,
-    }
-
-
-# family → builder, norms, attention layers
-FAMILIES = {
-    "bert": (bert, 6, 2),
-    "gpt2": (gpt2, 5, 2),
-    "t5": (t5, 12, 6),
-    "roberta": (roberta, 4, 1),
-    "bert-causal": (bert_causal, 4, 1),
-}
-
-
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_patched_model_matches_original(family, op_calls):
-    build, n_norms, n_attention = FAMILIES[family]
-    model, batch = build()
-    ref = copy.deepcopy(model)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    report = ptft_fast.patch(model)
-
-    assert report.family == family.split("-")[0] and report.model == type(model).__name__
-    assert len(report.norms) == n_norms and report.attention == "ptft_fast"
-    assert report.attention_modules == n_attention and report.loss is not None and not report.not_patched
-    after = model.state_dict()
-    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
-
-    # inference: same logits, with padding
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if family == "t5":
-        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-    ref.eval(), model.eval()
-    with torch.no_grad():
-        expected, got = ref(**inputs).logits, model(**inputs).logits
-    torch.testing.assert_close(got, expected, **TOL)
-    assert op_calls["attention"] >= n_attention and op_calls["layer_norm"] >= n_norms
-
-    # training step: same loss and gradients, loss from ops.linear_cross_entropy, no logits
-    ref.train(), model.train()
-    out_ref, out = ref(**batch), model(**batch)
-    assert op_calls["linear_cross_entropy"] == 1
-    assert out.logits is None and "logits" not in out
+def _train_parity(model, ref, data, **extra):
+    out, out_ref = model.train()(**data, **extra), ref.train()(**data, **extra)
     torch.testing.assert_close(out.loss, out_ref.loss, **TOL)
-    out_ref.loss.backward()
     out.loss.backward()
+    out_ref.loss.backward()
     grads = dict(model.named_parameters())
     for name, p in ref.named_parameters():
-        assert grads[name].grad is not None, name
-        torch.testing.assert_close(grads[name].grad, p.grad, **TOL, msg=name)
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name].grad, p.grad, **TOL, msg=name)
+    return out
 
 
-def test_left_padding_matches_everywhere():
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_left_padding_matches(family):
     """Left padding: the pad queries of a causal model see no key; they give zeros like SDPA."""
-    model, batch = gpt2()
+    model, data = build(family), batch(family)
     ref = copy.deepcopy(model)
     ptft_fast.patch(model)
-    batch["attention_mask"] = batch["attention_mask"].flip(1)
-    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    data["attention_mask"] = data["attention_mask"].flip(1)
+    data["labels"] = data["input_ids"].masked_fill(data["attention_mask"] == 0, -100)
+    inputs = {k: v for k, v in data.items() if k != "labels"}
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(**inputs).logits, ref.eval()(**inputs).logits, **TOL)
-    model.train()(**batch).loss.backward()
-    ref.train()(**batch).loss.backward()
-    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
-
-
-@pytest.mark.parametrize("build", [gpt2, t5])
-def test_greedy_generation_with_kv_cache_matches(build):
-    model, batch = build()
-    ref = copy.deepcopy(model)
-    ptft_fast.patch(model)
-    mask = batch["attention_mask"].flip(1) if build is gpt2 else batch["attention_mask"]
-    kwargs = {"attention_mask": mask, "max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
-    expected = ref.eval().generate(batch["input_ids"], **kwargs)
-    assert torch.equal(model.eval().generate(batch["input_ids"], **kwargs), expected)
+    _train_parity(model, ref, data)
 
 
 def test_padding_masks_reach_ops_attention_compactly(monkeypatch):
@@ -190,10 +59,10 @@ def test_padding_masks_reach_ops_attention_compactly(monkeypatch):
         return real(q, k, v, **kwargs)
 
     monkeypatch.setattr(ops, "attention", spy)
-    model, batch = t5()
+    model, data = build("t5"), batch("t5")
     ptft_fast.patch(model)
-    model(**batch)
-    mask = batch["attention_mask"].bool()
+    model(**data)
+    mask = data["attention_mask"].bool()
     encoder, decoder_self, decoder_cross = seen[:2], seen[2::2], seen[3::2]
     for kpm, bias, causal in encoder + decoder_cross:
         assert torch.equal(kpm, mask) and bias.shape[:2] == (1, 4) and not causal
@@ -201,66 +70,172 @@ def test_padding_masks_reach_ops_attention_compactly(monkeypatch):
         assert kpm is None and causal
 
 
-def test_tuple_output_and_eval_with_labels_keeps_logits():
-    model, batch = gpt2()
+@pytest.mark.parametrize("family", ["gpt2", "bert", "t5"])
+def test_tuple_output_and_eval_with_labels_keeps_logits(family):
+    model, data = build(family), batch(family)
     ref = copy.deepcopy(model)
     ptft_fast.patch(model)
-    loss, *_ = model.train()(**batch, return_dict=False)
-    torch.testing.assert_close(loss, ref.train()(**batch).loss, **TOL)
+    got = model.train()(**data, return_dict=False)
+    expected = ref.train()(**data, return_dict=False)
+    assert len(got) == len(expected) - 1  # the logits are left out
+    torch.testing.assert_close(got[0], expected[0], **TOL)
     model.eval(), ref.eval()
-    out, out_ref = model(**batch), ref(**batch)  # eval with labels: the usual path, logits kept
+    out, out_ref = model(**data), ref(**data)  # eval with labels: the usual path, logits kept
     torch.testing.assert_close(out.logits, out_ref.logits, **TOL)
     torch.testing.assert_close(out.loss, out_ref.loss, **TOL)
 
 
 def test_labels_passed_by_position():
-    model, batch = bert()
+    model, data = build("bert"), batch("bert")
     ref = copy.deepcopy(model)
     ptft_fast.patch(model)
-    args = (batch["input_ids"], batch["attention_mask"], None, None, None, None, None, batch["labels"])
+    args = (data["input_ids"], data["attention_mask"], None, None, None, None, None, data["labels"])
     out = model.train()(*args)
     assert out.logits is None
     torch.testing.assert_close(out.loss, ref.train()(*args).loss, **TOL)
 
 
-def test_causal_lm_honours_num_items_in_batch():
-    model, batch = gpt2()
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "t5"])
+def test_num_items_in_batch_as_transformers_does(family):
+    """Causal LM losses divide the sum by num_items_in_batch (transformers' ForCausalLMLoss);
+    BERT's and T5's own CrossEntropyLoss ignore it, and so does the patched model."""
+    model, data = build(family), batch(family)
     ref = copy.deepcopy(model)
     ptft_fast.patch(model)
     n = torch.tensor(40)
-    expected = ref.train()(**batch, num_items_in_batch=n).loss
-    torch.testing.assert_close(model.train()(**batch, num_items_in_batch=n).loss, expected, **TOL)
+    out = _train_parity(model, ref, data, num_items_in_batch=n)
+    plain = ref.train()(**data).loss
+    assert torch.allclose(out.loss, plain) == (family in ("bert", "t5"))
+
+
+def test_shift_labels_and_ignore_index_reach_the_fused_loss():
+    model, data = build("llama"), batch("llama")
+    ref = copy.deepcopy(model)
+    ptft_fast.patch(model)
+    shift = torch.roll(data["labels"], -2, dims=1)
+    shift[:, -2:] = -100
+    _train_parity(model, ref, data, shift_labels=shift)
+    labels = data["labels"]
+    data["labels"] = labels.masked_fill((labels == -100) | (labels == labels[0, 3]), 7)
+    _train_parity(model, ref, data, ignore_index=7)
 
 
 def test_selective_patch_and_backend():
-    model, _ = bert()
+    model = build("bert")
     report = ptft_fast.patch(model, norms=False, loss=False, backend="torch")
-    assert report.norms == [] and report.loss is None and report.attention == "ptft_fast_torch"
+    assert report.norms == {} and report.loss is None and report.attention == "ptft_fast_torch"
     assert model.config._attn_implementation == "ptft_fast_torch"
     assert type(model.bert.embeddings.LayerNorm) is torch.nn.LayerNorm
     with pytest.raises(RuntimeError, match="already patched"):
         ptft_fast.patch(model)
+    with pytest.raises(ValueError, match="backend"):
+        ptft_fast.patch(build("gpt2"), backend="tpu")
 
 
-def test_model_without_lm_head_reports_loss_not_patched():
+def test_model_without_lm_head_reports_loss_left_alone():
     cfg = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
     report = ptft_fast.patch(transformers.BertModel(cfg))
-    assert report.loss is None and "BertModel has no LM/MLM head" in report.not_patched[0]
-    assert "not patched" in str(report)
+    assert report.loss is None and report.not_patched == [
+        "loss: BertModel has no LM head (get_output_embeddings() is None)"
+    ]
+    assert "left alone: loss: BertModel has no LM head" in str(report)
 
 
-def test_refuses_unknown_models():
-    cfg = transformers.DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+def test_a_family_outside_the_matrix_is_patched_generically():
+    """DistilBERT: its own norm/attention classes and a CrossEntropyLoss attribute, all found."""
+    cfg = transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0
+    )
+    cfg.attention_dropout = 0.0
     model = transformers.DistilBertForMaskedLM(cfg)
+    ref = copy.deepcopy(model)
+    data = batch("bert")
+    report = ptft_fast.patch(model)
+    assert len(report.norms) == 6 and report.attention_modules == 2 and not report.not_patched
+    assert report.loss == "vocab_projector (own_ce, mean CE)"
+    _train_parity(model, ref, data)
+
+
+def test_attention_outside_the_interface_is_left_alone_the_rest_patched():
+    cfg = transformers.GPTNeoConfig(
+        vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]],
+        max_position_embeddings=32, bos_token_id=1, eos_token_id=2, embed_dropout=0.0, attention_dropout=0.0,
+        resid_dropout=0.0,
+    )  # fmt: skip
+    model = transformers.GPTNeoForCausalLM(cfg)
+    ref = copy.deepcopy(model)
+    report = ptft_fast.patch(model)
+    assert report.attention is None and len(report.norms) == 5 and report.loss is not None
+    assert report.not_patched == [
+        "attention: GPTNeoForCausalLM does not call its attention through transformers' AttentionInterface"
+    ]
+    _train_parity(model, ref, batch("gpt2"))
+
+
+def test_soft_capping_is_refused_and_the_rest_patched():
+    cfg = transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, pad_token_id=0, attn_implementation="eager",
+    )  # fmt: skip
+    model = transformers.Gemma2ForCausalLM(cfg)
+    ref = copy.deepcopy(model)
+    report = ptft_fast.patch(model)
+    assert report.attention is None and report.loss is None and set(report.norms.values()) == {"offset_rms"}
+    assert [why.split(":")[0] for why in report.not_patched] == ["attention", "loss"]
+    assert "attn_logit_softcapping=50.0" in report.not_patched[0]
+    assert "final_logit_softcapping=30.0" in report.not_patched[1]
+    out = _train_parity(model, ref, batch("llama"))
+    assert out.logits is not None
+
+
+def test_nothing_to_patch_is_an_error_and_wrong_types_are_refused():
+    model = transformers.ResNetModel(
+        transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1])
+    )
     with pytest.raises(
-        ValueError, match=r"unsupported model DistilBertForMaskedLM.*supported: BERT.*GPT-2.*T5"
+        ValueError, match=r"nothing in ResNetModel runs on ptft_fast ops: attention: .*no attention"
     ):
         ptft_fast.patch(model)
-    assert model.config._attn_implementation != "ptft_fast"  # left untouched
-    with pytest.raises(TypeError, match="expected a transformers PreTrainedModel, got Linear"):
+    assert not hasattr(model, "_ptft_fast_patch")
+    with pytest.raises(
+        TypeError, match="expected a transformers PreTrainedModel or a peft PeftModel, got Linear"
+    ):
         ptft_fast.patch(torch.nn.Linear(2, 2))
+
+
+class _ScaledLlama(transformers.LlamaForCausalLM):
+    """Scales the logits its loss sees (a temperature) without saying so in its config."""
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits * 2.0, labels=labels, vocab_size=self.config.vocab_size)
+        return transformers.modeling_outputs.CausalLMOutput(loss=loss, logits=logits)
+
+
+class _BiasedBertForMaskedLM(transformers.BertForMaskedLM):
+    """Changes its MLM logits after the head and computes its own CrossEntropyLoss."""
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        logits = self.cls(self.bert(input_ids, attention_mask=attention_mask).last_hidden_state) + 1.0
+        loss = None
+        if labels is not None:
+            loss = torch.nn.CrossEntropyLoss()(logits.view(-1, logits.shape[-1]), labels.view(-1))
+        return transformers.modeling_outputs.MaskedLMOutput(loss=loss, logits=logits)
+
+
+@pytest.mark.parametrize("cls,family", [(_ScaledLlama, "llama"), (_BiasedBertForMaskedLM, "bert")])
+def test_logits_changed_between_head_and_loss_raise_instead_of_a_wrong_loss(cls, family):
+    model = cls(build(family).config)
+    ptft_fast.patch(model)
+    with pytest.raises(RuntimeError, match="patch with loss=False"):
+        model.train()(**batch(family))
+    with torch.no_grad():  # eval and unlabeled calls are not armed: they work
+        assert model.eval()(**batch(family)).logits.shape[-1] == VOCAB
 
 
 class _Heads(torch.nn.Module):
@@ -270,7 +245,7 @@ class _Heads(torch.nn.Module):
 
 
 @pytest.mark.parametrize(
-    "case", ["none", "causal", "padding", "causal_padding", "float_mask", "position_bias", "gqa"]
+    "case", ["none", "causal", "padding", "causal_padding", "float_mask", "position_bias", "gqa", "window"]
 )
 def test_attention_function_matches_transformers_sdpa(case):
     b, hq, t, d = 2, 4, 6, 8
@@ -280,7 +255,7 @@ def test_attention_function_matches_transformers_sdpa(case):
     keep = torch.ones(b, t, dtype=torch.bool)
     keep[1, 4:] = False
     tri = torch.ones(t, t, dtype=torch.bool).tril()
-    mask, bias, causal = None, None, case in ("causal", "causal_padding", "gqa")
+    mask, bias, causal, extra = None, None, case in ("causal", "causal_padding", "gqa"), {}
     if case == "padding":
         mask = keep[:, None, None, :].expand(b, 1, t, t)  # as transformers builds it: stride 0 over Tq
     elif case == "causal_padding":  # left padding: the first queries of row 1 see no key
@@ -289,10 +264,15 @@ def test_attention_function_matches_transformers_sdpa(case):
         mask = torch.randn(b, 1, t, t)
     elif case == "position_bias":
         mask, bias = keep[:, None, None, :].expand(b, 1, t, t), torch.randn(1, hq, t, t)
+    elif case == "window":  # a window of 3 keys, built into the mask as transformers does
+        mask, extra = (
+            (tri & ~torch.ones(t, t, dtype=torch.bool).tril(-3)).expand(b, 1, t, t),
+            {"sliding_window": 3},
+        )
     module = _Heads(causal, groups)
     ours = patch_attention.make_attention_function("torch")
     kwargs = {"scaling": 0.7} if bias is None else {"scaling": 1.0, "position_bias": bias}
-    out, weights = ours(module, q, k, v, mask, **kwargs)
+    out, weights = ours(module, q, k, v, mask, **kwargs, **extra)
     expected, _ = sdpa_attention_forward(module, q, k, v, mask, **kwargs)
     assert weights is None and out.shape == (b, t, hq, d)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
@@ -300,11 +280,17 @@ def test_attention_function_matches_transformers_sdpa(case):
 
 def test_attention_function_rejects_unsupported_features():
     fn = patch_attention.make_attention_function(None)
-    q = torch.randn(1, 2, 3, 4)
+    q = torch.randn(1, 2, 5, 4)
     with pytest.raises(NotImplementedError, match="softcap"):
         fn(_Heads(False), q, q, q, None, softcap=30.0)
+    with pytest.raises(NotImplementedError, match="sliding_window=3 binds over 5 keys but no attention mask"):
+        fn(_Heads(True), q, q, q, None, sliding_window=3)
+    fn(_Heads(True), q, q, q, None, sliding_window=5)  # cannot bind: fine
 
 
 def test_import_ptft_fast_does_not_import_transformers():
-    code = "import sys, ptft_fast; assert callable(ptft_fast.patch); assert 'transformers' not in sys.modules"
+    code = (
+        "import sys, ptft_fast; assert callable(ptft_fast.patch) and callable(ptft_fast.unpatch); "
+        "assert 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

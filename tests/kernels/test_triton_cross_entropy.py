@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from kernel_tolerance import assert_rule, on_grid
 
+from ptft_fast.kernels import cross_entropy as ce_kernels
 from ptft_fast.ops import linear_cross_entropy
 from ptft_fast.ops.reference import linear_cross_entropy_ref
 
@@ -90,10 +91,32 @@ def test_smoothing_and_z_loss(reduction):
 def test_all_labeled_and_none_labeled():
     check((37,), 24, 50, labeled=1.0)
     h, w, b, labels = _make((9,), 24, 50, 0.0, True)
-    h.requires_grad_()
+    for t in (h, w, b):
+        t.requires_grad_()
     loss = linear_cross_entropy(h, w, labels, b, reduction="sum", backend="triton")
     loss.backward()
-    assert loss.item() == 0.0 and torch.equal(h.grad, torch.zeros_like(h))
+    assert loss.item() == 0.0
+    for t in (h, w, b):  # dW and db are written (zeros) even when no row reaches a matmul
+        assert torch.equal(t.grad, torch.zeros_like(t)), t.shape
+
+
+@pytest.mark.parametrize("labeled", [0.0, 0.45, 1.0])
+def test_chunked_backward(monkeypatch, labeled):
+    """A chunk buffer of one row block: several chunks accumulate dW/db (the first stores, later
+    ones add) and chunks past the labeled rows do nothing; V = 67 is not a multiple of the block."""
+    monkeypatch.setattr(ce_kernels, "CHUNK_BYTES", 1)
+    assert ce_kernels.chunk_rows(70, 67, 4, 16) == 16
+    check((70,), 24, 67, labeled=labeled, reduction="none", label_smoothing=0.1, z_loss=1e-3)
+    # (a mean over no labeled row is 0/0, as in F.cross_entropy: sum instead)
+    check((2, 35), 24, 67, labeled=labeled, with_bias=False, reduction="mean" if labeled else "sum")
+
+
+def test_chunk_rows_bounds_the_buffer():
+    budget = ce_kernels.CHUNK_BYTES
+    for n, vocab, size in ((16384, 30522, 2), (8192, 50257, 2), (8192, 50257, 4), (7, 67, 4), (1, 1, 4)):
+        rows = ce_kernels.chunk_rows(n, vocab, size, 128)
+        assert rows % 128 == 0 and rows >= 128 and rows <= -(-n // 128) * 128
+        assert rows == 128 or rows * vocab * size <= budget
 
 
 def test_matches_full_logits_cross_entropy():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_tolerance import assert_rule
+from triton_dropout_ref import assert_binomial, keep_mask
 
+from ptft_fast.kernels._common import draw_seed
 from ptft_fast.ops import layer_norm
 from ptft_fast.ops.reference import layer_norm_ref
 
@@ -43,14 +45,13 @@ def check(shape, dtype, *, rms=False, affine=True, with_bias=True, with_res=True
     kw = dict(rms=rms, eps=eps)
     mask_scale = None
     if dropout_p > 0.0:
-        # The kernel's mask for the seed drawn after manual_seed(7): dropout of ones, read from h.
+        # The mask the kernel promises for the seed the op draws after manual_seed(7), regenerated
+        # by an independent Philox over the (rows, H) elements of x; the references get
+        # x ∘ keep / (1 - p).
         torch.manual_seed(7)
-        _, ones_h = layer_norm(
-            torch.ones_like(x), None, None, return_residual=True, dropout_p=dropout_p, backend="triton"
-        )
-        mask_scale = ones_h.float()
-        kept = (mask_scale > 0).float().mean().item()
-        assert abs(kept - (1 - dropout_p)) < 0.25 + 2.0 / x.numel() ** 0.5
+        keep = keep_mask(draw_seed(), x.numel() // x.shape[-1], x.shape[-1], dropout_p).view(x.shape)
+        assert_binomial(keep, dropout_p)
+        mask_scale = keep.to(DEV).float() / (1.0 - dropout_p)
         torch.manual_seed(7)
 
     def kernel(xin, lw, lb, **k):
@@ -107,6 +108,21 @@ def test_dropout(rms):
 def test_fp16():
     check((13, 96), torch.float16)
     check((13, 96), torch.float16, rms=True)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_statistics(p):
+    """dropout(ones) from the kernel: every value is 0 or exactly 1/(1 - p), the kept count is
+    binomial, and the kept positions are the independently regenerated mask's."""
+    x = torch.ones(64, 97, device=DEV)
+    torch.manual_seed(11)
+    keep = keep_mask(draw_seed(), 64, 97, p)
+    torch.manual_seed(11)
+    _, h = layer_norm(x, None, None, return_residual=True, dropout_p=p, backend="triton")
+    h = h.cpu()
+    scale = torch.tensor(1.0) / (1.0 - p)
+    assert torch.equal(h, torch.where(keep, scale, 0.0)), "mask or 1/(1 - p) scale differs"
+    assert_binomial(h != 0, p)
 
 
 def test_dropout_reproducible_and_plain_output():

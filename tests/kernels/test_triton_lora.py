@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_tolerance import assert_rule, on_grid
+from triton_dropout_ref import assert_binomial, keep_mask
 
+from ptft_fast.kernels._common import draw_seed
 from ptft_fast.ops import lora_linear
 from ptft_fast.ops.reference import lora_linear_ref
 
@@ -63,12 +65,13 @@ def check(
     t = on_grid(dtype, _make(lead, n_in, n_out, rank, with_bias))
     x_scale = None
     if p > 0.0:
-        # the kernel's mask for the seed drawn after manual_seed(11), read through A = I, B = I
+        # the mask the kernels promise for the seed the op draws after manual_seed(11), regenerated
+        # by an independent Philox over x's (rows, in) elements; the references see x ∘ keep / (1 - p)
         torch.manual_seed(11)
-        eye = torch.eye(n_in, device=DEV)
-        x_scale = lora_linear(torch.ones_like(t["x"]), torch.zeros(n_in, n_in, device=DEV), None, eye, eye, 1.0,
-                              dropout_p=p, backend="triton")  # fmt: skip
-        assert abs((x_scale > 0).float().mean().item() - (1 - p)) < 0.2
+        rows = t["x"].numel() // n_in
+        keep = keep_mask(draw_seed(), rows, n_in, p).view(t["x"].shape)
+        assert_binomial(keep, p)
+        x_scale = keep.to(DEV).float() / (1.0 - p)
         torch.manual_seed(11)
     out = _run(_kernel(p), t, dtype, scaling, train_base, grid=dtype)
     ref32 = _run(_ref(True), t, torch.float32, scaling, train_base, x_scale, grid=dtype)
@@ -98,6 +101,7 @@ def test_no_bias_and_trainable_base():
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout(p):
     check((13,), 40, 24, 4, p=p)
+    check((2, 37), 67, 24, 4, p=p)  # several row blocks: the dA reduction's row splits
 
 
 def test_fp16():
@@ -124,3 +128,22 @@ def test_non_contiguous_inputs():
     }
     kernel = lambda **a: lora_linear(**a, backend="triton")  # noqa: E731
     compare_with_grads("lora", kernel, lora_linear_ref, inputs)
+
+
+def test_da_reduction_fills_an_h100():
+    """At in = 768 the dA reduction (6 column blocks of 128) is split over rows so that it launches
+    at least as many programs as an H100 has SMs (the launch is recorded on meta tensors for an
+    H100 target, not run)."""
+    from ptft_fast.kernels import lora as lora_kernels
+    from ptft_fast.kernels._common import H100, recording_launches
+
+    def meta(*shape):
+        return torch.empty(shape, dtype=torch.bfloat16, device="meta")
+
+    with recording_launches(H100) as launches:
+        lora_kernels.lora_bwd(meta(8192, 768), meta(8192, 768), meta(8192, 16), meta(768, 768), meta(16, 768),
+                              meta(768, 16), 2.0, 0.1, 1234)  # fmt: skip
+    (da,) = [launch for launch in launches if launch.kernel is lora_kernels._lora_da_kernel]
+    cols, splits = da.grid
+    assert cols == 6 and cols * splits >= H100.sm_count, da.grid
+    assert da.kwargs["rows_per_split"] * splits >= 8192

@@ -1,6 +1,7 @@
 """Hypothesis fuzzing of shapes: the references agree with plain PyTorch for any valid shape."""
 
 import math
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptft_fast import ops
+from ptft_fast.ops import torch_backend
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -21,8 +23,16 @@ SETTINGS = settings(max_examples=40, deadline=None)
     smoothing=st.sampled_from([0.0, 0.1]),
     reduction=st.sampled_from(["mean", "sum", "none"]),
     seed=st.integers(0, 2**16),
+    small=st.booleans(),
 )
-def test_linear_cross_entropy_any_shape(n, hidden, vocab, ignored, smoothing, reduction, seed):
+def test_linear_cross_entropy_any_shape(n, hidden, vocab, ignored, smoothing, reduction, seed, small):
+    # the torch backend's small path (F.cross_entropy) and its chunked algorithm (threshold 0)
+    threshold = torch_backend.SMALL_LOGITS if small else 0
+    with mock.patch.object(torch_backend, "SMALL_LOGITS", threshold):
+        _check_linear_cross_entropy(n, hidden, vocab, ignored, smoothing, reduction, seed)
+
+
+def _check_linear_cross_entropy(n, hidden, vocab, ignored, smoothing, reduction, seed):
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(n, hidden, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(vocab, hidden, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -8,8 +8,18 @@ import torch.nn.functional as F
 
 from ptft_fast import ops
 from ptft_fast.ops import reference as R
+from ptft_fast.ops import torch_backend
 
 AWKWARD = [1, 7, 31, 127]
+
+
+@pytest.fixture(params=["small", "chunked"])
+def lce_path(request, monkeypatch):
+    """The torch backend's cross-entropy both ways: F.linear + F.cross_entropy at most
+    SMALL_LOGITS logits, the chunked algorithm beyond (forced here by a threshold of 0)."""
+    if request.param == "chunked":
+        monkeypatch.setattr(torch_backend, "SMALL_LOGITS", 0)
+    return request.param
 
 
 def _grads(out, inputs, seed_grad=None):
@@ -118,7 +128,7 @@ def test_attention_fully_masked_query_gives_zeros_and_finite_grads():
 @pytest.mark.parametrize("n", AWKWARD)
 @pytest.mark.parametrize("vocab", [2, 31, 1000])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction):
+def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, lce_path):
     hidden = torch.randn(n, 16, requires_grad=True)
     weight = torch.randn(vocab, 16, requires_grad=True)
     bias = torch.randn(vocab, requires_grad=True)
@@ -134,6 +144,7 @@ def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction):
 
 
 def test_linear_cross_entropy_never_materializes_full_logits(monkeypatch):
+    monkeypatch.setattr(torch_backend, "SMALL_LOGITS", 0)  # the chunked path even at this size
     monkeypatch.setattr(R, "LCE_BLOCK_ELEMS", 64)
     monkeypatch.setattr(R, "LCE_VOCAB_CHUNK", 16)
     seen = []
@@ -158,6 +169,19 @@ def test_linear_cross_entropy_never_materializes_full_logits(monkeypatch):
     want = F.cross_entropy(hidden @ weight.T, labels)
     torch.testing.assert_close(loss, want)
     assert seen and all(rows <= 10 and cols <= 16 for rows, cols in seen)
+
+
+def test_small_cross_entropy_path_is_taken_up_to_small_logits_only(monkeypatch):
+    monkeypatch.setattr(torch_backend, "SMALL_LOGITS", 100)
+    calls = []
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    hidden, labels = torch.randn(10, 4), torch.randint(0, 10, (10,))
+    ops.linear_cross_entropy(hidden, torch.randn(10, 4), labels)  # 10 x 10 = 100 logits
+    assert calls == [(10, 10)]
+    ops.linear_cross_entropy(hidden, torch.randn(11, 4), labels)  # 110 logits: chunked
+    ops.linear_cross_entropy(hidden, torch.randn(10, 4), labels, z_loss=1e-3)  # z-loss: chunked
+    assert calls == [(10, 10)]
 
 
 def test_linear_cross_entropy_z_loss_adds_lse_squared():
