@@ -1,8 +1,9 @@
 """No import goes up the layers (docs/ARCHITECTURE.md, "Layers").
 
-kernels/ → ops → nn → models, data → peft, hf → generate → train, finetune → benchmarks → cli.
+kernels/ → ops → nn → models, data → peft → hf, generate → train, finetune → benchmarks → cli.
 A module may import from its own package and from any lower layer, never from a higher or an equal
-one; ``ptft_fast.utils`` is below everything and imports nothing of ptft_fast. Every import counts,
+one; ``ptft_fast.utils`` and ``ptft_fast.errors`` are below everything and import nothing of
+ptft_fast. Every import counts,
 also those inside functions: a function-level import is still a dependency.
 """
 
@@ -19,13 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 # ptft_fast.benchmarks); an import must go to a strictly lower rank, or stay in its own part
 RANKS = {
     "utils": 0,
+    "errors": 0,  # ptft_fast.errors: the base of the errors a user can fix, raised by every layer
     "kernels": 1,
     "ops": 2,
     "nn": 3,
     "models": 4,
     "data": 4,
     "peft": 5,
-    "hf": 5,
+    "hf": 6,  # interop with transformers and peft: converts models and adapters
     "generate": 6,
     "train": 7,
     "finetune": 7,
