@@ -163,7 +163,7 @@ CASES = [
     ("ft-max-length-too-long", [*FT, "--max-length", "100000"], ["--max-length 100000", "positions"]),
     ("ft-lr-negative", [*FT, "--lr", "-1"], ["--lr", "-1"]),
     ("ft-lr-not-a-number", [*FT, "--lr", "fast"], ["--lr", "'fast'"]),
-    ("ft-train-without-label-column", [*FT[:6], "{nolabel.tsv}", *FT[7:]], ["nolabel.tsv:2", "'label'"]),
+    ("ft-train-without-label-column", [*FT[:6], "{nolabel.tsv}", *FT[7:]], ["nolabel.tsv", "--label-column"]),
     ("ft-eval-without-label-column", [*FT[:8], "{nolabel.tsv}", *FT[9:]], ["nolabel.tsv:2", "'label'"]),
     ("ft-train-missing", [*FT[:6], "{missing.tsv}", *FT[7:]], ["--train", "missing.tsv"]),
     ("ft-train-not-utf8", [*FT[:6], "{latin1.tsv}", *FT[7:]], ["latin1.tsv", "not UTF-8"]),

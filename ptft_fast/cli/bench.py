@@ -116,6 +116,8 @@ def suites(group: str) -> dict[str, object]:
         if not info.name.startswith("bench_"):
             continue
         module = importlib.import_module(f"ptft_fast.benchmarks.{info.name}")
+        if not hasattr(module, "suite"):  # a stand-alone script (bench_transfer, bench_data_path)
+            continue
         if group == "all" or getattr(module, "KIND", None) == group:
             found[info.name.removeprefix("bench_")] = module
     return found

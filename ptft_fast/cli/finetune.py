@@ -27,6 +27,7 @@ from ptft_fast.cli.errors import (
     removed_on_error,
 )
 from ptft_fast.cli.help import MODEL_FOLDER
+from ptft_fast.finetune import defaults
 
 DESCRIPTION = """Fine-tune a model folder (config.json, model.safetensors, tokenizer.json; e.g. the final/ folder of
 ptft pretrain) on a labeled task, all weights or a PEFT method. The epoch kept in OUT/best is chosen
@@ -50,6 +51,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
     )
     p.add_argument("--model", required=True, help=MODEL_FOLDER)
+    p.add_argument(
+        "--init",
+        default="pretrained",
+        choices=("pretrained", "random"),
+        help="random: the same architecture and tokenizer from random weights (the from-scratch baseline)",
+    )
     p.add_argument(
         "--task",
         default=None,
@@ -86,33 +93,61 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="finetuned", help="output folder; the kept model goes to OUT/best")
     c = p.add_argument_group("columns and labels")
-    c.add_argument("--text-column", default="sentence", help="text column of .tsv/.csv/.jsonl files")
     c.add_argument(
-        "--text-pair-column", default=None, help="second text column (default: none, single-text task)"
+        "--text-column",
+        default=None,
+        help="text column of .tsv/.csv/.jsonl files (default: detected: sentence, text, ... or the only one)",
     )
-    c.add_argument("--label-column", default="label", help="label column")
+    c.add_argument(
+        "--text-pair-column",
+        default=None,
+        help="second text column (default: detected: sentence1/sentence2, question/passage, ...)",
+    )
+    c.add_argument("--label-column", default=None, help="label column (default: detected: label, class, ...)")
     c.add_argument(
         "--labels", default=None, help="comma-separated label set (default: labels seen in --train)"
     )
     c.add_argument("--prompt-column", default="prompt", help="instruct: prompt column")
     c.add_argument("--response-column", default="response", help="instruct: response column")
     t = p.add_argument_group("training")
-    t.add_argument("--max-length", type=int_at_least(4), default=128, help="tokens per example (longer: cut)")
-    t.add_argument("--epochs", type=int_at_least(1), default=3, help="passes over the training examples")
-    t.add_argument("--batch-size", type=int_at_least(1), default=16, help="examples per optimizer step")
+    t.add_argument(
+        "--max-length",
+        type=int_at_least(4),
+        default=defaults.MAX_LENGTH,
+        help="tokens per example (longer: cut)",
+    )
+    t.add_argument(
+        "--epochs",
+        type=int_at_least(1),
+        default=None,
+        help="passes over the training examples (default: enough for >= 400 optimizer steps, 3..100)",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=None,
+        help="examples per optimizer step (default: 8 below 200 examples, 16 below 5,000, else 32)",
+    )
     t.add_argument(
         "--lr",
         type=float_in(0.0, low_open=True),
         default=None,
-        help="peak learning rate (default: 5e-5 full fine-tuning, 1e-3 PEFT)",
+        help="peak learning rate (default: 1e-3 x (128/hidden size)^2 clipped to [1e-5, 2e-3]; x10 for PEFT)",
     )
     t.add_argument("--seed", type=int, default=0, help="seeds the head, the data order and the dev split")
     t.add_argument(
         "--pooling",
-        default="auto",
+        default=None,
         choices=("auto", "mean", "scalar-mix"),
         help="cls/reg: auto = [CLS]+pooler (BERT), last token (GPT-2), ...; mean = masked mean, no pooler; "
-        "scalar-mix (any head task) = ELMo's learned softmax-weighted mix of all layers (then the mean)",
+        "scalar-mix (any head task) = ELMo's learned softmax-weighted mix of all layers (then the mean) "
+        "(default: mean for BERT/RoBERTa, auto otherwise)",
+    )
+    t.add_argument(
+        "--cpu-threads",
+        type=int_at_least(0),
+        default=0,
+        help="intra-op threads; 0 = auto (1 for models < 20M parameters, as ptft pretrain)",
     )
     t.add_argument("--doc-stride", type=int_at_least(0), default=32, help="qa: overlap of context windows")
     t.add_argument("--max-answer-len", type=int_at_least(1), default=30, help="qa: longest answer in tokens")
@@ -126,9 +161,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     e = p.add_argument_group("PEFT settings")
-    e.add_argument("--lora-r", type=int_at_least(1), default=8, help="lora: rank")
+    e.add_argument("--lora-r", type=int_at_least(1), default=defaults.LORA_R, help="lora: rank")
     e.add_argument(
-        "--lora-alpha", type=float_in(0.0, low_open=True), default=16.0, help="lora: scale alpha/r"
+        "--lora-alpha",
+        type=float_in(0.0, low_open=True),
+        default=defaults.LORA_ALPHA,
+        help="lora: scale alpha/r",
     )
     e.add_argument(
         "--lora-targets",
@@ -343,21 +381,35 @@ def _finetune(args) -> int:
     from ptft_fast import peft
     from ptft_fast.finetune import saved, tasks
     from ptft_fast.finetune.loop import FinetuneConfig, train
-    from ptft_fast.finetune.readers import Columns
+    from ptft_fast.finetune.readers import Columns, detect_columns
     from ptft_fast.finetune.selection import scores_text
-    from ptft_fast.finetune.session import load_model_dir, load_task_data
+    from ptft_fast.finetune.session import EMBEDDED, load_model_dir, load_task_data
+    from ptft_fast.train.trainer import set_cpu_threads
 
     torch.manual_seed(args.seed)
     labels = args.labels.split(",") if args.labels else None
-    cols = Columns(args.text_column, args.text_pair_column, args.label_column)
-    if args.task == "instruct":
-        cols = Columns(args.prompt_column, None, args.response_column)
+    cols = Columns(args.prompt_column, None, args.response_column)
+    if args.task != "instruct":
+        cols = Columns(args.text_column or "sentence", args.text_pair_column, args.label_column or "label")
+    if args.task in ("cls", "reg", "seq2seq") and not args.glue and EMBEDDED not in (args.train, args.eval):
+        cols, detected = detect_columns(
+            args.train, args.text_column, args.text_pair_column, args.label_column
+        )
+        if detected:
+            print(f"{args.train}: {', '.join(detected)} (detected; --text-column/--label-column to choose)")
     mm = None
     if args.glue:
         tr, ev, names, mm, cols = finetune_options.glue_data(args)
     else:
         tr, ev, names = load_task_data(args.task, args.train, args.eval, cols, labels)
-    backbone, config, tok = load_model_dir(args.model)
+    backbone, config, tok = load_model_dir(args.model, init=args.init, seed=args.seed)
+    if args.pooling is None:
+        args.pooling = defaults.default_pooling(config.arch)
+        if args.task in ("cls", "reg"):
+            print(f"pooling: {args.pooling} (the default for {config.arch}; --pooling to choose)")
+    set_cpu_threads(args.cpu_threads, backbone, torch.device("cpu"))
+    if args.init == "random":
+        print(f"--init random: {config.arch} of {args.model}'s shape and tokenizer, weights drawn afresh")
     check_max_length(args.max_length, config)
     check_model_for_task(args, config)
     tr, dev, dev_how = dev_split(args, tr, cols, names, labels)
@@ -391,13 +443,22 @@ def _finetune(args) -> int:
             base_model=str(args.model),
             dev_metrics=row,
             selected_on=selected_on,
+            init=args.init,
         )
 
-    lr = args.lr if args.lr is not None else (5e-5 if args.peft == "none" else 1e-3)
-    cfg = FinetuneConfig(
+    recipe = defaults.choose_recipe(
+        config.hidden_size,
+        len(tr),
+        peft=args.peft,
+        lr=args.lr,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=lr,
+    )
+    print(recipe.describe(config.hidden_size, len(tr)))
+    cfg = FinetuneConfig(
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
         seed=args.seed,
         progress=not args.no_progress,
         **finetune_options.loop_settings(args),
@@ -424,7 +485,7 @@ def _finetune(args) -> int:
         test = evaluate_eval(model)  # the kept model: restore_best put its weights back
     saved.add_to_card(out / "best", eval_metrics=test, eval_file=str(args.eval))
     dev_scores = {k: v for k, v in best.items() if k not in ("epoch", "train_loss")}
-    print(f"kept epoch {best['epoch']} of {args.epochs}, chosen on dev {metric} → {out / 'best'}")
+    print(f"kept epoch {best['epoch']} of {recipe.epochs}, chosen on dev {metric} → {out / 'best'}")
     print(f"  dev score (chose it):         {scores_text(dev_scores)}")
     print(
         f"  eval score of the kept model: {scores_text(test)}  ({args.eval}, {len(ev)} examples; not used to choose)"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ptft_fast.data.collate import IGNORE_INDEX, as_id_list, pad_sequences, shift_right
+from ptft_fast.data.collate import IGNORE_INDEX, pad_sequences, shift_right
 
 
 def token_masking(tokens: np.ndarray, ratio: float, mask_id: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,17 +64,13 @@ def text_infilling(
     kept = n - num_to_mask
     items = np.concatenate([np.zeros(kept, dtype=bool), np.ones(len(spans), dtype=bool)])
     rng.shuffle(items)
-    out: list[int] = []
-    src = 0
-    span_iter = iter(spans)
-    for is_span in items:
-        if is_span:
-            out.append(mask_id)
-            src += int(next(span_iter))
-        else:
-            out.append(int(tokens[src]))
-            src += 1
-    return np.asarray(out, dtype=tokens.dtype)
+    # each kept item takes one source token, each span item skips its length and emits one <mask>
+    step = np.ones(len(items), dtype=np.int64)
+    step[items] = spans
+    src = np.cumsum(step) - step
+    out = tokens[np.minimum(src, n - 1)].copy()
+    out[items] = mask_id
+    return out
 
 
 def sentence_permutation(
@@ -169,11 +165,11 @@ class BartCollator:
     def __call__(self, examples: Sequence) -> dict[str, torch.Tensor]:
         src, tgt = [], []
         body_max = None if self.max_length is None else self.max_length - 2
+        bos, eos = np.array([self.bos_id]), np.array([self.eos_id])
         for ex in examples:
-            body = np.asarray(as_id_list(ex)[:body_max], dtype=np.int64)
-            tgt.append([self.bos_id, *body.tolist(), self.eos_id])
-            noised = self.noiser(body)[:body_max]
-            src.append([self.bos_id, *noised.tolist(), self.eos_id])
+            body = np.asarray(ex, dtype=np.int64)[:body_max]
+            tgt.append(np.concatenate([bos, body, eos]))
+            src.append(np.concatenate([bos, self.noiser(body)[:body_max], eos]))
         input_ids = pad_sequences(src, self.pad_id)
         labels = pad_sequences(tgt, IGNORE_INDEX)
         return {

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ptft_fast.data.collate import IGNORE_INDEX, as_id_list, attention_mask_from_lengths, pad_sequences
+from ptft_fast.data.collate import (
+    IGNORE_INDEX,
+    as_id_list,
+    attention_mask_from_lengths,
+    pad_rows,
+    pad_sequences,
+)
 from ptft_fast.data.packing import PackedSequence, cu_seqlens_from_doc_ids, position_ids_from_doc_ids
 
 
@@ -48,8 +54,12 @@ class PackedCLMCollator:
     cu_seqlens (S + 1,) int32 over the flattened B·T tokens, max_seqlen (0-dim int64)."""
 
     def __call__(self, rows: Sequence[PackedSequence]) -> dict[str, torch.Tensor]:
-        input_ids = torch.from_numpy(np.stack([r.input_ids for r in rows])).long()
-        doc_ids = torch.from_numpy(np.stack([r.doc_ids for r in rows])).long()
+        return self.collate_rows(np.stack([r.input_ids for r in rows]), np.stack([r.doc_ids for r in rows]))
+
+    def collate_rows(self, input_ids: np.ndarray, doc_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """The same batch from (B, T) arrays, as :meth:`PackedStream.next_rows` returns them."""
+        input_ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+        doc_ids = torch.from_numpy(np.asarray(doc_ids, dtype=np.int64))
         attention_mask = (doc_ids >= 0).long()
         position_ids = position_ids_from_doc_ids(doc_ids)
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
@@ -85,16 +95,25 @@ class PrefixLMCollator:
         self._gen = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, examples: Sequence) -> dict[str, torch.Tensor]:
-        ids = [as_id_list(e) for e in examples]
-        if any(len(r) < 2 for r in ids):
-            raise ValueError("prefix LM needs sequences of at least 2 tokens")
+        ids = [np.asarray(e, dtype=np.int64) for e in examples]
         lengths = torch.tensor([len(r) for r in ids])
+        return self._finish(pad_sequences(ids, self.pad_id, self.max_length), lengths)
+
+    def collate_rows(self, body: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch of ``__call__`` from one array: body (B, L), row b's tokens in
+        ``body[b, :lengths[b]]``."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        ids = pad_rows(body, lengths, self.pad_id, self.max_length)
+        return self._finish(torch.from_numpy(ids), torch.from_numpy(lengths))
+
+    def _finish(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        if bool((lengths < 2).any()):
+            raise ValueError("prefix LM needs sequences of at least 2 tokens")
         if self.prefix_length is None:
-            u = torch.rand(len(ids), generator=self._gen)
+            u = torch.rand(len(lengths), generator=self._gen)
             prefix = 1 + (u * (lengths - 1).double()).long()  # uniform in [1, len - 1]
         else:
             prefix = torch.clamp(torch.full_like(lengths, self.prefix_length), max=lengths - 1)
-        input_ids = pad_sequences(ids, self.pad_id, self.max_length)
         t = input_ids.shape[1]
         attention_mask = attention_mask_from_lengths(lengths.tolist(), t)
         prefix_mask = torch.arange(t)[None, :] < prefix[:, None]

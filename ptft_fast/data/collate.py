@@ -32,10 +32,26 @@ def pad_sequences(
         raise ValueError(f"a sequence of length {longest} is longer than the requested length {length}")
     if multiple_of:
         t = -(-t // multiple_of) * multiple_of
-    out = torch.full((len(seqs), t), pad_value, dtype=torch.long)
+    out = np.full((len(seqs), t), pad_value, dtype=np.int64)
     for i, s in enumerate(seqs):
         if len(s):
-            out[i, : len(s)] = torch.as_tensor(as_id_list(s), dtype=torch.long)
+            out[i, : len(s)] = np.asarray(s, dtype=np.int64)
+    return torch.from_numpy(out)
+
+
+def pad_rows(body: np.ndarray, lengths: np.ndarray, pad_value: int, length: int | None = None) -> np.ndarray:
+    """The array form of :func:`pad_sequences`: row b's tokens are ``body[b, :lengths[b]]``
+    (body (B, L)); returns (B, T) int64 with ``pad_value`` after each row's length, T = ``length``
+    or the longest row."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    longest = int(lengths.max(initial=0))
+    t = longest if length is None else length
+    if longest > t:
+        raise ValueError(f"a sequence of length {longest} is longer than the requested length {t}")
+    out = np.full((len(body), t), pad_value, dtype=np.int64)
+    width = min(body.shape[1], t)
+    keep = np.arange(width)[None, :] < lengths[:, None]
+    out[:, :width] = np.where(keep, body[:, :width], pad_value)
     return out
 
 

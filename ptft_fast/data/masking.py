@@ -61,7 +61,7 @@ def span_length_distribution(p: float = 0.2, max_len: int = 10) -> np.ndarray:
 
 def _word_starts(input_ids: torch.Tensor, candidates: torch.Tensor, word_start: np.ndarray) -> torch.Tensor:
     """(B, T) bool: candidate tokens that begin a word (also the first candidate after a non-candidate)."""
-    ws = torch.from_numpy(word_start)[input_ids] & candidates
+    ws = torch.from_numpy(word_start[input_ids.numpy()]) & candidates  # numpy: no thread-pool lookup
     prev_cand = torch.zeros_like(candidates)
     prev_cand[:, 1:] = candidates[:, :-1]
     return ws | (candidates & ~prev_cand)
@@ -172,7 +172,9 @@ def corrupt(
     to_mask = chosen & (r < cfg.mask_replace_prob)
     to_random = chosen & (r >= cfg.mask_replace_prob) & (r < cfg.mask_replace_prob + cfg.random_replace_prob)
     out = input_ids.masked_fill(to_mask, mask_id)
-    picks = random_ids[torch.randint(0, len(random_ids), input_ids.shape, generator=gen)]
+    draw = torch.randint(0, len(random_ids), input_ids.shape, generator=gen)
+    # index_select: a (B, T) advanced index measured ~20 ms at 64×66 with 2 threads on a busy CPU
+    picks = random_ids.index_select(0, draw.reshape(-1)).view(input_ids.shape)
     out = torch.where(to_random, picks, out)
     return out, labels
 

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ptft_fast.data.collate import IGNORE_INDEX, as_id_list, attention_mask_from_lengths, pad_sequences
+from ptft_fast.data.collate import (
+    IGNORE_INDEX,
+    as_id_list,
+    attention_mask_from_lengths,
+    pad_rows,
+    pad_sequences,
+)
 from ptft_fast.data.masking import MaskingConfig, choose_tokens, corrupt, max_predictions
 from ptft_fast.data.tokenizer import PtftTokenizer
 
@@ -89,12 +95,40 @@ class MLMCollator:
         input_ids = pad_sequences(ids, self.pad_id, self.cfg.max_length)
         t = input_ids.shape[1]
         attention_mask = attention_mask_from_lengths([len(r) for r in ids], t)
-        candidates = ~torch.from_numpy(self.special)[input_ids] & attention_mask.bool()
+        return self._finish(input_ids, attention_mask, pad_sequences(types, 0, t), nsp)
+
+    def collate_rows(self, body: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch of ``__call__`` for raw sequences given as one array: body (B, L) int64 with
+        row b's tokens in ``body[b, :lengths[b]]``; adds ``[CLS] … [SEP]`` with array operations."""
+        if self.cfg.nsp:
+            raise ValueError("nsp=True needs dict examples from build_nsp_examples")
+        lengths = np.asarray(lengths, dtype=np.int64)
+        b = len(body)
+        inner = None if self.cfg.max_length is None else self.cfg.max_length - 2
+        inner_ids = pad_rows(body, lengths, self.pad_id, inner)
+        t = inner_ids.shape[1] + 2
+        ids = np.full((b, t), self.pad_id, dtype=np.int64)
+        ids[:, 0] = self.cls_id
+        ids[:, 1:-1] = inner_ids
+        pos = np.arange(t)
+        ids[np.arange(b), lengths + 1] = self.sep_id
+        attention_mask = torch.from_numpy((pos[None, :] < (lengths + 2)[:, None]).astype(np.int64))
+        return self._finish(torch.from_numpy(ids), attention_mask, torch.zeros(b, t, dtype=torch.long), None)
+
+    def _finish(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        nsp: list[int] | None,
+    ) -> dict[str, torch.Tensor]:
+        t = input_ids.shape[1]
+        candidates = torch.from_numpy(~self.special[input_ids.numpy()]) & attention_mask.bool()
         masked, labels = self._mask(input_ids, candidates)
         batch = {
             "input_ids": masked,
             "attention_mask": attention_mask,
-            "token_type_ids": pad_sequences(types, 0, t),
+            "token_type_ids": token_type_ids,
             "labels": labels,
         }
         if nsp is not None:
@@ -109,13 +143,16 @@ class MLMCollator:
 def gather_masked_positions(labels: torch.Tensor, num_slots: int) -> dict[str, torch.Tensor]:
     """Static-shape view of the predictions: masked_positions (B, P) (0-padded) and
     masked_labels (B, P) (-100-padded), P = ``num_slots``."""
-    b = labels.shape[0]
-    positions = torch.zeros(b, num_slots, dtype=torch.long)
-    mlabels = torch.full((b, num_slots), IGNORE_INDEX, dtype=torch.long)
-    for i in range(b):
-        pos = torch.nonzero(labels[i] != IGNORE_INDEX).squeeze(1)
-        if len(pos) > num_slots:
-            raise ValueError(f"row {i} has {len(pos)} predictions, more than the {num_slots} slots")
-        positions[i, : len(pos)] = pos
-        mlabels[i, : len(pos)] = labels[i, pos]
+    chosen = labels != IGNORE_INDEX
+    counts = chosen.sum(1)
+    if len(counts) and int(counts.max()) > num_slots:
+        i = int(counts.argmax())
+        raise ValueError(f"row {i} has {int(counts[i])} predictions, more than the {num_slots} slots")
+    # chosen positions first, in order (a stable sort of "not chosen")
+    order = torch.sort((~chosen).to(torch.uint8), dim=1, stable=True).indices[:, :num_slots]
+    filled = torch.arange(order.shape[1])[None, :] < counts[:, None]
+    positions = torch.zeros(labels.shape[0], num_slots, dtype=torch.long)
+    mlabels = torch.full((labels.shape[0], num_slots), IGNORE_INDEX, dtype=torch.long)
+    positions[:, : order.shape[1]] = order.masked_fill(~filled, 0)
+    mlabels[:, : order.shape[1]] = labels.gather(1, order).masked_fill(~filled, IGNORE_INDEX)
     return {"masked_positions": positions, "masked_labels": mlabels}

@@ -34,7 +34,10 @@ def doc_global_id(ref: DocRef) -> int:
 class PackedStream:
     """Fills (seq_len,) rows from a sampler's documents, appending ``eos_id`` to each document.
 
-    The last, partial row is padded with ``pad_id`` when the sampler ends.
+    The rows are consecutive ``seq_len`` pieces of one token stream (document, eos, document, ...),
+    so a document that does not fit continues in the next row. The last, partial row is padded with
+    ``pad_id`` when the sampler ends. :meth:`next_rows` builds many rows at once with array
+    operations over blocks of documents (no per-token or per-document Python work).
     """
 
     def __init__(
@@ -45,34 +48,76 @@ class PackedStream:
         self.sampler, self.seq_len, self.eos_id, self.pad_id = sampler, seq_len, eos_id, pad_id
         self._carry: tuple[DocRef, int] | None = None  # document in progress and position in it
 
-    def _doc(self, ref: DocRef) -> np.ndarray:
-        toks = np.asarray(self.sampler.shards.document(ref.shard, ref.doc), dtype=np.int64)
-        return toks if self.eos_id is None else np.append(toks, self.eos_id)
+    def _gather(
+        self, shard: int, docs: np.ndarray, skip: int, room: int
+    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """The stream of ``docs`` of ``shard`` (each + eos), from token ``skip`` of the first, cut
+        at ``room`` tokens: (ids (m,), global doc ids (m,), full, partial) — m ≤ room, ``full``
+        documents emitted to their end, then ``partial`` tokens of ``docs[full]``."""
+        shards = self.sampler.shards
+        off, tokens = shards.offsets(shard), shards.tokens(shard)
+        starts, lengths = off[docs], off[docs + 1] - off[docs]
+        seg = lengths + (0 if self.eos_id is None else 1)  # stream tokens per document
+        seg[0] -= skip
+        ends = np.cumsum(seg)
+        full = int(np.searchsorted(ends, room, side="right"))
+        used = min(len(docs), full + 1)
+        total = min(int(ends[used - 1]), room)
+        partial = total - (int(ends[full - 1]) if full else 0) if full < len(docs) else 0
+        # document of each output token (counts cut at ``total``: a long document costs only its part)
+        which = np.repeat(np.arange(used), np.diff(np.minimum(ends[:used], total), prepend=0))
+        src = np.arange(total) - (ends - seg)[which]  # position inside the document
+        src[which == 0] += skip
+        ids = tokens[np.minimum(starts[which] + src, len(tokens) - 1)].astype(np.int64)
+        if self.eos_id is not None:
+            ids[src >= lengths[which]] = self.eos_id
+        gids = (np.int64(shard) << 40) | docs[which].astype(np.int64)
+        return ids, gids, full, partial
+
+    def _block_size(self, tokens_needed: int) -> int:
+        """Documents to look at for ``tokens_needed`` stream tokens: twice the expected count
+        (from the corpus' mean document length), so one block usually fills the batch."""
+        shards = self.sampler.shards
+        mean = shards.num_tokens / max(shards.num_docs, 1) + (self.eos_id is not None)
+        return max(16, min(tokens_needed, int(2 * tokens_needed / max(mean, 1.0)) + 16))
+
+    def next_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``n`` rows: input_ids (k, seq_len) int64 and doc_ids (k, seq_len) int64 (-1 on
+        padding); k < n only when the sampler ends (k = 0: nothing left)."""
+        need = n * self.seq_len
+        ids = np.full(need, self.pad_id, dtype=np.int64)
+        docs = np.full(need, -1, dtype=np.int64)
+        filled = 0
+        while filled < need:
+            if self._carry is not None:  # a document already taken from the sampler
+                (ref, skip), shard = self._carry, self._carry[0].shard
+                block = np.array([ref.doc], dtype=np.int64)
+            else:
+                skip = 0
+                shard, block = self.sampler.peek(self._block_size(need - filled))
+                if not len(block):
+                    break
+            part, gids, full, partial = self._gather(shard, block, skip, need - filled)
+            ids[filled : filled + len(part)] = part
+            docs[filled : filled + len(part)] = gids
+            filled += len(part)
+            if self._carry is None:
+                self.sampler.advance(full + (partial > 0))
+                self._carry = (DocRef(shard, int(block[full])), partial) if partial else None
+            else:
+                self._carry = None if full else (self._carry[0], skip + partial)
+        rows = -(-filled // self.seq_len)
+        shape = (rows, self.seq_len)
+        return ids[: rows * self.seq_len].reshape(shape), docs[: rows * self.seq_len].reshape(shape)
 
     def __iter__(self) -> Iterator[PackedSequence]:
         return self
 
     def __next__(self) -> PackedSequence:
-        ids = np.full(self.seq_len, self.pad_id, dtype=np.int64)
-        docs = np.full(self.seq_len, -1, dtype=np.int64)
-        filled = 0
-        while filled < self.seq_len:
-            if self._carry is None:
-                try:
-                    ref, _ = next(self.sampler)
-                except StopIteration:
-                    break
-                self._carry = (ref, 0)
-            ref, pos = self._carry
-            toks = self._doc(ref)
-            take = min(len(toks) - pos, self.seq_len - filled)
-            ids[filled : filled + take] = toks[pos : pos + take]
-            docs[filled : filled + take] = doc_global_id(ref)
-            filled += take
-            self._carry = None if pos + take == len(toks) else (ref, pos + take)
-        if filled == 0:
+        ids, docs = self.next_rows(1)
+        if not len(ids):
             raise StopIteration
-        return PackedSequence(ids, docs)
+        return PackedSequence(ids[0], docs[0])
 
     def state_dict(self) -> dict:
         carry = None if self._carry is None else [self._carry[0].shard, self._carry[0].doc, self._carry[1]]

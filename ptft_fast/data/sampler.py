@@ -4,6 +4,10 @@ Each epoch visits the shards in a seeded random order and, inside a shard, its d
 seeded random order; the position is (epoch, shard position, offset). ``state_dict()`` captures it
 and ``load_state_dict()`` continues exactly where it stopped — the stream after a restore equals
 the stream of an uninterrupted run. With ``world_size > 1`` rank r takes offsets ≡ r (mod world).
+
+Cost: a shard's permutation is built once per (epoch, shard) and kept, so handing out a document is
+O(1) whatever the corpus size; :meth:`ResumableSampler.peek` / :meth:`advance` hand out a block of
+documents of one shard as an array (the vectorised packer's interface).
 """
 
 from __future__ import annotations
@@ -44,39 +48,57 @@ class ResumableSampler:
         self.epoch = 0
         self.shard_pos = 0
         self.offset = rank
+        self._orders: dict[tuple, np.ndarray] = {}  # the current epoch's shard order and doc order
+
+    def _cached(self, key: tuple, n: int) -> np.ndarray:
+        """The seeded permutation of ``n`` for ``key``, built once while ``key`` is current."""
+        if key not in self._orders:
+            if len(self._orders) >= 2:  # one shard order + one doc order: keep memory O(shard)
+                self._orders.clear()
+            seeded = np.random.default_rng([self.seed, *key])
+            self._orders[key] = seeded.permutation(n) if self.shuffle else np.arange(n)
+        return self._orders[key]
 
     def _shard_order(self, epoch: int) -> np.ndarray:
-        n = self.shards.num_shards
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
+        return self._cached((epoch,), self.shards.num_shards)
 
     def _doc_order(self, epoch: int, shard: int) -> np.ndarray:
-        n = self.shards.shard_num_docs(shard)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch, shard]).permutation(n)
+        return self._cached((epoch, shard), self.shards.shard_num_docs(shard))
 
-    def __iter__(self) -> Iterator[tuple[DocRef, np.ndarray]]:
-        return self
-
-    def __next__(self) -> tuple[DocRef, np.ndarray]:
+    def peek(self, max_docs: int) -> tuple[int, np.ndarray]:
+        """The next ≤ ``max_docs`` documents, all of one shard, without consuming them:
+        (shard, (k,) int64 document indices). k = 0 only at the end of the last epoch. Moves past
+        exhausted shards and epochs (the same stream position)."""
         while self.num_epochs is None or self.epoch < self.num_epochs:
             order = self._shard_order(self.epoch)
             while self.shard_pos < len(order):
                 shard = int(order[self.shard_pos])
                 docs = self._doc_order(self.epoch, shard)
                 if self.offset < len(docs):
-                    ref = DocRef(shard, int(docs[self.offset]))
-                    self.offset += self.world_size
-                    return ref, self.shards.document(ref.shard, ref.doc)
+                    stop = self.offset + max_docs * self.world_size
+                    return shard, docs[self.offset : stop : self.world_size]
                 self.shard_pos += 1
                 self.offset = self.rank
             self.epoch += 1
             self.shard_pos = 0
             if self.shards.num_docs == 0:
                 break
-        raise StopIteration
+        return 0, np.zeros(0, dtype=np.int64)
+
+    def advance(self, k: int) -> None:
+        """Consume ``k`` documents of the block :meth:`peek` returned."""
+        self.offset += k * self.world_size
+
+    def __iter__(self) -> Iterator[tuple[DocRef, np.ndarray]]:
+        return self
+
+    def __next__(self) -> tuple[DocRef, np.ndarray]:
+        shard, docs = self.peek(1)
+        if not len(docs):
+            raise StopIteration
+        self.advance(1)
+        ref = DocRef(shard, int(docs[0]))
+        return ref, self.shards.document(ref.shard, ref.doc)
 
     def state_dict(self) -> dict:
         """Position and settings; a plain dict of ints (JSON-safe)."""

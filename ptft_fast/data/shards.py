@@ -17,7 +17,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +172,34 @@ def write_shards(
         if pool is not None:
             pool.terminate()
             pool.join()
+    return _write_index(writer, tokenizer, out, dtype)
+
+
+def write_token_shards(
+    docs: Iterable[Sequence[int] | np.ndarray],
+    tokenizer: PtftTokenizer,
+    out_dir: str | os.PathLike,
+    shard_tokens: int = 1 << 24,
+) -> dict:
+    """Shards from documents that are already token ids (synthetic corpora, tests, benchmarks);
+    empty documents are skipped. Returns the index dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    writer = _ShardWriter(out, dtype, shard_tokens)
+    try:
+        for ids in docs:
+            if len(ids):
+                writer.add(ids)
+        writer.close_shard()
+    except BaseException:
+        writer.abort()
+        raise
+    return _write_index(writer, tokenizer, out, dtype)
+
+
+def _write_index(writer: _ShardWriter, tokenizer: PtftTokenizer, out: Path, dtype: np.dtype) -> dict:
+    """Save the tokenizer and ``index.json`` (last: its presence marks a complete folder)."""
     tokenizer.save(out)
     index = {
         "format": "ptft-token-shards-v1",

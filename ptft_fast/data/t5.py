@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ptft_fast.data.collate import IGNORE_INDEX, as_id_list, pad_sequences, shift_right
+from ptft_fast.data.collate import IGNORE_INDEX, pad_sequences, shift_right
 
 
 def _noise_counts(n: int, noise_density: float, mean_span: float) -> tuple[int, int]:
@@ -52,46 +52,75 @@ def t5_raw_length(
     return n, t5_lengths(n, noise_density, mean_noise_span_length)[1]
 
 
-def _random_partition(total: int, parts: int, rng: np.random.Generator) -> np.ndarray:
-    """``parts`` positive ints summing to ``total``, uniformly over compositions."""
-    cuts = np.sort(rng.choice(np.arange(1, total), size=parts - 1, replace=False)) if parts > 1 else []
-    return np.diff(np.concatenate([[0], cuts, [total]])).astype(np.int64)
+def _random_partitions(total: int, parts: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, parts) positive ints, each row summing to ``total``, uniformly over compositions
+    (the cut points are a uniform random subset of 1..total-1)."""
+    if parts == 1:
+        return np.full((rows, 1), total, dtype=np.int64)
+    keys = rng.random((rows, total - 1))
+    cuts = np.sort(np.argpartition(keys, parts - 2, axis=1)[:, : parts - 1] + 1, axis=1)
+    edges = np.concatenate([np.zeros((rows, 1), np.int64), cuts, np.full((rows, 1), total)], axis=1)
+    return np.diff(edges, axis=1).astype(np.int64)
+
+
+def random_spans_noise_masks(
+    n: int, rows: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(rows, n) bool noise masks: alternating gap/span segments, starting with a gap; every row
+    has the same numbers of noise tokens and spans (:func:`_noise_counts`)."""
+    num_noise, num_spans = _noise_counts(n, noise_density, mean_noise_span_length)
+    spans = _random_partitions(num_noise, num_spans, rows, rng)
+    gaps = _random_partitions(n - num_noise, num_spans, rows, rng)
+    bounds = np.cumsum(np.stack([gaps, spans], axis=2).reshape(rows, -1), axis=1)
+    delta = np.zeros((rows, n + 1), dtype=np.int64)
+    r = np.arange(rows)[:, None]
+    np.add.at(delta, (r, bounds[:, 0::2]), 1)  # a span starts where its gap ends
+    np.add.at(delta, (r, bounds[:, 1::2]), -1)
+    return np.cumsum(delta, axis=1)[:, :n] > 0
 
 
 def random_spans_noise_mask(
     n: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """(n,) bool noise mask: alternating gap/span segments, starting with a gap."""
-    num_noise, num_spans = _noise_counts(n, noise_density, mean_noise_span_length)
-    spans = _random_partition(num_noise, num_spans, rng)
-    gaps = _random_partition(n - num_noise, num_spans, rng)
-    lengths = np.stack([gaps, spans], axis=1).reshape(-1)
-    return np.repeat(np.tile([False, True], num_spans), lengths)
+    """(n,) bool noise mask: one row of :func:`random_spans_noise_masks`."""
+    return random_spans_noise_masks(n, 1, noise_density, mean_noise_span_length, rng)[0]
+
+
+def span_corrupt_rows(
+    tokens: np.ndarray, mask: np.ndarray, sentinel_ids: Sequence[int], eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs (B, L_i), targets (B, L_t)) int64 for rows tokens (B, n) and noise masks (B, n)
+    (layout in the module docstring). Every row must have the same numbers of noise tokens and
+    spans, as masks of :func:`random_spans_noise_masks` do."""
+    tokens, mask = np.asarray(tokens, dtype=np.int64), np.asarray(mask, dtype=bool)
+    b = len(tokens)
+    start = mask.copy()
+    start[:, 1:] &= ~mask[:, :-1]  # first token of each noise span
+    counts = np.stack([start.sum(1), mask.sum(1)])
+    if b and (counts != counts[:, :1]).any():
+        raise ValueError("span_corrupt_rows: rows need the same numbers of noise tokens and spans")
+    num_spans = int(counts[0, 0]) if b else 0
+    if num_spans >= len(sentinel_ids):
+        raise ValueError(f"more spans than the {len(sentinel_ids)} sentinels allow (one is final)")
+    sentinels = np.asarray(sentinel_ids, dtype=np.int64)
+    at_start = sentinels[np.cumsum(start, axis=1) - 1]  # the sentinel of each position's span
+    inputs = np.where(start, at_start, tokens)[~mask | start].reshape(b, -1)  # a span → its sentinel
+    # targets: before each noise token its span's sentinel when it starts the span
+    slots, keep = np.stack([at_start, tokens], axis=2), np.stack([start, mask], axis=2)
+    targets = slots[keep].reshape(b, -1)
+    eos = np.full((b, 1), eos_id, dtype=np.int64)
+    final = np.full((b, 1), sentinels[num_spans], dtype=np.int64)
+    return np.concatenate([inputs, eos], axis=1), np.concatenate([targets, final, eos], axis=1)
 
 
 def span_corrupt(
-    tokens: Sequence[int], mask: np.ndarray, sentinel_ids: Sequence[int], eos_id: int
-) -> tuple[list[int], list[int]]:
-    """(inputs, targets) for one sequence and its noise mask (layout in the module docstring)."""
-    inputs, targets = [], []
-    k = -1
-    prev = False
-    for tok, noise in zip(tokens, mask):
-        if noise:
-            if not prev:
-                k += 1
-                if k + 1 >= len(sentinel_ids):
-                    raise ValueError(
-                        f"more spans than the {len(sentinel_ids)} sentinels allow (one is final)"
-                    )
-                inputs.append(sentinel_ids[k])
-                targets.append(sentinel_ids[k])
-            targets.append(tok)
-        else:
-            inputs.append(tok)
-        prev = bool(noise)
-    targets.append(sentinel_ids[k + 1])
-    return [*inputs, eos_id], [*targets, eos_id]
+    tokens: Sequence[int] | np.ndarray, mask: np.ndarray, sentinel_ids: Sequence[int], eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) int64 arrays for one sequence and its noise mask."""
+    inputs, targets = span_corrupt_rows(
+        np.asarray(tokens, dtype=np.int64)[None], np.asarray(mask, dtype=bool)[None], sentinel_ids, eos_id
+    )
+    return inputs[0], targets[0]
 
 
 @dataclass
@@ -116,19 +145,25 @@ class T5SpanCorruptionCollator:
         self.rng = np.random.default_rng(self.cfg.seed)
 
     def __call__(self, examples: Sequence) -> dict[str, torch.Tensor]:
-        inputs, targets = [], []
-        for ex in examples:
-            toks = as_id_list(ex)
-            if not 2 <= len(toks) <= self.raw_length:
-                raise ValueError(
-                    f"examples need 2..{self.raw_length} tokens (t5_raw_length), got {len(toks)}"
-                )
-            mask = random_spans_noise_mask(
-                len(toks), self.cfg.noise_density, self.cfg.mean_noise_span_length, self.rng
+        toks = [np.asarray(ex, dtype=np.int64) for ex in examples]
+        lengths = np.array([len(t) for t in toks], dtype=np.int64)
+        bad = (lengths < 2) | (lengths > self.raw_length)
+        if bad.any():
+            raise ValueError(
+                f"examples need 2..{self.raw_length} tokens (t5_raw_length), got {int(lengths[bad][0])}"
             )
-            i, t = span_corrupt(toks, mask, self.sentinel_ids, self.eos_id)
-            inputs.append(i)
-            targets.append(t)
+        inputs, targets = [None] * len(toks), [None] * len(toks)
+        for n in np.unique(lengths):  # rows of one length are corrupted together (packed rows: all)
+            idx = np.flatnonzero(lengths == n)
+            c = self.cfg
+            mask = random_spans_noise_masks(
+                int(n), len(idx), c.noise_density, c.mean_noise_span_length, self.rng
+            )
+            ins, tgs = span_corrupt_rows(
+                np.stack([toks[i] for i in idx]), mask, self.sentinel_ids, self.eos_id
+            )
+            for j, i in enumerate(idx):
+                inputs[i], targets[i] = ins[j], tgs[j]
         input_ids = pad_sequences(inputs, self.pad_id, self.cfg.inputs_length)
         labels = pad_sequences(targets, IGNORE_INDEX, self.targets_length)
         return {

@@ -91,6 +91,53 @@ def _decoded_rows(path: Path, fieldnames=None):
         raise DataError(f"{path}: unknown format {suffix!r}; use .tsv, .csv or .jsonl")
 
 
+# Column names recognised when --text-column / --label-column are not given, most specific first.
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"),
+                ("question", "sentence"), ("text_a", "text_b"))  # fmt: skip
+TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "body", "comment", "tweet", "question")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "gold_label", "y")
+ID_COLUMNS = ("id", "idx", "index", "guid", "uid")
+
+
+def column_names(path: str | Path) -> list[str]:
+    """The columns of a .tsv/.csv header or of the first .jsonl record."""
+    for _, row in _rows(Path(path)):
+        return list(row)
+    raise DataError(f"{path}: no examples")
+
+
+def detect_columns(
+    path: str | Path, text: str | None = None, text_pair: str | None = None, label: str | None = None
+) -> tuple[Columns, list[str]]:
+    """Columns of ``path`` for the roles not given: the label column by a known name; the text
+    column (or pair) by a known name, else the only column left besides label and id. Returns the
+    columns and what was detected (to print); ambiguity raises :class:`DataError` naming the
+    columns and the flag to pass."""
+    names = column_names(path)
+    detected = []
+    if label is None:
+        label = next((c for c in LABEL_COLUMNS if c in names), None)
+        if label is None:
+            raise DataError(f"{path}: no label column among {names}; name it with --label-column")
+        detected.append(f"label column {label!r}")
+    if text is None:
+        pair = next((p for p in PAIR_COLUMNS if p[0] in names and p[1] in names), None)
+        if pair is not None and text_pair is None:
+            text, text_pair = pair
+            detected.append(f"text pair columns {text!r}, {text_pair!r}")
+        else:
+            text = next((c for c in TEXT_COLUMNS if c in names and c != label), None)
+            rest = [c for c in names if c not in (label, text_pair) and c.lower() not in ID_COLUMNS]
+            if text is None and len(rest) == 1:
+                text = rest[0]
+            if text is None:
+                raise DataError(
+                    f"{path}: cannot tell which of the columns {rest} holds the text; name it with --text-column"
+                )
+            detected.append(f"text column {text!r}")
+    return Columns(text, text_pair, label), detected
+
+
 def read_examples(
     path: str | Path,
     columns: Columns | None = None,

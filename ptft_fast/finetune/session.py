@@ -4,6 +4,7 @@ model.safetensors, via ``ptft_fast.hf``) and ``tokenizer.json``; task data by ta
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from ptft_fast.finetune.embedded import docstring_task
@@ -12,13 +13,25 @@ from ptft_fast.finetune.readers import Columns, DataError, read_conll, read_exam
 EMBEDDED = "stdlib-docstrings"  # --train/--eval value selecting the embedded task
 
 
-def load_model_dir(path: str, **overrides):
+INITS = ("pretrained", "random")
+
+
+def load_model_dir(path: str, *, init: str = "pretrained", seed: int = 0, **overrides):
     """(model, config, tokenizer) from a directory holding config.json, model.safetensors and
-    tokenizer.json."""
+    tokenizer.json. ``init="random"``: the same architecture and tokenizer, weights drawn afresh
+    (seeded by ``seed``) — the from-scratch baseline of a transfer comparison."""
+    import torch
+
     from ptft_fast.data.tokenizer import PtftTokenizer
     from ptft_fast.hf import load_pretrained
+    from ptft_fast.models import build_model
 
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     model, config = load_pretrained(path, **overrides)
+    if init == "random":
+        torch.manual_seed(seed)
+        model = build_model(config)
     tokenizer = PtftTokenizer.from_file(path)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(
@@ -54,7 +67,18 @@ def load_task_data(task: str, train: str, evaluation: str, columns: Columns, lab
     names = labels or sorted({str(e.label) for e in tr})
     if task == "seq2seq":
         return tr, _labeled(read_examples(evaluation, columns), columns), None
-    return tr, _labeled(read_examples(evaluation, columns, label_set=names), columns), names
+    ev = _labeled(read_examples(evaluation, columns, label_set=labels), columns)  # strict only with --labels
+    unseen = sorted({str(e.label) for e in ev} - set(names))
+    if unseen:
+        count = sum(str(e.label) in unseen for e in ev)
+        warnings.warn(
+            f"{evaluation}: label(s) {unseen} appear only in the eval file ({count} examples): added "
+            "to the label set, but the model never trains on them, so those examples count as "
+            "errors; --labels gives the label set explicitly",
+            stacklevel=2,
+        )
+        names = names + unseen
+    return tr, ev, names
 
 
 def _labeled(examples: list, columns: Columns) -> list:

@@ -171,15 +171,19 @@ class GraphStep:
                     + ", ".join(f"{k} {_fmt(got.get(k))} (captured: {_fmt(want.get(k))})" for k in diff)
                 )
 
-    def __call__(self, batches: list[dict[str, torch.Tensor]], step: int):
-        """One optimizer step over host ``batches`` (micro-batches); returns the trainer's StepOutput."""
+    def __call__(self, batches: list[dict[str, torch.Tensor]], step: int, elapsed_s: float = 0.0):
+        """One optimizer step over host ``batches`` (micro-batches), ``elapsed_s`` seconds into the
+        run (time budgets plan the schedule from it); returns the trainer's StepOutput."""
         from ptft_fast.train.trainer import StepOutput, accumulate_step
 
         counts = [label_counts(self.objective, b)["lm"] for b in batches]
         if min(counts) == 0:
             warnings.warn(f"step {step}: a micro-batch without labeled tokens runs eagerly", stacklevel=2)
             moved = [{k: v.to(self.device) for k, v in b.items()} for b in batches]
-            return accumulate_step(self.objective, self.model, self.strategy, moved, step, {"lm": 1.0})
+            weights = {"lm": 1.0}
+            return accumulate_step(
+                self.objective, self.model, self.strategy, moved, step, weights, None, elapsed_s
+            )
         rows: dict[str, int] = {}
         for b in batches:
             rows = add_stats(rows, row_stats(b))
@@ -191,7 +195,7 @@ class GraphStep:
             for static, batch in zip(self.inputs, batches, strict=True):
                 for k, v in batch.items():
                     static[k].copy_(v, non_blocking=True)
-        lr = self.cfg.lr * lr_factor(step, self.cfg)
+        lr = self.cfg.lr * lr_factor(step, self.cfg, elapsed_s)
         for share, count in zip(self.shares, counts, strict=True):
             share.fill_(count / sum(counts))
         self.lr_next.fill_(lr)

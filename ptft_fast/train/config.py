@@ -89,8 +89,9 @@ class TrainConfig:
         low=0, high=1, high_open=True,
     )  # fmt: skip
     mlm_probability: float = setting(
-        0.15, "mlm/electra: share of tokens chosen for prediction", low=0, high=1, high_open=True
-    )
+        0.3, "mlm/electra: share of tokens chosen for prediction (BERT: 0.15; 0.3 gave +4-7 points "
+        "on the fine-tuned embedded task after 2,000 bert-tiny steps: README)", low=0, high=1, high_open=True,
+    )  # fmt: skip
     noise_density: float = setting(
         0.15, "span (T5): share of tokens in corrupted spans", low=0, high=1, high_open=True
     )
@@ -130,12 +131,16 @@ class TrainConfig:
     )
     max_time_s: float = setting(
         0.0,
-        "> 0: stop (and save) after this many seconds of training in this invocation "
-        "(the lr schedule is still planned over max_steps)",
+        "> 0: stop (and save) after this many seconds of training in this invocation; the lr "
+        "schedule then runs over the steps that fit in the budget (re-estimated from the step rate, "
+        "capped by max_steps)",
         low=0,
     )
     cpu_threads: int = setting(
         0, "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default)", low=0
+    )
+    prefetch: int = setting(
+        2, "batches built ahead on a background thread; 0 = built in the training thread", low=0
     )
     compile: bool = setting(False, "torch.compile the model, fullgraph (the ops stay opaque custom ops)")
     compile_backend: str = setting(

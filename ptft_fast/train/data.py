@@ -229,13 +229,18 @@ class BatchSource:
         """The model's inputs, plus ``row_segments`` (B,): document pieces per row, a statistic
         for the run summary that :func:`ptft_fast.train.objectives.model_inputs` strips."""
         self._set_seq_len(seq_len)
-        rows = [next(self.stream) for _ in range(batch_size)]
-        segments = torch.from_numpy(row_segments(np.stack([r.doc_ids for r in rows])))
+        ids, doc_ids = self.stream.next_rows(batch_size)
+        if len(ids) < batch_size:
+            raise ValueError(f"the training shards hold no documents ({self.stream.sampler.shards.path})")
+        segments = torch.from_numpy(row_segments(doc_ids))
         if self.objective == "clm":
-            b = self.collator(rows)
+            b = self.collator.collate_rows(ids, doc_ids)
             return {**{k: b[k] for k in ("input_ids", "attention_mask", "labels")}, ROW_SEGMENTS: segments}
-        ids = [r.input_ids[r.doc_ids >= 0] for r in rows]
-        b = self.collator(ids)
+        lengths = (doc_ids >= 0).sum(axis=1)  # padding only ever follows a row's tokens
+        if self.objective in ("mlm", "electra", "prefix-lm"):
+            b = self.collator.collate_rows(ids, lengths)
+        else:
+            b = self.collator([row[:n] for row, n in zip(ids, lengths)])
         if self.objective == "prefix-lm":
             b = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
         return {**b, ROW_SEGMENTS: segments}

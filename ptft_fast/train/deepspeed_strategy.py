@@ -107,9 +107,9 @@ class DeepSpeedStrategy:
             # advances that count (the reduction and update happen at the boundary)
             self.engine.step()
 
-    def step(self, step: int) -> StepResult:
+    def step(self, step: int, elapsed_s: float = 0.0) -> StepResult:
         """Set the lr, let the engine clip, update (or skip on fp16 overflow) and clear grads."""
-        lr = self.cfg.lr * lr_factor(step, self.cfg)
+        lr = self.cfg.lr * lr_factor(step, self.cfg, elapsed_s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         scale = float(self.engine.optimizer.cur_scale) if self.cfg.precision == "fp16" else 1.0

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig, TrainConfigError
-from ptft_fast.train.data import BatchSource, prepare_run_data, unigram_entropy
+from ptft_fast.train.data import prepare_run_data, unigram_entropy
 from ptft_fast.train.deepspeed_config import DeepSpeedOptions, build_config
 from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distributed
 from ptft_fast.train.metrics import MetricsLog, train_flops
@@ -42,7 +43,7 @@ from ptft_fast.train.objectives import (
     token_counts,
 )
 from ptft_fast.train.schedule import seq_len_at
-from ptft_fast.train.trainer import StepOutput, Trainer, seed_everything, set_cpu_threads
+from ptft_fast.train.trainer import StepOutput, Trainer, batch_source, seed_everything, set_cpu_threads
 from ptft_fast.train.zero_utils import GatheredStateDict
 
 
@@ -94,7 +95,7 @@ class DeepSpeedTrainer(Trainer):
         self.model = self.engine.module
         # ZeRO-3: state_dict() gathers full tensors (for the final export), except in engine checkpoints
         self._gather = GatheredStateDict(self.model) if self.strategy.stage == 3 else None
-        self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
+        self.source = batch_source(cfg, self.data.train, self.tok, self.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
         self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
@@ -114,7 +115,9 @@ class DeepSpeedTrainer(Trainer):
         """Global micro-batches → this rank's slices → engine backward (global token normalization)."""
         cfg, micro = self.cfg, self.cfg.micro_batch_size
         seq_len = seq_len_at(self.step, cfg)
+        t0 = time.perf_counter()
         full = [self.source.next(micro * self.world, seq_len) for _ in range(cfg.grad_accum_steps)]
+        data_s = time.perf_counter() - t0
         counts = [label_counts(cfg.objective, b) for b in full]
         totals = {t: sum(c[t] for c in counts) for t in counts[0]}
         sums = torch.zeros(len(totals), dtype=torch.float64)
@@ -135,7 +138,7 @@ class DeepSpeedTrainer(Trainer):
             tc = token_counts(cfg.objective, b)  # the global batch: what the whole job processed
             tokens += tc["enc"] + tc["dec"]
             flops += train_flops(self.model_config, tc) * (2 if cfg.objective == "electra" else 1)
-        result = self.strategy.step(self.step)
+        result = self.strategy.step(self.step, self.elapsed)
         dist.all_reduce(sums)
         terms = {t: float(sums[i]) / totals[t] if totals[t] else float("nan") for i, t in enumerate(totals)}
         self.step += 1
@@ -144,7 +147,7 @@ class DeepSpeedTrainer(Trainer):
         rows: dict = {}
         for b in full:  # the global batch: what the whole job trained on
             rows = add_stats(rows, row_stats(b))
-        return StepOutput(terms["lm"], terms, result, tokens, flops, rows)
+        return StepOutput(terms["lm"], terms, result, tokens, flops, rows, data_s)
 
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import add_stats, export_model
-from ptft_fast.train.schedule import seq_len_at
+from ptft_fast.train.schedule import planned_steps, seq_len_at
 from ptft_fast.utils.device import device_name, device_peaks
 
 PEAK_KEYS = {"bf16": "bfloat16", "fp16": "float16"}
@@ -38,14 +38,23 @@ def run_loop(trainer) -> dict:
     meter = PowerMeter()
     bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=not cfg.progress, desc=cfg.objective)
     window_t, window_tok, window_flops, window_loss, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
+    window_steps, window_data, data_total, steps_run = 0, 0.0, 0.0, 0
     t_start, elapsed0, mfu_warned = time.perf_counter(), trainer.elapsed, False
     recent: list[float] = []
     rows: dict[str, int] = {}
+    if cfg.max_time_s > 0:
+        bar.write(
+            f"time budget max_time_s={cfg.max_time_s:g}: learning-rate warm-up and decay run over the steps "
+            f"that fit in it, estimated from the measured step rate at every step (capped by "
+            f"max_steps={cfg.max_steps}; metrics column planned_steps)"
+        )
     try:
         while trainer.step < cfg.max_steps:
             out = trainer.train_step()
             trainer.elapsed = elapsed0 + time.perf_counter() - t_start
             window_tok, window_flops = window_tok + out.tokens, window_flops + out.flops
+            window_steps, window_data = window_steps + 1, window_data + out.data_s
+            data_total, steps_run = data_total + out.data_s, steps_run + 1
             if math.isfinite(out.loss):
                 window_loss, window_n = window_loss + out.loss, window_n + 1
                 recent = [*recent, out.loss][-TRAIN_LOSS_WINDOW:]
@@ -62,6 +71,8 @@ def run_loop(trainer) -> dict:
                     "loss_scale": out.result.loss_scale,
                     "tokens": trainer.tokens,
                     "tokens_per_s": window_tok / dt,
+                    "data_ms": 1e3 * window_data / max(window_steps, 1),  # training thread, per step
+                    "planned_steps": planned_steps(step, cfg, trainer.elapsed),
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
@@ -92,6 +103,9 @@ def run_loop(trainer) -> dict:
                     0.0,
                     0,
                 )
+                window_steps, window_data = 0, 0.0
+            if cfg.max_time_s > 0:
+                bar.total = planned_steps(step, cfg, trainer.elapsed)
             bar.update(1)
             # the budget is per invocation: a resumed run gets max_time_s again (and goes on to max_steps)
             out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
@@ -105,6 +119,8 @@ def run_loop(trainer) -> dict:
     finally:
         bar.close()
         meter.stop()
+        if hasattr(trainer.source, "close"):  # stop the prefetching thread
+            trainer.source.close()
     final_eval = trainer.evaluate()
     log.write({"kind": "eval", "step": trainer.step, **final_eval})
     trainer.save()
@@ -127,6 +143,7 @@ def run_loop(trainer) -> dict:
         **final_eval,
         "train_seconds": trainer.elapsed,
         "tokens_per_s": trainer.tokens / max(trainer.elapsed, 1e-9),
+        "data_wait_share": data_total / max(trainer.elapsed - elapsed0, 1e-9),
         "price_tag": price_tag(trainer.flops, trainer.elapsed, watts, source, cfg.price_per_hour),
         "final_model": str(final_dir),
     }
@@ -225,6 +242,7 @@ def format_summary(s: dict) -> str:
         *_eval_lines(s),
         f"  eval token accuracy      {s['accuracy']:.2%}",
         f"  throughput               {s['tokens_per_s']:.0f} tokens/s over {s['train_seconds']:.1f} s",
+        f"  waiting for data         {s['data_wait_share']:.1%} of the training time (training thread)",
         "price tag",
         f"  total FLOPs              {p['total_flops']:.3e} (6·N·D + 12·L·S·d_attn·D)",
         f"  device-hours             {p['device_hours']:.5f}",

@@ -111,7 +111,7 @@ class MetricsLog:
 
     COLUMNS = (
         "kind", "step", "loss", "lr", "grad_norm", "loss_scale", "tokens", "tokens_per_s",
-        "tflops", "mfu", "seq_len", "elapsed_s", "eval_loss", "perplexity", "accuracy",
+        "tflops", "mfu", "seq_len", "elapsed_s", "data_ms", "planned_steps", "eval_loss", "perplexity", "accuracy",
     )  # fmt: skip
 
     def __init__(self, out: Path, keep_until: int | None = None) -> None:

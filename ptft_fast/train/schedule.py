@@ -1,4 +1,12 @@
-"""Learning-rate and sequence-length schedules (pure functions of the step: resume-safe)."""
+"""Learning-rate and sequence-length schedules (pure functions of the step and the elapsed
+training time, both saved in checkpoints: resume-safe).
+
+With a time budget (``max_time_s`` > 0) the learning-rate schedule runs over the steps that fit in
+it: :func:`planned_steps` re-estimates them at every step from the step rate measured so far
+(steps done × max_time_s / elapsed), capped by ``max_steps``. Warm-up (10 % of the planned steps
+unless ``warmup_steps`` is given) and decay therefore end when the time does, instead of being
+laid out over a ``max_steps`` the run never reaches.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,24 @@ import math
 from ptft_fast.train.config import TrainConfig
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based).
+def planned_steps(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> int:
+    """Steps the run will make: ``max_steps``, or with ``max_time_s`` the steps that fit in the
+    time budget at the rate of the first ``step`` steps, which took ``elapsed_s`` seconds."""
+    if cfg.max_time_s <= 0 or step <= 0 or elapsed_s <= 0:
+        return cfg.max_steps
+    return max(1, min(cfg.max_steps, round(step * cfg.max_time_s / elapsed_s)))
 
-    Linear warm-up over ``warmup_steps`` (step 0 gets 1/warmup), then:
-    constant; linear or cosine decay to ``min_lr_ratio`` at ``max_steps``; or inverse-sqrt
+
+def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based), ``elapsed_s`` seconds of
+    training after the run's start.
+
+    Linear warm-up over the warm-up steps (step 0 gets 1/warmup), then: constant; linear or cosine
+    decay to ``min_lr_ratio`` at the last planned step (:func:`planned_steps`); or inverse-sqrt
     (``sqrt(warmup / step)``, the Transformer / T5 rule, floored at ``min_lr_ratio``).
     """
-    warm = cfg.warmup
+    total = planned_steps(step, cfg, elapsed_s)
+    warm = cfg.warmup_steps if cfg.warmup_steps >= 0 else total // 10
     if warm and step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":
@@ -22,7 +40,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     floor = cfg.min_lr_ratio
     if cfg.schedule == "inverse_sqrt":
         return max(floor, math.sqrt(max(warm, 1) / max(step + 1, 1)))
-    progress = min(1.0, (step - warm) / max(1, cfg.max_steps - warm))
+    progress = min(1.0, (step - warm) / max(1, total - warm))
     if cfg.schedule == "linear":
         return floor + (1.0 - floor) * (1.0 - progress)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
@@ -30,7 +48,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def seq_len_at(step: int, cfg: TrainConfig) -> int:
     """Sequence length for step ``step``: ``seq_len``, then ``long_seq_len`` from
-    ``long_seq_len_start · max_steps`` on (BERT: 128 for 90% of the steps, then 512)."""
+    ``long_seq_len_start · max_steps`` on (BERT: 128 for 90% of the steps, then 512). The switch
+    follows ``max_steps`` also under a time budget."""
     if cfg.long_seq_len and step >= math.ceil(cfg.long_seq_len_start * cfg.max_steps):
         return cfg.long_seq_len
     return cfg.seq_len

@@ -35,7 +35,7 @@ class StepResult:
 class Strategy(Protocol):
     def autocast(self) -> contextlib.AbstractContextManager: ...
     def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self, step: int) -> StepResult: ...
+    def step(self, step: int, elapsed_s: float = 0.0) -> StepResult: ...
     def zero_grad(self) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -129,7 +129,7 @@ class TorchStrategy:
             return torch.zeros((), device=self.device)
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
-    def step(self, step: int) -> StepResult:
+    def step(self, step: int, elapsed_s: float = 0.0) -> StepResult:
         """Unscale, check finiteness, clip, update (or skip) and clear the grads."""
         scale = self.scaler.scale if self.scaler else 1.0
         if self.scaler:
@@ -137,7 +137,7 @@ class TorchStrategy:
                 if p.grad is not None:
                     p.grad.mul_(1.0 / scale)
         norm = float(self._grad_norm())
-        lr = self.cfg.lr * lr_factor(step, self.cfg)
+        lr = self.cfg.lr * lr_factor(step, self.cfg, elapsed_s)
         finite = math.isfinite(norm)
         if self.scaler:
             self.scaler.update(finite)

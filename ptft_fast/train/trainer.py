@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import math
 import random
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptft_fast.data.prefetch import PrefetchingSource
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.compiled import GraphStep, compile_model
@@ -47,6 +49,7 @@ class StepOutput:
     tokens: int
     flops: float
     rows: dict[str, int] = dataclasses.field(default_factory=dict)  # summed row_stats of the batches
+    data_s: float = 0.0  # time the training thread spent getting the step's batches onto the device
 
 
 def accumulate_step(
@@ -57,6 +60,7 @@ def accumulate_step(
     step: int,
     weights: dict[str, float],
     sample_gen: torch.Generator | None = None,
+    elapsed_s: float = 0.0,
 ) -> StepOutput:
     """One optimizer step over ``batches`` (the micro-batches): each term's summed loss is divided
     by that term's labeled-token count over *all* micro-batches, so the gradient is the per-token
@@ -77,7 +81,7 @@ def accumulate_step(
         tc = token_counts(objective, b)
         tokens += tc["enc"] + tc["dec"]
         flops += train_flops(cfg, tc) * (2 if objective == "electra" else 1)
-    result = strategy.step(step)
+    result = strategy.step(step, elapsed_s)
     terms = {t: sums[t] / totals[t] if totals[t] else float("nan") for t in totals}
     return StepOutput(terms["lm"], terms, result, tokens, flops, rows)
 
@@ -102,6 +106,7 @@ def drop_full_masks(objective: str, batch: dict) -> dict:
 
 
 SMALL_MODEL = 20_000_000  # parameters; below this one CPU thread is fastest
+DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import, before any run changed it
 
 
 def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> int:
@@ -110,11 +115,25 @@ def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> i
     (OpenMP barriers wait for descheduled threads) — else torch's default."""
     if device.type != "cpu":
         return torch.get_num_threads()
-    if requested == 0 and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
-        requested = 1
+    if requested == 0:  # auto: the same choice whatever an earlier run in this process set
+        requested = 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL else DEFAULT_THREADS
     if requested:
         torch.set_num_threads(requested)
     return torch.get_num_threads()
+
+
+def batch_source(cfg: TrainConfig, shards, tok, device: torch.device):
+    """The run's training batches: a :class:`BatchSource`, built ahead on a background thread
+    unless ``cfg.prefetch`` is 0 (pinned for non-blocking copies on CUDA)."""
+    source = BatchSource(cfg.objective, shards, tok, cfg, seed=cfg.seed)
+    if not cfg.prefetch:
+        return source
+    return PrefetchingSource(source, cfg.prefetch, pin_memory=device.type == "cuda")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a batch; non-blocking from pinned memory (the copy overlaps the previous step)."""
+    return {k: v.to(device, non_blocking=v.is_pinned()) for k, v in batch.items()}
 
 
 class Trainer:
@@ -150,7 +169,7 @@ class Trainer:
         if cfg.compile:
             compile_model(self.model, cfg)
         self.graph_step = GraphStep.for_trainer(self) if cfg.cuda_graphs else None
-        self.source = BatchSource(cfg.objective, self.data.train, self.tok, cfg, seed=cfg.seed)
+        self.source = batch_source(cfg, self.data.train, self.tok, self.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
         self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
@@ -202,18 +221,29 @@ class Trainer:
         """Collate the step's micro-batches, accumulate, update; apply the NaN/inf policy."""
         cfg = self.cfg
         seq_len = seq_len_at(self.step, cfg)
+        t0 = time.perf_counter()
         host = [
             drop_full_masks(cfg.objective, self.source.next(cfg.micro_batch_size, seq_len))
             for _ in range(cfg.grad_accum_steps)
         ]
         self.model.train()
         if self.graph_step is not None:  # copies the batches into its captured inputs itself
-            out = self.graph_step(host, self.step)
+            data_s = time.perf_counter() - t0
+            out = self.graph_step(host, self.step, self.elapsed)
         else:
-            batches = [{k: v.to(self.device) for k, v in b.items()} for b in host]
+            batches = [to_device(b, self.device) for b in host]
+            data_s = time.perf_counter() - t0
             out = accumulate_step(
-                cfg.objective, self.model, self.strategy, batches, self.step, self.weights, self.sample_gen
+                cfg.objective,
+                self.model,
+                self.strategy,
+                batches,
+                self.step,
+                self.weights,
+                self.sample_gen,
+                self.elapsed,
             )
+        out.data_s = data_s
         finite_loss = all(math.isfinite(v) for v in out.terms.values())
         if finite_loss and (out.result.stepped or cfg.precision == "fp16"):
             self.bad = 0  # fp16: a skipped step with a finite loss is the loss scaler's overflow handling

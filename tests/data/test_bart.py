@@ -40,6 +40,36 @@ def test_text_infilling_statistics(bpe_docs, bpe):
     assert abs(n_masked / n_masks / 3.0 - 1) < 0.05  # mean span length = λ
 
 
+def _reference_infilling(tokens, spans, items, mask_id):
+    """Walk the shuffled items: a kept item copies the next token, a span skips its length."""
+    out, src, it = [], 0, iter(spans)
+    for is_span in items:
+        if is_span:
+            out.append(mask_id)
+            src += int(next(it))
+        else:
+            out.append(int(tokens[src]))
+            src += 1
+    return out
+
+
+def test_text_infilling_equals_the_item_walk():
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        toks = rng.integers(10, 500, size=int(rng.integers(1, 120)))
+        got = text_infilling(toks, 0.3, MASK, np.random.default_rng(seed + 1))
+        # replay the same draws: span lengths, then the shuffle of kept tokens and spans
+        ref_rng = np.random.default_rng(seed + 1)
+        num = round(0.3 * len(toks))
+        if num == 0:
+            assert got.tolist() == toks.tolist()
+            continue
+        spans = poisson_span_lengths(num, 3.0, ref_rng)
+        items = np.concatenate([np.zeros(len(toks) - num, dtype=bool), np.ones(len(spans), dtype=bool)])
+        ref_rng.shuffle(items)
+        assert got.tolist() == _reference_infilling(toks, spans, items, MASK)
+
+
 def test_infilling_layout_and_zero_length_spans():
     rng = np.random.default_rng(1)
     lengths = np.concatenate([poisson_span_lengths(10_000, 3.0, rng) for _ in range(10)])

@@ -99,3 +99,16 @@ def test_packed_batch_drives_varlen_attention_without_leaks(wp_docs):
     out2 = ops.attention(q, k2, v2, backend="torch", **kw)
     torch.testing.assert_close(out2[~victim], out[~victim])
     assert not torch.allclose(out2[victim], out[victim])
+
+
+def test_prefix_lm_collate_rows_equals_the_list_path(wp_docs):
+    rows = [np.asarray(d[:30], dtype=np.int64) for d in wp_docs[:20] if len(d) >= 2]
+    rows = [r[: 2 + i % 20] for i, r in enumerate(rows)]
+    body = np.zeros((len(rows), 30), dtype=np.int64)
+    for i, r in enumerate(rows):
+        body[i, : len(r)] = r
+    want = PrefixLMCollator(pad_id=0, seed=2)(rows)
+    got = PrefixLMCollator(pad_id=0, seed=2).collate_rows(body, np.array([len(r) for r in rows]))
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k

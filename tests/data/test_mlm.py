@@ -194,3 +194,32 @@ def test_mlm_collator_with_nsp(sentence_docs, wordpiece):
     ).all()
     with pytest.raises(ValueError, match="next_sentence_label"):
         MLMCollator(tok, MLMConfig(nsp=True))([{"input_ids": [2, 5, 3]}])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MLMConfig(seed=3),
+        MLMConfig(masking=MaskingConfig(strategy="whole_word"), seed=4),
+        MLMConfig(masking=MaskingConfig(fixed_count=True), max_length=40, seed=5),
+    ],
+)
+def test_collate_rows_equals_the_list_path(wordpiece, wp_docs, cfg):
+    """The array path (packed rows) gives the list path's batch exactly, ragged rows included."""
+    rng = np.random.default_rng(0)
+    rows = [np.asarray(d[:38], dtype=np.int64) for d in wp_docs[:64]]
+    rows = [r[: int(rng.integers(1, len(r) + 1))] if i % 3 else r for i, r in enumerate(rows)]
+    lengths = np.array([len(r) for r in rows])
+    body = np.full((len(rows), 38), 9999, dtype=np.int64)  # junk after each row's length
+    for i, r in enumerate(rows):
+        body[i, : len(r)] = r
+    want = MLMCollator(wordpiece, cfg)(rows)
+    got = MLMCollator(wordpiece, cfg).collate_rows(body, lengths)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    if "masked_positions" in got:  # the chosen positions, in order, then 0-padding
+        for i in range(len(rows)):
+            pos = torch.nonzero(got["labels"][i] != -100).squeeze(1)
+            assert got["masked_positions"][i, : len(pos)].tolist() == pos.tolist()
+            assert (got["masked_positions"][i, len(pos) :] == 0).all()

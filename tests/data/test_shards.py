@@ -14,7 +14,7 @@ from ptft_fast.data.packing import (
     position_ids_from_doc_ids,
 )
 from ptft_fast.data.sampler import DocRef, ResumableSampler
-from ptft_fast.data.shards import ShardConfig, TokenShards, token_dtype, write_shards
+from ptft_fast.data.shards import ShardConfig, TokenShards, token_dtype, write_shards, write_token_shards
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,82 @@ def test_large_vocab_uses_uint32(tmp_path):
     assert index["dtype"] == "uint32"
     docs = [d.tolist() for d in TokenShards(tmp_path).documents()]
     assert docs == [[1, 65535, 65536, 69999], [0, 3]]
+
+
+class _CountingRng:
+    """np.random.default_rng stand-in that counts the elements of every permutation it builds."""
+
+    built = 0
+
+    def __init__(self, seed):
+        self._rng = _REAL_DEFAULT_RNG(seed)
+
+    def permutation(self, n):
+        type(self).built += n
+        return self._rng.permutation(n)
+
+
+_REAL_DEFAULT_RNG = np.random.default_rng
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_sampler_work_per_document_does_not_grow_with_the_shard(tmp_path, wordpiece, monkeypatch, world_size):
+    """Handing out every document of an epoch permutes each shard once: O(1) per document, not
+    O(shard size) (a permutation rebuilt per document is O(n²) per epoch)."""
+    monkeypatch.setattr(np.random, "default_rng", _CountingRng)
+    rng = _REAL_DEFAULT_RNG(0)
+    per_doc = {}
+    for n in (200, 4000):
+        docs = (rng.integers(10, 100, size=rng.integers(1, 9)) for _ in range(n))
+        write_token_shards(docs, wordpiece, tmp_path / str(n), shard_tokens=10**9)
+        shards = TokenShards(tmp_path / str(n))
+        _CountingRng.built = 0
+        sampler = ResumableSampler(shards, seed=0, num_epochs=1, world_size=world_size)
+        assert sum(1 for _ in sampler) == len(range(0, n, world_size))
+        per_doc[n] = _CountingRng.built / n
+    assert per_doc[4000] <= 1.01 * per_doc[200] + 0.01, per_doc  # one shard and one doc order per epoch
+
+
+def _reference_rows(shards, sampler_args, plan, eos):
+    """Rows by the plain per-document algorithm: one token stream (document + eos ...) cut into
+    pieces of each request's length; the last piece padded with 0 / doc id -1."""
+    stream, gids = [], []
+    for ref, toks in ResumableSampler(shards, **sampler_args):
+        piece = list(toks) + ([] if eos is None else [eos])
+        stream += piece
+        gids += [doc_global_id(ref)] * len(piece)
+    out, pos = [], 0
+    for n, seq_len in plan:
+        for _ in range(n):
+            if pos >= len(stream):
+                break
+            row, ids = stream[pos : pos + seq_len], gids[pos : pos + seq_len]
+            pad = seq_len - len(row)
+            out.append((np.array(row + [0] * pad), np.array(ids + [-1] * pad)))
+            pos += seq_len
+    return out
+
+
+@pytest.mark.parametrize(("eos", "world_size", "rank"), [(3, 1, 0), (None, 1, 0), (3, 2, 1)])
+def test_next_rows_equals_the_per_document_packer(shard_dir, eos, world_size, rank):
+    """Vectorised packing over blocks of documents gives exactly the rows of the per-document
+    algorithm, across shard and epoch boundaries, changing row lengths and batch sizes, and a
+    save/restore at every request."""
+    shards = TokenShards(shard_dir)
+    args = dict(seed=5, num_epochs=2, world_size=world_size, rank=rank)
+    rng = np.random.default_rng(0)
+    plan = [(int(rng.integers(1, 40)), int(rng.choice([1, 7, 64, 300]))) for _ in range(400)]
+    want = _reference_rows(shards, args, plan, eos)
+    stream = PackedStream(ResumableSampler(shards, **args), 8, eos_id=eos)
+    got = []
+    for n, seq_len in plan:
+        state = json.loads(json.dumps(stream.state_dict()))
+        stream = PackedStream(ResumableSampler(shards, **args), seq_len, eos_id=eos)
+        stream.load_state_dict(state)
+        ids, docs = stream.next_rows(n)
+        assert ids.shape == docs.shape and ids.shape[1] == seq_len and len(ids) <= n
+        got += list(zip(ids, docs))
+    assert len(got) == len(want) and len(want) < sum(n for n, _ in plan)  # the epochs ran out
+    for (gi, gd), (wi, wd) in zip(got, want):
+        np.testing.assert_array_equal(gi, wi)
+        np.testing.assert_array_equal(gd, wd)

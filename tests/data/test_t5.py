@@ -7,6 +7,7 @@ from ptft_fast.data.t5 import (
     T5Config,
     T5SpanCorruptionCollator,
     random_spans_noise_mask,
+    random_spans_noise_masks,
     span_corrupt,
     t5_lengths,
     t5_raw_length,
@@ -29,7 +30,7 @@ def test_layout_and_sentinel_order(unigram):
     mask = np.zeros(40, dtype=bool)
     mask[[3, 4, 10, 30, 31, 32]] = True
     s = tok.sentinel_ids
-    inputs, targets = span_corrupt(toks, mask, s, tok.eos_id)
+    inputs, targets = (x.tolist() for x in span_corrupt(toks, mask, s, tok.eos_id))
     assert inputs == [
         100,
         101,
@@ -45,6 +46,32 @@ def test_layout_and_sentinel_order(unigram):
     assert targets == [s[0], 103, 104, s[1], 110, s[2], 130, 131, 132, s[3], tok.eos_id]
     assert s[0] > s[1] > s[2] > s[3]  # <extra_id_0> has the highest id, as in T5
     assert tok.backend.id_to_token(targets[0]) == "<extra_id_0>"
+
+
+def _reference_span_corrupt(tokens, mask, sentinel_ids, eos_id):
+    """The layout token by token: a span's first token emits its sentinel into both streams."""
+    inputs, targets, k, prev = [], [], -1, False
+    for tok, noise in zip(tokens, mask):
+        if noise and not prev:
+            k += 1
+            inputs.append(sentinel_ids[k])
+            targets.append(sentinel_ids[k])
+        (targets if noise else inputs).append(tok)
+        prev = bool(noise)
+    return [*inputs, eos_id], [*targets, sentinel_ids[k + 1], eos_id]
+
+
+def test_span_corrupt_equals_the_token_by_token_layout():
+    rng = np.random.default_rng(0)
+    sentinels = list(range(999, 899, -1))
+    for _ in range(300):
+        n = int(rng.integers(2, 200))
+        toks = rng.integers(0, 800, size=n)
+        mask = random_spans_noise_mask(n, float(rng.uniform(0.05, 0.5)), float(rng.uniform(1, 5)), rng)
+        got = [x.tolist() for x in span_corrupt(toks, mask, sentinels, 1)]
+        assert got == list(_reference_span_corrupt(toks.tolist(), mask, sentinels, 1))
+    with pytest.raises(ValueError, match="more spans than the 2 sentinels"):
+        span_corrupt([5, 6, 7, 8], np.array([True, False, True, False]), [100, 99], 1)
 
 
 def test_collator_statistics_and_reconstruction(unigram, corpus):
@@ -104,3 +131,20 @@ def test_too_long_examples_are_rejected(unigram):
     )
     with pytest.raises(ValueError, match="t5_raw_length"):
         coll([list(range(10, 10 + coll.raw_length + 1))])
+
+
+def test_batched_partitions_are_uniform_over_compositions():
+    from ptft_fast.data.t5 import _random_partitions
+
+    parts = _random_partitions(6, 3, 60_000, np.random.default_rng(0))
+    assert (parts >= 1).all() and (parts.sum(1) == 6).all()
+    _, counts = np.unique(parts, axis=0, return_counts=True)
+    assert len(counts) == 10  # C(5, 2) compositions of 6 into 3 positive parts
+    assert counts.min() / counts.max() > 0.93  # each ~6,000 times
+
+
+def test_batched_masks_rows_differ_and_keep_counts():
+    masks = random_spans_noise_masks(64, 200, 0.15, 3.0, np.random.default_rng(1))
+    starts = masks & ~np.concatenate([np.zeros((200, 1), bool), masks[:, :-1]], axis=1)
+    assert (masks.sum(1) == 10).all() and (starts.sum(1) == 3).all() and not masks[:, 0].any()
+    assert len({m.tobytes() for m in masks}) == 200

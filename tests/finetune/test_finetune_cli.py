@@ -64,13 +64,50 @@ def test_finetune_cli_keeps_best(tmp_path, ft_wordpiece, tsv, peft, capsys):
         assert any("head." in k for k in saved) and all("head." in k or "soft_prompt" in k for k in saved)
 
 
-def test_finetune_cli_bad_label_names_line(tmp_path, ft_wordpiece, tsv, capsys):
+def test_finetune_cli_eval_only_labels(tmp_path, ft_wordpiece, tsv, capsys):
+    """A label seen only in the eval file: a warning and a larger label set; with --labels given,
+    a label outside it is an error naming the line."""
     d = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
-    bad = tmp_path / "dev.tsv"
-    bad.write_text("sentence\tlabel\nfine\tio\nodd\tyaml\n")
-    rc = main(["finetune", "--model", str(d), "--task", "cls", "--train", str(tsv), "--eval", str(bad)])
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\nfine\tio\nodd\tyaml\n")
+    args = ["finetune", "--model", str(d), "--task", "cls", "--train", str(tsv), "--eval", str(dev)]
+    args += ["--epochs", "1", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(args) == 0  # the CLI shows warnings as "ptft finetune: warning: ..." on stderr
+    assert "warning: " in (err := capsys.readouterr().err)
+    assert "label(s) ['yaml'] appear only in the eval file (1 examples)" in err
+    assert json.loads((tmp_path / "o" / "best" / "task.json").read_text())["labels"] == ["io", "json", "yaml"]
+    rc = main([*args, "--labels", "io,json"])
     assert rc == 2
     assert "dev.tsv:3: label 'yaml' not in the label set" in capsys.readouterr().err
+
+
+def test_finetune_cli_init_random_detected_columns_and_recipe(tmp_path, ft_wordpiece, capsys):
+    """--init random trains the same architecture from fresh weights with the same tokenizer;
+    columns are detected; the chosen recipe is printed, counted on what is left after the dev split
+    (1 of the 4 examples)."""
+    d = model_dir(tmp_path, "bert-tiny-cpu", ft_wordpiece)
+    data = tmp_path / "train.csv"
+    rows = ["id,review,category"] + [f"{i},{w} file path read,io" for i, w in enumerate(("open", "seek"))]
+    data.write_text("\n".join(rows + [f"9,{w} json object,json" for w in ("load", "dump")]) + "\n")
+    base = ["finetune", "--model", str(d), "--task", "cls", "--train", str(data), "--eval", str(data)]
+    assert (
+        main([*base, "--init", "random", "--seed", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "label column 'category', text column 'review' (detected" in text
+    assert "--init random" in text and "pooling: mean (the default for bert" in text
+    assert (
+        "fine-tuning recipe: lr 0.002 (hidden size 64); batch size 8 (3 labeled examples); 100 epochs" in text
+    )
+    from safetensors.torch import load_file
+
+    trained = load_file(tmp_path / "r" / "best" / "model.safetensors")
+    pretrained = load_file(d / "model.safetensors")
+    key = "bert.embeddings.word_embeddings.weight"
+    # fresh weights (seed 1; model_dir drew seed 0's): not the saved ones after a few small updates
+    assert (trained[key] - pretrained[key]).abs().mean() > 0.5 * pretrained[key].abs().mean()
+    card = json.loads((tmp_path / "r" / "best" / "task.json").read_text())
+    assert card["init"] == "random" and card["pooling"] == "mean"
 
 
 def test_generate_and_icl_cli(tmp_path, ft_bpe, tsv, capsys):

@@ -64,7 +64,7 @@ def predict(best, data, out):
 
 def test_lora_adapter_trained_here_loads_in_peft_with_equal_logits(work, capsys):
     best = finetune(work, "lora", "--model", str(work / "bert-tiny-cpu"), "--task", "cls", "--train",
-                    str(work / "train.tsv"), "--eval", str(work / "train.tsv"), "--peft", "lora", "--lr", "5e-3")  # fmt: skip
+                    str(work / "train.tsv"), "--eval", str(work / "train.tsv"), "--peft", "lora", "--lr", "5e-3", "--pooling", "auto")  # fmt: skip
     assert card(best)["weights"] == "peft"
     ours = saved.load(best).model
     lora_b = [p for n, p in ours.named_parameters() if n.endswith("lora_B")]

@@ -21,9 +21,9 @@ CASES = [("mlm", "bert-tiny-cpu", "wordpiece"), ("clm", "gpt-tiny", "bpe"), ("sp
 class RecordingStrategy(TorchStrategy):
     """Keeps a copy of the gradients the update is made from."""
 
-    def step(self, step):
+    def step(self, step, elapsed_s=0.0):
         self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
-        return super().step(step)
+        return super().step(step, elapsed_s)
 
 
 def _setup(objective, preset, kind, run_data):

@@ -119,3 +119,23 @@ def test_bf16_autocast_run_trains_every_family(family, tmp_path):
     losses = [r["loss"] for r in train if r["kind"] == "train"]
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]
+
+
+def test_time_budget_run_warms_up_and_decays_within_the_budget(new_run, capsys):
+    """max_time_s=4 with max_steps=10^6: the learning rate leaves warm-up, reaches its peak and
+    has decayed to near the floor when time runs out (with the schedule on max_steps it would
+    still be warming up: lr ≈ 1e-5 of the peak)."""
+    out = new_run()
+    sets = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 10**6, "max_time_s": 4, "log_every": 1}
+    sets.update(eval_every=0, save_every=0, eval_batches=1, plot="false", lr="1e-3", min_lr_ratio=0.1)
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
+    assert "time budget max_time_s=4" in capsys.readouterr().out
+    train = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
+    lrs = [r["lr"] for r in train]
+    assert len(lrs) >= 20
+    assert max(lrs) >= 0.9e-3  # warm-up ended
+    assert lrs[-1] <= 0.25e-3  # decayed towards the floor (1e-4) as the budget ran out
+    assert 0.5 * len(train) <= train[-1]["planned_steps"] <= 2 * len(train)
