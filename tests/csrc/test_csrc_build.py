@@ -160,11 +160,11 @@ def test_adapt_linear_cross_entropy():
 
 def test_adapt_lora_casts_parameters_to_x_dtype():
     x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
-    a = cb.adapt_lora(x, torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
+    a = cb.adapt_lora_linear(x, torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
     assert a.x.shape == (6, 8) and a.bias is None
     assert {t.dtype for t in (a.weight, a.lora_a, a.lora_b)} == {torch.bfloat16}
     with pytest.raises(TypeError, match="x must be float16 or bfloat16"):
-        cb.adapt_lora(x.float(), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
+        cb.adapt_lora_linear(x.float(), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
 
 
 # --------------------------------------------------------------- torch.library wiring on meta

@@ -386,7 +386,7 @@ def test_layer_norm_dropout_mask_is_the_documented_philox_mask():
 # ------------------------------------------------------------------------- linear cross-entropy
 
 
-def _lce_run(fn, h, w, bias, labels, dtype, grid, **kw):
+def _linear_cross_entropy_run(fn, h, w, bias, labels, dtype, grid, **kw):
     leaves = _leaves((h, w, bias), dtype)
     loss = fn(leaves[0], leaves[1], labels, leaves[2], **kw)
     res = {"loss": loss.detach()}
@@ -394,17 +394,17 @@ def _lce_run(fn, h, w, bias, labels, dtype, grid, **kw):
     return res
 
 
-def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
+def _linear_cross_entropy_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
     h = torch.randn(n, hdim, device=DEV)
     w = torch.randn(vocab, hdim, device=DEV) / hdim**0.5
     bias = torch.randn(vocab, device=DEV) if with_bias else None
     labels = torch.randint(0, vocab, (n,), device=DEV)
     labels[torch.rand(n, device=DEV) < ignore_frac] = -100
     h, w, bias = on_grid(dtype, (h, w, bias))
-    ours = _lce_run(
+    ours = _linear_cross_entropy_run(
         lambda *a, **k: linear_cross_entropy(*a, backend="cuda", **k), h, w, bias, labels, dtype, dtype, **kw
     )
-    ref32 = _lce_run(
+    ref32 = _linear_cross_entropy_run(
         lambda *a, **k: linear_cross_entropy_ref(*a, upcast=True, **k),
         h,
         w,
@@ -414,7 +414,7 @@ def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
         dtype,
         **kw,
     )
-    low = _lce_run(
+    low = _linear_cross_entropy_run(
         lambda *a, **k: linear_cross_entropy_ref(*a, upcast=False, **k),
         h,
         w,
@@ -424,23 +424,29 @@ def _lce_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
         dtype,
         **kw,
     )
-    _compare(f"lce {(n, hdim, vocab)} {dtype} {kw}", ours, ref32, low)
+    _compare(f"linear_cross_entropy {(n, hdim, vocab)} {dtype} {kw}", ours, ref32, low)
 
 
-LCE_SHAPES = [(1, 8, 1), (7, 31, 13), (33, 64, 127), (127, 128, 2049), (300, 96, 5003)]
+LINEAR_CROSS_ENTROPY_SHAPES = [(1, 8, 1), (7, 31, 13), (33, 64, 127), (127, 128, 2049), (300, 96, 5003)]
 
 
-@pytest.mark.parametrize("shape", LCE_SHAPES)
+@pytest.mark.parametrize("shape", LINEAR_CROSS_ENTROPY_SHAPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_linear_cross_entropy(shape, reduction):
     for dtype in HALF:
-        _lce_check(*shape, dtype, reduction=reduction, ignore_frac=0.0 if shape[0] == 1 else 0.3)
+        _linear_cross_entropy_check(
+            *shape, dtype, reduction=reduction, ignore_frac=0.0 if shape[0] == 1 else 0.3
+        )
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_linear_cross_entropy_smoothing_and_z_loss(with_bias):
-    _lce_check(65, 64, 1000, torch.bfloat16, with_bias=with_bias, label_smoothing=0.1, z_loss=1e-3)
-    _lce_check(65, 64, 1000, torch.float16, with_bias=with_bias, label_smoothing=0.2, reduction="none")
+    _linear_cross_entropy_check(
+        65, 64, 1000, torch.bfloat16, with_bias=with_bias, label_smoothing=0.1, z_loss=1e-3
+    )
+    _linear_cross_entropy_check(
+        65, 64, 1000, torch.float16, with_bias=with_bias, label_smoothing=0.2, reduction="none"
+    )
 
 
 def test_linear_cross_entropy_all_ignored_and_no_host_sync():
@@ -479,7 +485,7 @@ def _lora_run(fn, x, w, b, a, bb, dtype, grid, scaling, x_scale=None, train_base
     return res
 
 
-def _lora_check(m, fin, fout, r, dtype, *, with_bias=True, train_base=False, dropout_p=0.0):
+def _lora_linear_check(m, fin, fout, r, dtype, *, with_bias=True, train_base=False, dropout_p=0.0):
     x = torch.randn(m, fin, device=DEV)
     w = torch.randn(fout, fin, device=DEV) / fin**0.5
     b = torch.randn(fout, device=DEV) if with_bias else None
@@ -525,13 +531,13 @@ LORA_SHAPES = [(1, 8, 8, 1), (7, 31, 13, 3), (33, 64, 127, 8), (127, 256, 96, 16
 @pytest.mark.parametrize("shape", LORA_SHAPES)
 def test_lora_linear(shape):
     for dtype in HALF:
-        _lora_check(*shape, dtype)
+        _lora_linear_check(*shape, dtype)
 
 
 def test_lora_linear_trainable_base_and_dropout():
-    _lora_check(33, 64, 48, 8, torch.bfloat16, train_base=True)
-    _lora_check(17, 64, 64, 8, torch.bfloat16, with_bias=False, train_base=True)
-    _lora_check(29, 64, 40, 4, torch.float16, dropout_p=0.25)
+    _lora_linear_check(33, 64, 48, 8, torch.bfloat16, train_base=True)
+    _lora_linear_check(17, 64, 64, 8, torch.bfloat16, with_bias=False, train_base=True)
+    _lora_linear_check(29, 64, 40, 4, torch.float16, dropout_p=0.25)
 
 
 # --------------------------------------------------------------------- opcheck and torch.compile
@@ -568,9 +574,9 @@ def _opcheck_cases():
             ops.attention_fwd.default,
             (q, k, k.detach().clone(), None, None, None, None, lut, table, None, 9, 11, False, 0.0, 0.125),
         ),
-        (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.1, 1e-4, "mean")),
-        (ops.lce_fwd.default, (h, wv, labels, None, -100, 0.0, 0.0, "none")),
-        (ops.lora_fwd.default, (x, wl, None, la, lb, rng, 2.0, 0.1)),
+        (ops.linear_cross_entropy_fwd.default, (h, wv, labels, None, -100, 0.1, 1e-4, "mean")),
+        (ops.linear_cross_entropy_fwd.default, (h, wv, labels, None, -100, 0.0, 0.0, "none")),
+        (ops.lora_linear_fwd.default, (x, wl, None, la, lb, rng, 2.0, 0.1)),
     ]
 
 

@@ -93,7 +93,12 @@ def test_one_rounding_of_dlogits_keeps_the_rule(shape, reduction, dtype):
         low = _torch_grads(h, w, b, y, gout, dtype, False, **kw)
         ours = emulated_kernel_grads(h, w, b, y, gout, dtype, reduction, 0.0, 0.0)
         for name, o, r, lo in zip(("dh", "dw", "db"), ours, ref, low, strict=True):
-            assert_rule(f"emulated lce {shape} {dtype} {reduction} {name}", o.float(), r.float(), lo.float())
+            assert_rule(
+                f"emulated linear_cross_entropy {shape} {dtype} {reduction} {name}",
+                o.float(),
+                r.float(),
+                lo.float(),
+            )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -105,7 +110,9 @@ def test_one_rounding_with_smoothing_and_z_loss(dtype):
         low = _torch_grads(h, w, b, y, gout, dtype, False, **kw)
         ours = emulated_kernel_grads(h, w, b, y, gout, dtype, reduction, smoothing, z_loss)
         for name, o, r, lo in zip(("dh", "dw", "db"), ours, ref, low, strict=True):
-            assert_rule(f"emulated lce {dtype} {kw} {name}", o.float(), r.float(), lo.float())
+            assert_rule(
+                f"emulated linear_cross_entropy {dtype} {kw} {name}", o.float(), r.float(), lo.float()
+            )
 
 
 def test_the_emulation_is_what_the_rule_checks():
@@ -133,9 +140,14 @@ def test_reduction_none_needs_the_residual():
         with_res = emulated_kernel_grads(h, w, b, y, gout, torch.bfloat16, "none", 0.0, 0.0)
         one = emulated_kernel_grads(h, w, b, y, gout, torch.bfloat16, "none", 0.0, 0.0, residual=False)
         for name, o, o1, r, lo in zip(("dh", "dw", "db"), with_res, one, ref, low, strict=True):
-            assert_rule(f"lce none seed {seed} {name}", o.float(), r.float(), lo.float())
+            assert_rule(f"linear_cross_entropy none seed {seed} {name}", o.float(), r.float(), lo.float())
             try:
-                assert_rule(f"lce none one rounding seed {seed} {name}", o1.float(), r.float(), lo.float())
+                assert_rule(
+                    f"linear_cross_entropy none one rounding seed {seed} {name}",
+                    o1.float(),
+                    r.float(),
+                    lo.float(),
+                )
             except AssertionError:
                 failures += 1
     assert failures > 0
