@@ -4,7 +4,10 @@ kernels/ → ops → nn → models, data → peft → hf, generate → train, fi
 A module may import from its own package and from any lower layer, never from a higher or an equal
 one; ``ptft_fast.utils`` and ``ptft_fast.errors`` are below everything and import nothing of
 ptft_fast. Every import counts,
-also those inside functions: a function-level import is still a dependency.
+also those inside functions: a function-level import is still a dependency. The one exception: the
+module paths that launchers run (``deepspeed --module ptft_fast.train.deepspeed_run``) hand their
+argv to ``ptft_fast.cli`` from their ``if __name__ == "__main__":`` block, which no importer runs.
+Argument parsing (argparse) lives in ``ptft_fast.cli`` (and in the benchmark scripts).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ RANKS = {
 }
 # the package facade (ptft_fast/__init__.py, __main__.py) and the import-path helper sit outside the layers
 FACADE = {"__init__", "__main__", "_source_tree", "_C"}
+# module paths launchers run (README, docs/deepspeed.md): their __main__ block may call into the CLI
+ENTRY_POINTS = {"ptft_fast/train/deepspeed_run.py", "ptft_fast/train/ds_launch.py"}
+# parts that may parse a command line
+ARGPARSE_PARTS = {"cli", "benchmarks"}
 
 
 def part_of_file(path: Path) -> str:
@@ -64,6 +71,22 @@ def imported_parts(node: ast.AST) -> list[tuple[str, int]]:
     return found
 
 
+def main_block_nodes(tree: ast.Module) -> set[int]:
+    """ids of every node inside a top-level ``if __name__ == "__main__":`` block."""
+    inside: set[int] = set()
+    for stmt in tree.body:
+        test = stmt.test if isinstance(stmt, ast.If) else None
+        if (
+            isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__"
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__"
+        ):
+            inside |= {id(node) for node in ast.walk(stmt)}
+    return inside
+
+
 def source_files() -> list[Path]:
     files = [*REPO.glob("ptft_fast/**/*.py"), *REPO.glob("kernels/**/*.py"), *REPO.glob("benchmarks/**/*.py")]
     return sorted(f for f in files if "test_" not in f.name)
@@ -76,9 +99,13 @@ def upward_imports() -> list[str]:
         if source in FACADE:
             continue
         assert source in RANKS, f"{path.relative_to(REPO)}: part {source!r} has no layer in RANKS"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        entry = main_block_nodes(tree) if path.relative_to(REPO).as_posix() in ENTRY_POINTS else set()
+        for node in ast.walk(tree):
             for target, line in imported_parts(node):
                 if target == source or target in FACADE - {"__init__"}:
+                    continue
+                if target == "cli" and id(node) in entry:
                     continue
                 if target not in RANKS:
                     bad.append(f"{path.relative_to(REPO)}:{line} imports unknown part ptft_fast.{target}")
@@ -98,6 +125,28 @@ def test_every_part_of_the_package_has_a_layer():
 def test_no_import_goes_up_the_layers():
     bad = upward_imports()
     assert not bad, "imports that go up (or across) the layers:\n" + "\n".join(bad)
+
+
+def test_argument_parsing_lives_in_the_cli():
+    parsing = []
+    for path in source_files():
+        if part_of_file(path) in ARGPARSE_PARTS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if "argparse" in names or (isinstance(node, ast.ImportFrom) and node.module == "argparse"):
+                parsing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not parsing, "argparse outside ptft_fast.cli:\n" + "\n".join(parsing)
+
+
+def test_entry_points_reach_the_cli_only_from_their_main_block():
+    """The exception for launcher entry points covers their __main__ block and nothing else."""
+    assert {p.relative_to(REPO).as_posix() for p in source_files()} >= ENTRY_POINTS
+    code = "import sys\nfrom ptft_fast.cli import x\nif __name__ == '__main__':\n    from ptft_fast.cli import y\n"
+    tree = ast.parse(code)
+    inside = main_block_nodes(tree)
+    lines = sorted(line for node in ast.walk(tree) if id(node) in inside for _, line in imported_parts(node))
+    assert lines == [4]
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ptft_fast.data.atomic import atomic_open, atomic_write_json
 from ptft_fast.data.corpus import BrokenLine, Document
 from ptft_fast.data.dedup import ExactDeduper, NearDedupConfig, NearDeduper
 from ptft_fast.data.filters import FilterConfig, quality_reason
 from ptft_fast.data.pii import scrub_pii
 from ptft_fast.data.progress import LiveBar
+from ptft_fast.utils.atomic import atomic_open, atomic_write_json
 
 CORPUS_FILE = "corpus.jsonl"
 REPORT_FILE = "report.json"

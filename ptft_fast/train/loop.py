@@ -10,10 +10,10 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import add_stats, export_model
 from ptft_fast.train.schedule import planned_steps, seq_len_at
+from ptft_fast.utils.atomic import atomic_write_json
 from ptft_fast.utils.device import device_name, device_peaks
 
 PEAK_KEYS = {"bf16": "bfloat16", "fp16": "float16"}

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temp file in the same folder, fsync, then ``os.replace``.
 
-A reader never sees a half-written corpus, shard or index: either the old file or the new one.
+A reader never sees a half-written corpus, shard, index, checkpoint or saved model: either the old
+file or the new one. Used by every layer that writes files (data, train, peft, hf, finetune).
 Temp files and folders get the permissions of a plain ``open``/``mkdir`` under the process umask
 (``mkstemp``/``mkdtemp`` make them 0600/0700, which a run folder on a shared filesystem must not keep).
 """
@@ -11,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,8 +61,39 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     with atomic_open(path, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
+        json.dump(obj, fh, indent=2, sort_keys=sort_keys)
         fh.write("\n")
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temp file beside ``path`` (for writers that take a path, such as
+    safetensors' ``save_file``), give it the umask's mode, fsync it and rename it over ``path``.
+
+    On an exception the temp file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        fix_mode(tmp)  # mkstemp and safetensors both create 0600 files
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save_safetensors(
+    path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file(tensors, path, metadata)``, atomically and with the umask's mode."""
+    from safetensors.torch import save_file
+
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
