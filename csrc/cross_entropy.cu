@@ -270,22 +270,6 @@ __global__ void linear_cross_entropy_scatter_cuda(const float* __restrict__ src,
 }
 
 template <typename T>
-Operand<T> operand(const void* ptr, int64_t rows, int64_t k, const int32_t* index) {
-  Operand<T> op;
-  op.ptr = static_cast<const T*>(ptr);
-  op.ld = k;
-  op.rows = rows;
-  op.k = k;
-  op.index = index;
-  op.vec = aligned16(ptr) && k % 8 == 0;
-  op.drop.on = false;
-  op.drop.threshold = 0;
-  op.drop.scale = 1.f;
-  op.drop.seed = op.drop.offset = 0;
-  return op;
-}
-
-template <typename T>
 cudaError_t fwd(const void* hidden, const void* weight, const void* bias, const int64_t* labels, const int32_t* rows,
                 const int32_t* count, int64_t n, int64_t vocab, int64_t hdim, float smoothing, float z_loss,
                 int reduction, float* workspace, float* lse, float* row_loss, float* loss, cudaStream_t stream) {

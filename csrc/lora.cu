@@ -11,22 +11,6 @@
 namespace ptft {
 namespace {
 
-template <typename T>
-Operand<T> dense(const void* ptr, int64_t rows, int64_t k) {
-  Operand<T> op;
-  op.ptr = static_cast<const T*>(ptr);
-  op.ld = k;
-  op.rows = rows;
-  op.k = k;
-  op.index = nullptr;
-  op.vec = aligned16(ptr) && k % 8 == 0;
-  op.drop.on = false;
-  op.drop.threshold = 0;
-  op.drop.scale = 1.f;
-  op.drop.seed = op.drop.offset = 0;
-  return op;
-}
-
 // Calls fn(row, col, value) for every in-range element of the calling thread's accumulators.
 template <typename Fn>
 __device__ __forceinline__ void for_each_acc(const float (&acc)[8][4], int64_t m0, int64_t n0, int64_t m, int64_t n,
@@ -127,8 +111,9 @@ cudaError_t ptft_lora_linear_down(PtftDtype dtype, const void* x, const void* lo
   PTFT_DISPATCH_HALF(dtype, {
     const dim3 grid(static_cast<unsigned>(ptft::ceil_div(m, ptft::kGemmBM)),
                     static_cast<unsigned>(ptft::ceil_div(r, ptft::kGemmBN)));
-    ptft::lora_linear_down_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(
-        ptft::dense<T>(x, m, in), ptft::dense<T>(lora_a, r, in), drop, static_cast<T*>(u_hi), static_cast<T*>(u_lo));
+    ptft::lora_linear_down_cuda<T>
+        <<<grid, ptft::kGemmThreads, 0, stream>>>(ptft::operand<T>(x, m, in), ptft::operand<T>(lora_a, r, in), drop,
+                                                  static_cast<T*>(u_hi), static_cast<T*>(u_lo));
   })
   return cudaGetLastError();
 }
@@ -141,7 +126,7 @@ cudaError_t ptft_lora_linear_up_add(PtftDtype dtype, const void* u_hi, const voi
     const dim3 grid(static_cast<unsigned>(ptft::ceil_div(m, ptft::kGemmBM)),
                     static_cast<unsigned>(ptft::ceil_div(out, ptft::kGemmBN)));
     ptft::lora_linear_up_add_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(
-        ptft::dense<T>(u_hi, m, r), ptft::dense<T>(u_lo, m, r), ptft::dense<T>(lora_b, out, r), base,
+        ptft::operand<T>(u_hi, m, r), ptft::operand<T>(u_lo, m, r), ptft::operand<T>(lora_b, out, r), base,
         static_cast<const T*>(bias), scaling, static_cast<T*>(y));
   })
   return cudaGetLastError();
