@@ -39,26 +39,33 @@ def fix_mode(path: str | os.PathLike | int, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``.
-
-    On an exception the temp file is removed and ``path`` is left untouched.
-    """
+def _temp_beside(path: str | os.PathLike) -> Iterator[str]:
+    """The name of a new temp file beside ``path``. On clean exit it gets the umask's mode, is
+    fsynced and renamed over ``path``; on an exception it is removed and ``path`` left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    binary = "b" in mode
+    os.close(fd)
     try:
-        fix_mode(fd)
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
-            yield fh
-            fh.flush()
+        yield tmp
+        fix_mode(tmp)  # mkstemp (and safetensors) create 0600 files
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``.
+
+    On an exception the temp file is removed and ``path`` is left untouched.
+    """
+    with _temp_beside(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+        yield fh
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> None:
@@ -74,20 +81,8 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
 
     On an exception the temp file is removed and ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temp_beside(path) as tmp:
         write(tmp)
-        fix_mode(tmp)  # mkstemp and safetensors both create 0600 files
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_save_safetensors(

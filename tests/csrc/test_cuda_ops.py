@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import philox_ref
-from kernel_tolerance import assert_rule, attention_low_precision, on_grid
+from kernel_tolerance import assert_rule, attention_low_precision, linear_cross_entropy_inputs, on_grid
 
 from ptft_fast.ops import attention, layer_norm, linear_cross_entropy, lora_linear
 from ptft_fast.ops.dispatch import backend_available
@@ -395,12 +395,9 @@ def _linear_cross_entropy_run(fn, h, w, bias, labels, dtype, grid, **kw):
 
 
 def _linear_cross_entropy_check(n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, **kw):
-    h = torch.randn(n, hdim, device=DEV)
-    w = torch.randn(vocab, hdim, device=DEV) / hdim**0.5
-    bias = torch.randn(vocab, device=DEV) if with_bias else None
-    labels = torch.randint(0, vocab, (n,), device=DEV)
-    labels[torch.rand(n, device=DEV) < ignore_frac] = -100
-    h, w, bias = on_grid(dtype, (h, w, bias))
+    h, w, bias, labels = linear_cross_entropy_inputs(
+        n, hdim, vocab, dtype, with_bias=with_bias, ignore_frac=ignore_frac, device=DEV
+    )
     ours = _linear_cross_entropy_run(
         lambda *a, **k: linear_cross_entropy(*a, backend="cuda", **k), h, w, bias, labels, dtype, dtype, **kw
     )

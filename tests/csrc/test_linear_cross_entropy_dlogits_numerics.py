@@ -22,7 +22,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
-from kernel_tolerance import assert_rule, max_err, on_grid
+from kernel_tolerance import assert_rule, linear_cross_entropy_inputs, max_err
 
 from ptft_fast.ops.reference import linear_cross_entropy_ref
 
@@ -67,12 +67,9 @@ def _torch_grads(h, w, bias, labels, gout, dtype, upcast, **kw):
 
 def _case(n, hdim, vocab, dtype, seed, with_bias=True, ignore_frac=0.3, reduction="mean"):
     g = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, hdim, generator=g)
-    w = torch.randn(vocab, hdim, generator=g) / hdim**0.5
-    bias = torch.randn(vocab, generator=g) if with_bias else None
-    labels = torch.randint(0, vocab, (n,), generator=g)
-    labels[torch.rand(n, generator=g) < ignore_frac] = -100
-    h, w, bias = on_grid(dtype, (h, w, bias))
+    h, w, bias, labels = linear_cross_entropy_inputs(
+        n, hdim, vocab, dtype, with_bias=with_bias, ignore_frac=ignore_frac, generator=g
+    )
     gout = torch.randn(n if reduction == "none" else (), generator=g).to(dtype).float()
     return h, w, bias, labels, gout
 
