@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from installed import import_or_skip
 
-pytest.importorskip("transformers")
+import_or_skip("transformers")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +105,7 @@ def test_pytest_outcomes_are_appended_per_test(tmp_path):
 
 @pytest.mark.parametrize("index", [0, 1], ids=["bert_mlm", "gpt2_clm"])
 def test_triton_warmup_launches_the_triton_kernels_of_a_workload(index, monkeypatch):
-    pytest.importorskip("triton")
+    import_or_skip("triton")
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from installed import import_or_skip
 
 from ptft_fast.hf.configs import FAMILIES, UnsupportedCheckpointError, from_hf_config, to_hf_config
 from ptft_fast.models.config import PRESETS, ModelConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 
 RUNTIME = {"gradient_checkpointing", "varlen"}  # how to run, not what the model is: not in config.json
 
