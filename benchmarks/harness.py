@@ -392,7 +392,7 @@ def run_case(
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "tflops", "gbps",
     "pct_peak", "tokens_per_s", "peak_mem_mb", "baseline", "ratio_vs_baseline", "mem_vs_baseline",
-    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft",
+    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft", "note",
 ]  # fmt: skip
 
 

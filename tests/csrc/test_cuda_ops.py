@@ -1,5 +1,5 @@
 """CUDA C++ kernels (backend="cuda") vs the fp32 references: forward and every gradient, the
-DESIGN.md tolerance rule, shapes with 1, primes and 2^k - 1, dropout through recovered masks,
+kernel tolerance rule (docs/ARCHITECTURE.md), shapes with 1, primes and 2^k - 1, dropout through recovered masks,
 torch.library.opcheck on every op, torch.compile tracing, no host sync in the cross-entropy.
 
 Every input, and every output-gradient projection, lies on the low-precision grid of the dtype

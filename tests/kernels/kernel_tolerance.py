@@ -1,4 +1,5 @@
-"""DESIGN.md's tolerance rule for kernels, shared by the Triton (and CUDA) kernel tests."""
+"""The kernel tolerance rule (docs/ARCHITECTURE.md, "How to add an op"), shared by the Triton (and
+CUDA) kernel tests."""
 
 from __future__ import annotations
 
