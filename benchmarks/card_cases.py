@@ -212,8 +212,8 @@ def _lora_run(n, d_in, d_out, rank, dtype, p):
     def run():
         x, w = _t(n, d_in, dtype=dtype), _t(d_out, d_in, dtype=dtype)
         a, b = _t(rank, d_in, dtype=dtype), _t(d_out, rank, dtype=dtype)
-        _, t = lora_k.lora_fwd(x, w, _t(d_out, dtype=dtype), a, b, 2.0, p, 1234)
-        lora_k.lora_bwd(_t(n, d_out, dtype=dtype), x, t, w, a, b, 2.0, p, 1234)
+        _, t = lora_k.lora_linear_fwd(x, w, _t(d_out, dtype=dtype), a, b, 2.0, p, 1234)
+        lora_k.lora_linear_bwd(_t(n, d_out, dtype=dtype), x, t, w, a, b, 2.0, p, 1234)
 
     return run
 

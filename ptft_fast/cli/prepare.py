@@ -359,10 +359,10 @@ def fit_quality_filter(args: argparse.Namespace, docs):
 
 def check_contamination(args: argparse.Namespace, out: Path) -> None:
     """13-gram overlap of the --contamination file with the cleaned corpus (train and held-out)."""
-    from ptft_fast.data.atomic import atomic_write_json
     from ptft_fast.data.contamination import contamination
     from ptft_fast.data.corpus import read_documents
     from ptft_fast.data.prepare import EVAL_FILE, iter_prepared
+    from ptft_fast.utils.atomic import atomic_write_json
 
     examples = [
         d.text

@@ -81,7 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--list-models", action="store_true", help="print every model preset (same as ptft models)"
     )
-    from ptft_fast.train.deepspeed_config import add_deepspeed_args
+    from ptft_fast.cli.deepspeed_run import add_deepspeed_args
 
     add_deepspeed_args(p)
     p.set_defaults(func=run)
@@ -134,9 +134,10 @@ def data_flag(items: list[str] | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     if args.list_settings or args.list_models:
         return list_and_exit(args)
+    from ptft_fast.cli.deepspeed_run import options_from_args
     from ptft_fast.cli.errors import UsageError, input_path, output_folder, removed_on_error
     from ptft_fast.train.build import tokenizer_kind
-    from ptft_fast.train.deepspeed_run import trainer_from_args
+    from ptft_fast.train.deepspeed_run import make_trainer
     from ptft_fast.train.loop import format_summary
     from ptft_fast.train.trainer import TrainingDiverged
 
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             input_path("--data" if args.data else "data", source)
     tokenizer_kind(cfg)  # the model exists and suits the objective: checked before any work
     with removed_on_error(out):  # a fresh run folder is removed if building the run fails
-        trainer = trainer_from_args(args, cfg, resume=args.resume)
+        trainer = make_trainer(cfg, options_from_args(args), resume=args.resume)
     try:
         summary = trainer.run()
     except TrainingDiverged as exc:

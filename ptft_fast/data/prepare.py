@@ -16,12 +16,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ptft_fast.data.atomic import atomic_open, atomic_write_json
 from ptft_fast.data.corpus import BrokenLine, Document
 from ptft_fast.data.dedup import ExactDeduper, NearDedupConfig, NearDeduper, SentenceDeduper
 from ptft_fast.data.filters import RULES, FilterConfig, filter_preset, quality_reason
 from ptft_fast.data.pii import DEFAULT_REGIONS, scrub_pii
 from ptft_fast.data.progress import LiveBar
+from ptft_fast.utils.atomic import atomic_open, atomic_write_json
 
 CORPUS_FILE = "corpus.jsonl"
 EVAL_FILE = "eval.jsonl"

@@ -311,7 +311,7 @@ class PtftTokenizer:
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` into folder ``path`` (or to ``path`` if it ends in .json)."""
-        from ptft_fast.data.atomic import atomic_open
+        from ptft_fast.utils.atomic import atomic_open
 
         path = Path(path)
         file = path if path.suffix == ".json" else path / TOKENIZER_FILE

@@ -185,7 +185,7 @@ def adapt_linear_cross_entropy(hidden, weight, labels, bias, reduction) -> Cross
 
 
 @dataclass(frozen=True)
-class LoraArgs:
+class LoraLinearArgs:
     x: torch.Tensor  # (M, in) contiguous
     weight: torch.Tensor  # (out, in), all in x's dtype
     bias: torch.Tensor | None
@@ -193,14 +193,14 @@ class LoraArgs:
     lora_b: torch.Tensor  # (out, r)
 
 
-def adapt_lora(x, weight, bias, lora_a, lora_b) -> LoraArgs:
+def adapt_lora_linear(x, weight, bias, lora_a, lora_b) -> LoraLinearArgs:
     """2-D x; every parameter cast to x's dtype (differentiably: grads return in their own dtype)."""
     _require_half("lora_linear", "x", x)
 
     def cast(t):
         return None if t is None else t.to(x.dtype).contiguous()
 
-    return LoraArgs(
+    return LoraLinearArgs(
         x.reshape(-1, x.shape[-1]).contiguous(), cast(weight), cast(bias), cast(lora_a), cast(lora_b)
     )
 
@@ -301,7 +301,7 @@ def _register_library() -> None:
     torch.library.register_autograd("ptft_fast::attention_fwd", attn_backward, setup_context=attn_setup)
 
     # linear cross-entropy
-    @torch.library.register_fake("ptft_fast::lce_fwd")
+    @torch.library.register_fake("ptft_fast::linear_cross_entropy_fwd")
     def _(hidden, weight, labels, bias, ignore_index, label_smoothing, z_loss, reduction):
         n = hidden.shape[0]
         loss = hidden.new_empty(n, dtype=f32) if reduction == "none" else hidden.new_empty((), dtype=f32)
@@ -312,54 +312,60 @@ def _register_library() -> None:
             hidden.new_empty(1, dtype=i32),
         )
 
-    @torch.library.register_fake("ptft_fast::lce_bwd")
+    @torch.library.register_fake("ptft_fast::linear_cross_entropy_bwd")
     def _(grad, hidden, weight, labels, bias, lse, rows, count, label_smoothing, z_loss, reduction):
         db = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
         return torch.empty_like(hidden), torch.empty_like(weight), db
 
-    def lce_setup(ctx, inputs, output):
+    def linear_cross_entropy_setup(ctx, inputs, output):
         hidden, weight, labels, bias, _ignore, label_smoothing, z_loss, reduction = inputs
         _loss, lse, rows, count = output
         ctx.save_for_backward(hidden, weight, labels, bias, lse, rows, count)
         ctx.meta = (label_smoothing, z_loss, reduction)
 
-    def lce_backward(ctx, dloss, _dlse, _drows, _dcount):
+    def linear_cross_entropy_backward(ctx, dloss, _dlse, _drows, _dcount):
         hidden, weight, labels, bias, lse, rows, count = ctx.saved_tensors
-        dh, dw, db = ops.lce_bwd(
+        dh, dw, db = ops.linear_cross_entropy_bwd(
             dloss.float().contiguous(), hidden, weight, labels, bias, lse, rows, count, *ctx.meta
         )
         return dh, dw, None, db if bias is not None else None, None, None, None, None
 
-    torch.library.register_autograd("ptft_fast::lce_fwd", lce_backward, setup_context=lce_setup)
+    torch.library.register_autograd(
+        "ptft_fast::linear_cross_entropy_fwd",
+        linear_cross_entropy_backward,
+        setup_context=linear_cross_entropy_setup,
+    )
 
     # LoRA
-    @torch.library.register_fake("ptft_fast::lora_fwd")
+    @torch.library.register_fake("ptft_fast::lora_linear_fwd")
     def _(x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p):
         # u: (2, M, r), the low-rank activation as a 16-bit hi + lo pair
         return x.new_empty((x.shape[0], weight.shape[0])), x.new_empty((2, x.shape[0], lora_a.shape[0]))
 
-    @torch.library.register_fake("ptft_fast::lora_bwd")
+    @torch.library.register_fake("ptft_fast::lora_linear_bwd")
     def _(dy, x, weight, lora_a, lora_b, u, rng, scaling, dropout_p, weight_grad, bias_grad):
         dw = torch.empty_like(weight) if weight_grad else x.new_empty(0)
         db = x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0)
         return torch.empty_like(x), dw, db, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
-    def lora_setup(ctx, inputs, output):
+    def lora_linear_setup(ctx, inputs, output):
         x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p = inputs
         _y, u = output
         ctx.save_for_backward(x, weight, lora_a, lora_b, u, rng)
         ctx.meta = (scaling, dropout_p)
         ctx.grads = (ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
 
-    def lora_backward(ctx, dy, _du):
+    def lora_linear_backward(ctx, dy, _du):
         x, weight, lora_a, lora_b, u, rng = ctx.saved_tensors
         wg, bg = ctx.grads
-        dx, dw, db, da, dbm = ops.lora_bwd(
+        dx, dw, db, da, dbm = ops.lora_linear_bwd(
             dy.contiguous(), x, weight, lora_a, lora_b, u, rng, *ctx.meta, wg, bg
         )
         return dx, dw if wg else None, db if bg else None, da, dbm, None, None, None
 
-    torch.library.register_autograd("ptft_fast::lora_fwd", lora_backward, setup_context=lora_setup)
+    torch.library.register_autograd(
+        "ptft_fast::lora_linear_fwd", lora_linear_backward, setup_context=lora_linear_setup
+    )
 
 
 # ------------------------------------------------------------------------ public-signature ops
@@ -440,7 +446,7 @@ def linear_cross_entropy_cuda(
     loss_dtype=None,
 ):  # fmt: skip
     a = adapt_linear_cross_entropy(hidden, weight, labels, bias, reduction)
-    loss, _, _, _ = torch.ops.ptft_fast.lce_fwd(
+    loss, _, _, _ = torch.ops.ptft_fast.linear_cross_entropy_fwd(
         a.hidden,
         a.weight,
         a.labels,
@@ -456,9 +462,9 @@ def linear_cross_entropy_cuda(
 
 
 def lora_linear_cuda(x, weight, bias, lora_a, lora_b, scaling, *, dropout_p=0.0):
-    a = adapt_lora(x, weight, bias, lora_a, lora_b)
+    a = adapt_lora_linear(x, weight, bias, lora_a, lora_b)
     rng = draw_rng(x.device) if dropout_p > 0.0 else None
-    y, _ = torch.ops.ptft_fast.lora_fwd(
+    y, _ = torch.ops.ptft_fast.lora_linear_fwd(
         a.x, a.weight, a.bias, a.lora_a, a.lora_b, rng, float(scaling), float(dropout_p)
     )
     return y.view(*x.shape[:-1], weight.shape[0])

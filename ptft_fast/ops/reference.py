@@ -15,8 +15,8 @@ from ptft_fast.ops.graph_mode import in_graph
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
 # Elements of one (rows x vocab) logits block in linear_cross_entropy (64 MiB in fp32).
-LCE_BLOCK_ELEMS = 1 << 24
-LCE_VOCAB_CHUNK = 1 << 16
+LINEAR_CROSS_ENTROPY_BLOCK_ELEMS = 1 << 24
+LINEAR_CROSS_ENTROPY_VOCAB_CHUNK = 1 << 16
 
 
 def _compute_dtype(t: torch.Tensor, upcast: bool) -> torch.dtype:
@@ -225,7 +225,7 @@ def attention_weights_ref(
 # ----------------------------------------------------------------------- linear cross-entropy
 
 
-def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
+def _linear_cross_entropy_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
     """Loss per row of ``h @ weight.T + bias`` vs labels ``y``, chunked.
 
     h: (M, H), weight: (V, H), bias: (V,) | None, y: (M,) all valid. With ``grad_scale`` (M,) the
@@ -233,8 +233,8 @@ def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
     dW (V, H) and db (V,) in fp32. Logits exist only as (rows, vocab_chunk) blocks.
     """
     m_rows, vocab = h.shape[0], weight.shape[0]
-    vchunk = min(vocab, LCE_VOCAB_CHUNK)
-    rchunk = max(1, LCE_BLOCK_ELEMS // vchunk)
+    vchunk = min(vocab, LINEAR_CROSS_ENTROPY_VOCAB_CHUNK)
+    rchunk = max(1, LINEAR_CROSS_ENTROPY_BLOCK_ELEMS // vchunk)
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     loss = torch.empty(m_rows, dtype=acc, device=h.device)
     want_grad = grad_scale is not None
@@ -339,7 +339,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = None
         if early:
             scale = row_weight / count.clamp(min=1) if reduction == "mean" else row_weight
-        row_loss, grads = _lce_rows(h, weight, bias, y, smoothing, z_loss, scale)
+        row_loss, grads = _linear_cross_entropy_rows(h, weight, bias, y, smoothing, z_loss, scale)
         row_loss = row_loss * row_weight
         ctx.weight_dtype = weight.dtype
         ctx.meta = (smoothing, z_loss, hidden.shape[0], early)
@@ -368,7 +368,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows, h, weight, bias, y, row_weight = ctx.saved_tensors
             g = grad_out.to(row_weight.dtype).reshape(-1)
             g = g.index_select(0, rows) if rows is not None else g
-            _, (dh, dw, db) = _lce_rows(h, weight, bias, y, smoothing, z_loss, g * row_weight)
+            _, (dh, dw, db) = _linear_cross_entropy_rows(
+                h, weight, bias, y, smoothing, z_loss, g * row_weight
+            )
         if rows is not None:
             dh = dh.new_zeros(n_rows, dh.shape[1]).index_copy(0, rows, dh)
         weight_dtype = ctx.weight_dtype

@@ -34,9 +34,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open, atomic_write_json, fix_mode
 from ptft_fast.errors import UserInputError
 from ptft_fast.train.objectives import export_model, import_model
+from ptft_fast.utils.atomic import atomic_open, atomic_write_json, fix_mode
 
 LATEST = "latest"
 MANIFEST = "manifest.json"

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.data.bart import BartCollator, BartNoiseConfig, BartNoiser, sentence_end_table
 from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
 from ptft_fast.data.collate import IGNORE_INDEX
@@ -41,6 +40,7 @@ from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, train_tokeni
 from ptft_fast.errors import UserInputError
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data_key import KEY_FILE, READER, data_key, key_diff, read_key, tokenizer_config
+from ptft_fast.utils.atomic import atomic_write_json
 
 EVAL_SHARDS = "eval_shards"  # held-out shards `ptft prepare` writes beside shards/
 ROW_SEGMENTS = "row_segments"  # batch key of the per-row document count (not a model input)

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig, TrainConfigError
@@ -45,6 +44,7 @@ from ptft_fast.train.objectives import (
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.trainer import StepOutput, Trainer, batch_source, seed_everything, set_cpu_threads
 from ptft_fast.train.zero_utils import GatheredStateDict
+from ptft_fast.utils.atomic import atomic_open, fix_mode
 
 
 class _NoLog:

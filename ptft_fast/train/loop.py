@@ -10,18 +10,17 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import add_stats, export_model
 from ptft_fast.train.schedule import planned_steps, seq_len_at
+from ptft_fast.utils.atomic import atomic_write_json
+from ptft_fast.utils.device import device_name, device_peaks
 
 PEAK_KEYS = {"bf16": "bfloat16", "fp16": "float16"}
 TRAIN_LOSS_WINDOW = 20  # steps the summary's final train loss is the mean of (fewer in a short run)
 
 
 def _peak_tflops(trainer) -> float | None:
-    from ptft_fast.benchmarks.harness import device_peaks
-
     peaks = device_peaks(trainer.device)
     if peaks is None:
         return None
@@ -33,8 +32,6 @@ def _peak_tflops(trainer) -> float | None:
 
 def run_loop(trainer) -> dict:
     """Train to ``max_steps`` (or ``max_time_s``); returns the summary (also ``summary.json``)."""
-    from ptft_fast.benchmarks.harness import device_name
-
     cfg, log = trainer.cfg, trainer.log
     peak = _peak_tflops(trainer)
     dev_name = device_name(trainer.device)

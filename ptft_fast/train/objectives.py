@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptft_fast.data.atomic import fix_mode
 from ptft_fast.data.electra import discriminator_loss, replace_with_generator_samples
 from ptft_fast.models import EncoderForMaskedLM, build_model
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.train.data import ROW_SEGMENTS
+from ptft_fast.utils.atomic import fix_mode
 
 IGNORE = -100
 LM_OBJECTIVES = ("clm", "prefix-lm")  # the model shifts: position t predicts labels[t + 1]

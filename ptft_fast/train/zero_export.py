@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ptft_fast.data.atomic import atomic_open
 from ptft_fast.errors import UserInputError
+from ptft_fast.utils.atomic import atomic_open
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}

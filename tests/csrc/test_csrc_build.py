@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 NO_CUDA_BACKEND = not backend_available("cuda")[0]
 
 
+@pytest.mark.gpu
+def test_cuda_backend_is_built_where_a_gpu_is():
+    """On a machine with a GPU, a missing ptft_fast._C is a failure, not a quiet skip of every CUDA
+    kernel test (test_cuda_ops.py skips, naming the same reason, so that this one test says why)."""
+    available, why = backend_available("cuda")
+    assert available, f"a CUDA GPU is present but the cuda backend is not: {why}"
+
+
 @pytest.mark.skipif(not NO_CUDA_BACKEND, reason="the cuda backend is available here")
 def test_cuda_backend_unavailable_is_a_clear_error():
     x = torch.randn(2, 8)
@@ -164,11 +172,11 @@ def test_adapt_linear_cross_entropy():
 
 def test_adapt_lora_casts_parameters_to_x_dtype():
     x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
-    a = cb.adapt_lora(x, torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
+    a = cb.adapt_lora_linear(x, torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
     assert a.x.shape == (6, 8) and a.bias is None
     assert {t.dtype for t in (a.weight, a.lora_a, a.lora_b)} == {torch.bfloat16}
     with pytest.raises(TypeError, match="x must be float16 or bfloat16"):
-        cb.adapt_lora(x.float(), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
+        cb.adapt_lora_linear(x.float(), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
 
 
 # --------------------------------------------------------------- torch.library wiring on meta

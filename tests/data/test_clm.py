@@ -1,9 +1,9 @@
 """CLM (padded and packed) and prefix LM collators."""
 
 import numpy as np
-import pytest
 import torch
 
+from ptft_fast import ops
 from ptft_fast.data.clm import CLMCollator, PackedCLMCollator, PrefixLMCollator, prefix_lm_attention_mask
 from ptft_fast.data.packing import PackedSequence, block_causal_mask
 
@@ -77,7 +77,6 @@ def test_prefix_lm_random_prefix_is_uniform(wp_docs):
 
 
 def test_packed_batch_drives_varlen_attention_without_leaks(wp_docs):
-    ops = pytest.importorskip("ptft_fast.ops")
     b = PackedCLMCollator()(_packed_rows(wp_docs[:6], seq_len=48)[:6])
     bsz, t = b["input_ids"].shape
     total, h, d = bsz * t, 2, 8

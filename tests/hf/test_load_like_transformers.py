@@ -12,11 +12,12 @@ import json
 
 import pytest
 import torch
+from installed import import_or_skip
 from safetensors.torch import load_file, save_file
 
 from ptft_fast.hf import UnsupportedCheckpointError, load_pretrained, save_pretrained
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

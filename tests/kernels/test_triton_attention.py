@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from installed import import_or_skip
 from kernel_tolerance import assert_rule, attention_low_precision, on_grid
 from triton_dropout_ref import assert_binomial, keep_mask
 
@@ -213,7 +214,7 @@ def test_t5_relative_bias_in_kernel(bidirectional):
 
 
 def test_t5_bucket_matches_hugging_face():
-    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    t5 = import_or_skip("transformers.models.t5.modeling_t5")
     rel = torch.arange(-300, 300)[None, :] - torch.arange(0, 40)[:, None]
     for bidirectional in (True, False):
         for nb, md in ((32, 128), (8, 20), (16, 64)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from installed import import_or_skip
 
 from ptft_fast.models import PRESETS, ConfigError, KVCache, ModelConfig, build_model, from_name
 from ptft_fast.models.encoder_decoder import relative_position_bucket
@@ -239,7 +240,7 @@ def test_cache_with_checkpointing_rejected():
 
 
 def test_t5_buckets_match_transformers():
-    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    t5 = import_or_skip("transformers.models.t5.modeling_t5")
     rel = torch.arange(-300, 301)[None, :]
     for bidirectional in (True, False):
         for buckets, distance in ((32, 128), (8, 20)):

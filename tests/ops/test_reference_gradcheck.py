@@ -112,7 +112,7 @@ def test_attention_prefix_lm_gradcheck(varlen):
 @pytest.mark.parametrize("smoothing,z_loss", [(0.0, 0.0), (0.1, 0.0), (0.0, 1e-2), (0.2, 1e-3)])
 @pytest.mark.parametrize("vocab_chunk", [1 << 16, 8])  # one vocab block, and the online-LSE path
 def test_linear_cross_entropy_gradcheck(reduction, smoothing, z_loss, vocab_chunk, monkeypatch):
-    monkeypatch.setattr(R, "LCE_VOCAB_CHUNK", vocab_chunk)
+    monkeypatch.setattr(R, "LINEAR_CROSS_ENTROPY_VOCAB_CHUNK", vocab_chunk)
     n, h, v = 11, 6, 19
     hidden, weight, bias = torch.randn(n, h, **f64), torch.randn(v, h, **f64), torch.randn(v, **f64)
     labels = torch.randint(0, v, (n,))

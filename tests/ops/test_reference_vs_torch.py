@@ -14,7 +14,7 @@ AWKWARD = [1, 7, 31, 127]
 
 
 @pytest.fixture(params=["small", "chunked"])
-def lce_path(request, monkeypatch):
+def linear_cross_entropy_path(request, monkeypatch):
     """The torch backend's cross-entropy both ways: F.linear + F.cross_entropy at most
     SMALL_LOGITS logits, the chunked algorithm beyond (forced here by a threshold of 0)."""
     if request.param == "chunked":
@@ -166,7 +166,7 @@ def test_attention_fully_masked_query_gives_zeros_and_finite_grads():
 @pytest.mark.parametrize("n", AWKWARD)
 @pytest.mark.parametrize("vocab", [2, 31, 1000])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, lce_path):
+def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, linear_cross_entropy_path):
     hidden = torch.randn(n, 16, requires_grad=True)
     weight = torch.randn(vocab, 16, requires_grad=True)
     bias = torch.randn(vocab, requires_grad=True)
@@ -183,8 +183,8 @@ def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, lce_path)
 
 def test_linear_cross_entropy_never_materializes_full_logits(monkeypatch):
     monkeypatch.setattr(torch_backend, "SMALL_LOGITS", 0)  # the chunked path even at this size
-    monkeypatch.setattr(R, "LCE_BLOCK_ELEMS", 64)
-    monkeypatch.setattr(R, "LCE_VOCAB_CHUNK", 16)
+    monkeypatch.setattr(R, "LINEAR_CROSS_ENTROPY_BLOCK_ELEMS", 64)
+    monkeypatch.setattr(R, "LINEAR_CROSS_ENTROPY_VOCAB_CHUNK", 16)
     seen = []
     real_matmul, real_mm = torch.Tensor.__matmul__, torch.mm
 

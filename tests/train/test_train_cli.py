@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from installed import import_or_skip
 
 from ptft_fast.cli import main
 from ptft_fast.models.config import ModelConfig
@@ -84,7 +85,7 @@ def test_short_run_writes_metrics_price_tag_and_loadable_model(new_run, capsys):
     assert p["co2e_kg"] == pytest.approx(p["energy_kwh"] * 400 / 1000)  # kWh × g/kWh → kg
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
-    transformers = pytest.importorskip("transformers")
+    transformers = import_or_skip("transformers")
     hf = transformers.BertForMaskedLM.from_pretrained(out / "final").eval()
     from ptft_fast.hf import load_pretrained
 
