@@ -79,8 +79,8 @@ def run_loop(trainer) -> dict:
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
-                if cfg.objective == "electra":
-                    row["disc_loss"] = out.terms.get("disc")
+                for term in sorted(set(out.terms) - {"lm"}):  # electra disc, spanbert sbo, mlm+nsp nsp
+                    row[f"{term}_loss"] = out.terms[term]
                 if peak is not None:
                     row["tflops"] = window_flops / dt / 1e12
                     row["mfu"] = row["tflops"] / peak
