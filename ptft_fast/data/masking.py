@@ -63,11 +63,13 @@ def span_length_distribution(p: float = 0.2, max_len: int = 10) -> np.ndarray:
 
 
 def _word_starts(input_ids: torch.Tensor, candidates: torch.Tensor, word_start: np.ndarray) -> torch.Tensor:
-    """(B, T) bool: candidate tokens that begin a word (also the first candidate after a non-candidate)."""
-    ws = torch.from_numpy(word_start[input_ids.numpy()]) & candidates  # numpy: no thread-pool lookup
-    prev_cand = torch.zeros_like(candidates)
-    prev_cand[:, 1:] = candidates[:, :-1]
-    return ws | (candidates & ~prev_cand)
+    """(B, T) bool: candidate tokens that begin a word, and the first candidate after a
+    non-candidate that ends words ([CLS], [SEP], padding; not an <unk> inside a word, whose
+    table entry is False)."""
+    table = torch.from_numpy(word_start[input_ids.numpy()])  # numpy: no thread-pool lookup
+    after_boundary = torch.ones_like(candidates)
+    after_boundary[:, 1:] = ~candidates[:, :-1] & table[:, :-1]
+    return candidates & (table | after_boundary)
 
 
 def _word_index(starts: torch.Tensor) -> torch.Tensor:
@@ -112,13 +114,13 @@ def choose_tokens(
         word_pos = np.flatnonzero(starts[b].numpy())
         if len(word_pos) == 0:
             continue
-        ends = np.append(word_pos[1:], len(cand))
-        ends = np.array([s + int(cand[s:e].sum()) for s, e in zip(word_pos, ends)])  # continuations only
+        bounds = np.append(word_pos[1:], len(cand))  # a word's tokens: its candidates before the next
+        sizes = np.add.reduceat(cand.astype(np.int64), word_pos)
         budget = round(cand.sum() * p)
         pick = _span_words if cfg.strategy == "span" else _fixed_words
-        words = pick(word_pos, ends, budget, cfg, rng)
+        words = pick(word_pos, word_pos + sizes, budget, cfg, rng)
         for w in words:
-            out[b, word_pos[w] : ends[w]] = True
+            out[b, word_pos[w] : bounds[w]] = torch.from_numpy(cand[word_pos[w] : bounds[w]])
     return out
 
 
