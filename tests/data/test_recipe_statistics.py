@@ -62,7 +62,7 @@ def test_nsp_pairs_from_shards(shards, corpus):
     for d, ids in enumerate(docs):
         for p in range(len(ids) - 6):
             index.setdefault(tuple(ids[p : p + 6].tolist()), []).append((d, p))
-    labels, n_cand, n_chosen, contiguous = [], 0, 0, {0: [0, 0], 1: [0, 0]}
+    labels, n_cand, n_chosen, contiguous, other_doc = [], 0, 0, {0: [0, 0], 1: [0, 0]}, [0, 0]
     special = torch.from_numpy(tok.special_mask_table())
     for b in batches:
         orig, chosen = _originals(b)
@@ -87,13 +87,19 @@ def test_nsp_pairs_from_shards(shards, corpus):
                         docs[d][p : p + len(whole)].tolist() == whole for d, p in hits
                     )
                     contiguous[label][1] += 1
+                doc_a = {d for d, _ in hits}
+                doc_b = {d for d, _ in index.get(tuple(bb[:6]), [])}
+                if label == 1 and len(doc_a) == 1 and len(doc_b) == 1:  # where each half comes from
+                    other_doc[0] += doc_a != doc_b
+                    other_doc[1] += 1
     assert n_cand >= 100_000
     assert len(labels) >= 8_000
     assert abs(np.mean(labels) - 0.5) < 0.02  # BERT: 50 % IsNext / 50 % NotNext
     assert abs(n_chosen / n_cand - 0.15) < 0.01
     assert contiguous[0][1] > 300 and contiguous[1][1] > 300
     assert contiguous[0][0] / contiguous[0][1] > 0.95  # IsNext: B continues A in the document
-    assert contiguous[1][0] / contiguous[1][1] < 0.05  # NotNext: B comes from another document
+    assert contiguous[1][0] / contiguous[1][1] < 0.05  # NotNext: B does not continue A
+    assert other_doc[1] > 100 and other_doc[0] == other_doc[1]  # NotNext: B comes from another document
 
 
 def test_nsp_stream_resumes_exactly(shards):
