@@ -244,6 +244,11 @@ def format_summary(s: dict) -> str:
         f"  unigram entropy baseline {s['unigram_entropy']:.4f} nats/token (token frequencies of the train data)",
         *_eval_lines(s),
         f"  eval token accuracy      {s['accuracy']:.2%}",
+        *(
+            [f"  eval NSP accuracy        {s['nsp_accuracy']:.2%} (held-out sentence pairs)"]
+            if "nsp_accuracy" in s
+            else []
+        ),
         f"  throughput               {s['tokens_per_s']:.0f} tokens/s over {s['train_seconds']:.1f} s",
         f"  waiting for data         {s['data_wait_share']:.1%} of the training time (training thread)",
         "price tag",

@@ -111,8 +111,9 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import, before an
 
 def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> int:
     """Intra-op threads for CPU training. Auto (0): one thread for small models — their ops are too
-    small to split, and on a shared 2-core machine 2 threads measured 4-5× slower per step than 1
-    (OpenMP barriers wait for descheduled threads) — else torch's default."""
+    small to split, and on a shared 2-core machine (load 5-9) 2 threads measured 6-20× slower per
+    step than 1 for bert-tiny-cpu and bert-tiny (OpenMP barriers wait for descheduled threads;
+    ``benchmarks/threads_cpu.py``, README) — else torch's default."""
     if device.type != "cpu":
         return torch.get_num_threads()
     if requested == 0:  # auto: the same choice whatever an earlier run in this process set
