@@ -13,6 +13,7 @@ from ptft_fast.models.blocks import Layer, Norm, activation_fn, effective_mask, 
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX
 from ptft_fast.models.state import ModelOutput
+from ptft_fast.ops.graph_mode import in_graph
 
 
 def generator_config(disc: ModelConfig, size: float) -> ModelConfig:
@@ -61,8 +62,8 @@ class ElectraGenerator(nn.Module):
     ) -> ModelOutput:
         """embeddings: (B, T, E) from the shared embedding layer; weight: (V, E) tied token
         embedding; attention_mask / labels: (B, T). Returns the mean MLM loss over the labeled
-        positions and their logits (N, V), N labeled positions in row-major order (all (B, T, V)
-        positions without labels)."""
+        positions and their logits (N, V), N labeled positions in row-major order ((B, T, V)
+        without labels, and in graph mode, where shapes cannot depend on the labels)."""
         x = self.project(embeddings)
         if self.training and self.config.dropout > 0.0:
             x = nn.functional.dropout(x, self.config.dropout, training=True)
@@ -74,6 +75,12 @@ class ElectraGenerator(nn.Module):
         )
         if labels is None:
             return ModelOutput(logits=self._logits(x, weight))
+        if in_graph():  # no data-dependent shapes in a graph: score every position
+            logits = self._logits(x, weight)
+            loss = nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+            )
+            return ModelOutput(loss=loss, logits=logits)
         keep = labels != IGNORE_INDEX
         h, y = x[keep], labels[keep]  # (N, H_g), (N,)
         logits = self._logits(h, weight)
