@@ -25,12 +25,8 @@ A tokenizer is trained on the corpus first; the run folder gets metrics, checkpo
 
 EXAMPLES = """examples:
   ptft pretrain --model bert-tiny --objective mlm --set max_steps=3000 --set max_time_s=600
-  ptft pretrain --model bert-tiny --objective mlm+nsp --set mlm_probability=0.15
-  ptft pretrain --model bert-tiny --objective spanbert --set mlm_probability=0.15
-  ptft pretrain --model bart-tiny --objective infill --set bart_noise=delete --set bart_delete_ratio=0.3
-  ptft pretrain --model t5-tiny --objective deshuffle
-  ptft pretrain --model gpt-tiny --objective clm --data corpus.txt --set max_steps=500 --set lr=2e-3
-  ptft pretrain --config configs/pretrain-bert-tiny.yaml --resume latest
+  ptft pretrain --model bert-tiny --objective spanbert --set mlm_probability=0.15 --data corpus.txt
+  ptft pretrain --model bart-tiny --objective infill --set bart_noise=delete,rotate --resume latest
 """
 
 
