@@ -10,32 +10,41 @@ from __future__ import annotations
 import argparse
 import sys
 
-DESCRIPTION = """Pre-train a model from random weights: masked LM (mlm, electra) for BERT/RoBERTa, causal or
-prefix LM (clm, prefix-lm) for GPT-2, span corruption (span) for T5, text infilling (infill) for BART.
+DESCRIPTION = """Pre-train a model from random weights. Objectives (--objective), each with its paper's recipe:
+  BERT/RoBERTa: mlm (BERT masking; --set mask_strategy=whole_word|span), mlm+nsp (BERT: masking and
+    50/50 next-sentence pairs, BERT only), spanbert (span masking + span-boundary objective), electra
+    (replaced-token detection; generator width: --set electra_generator_size, default 1/3)
+  GPT-2: clm (causal LM), prefix-lm
+  T5: span (span corruption), and the T5 paper's comparison variants seq2seq-mlm (BERT-style masking,
+    the decoder reconstructs the original), seq2seq-prefix-lm, deshuffle
+  BART: infill (denoising; --set bart_noise=mask,delete,infill,permute,rotate, any combination; default
+    infill,permute with infill_ratio=0.3, poisson_lambda=3)
 Without --data it trains on the text of the standard library's pydoc topics (no download).
 A tokenizer is trained on the corpus first; the run folder gets metrics, checkpoints, the final model
 (Hugging Face format) and a summary. Every setting: --list-settings; every model: --list-models."""
 
 EXAMPLES = """examples:
-  ptft pretrain --model bert-tiny --objective mlm --set max_steps=3000 --set max_time_s=600 --set cpu_threads=2
-  ptft pretrain --model gpt-tiny --objective clm --data corpus.txt --set max_steps=500 --set lr=2e-3
-  ptft pretrain --config configs/pretrain-bert-tiny.yaml --resume latest
+  ptft pretrain --model bert-tiny --objective mlm --set max_steps=3000 --set max_time_s=600
+  ptft pretrain --model bert-tiny --objective spanbert --set mlm_probability=0.15 --data corpus.txt
+  ptft pretrain --model bart-tiny --objective infill --set bart_noise=delete,rotate --resume latest
 """
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "pretrain",
-        help="pre-train a model (MLM, CLM, prefix LM, T5 span, BART infill, ELECTRA)",
+        help="pre-train a model (MLM, NSP, SpanBERT, ELECTRA, CLM, prefix LM, T5 span and variants, BART noising)",
         description=DESCRIPTION,
         epilog=EXAMPLES,
     )
     p.add_argument("--model", help="preset name (see --list-models) or config.json / HF model folder "
                    "(default: bert-tiny-cpu, or the --config/--set value)")  # fmt: skip
+    from ptft_fast.train.config import OBJECTIVES
+
     p.add_argument(
         "--objective",
-        choices=("mlm", "clm", "prefix-lm", "span", "infill", "electra"),
-        help="what the model learns to predict; must suit the model (default: mlm)",
+        choices=OBJECTIVES,
+        help="what the model learns to predict; must suit the model (list above; default: mlm)",
     )
     p.add_argument(
         "--data",

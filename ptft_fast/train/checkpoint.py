@@ -2,7 +2,7 @@
 
 Layout of ``OUT/checkpoints/``::
 
-    step_00000100/model/        config.json + model.safetensors (ptft_fast.hf), ELECTRA: + generator/
+    step_00000100/model/        config.json + model.safetensors (ptft_fast.hf), ELECTRA/SpanBERT: + head files
     step_00000100/state/        optimizer.safetensors + optimizer.json, rng.safetensors,
                                 trainer.json (step, loss scaler, data position, RNG, configs)
     step_00000100/manifest.json size and sha256 of every other file of the checkpoint

@@ -13,17 +13,27 @@ from pathlib import Path
 
 from ptft_fast.errors import UserInputError
 
-OBJECTIVES = ("mlm", "clm", "prefix-lm", "span", "infill", "electra")
+OBJECTIVES = (
+    "mlm", "mlm+nsp", "spanbert", "electra", "clm", "prefix-lm", "span", "infill",
+    "seq2seq-mlm", "seq2seq-prefix-lm", "deshuffle",
+)  # fmt: skip
+MASK_STRATEGIES = ("token", "whole_word", "span")
+BART_NOISES = ("mask", "delete", "infill", "permute", "rotate")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Which model family each objective trains, and the tokenizer kind it trains by default.
 OBJECTIVE_ARCHS = {
     "mlm": ("bert", "roberta"),
+    "mlm+nsp": ("bert",),
+    "spanbert": ("bert", "roberta"),
     "electra": ("bert", "roberta"),
     "clm": ("gpt2",),
     "prefix-lm": ("gpt2",),
     "span": ("t5",),
     "infill": ("bart",),
+    "seq2seq-mlm": ("t5",),
+    "seq2seq-prefix-lm": ("t5",),
+    "deshuffle": ("t5",),
 }
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
 
@@ -97,17 +107,46 @@ class TrainConfig:
         low=0, high=1, high_open=True,
     )  # fmt: skip
     mlm_probability: float = setting(
-        0.3, "mlm/electra: share of tokens chosen for prediction (BERT: 0.15; 0.3 gave +4-7 points "
-        "on the fine-tuned embedded task after 2,000 bert-tiny steps: README)", low=0, high=1, high_open=True,
+        0.3, "mlm/mlm+nsp/spanbert/electra: share of tokens chosen for prediction (BERT, SpanBERT: 0.15; "
+        "0.3 gave +4-7 points on the fine-tuned embedded task after 2,000 bert-tiny steps: README)",
+        low=0, high=1, low_open=True, high_open=True,
+    )  # fmt: skip
+    mask_strategy: str | None = setting(
+        None, "mlm/mlm+nsp/electra/spanbert: what is chosen: tokens, whole words (WordPiece ## / "
+        "BPE G / Unigram _ word starts), or SpanBERT spans (geometric p=0.2 lengths in words, at most 10); "
+        "none = the objective's (spanbert: span, else token)", choices=MASK_STRATEGIES,
+        rule="spanbert needs span",
     )  # fmt: skip
     noise_density: float = setting(
-        0.15, "span (T5): share of tokens in corrupted spans", low=0, high=1, high_open=True
-    )
+        0.15, "span / seq2seq-mlm (T5): share of tokens corrupted (in spans / i.i.d.)", low=0, high=1,
+        high_open=True,
+    )  # fmt: skip
     mean_noise_span_length: float = setting(
         3.0, "span (T5): mean length of a corrupted span", low=0, low_open=True
     )
     infill_ratio: float = setting(
-        0.3, "infill (BART): share of tokens replaced by masked spans", low=0, high=1, high_open=True
+        0.3, "infill (BART) text infilling: share of tokens replaced by masked spans", low=0, high=1,
+        high_open=True,
+    )  # fmt: skip
+    bart_noise: str = setting(
+        "infill,permute", "infill (BART): the noising, a comma list of mask (token masking), delete "
+        "(token deletion), infill (text infilling), permute (sentence permutation), rotate (document "
+        "rotation); the BART paper's best and default: infill,permute",
+        rule="one or more of " + "|".join(BART_NOISES),
+    )  # fmt: skip
+    bart_mask_ratio: float = setting(
+        0.3, "infill with bart_noise mask: share of tokens replaced by <mask>", low=0, high=1, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    bart_delete_ratio: float = setting(
+        0.3, "infill with bart_noise delete: share of tokens deleted", low=0, high=1, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    poisson_lambda: float = setting(
+        3.0,
+        "infill with bart_noise infill: mean (Poisson λ) of the masked span lengths",
+        low=0,
+        low_open=True,
     )
     electra_disc_weight: float = setting(50.0, "electra: weight of the discriminator loss", low=0)
     cross_document_attention: bool = setting(
@@ -117,6 +156,11 @@ class TrainConfig:
         "each document attends only to itself, positions restart, a prefix per document",
         rule="only with objective clm or prefix-lm",
     )
+    electra_generator_size: float = setting(
+        1 / 3, "electra: generator width as a fraction of the discriminator's (same depth, heads and MLP "
+        "scaled with the width, embeddings shared; the paper found 1/4-1/2 best)", low=0, high=1,
+        low_open=True,
+    )  # fmt: skip
     # --- optimization
     max_steps: int = setting(300, "optimizer steps (the run stops earlier when max_time_s runs out)", low=1)
     micro_batch_size: int = setting(16, "rows per forward/backward pass", low=1)
@@ -152,7 +196,10 @@ class TrainConfig:
         low=0,
     )
     cpu_threads: int = setting(
-        0, "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default)", low=0
+        0,
+        "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default; 2 threads "
+        "measured 6-20x slower than 1 on a loaded 2-core machine: README)",
+        low=0,
     )
     prefetch: int = setting(
         2, "batches built ahead on a background thread; 0 = built in the training thread", low=0
@@ -164,8 +211,8 @@ class TrainConfig:
     )  # fmt: skip
     cuda_graphs: bool = setting(
         False, "CUDA: capture forward + backward + optimizer step once and replay it (fixed shapes)",
-        rule="needs fixed shapes and a device-only step (no long_seq_len, electra, infill, fp16, "
-        "gradient checkpointing)",
+        rule="needs fixed shapes and a device-only step (no long_seq_len, electra, infill, mlm+nsp, "
+        "spanbert, fp16, gradient checkpointing)",
     )  # fmt: skip
     # --- evaluation, logging, checkpoints
     eval_every: int = setting(100, "steps between evaluations; 0 = only at the end", low=0)
@@ -199,6 +246,7 @@ class TrainConfig:
             raise TrainConfigError(
                 f"long_seq_len ({self.long_seq_len}) must be > seq_len ({self.seq_len}) or 0 (off)"
             )
+        self._check_objective_settings()
         if not self.compile_backend:
             raise TrainConfigError("compile_backend must name a torch.compile backend, got ''")
         if self.cross_document_attention and self.objective not in ("clm", "prefix-lm"):
@@ -213,16 +261,36 @@ class TrainConfig:
                 f"init_loss_scale is an fp16 setting but precision is {self.precision!r} (contradictory)"
             )
 
+    def _check_objective_settings(self) -> None:
+        noises = [n.strip() for n in self.bart_noise.split(",")]
+        bad = [n for n in noises if n not in BART_NOISES]
+        if bad or not self.bart_noise.strip():
+            raise TrainConfigError(
+                f"bart_noise must be a comma list of {'|'.join(BART_NOISES)}, got {self.bart_noise!r}"
+            )
+        if self.objective == "spanbert" and self.mask_strategy not in (None, "span"):
+            raise TrainConfigError(
+                f"objective 'spanbert' masks spans (its boundary objective needs them), but "
+                f"mask_strategy={self.mask_strategy!r} (contradictory options)"
+            )
+
+    @property
+    def masking_strategy(self) -> str:
+        """mask_strategy with none resolved: span for spanbert, else token."""
+        return self.mask_strategy or ("span" if self.objective == "spanbert" else "token")
+
     def _check_graphable(self) -> None:
         """cuda_graphs replays one captured step: every step must have the same shapes and keep
         its decisions on the device."""
         why = None
         if self.long_seq_len:
             why = f"long_seq_len={self.long_seq_len} switches the sequence length mid-run"
-        elif self.objective in ("electra", "infill"):
+        elif self.objective in ("electra", "infill", "mlm+nsp", "spanbert"):
             why = {
                 "electra": "ELECTRA samples replacement tokens between its two models",
                 "infill": "BART text infilling shortens each row by a random amount",
+                "mlm+nsp": "sentence pairs have varying lengths",
+                "spanbert": "the span-boundary head gathers a varying number of span tokens",
             }[self.objective] + " (shapes vary)"
         elif self.precision == "fp16":
             why = "fp16's dynamic loss scaling decides on the host whether a step is skipped; use bf16"

@@ -33,7 +33,9 @@ from ptft_fast.data.electra import electra_masking
 from ptft_fast.data.masking import MaskingConfig
 from ptft_fast.data.mixture import MixtureShards, make_sampler, parse_mixture
 from ptft_fast.data.mlm import MLMCollator, MLMConfig
+from ptft_fast.data.nsp import NSPConfig, NSPStream
 from ptft_fast.data.packing import PackedStream, row_segments
+from ptft_fast.data.seq2seq_variants import Seq2SeqVariantCollator, Seq2SeqVariantConfig
 from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
 from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, train_tokenizer
@@ -44,6 +46,9 @@ from ptft_fast.utils.atomic import atomic_write_json
 
 EVAL_SHARDS = "eval_shards"  # held-out shards `ptft prepare` writes beside shards/
 ROW_SEGMENTS = "row_segments"  # batch key of the per-row document count (not a model input)
+MASKED = ("mlm", "mlm+nsp", "spanbert", "electra")  # BERT-style masking of an encoder's input
+# Encoder-decoder objectives of the T5 objective comparison → their collator variant.
+SEQ2SEQ_VARIANTS = {"seq2seq-mlm": "mlm", "seq2seq-prefix-lm": "prefix-lm", "deshuffle": "deshuffle"}
 
 
 class RunDataError(UserInputError):
@@ -219,6 +224,21 @@ def _generators(obj, prefix: str = "") -> dict:
     return found
 
 
+def bart_noiser(tok: PtftTokenizer, cfg: TrainConfig, seed: int) -> BartNoiser:
+    """BART's noising as ``cfg.bart_noise`` selects it, at the configured rates."""
+    chosen = {n.strip() for n in cfg.bart_noise.split(",")}
+    noise = BartNoiseConfig(
+        mask_ratio=cfg.bart_mask_ratio if "mask" in chosen else 0.0,
+        delete_ratio=cfg.bart_delete_ratio if "delete" in chosen else 0.0,
+        infill_ratio=cfg.infill_ratio if "infill" in chosen else 0.0,
+        poisson_lambda=cfg.poisson_lambda,
+        permute_sentences="permute" in chosen,
+        rotate_document="rotate" in chosen,
+        seed=seed,
+    )
+    return BartNoiser(tok.mask_id, sentence_end_table(tok.backend.get_vocab(), tok.vocab_size), noise)
+
+
 class BatchSource:
     """Endless collated batches of one objective from ``shards``.
 
@@ -233,15 +253,22 @@ class BatchSource:
     def __init__(self, objective: str, shards: TokenShards, tok: PtftTokenizer, cfg: TrainConfig, seed: int):
         self.objective, self.tok, self.cfg = objective, tok, cfg
         sampler = make_sampler(shards, seed=seed)
-        eos = {"mlm": tok.sep_id, "electra": tok.sep_id, "infill": None}.get(objective, tok.eos_id)
-        self.stream = PackedStream(sampler, cfg.seq_len, eos_id=eos, pad_id=tok.pad_id or 0)
-        if objective in ("mlm", "electra"):
+        if objective == "mlm+nsp":  # sentence pairs, not packed rows
+            ends = sentence_end_table(tok.backend.get_vocab(), tok.vocab_size)
+            self.stream = NSPStream(sampler, ends, tok.cls_id, tok.sep_id, NSPConfig(cfg.seq_len, seed=seed))
+        else:
+            eos = {"infill": None}.get(objective, tok.sep_id if objective in MASKED else tok.eos_id)
+            self.stream = PackedStream(sampler, cfg.seq_len, eos_id=eos, pad_id=tok.pad_id or 0)
+        if objective in MASKED:
             masking = (
                 electra_masking(cfg.mlm_probability)
                 if objective == "electra"
                 else MaskingConfig(mlm_probability=cfg.mlm_probability)
             )
-            self.collator = MLMCollator(tok, MLMConfig(masking=masking, seed=seed))
+            masking.strategy = cfg.masking_strategy
+            self.collator = MLMCollator(
+                tok, MLMConfig(masking=masking, seed=seed, nsp=objective == "mlm+nsp")
+            )
         elif objective == "clm":
             self.collator = PackedCLMCollator()
         elif objective == "prefix-lm":
@@ -249,10 +276,15 @@ class BatchSource:
         elif objective == "span":
             t5 = T5Config(cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length, seed=seed)
             self.collator = T5SpanCorruptionCollator(tok.sentinel_ids, tok.eos_id, tok.pad_id, t5)
+        elif objective in SEQ2SEQ_VARIANTS:
+            variant = Seq2SeqVariantConfig(SEQ2SEQ_VARIANTS[objective], cfg.noise_density, seed=seed)
+            self.collator = Seq2SeqVariantCollator(
+                variant, eos_id=tok.eos_id, pad_id=tok.pad_id, decoder_start_id=tok.pad_id,
+                mask_id=tok.mask_id if tok.mask_id is not None else tok.sentinel_ids[0],
+                random_ids=np.flatnonzero(~tok.special_mask_table()),
+            )  # fmt: skip
         else:  # infill
-            table = sentence_end_table(tok.backend.get_vocab(), tok.vocab_size)
-            noiser = BartNoiser(tok.mask_id, table, BartNoiseConfig(infill_ratio=cfg.infill_ratio, seed=seed))
-            self.collator = BartCollator(noiser, tok.bos_id, tok.eos_id, tok.pad_id)
+            self.collator = BartCollator(bart_noiser(tok, cfg, seed), tok.bos_id, tok.eos_id, tok.pad_id)
         self._seq_len = -1
 
     def _set_seq_len(self, seq_len: int) -> None:
@@ -260,7 +292,9 @@ class BatchSource:
         if seq_len == self._seq_len:
             return
         self._seq_len = seq_len
-        if self.objective in ("mlm", "electra"):
+        if self.objective == "mlm+nsp":
+            self.stream.cfg.max_seq_len = seq_len  # [CLS] A [SEP] B [SEP]
+        elif self.objective in MASKED:
             self.stream.seq_len = seq_len - 2  # [CLS] … [SEP]
         elif self.objective == "span":
             c = self.collator
@@ -269,6 +303,8 @@ class BatchSource:
                 seq_len, c.cfg.noise_density, c.cfg.mean_noise_span_length
             )
             self.stream.seq_len = c.raw_length
+        elif self.objective in SEQ2SEQ_VARIANTS:
+            self.stream.seq_len = seq_len - 1  # … </s>
         elif self.objective == "infill":
             self.stream.seq_len = seq_len - 2  # <s> … </s>
             self.collator.max_length = seq_len
@@ -279,6 +315,14 @@ class BatchSource:
         """The model's inputs, plus ``row_segments`` (B,): document pieces per row, a statistic
         for the run summary that :func:`ptft_fast.train.objectives.model_inputs` strips."""
         self._set_seq_len(seq_len)
+        if self.objective == "mlm+nsp":
+            pairs = self.stream.next_pairs(batch_size)
+            if len(pairs) < batch_size:
+                raise ValueError(
+                    f"the training shards hold no sentence pairs ({self.stream.sampler.shards.path})"
+                )
+            b = self.collator(pairs)
+            return {**b, ROW_SEGMENTS: 1 + b["next_sentence_label"]}  # a random B comes from another document
         ids, doc_ids = self.stream.next_rows(batch_size)
         if len(ids) < batch_size:
             raise ValueError(f"the training shards hold no documents ({self.stream.sampler.shards.path})")
@@ -286,7 +330,7 @@ class BatchSource:
         if self.objective in ("clm", "prefix-lm"):
             return {**self._lm_batch(ids, doc_ids), ROW_SEGMENTS: segments}
         lengths = (doc_ids >= 0).sum(axis=1)  # padding only ever follows a row's tokens
-        if self.objective in ("mlm", "electra"):
+        if self.objective in (*MASKED, *SEQ2SEQ_VARIANTS):
             b = self.collator.collate_rows(ids, lengths)
         else:
             b = self.collator([row[:n] for row, n in zip(ids, lengths)])

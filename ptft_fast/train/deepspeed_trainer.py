@@ -87,7 +87,9 @@ class DeepSpeedTrainer(Trainer):
         self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
-        model = build_for_objective(cfg.objective, self.model_config).to(self.device)
+        model = build_for_objective(cfg.objective, self.model_config, cfg.electra_generator_size).to(
+            self.device
+        )
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, model, self.device)  # the Trainer's policy
         self.ds_config = build_config(ds, cfg, self.world)
         self.strategy = DeepSpeedStrategy(model, cfg, self.ds_config)

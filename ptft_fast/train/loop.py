@@ -76,8 +76,8 @@ def run_loop(trainer) -> dict:
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
-                if cfg.objective == "electra":
-                    row["disc_loss"] = out.terms.get("disc")
+                for term in sorted(set(out.terms) - {"lm"}):  # electra disc, spanbert sbo, mlm+nsp nsp
+                    row[f"{term}_loss"] = out.terms[term]
                 if peak is not None:
                     row["tflops"] = window_flops / dt / 1e12
                     row["mfu"] = row["tflops"] / peak
@@ -243,6 +243,11 @@ def format_summary(s: dict) -> str:
         f"  unigram entropy baseline {s['unigram_entropy']:.4f} nats/token (token frequencies of the train data)",
         *_eval_lines(s),
         f"  eval token accuracy      {s['accuracy']:.2%}",
+        *(
+            [f"  eval NSP accuracy        {s['nsp_accuracy']:.2%} (held-out sentence pairs)"]
+            if "nsp_accuracy" in s
+            else []
+        ),
         f"  throughput               {s['tokens_per_s']:.0f} tokens/s over {s['train_seconds']:.1f} s",
         f"  waiting for data         {s['data_wait_share']:.1%} of the training time (training thread)",
         "price tag",

@@ -202,9 +202,10 @@ def export_zero(ckpt_dir: str | os.PathLike, out: str | os.PathLike, dtype: str 
     client = ck.client_state()
     if "model_config" not in client:
         raise ExportError(f"{ck.tag_dir}: no ptft client state (model_config): not written by ptft")
-    if client.get("config", {}).get("objective") == "electra":
+    if client.get("config", {}).get("objective") in ("electra", "spanbert"):
         raise ExportError(
-            "export_zero: ELECTRA (generator + discriminator) checkpoints are not supported yet"
+            "export_zero: ELECTRA (generator + discriminator) and SpanBERT (MLM + boundary head) "
+            "checkpoints are not supported yet"
         )
     config = ModelConfig(**client["model_config"])
     rules = expand(config)

@@ -168,3 +168,24 @@ def test_data_mixture_from_the_cli(new_run, tmp_path, capsys):
     assert s["steps"] == 2 and s["eval_data"]["held_out"]
     assert main([*argv[:6], "--data", f"{a}:0.7", str(b)]) == 2
     assert "every source needs a weight" in capsys.readouterr().err
+
+
+def test_time_bounded_run_ends_its_decay_at_the_budget(new_run, capsys):
+    """Issue 23's "done when": max_steps=100000 with a 3 s budget and a linear decay: the last
+    step's learning rate is the final value (min_lr_ratio × lr) within one step's change, and the
+    decay was still under way late in the run (it ends at the budget, not before)."""
+    out = new_run()
+    sets = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 100_000, "max_time_s": 3, "log_every": 1}
+    sets.update(eval_every=0, save_every=0, eval_batches=1, plot="false", lr="1e-3", min_lr_ratio=0.1)
+    sets.update(schedule="linear")
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
+    assert "estimated from the measured step rate" in capsys.readouterr().out
+    train = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
+    lrs, planned = [r["lr"] for r in train], train[-1]["planned_steps"]
+    assert len(lrs) >= 20 and train[-1]["step"] < 100_000
+    one_step = (1 - 0.1) * 1e-3 / (planned - planned // 10)  # the linear decay's change per step
+    assert 1e-4 - 1e-12 <= lrs[-1] <= 1e-4 + one_step
+    assert lrs[int(0.8 * len(lrs))] > 1e-4 + 0.05 * 0.9e-3  # not at the floor long before the end
