@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, environment, write_csv
+from ptft_fast.benchmarks.harness import RESULTS_DIR, environment, write_csv
+from ptft_fast.utils.device import cpu_model
 
 # (preset, micro-batch, sequence length) per objective and size
 PRESETS = {

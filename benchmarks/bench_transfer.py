@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, device_name, environment, write_csv
+from ptft_fast.benchmarks.harness import RESULTS_DIR, environment, write_csv
+from ptft_fast.utils.device import cpu_model, device_name
 
 SETTINGS = ("pretrained", "scratch", "lora")
 FIELDS = ["setting", "train_examples", "seed", "last_accuracy", "best_accuracy", "last_macro_f1", "lr",

@@ -110,7 +110,7 @@ def cross_entropy_cases() -> list[Case]:
 
 
 def _attn_run(batch, seq, heads, kv_heads, dim, dtype, causal, *, kpm=False, bias=False, rel=False, p=0.0,
-              varlen=False):  # fmt: skip
+              varlen=False, prefix=False):  # fmt: skip
     def run():
         n = batch * seq
         q, o = _t(n, heads, dim, dtype=dtype), _t(n, heads, dim, dtype=dtype)
@@ -122,6 +122,7 @@ def _attn_run(batch, seq, heads, kv_heads, dim, dtype, causal, *, kpm=False, bia
             bias4=_t(1, heads, seq, seq, dtype=dtype) if bias else None,
             rel_lut=_t(2 * seq - 1, dtype=torch.int32) if rel else None,
             rel_table=_t(32, heads, dtype=dtype) if rel else None, p=p, seed=1234, scale=dim**-0.5,
+            prefix=_t(batch, dtype=torch.int32) if prefix else None,
         )  # fmt: skip
         _, lse = attn_k.attention_fwd(q, k, v, **kw)
         for deterministic in (False, True):
@@ -170,6 +171,10 @@ def attention_cases() -> list[Case]:
         Case("attention", "varlen GQA 8/2 D=128 causal, dense bias, dropout", BF16,
              _attn_run(8, 1024, 8, 2, 128, BF16, True, bias=True, p=0.1, varlen=True))
     )  # fmt: skip
+    cases.append(
+        Case("attention", "packed prefix LM: varlen D=64 causal + prefix lengths", BF16,
+             _attn_run(64, 128, 12, 12, 64, BF16, True, varlen=True, prefix=True), archs=(90, 80))
+    )  # fmt: skip
     edge = _attn_run(1, 1, 1, 1, 32, FP32, True)
     cases.append(Case("attention", "edge one row D=32", FP32, edge, archs=(90, 80)))
     return cases
@@ -207,8 +212,8 @@ def _lora_run(n, d_in, d_out, rank, dtype, p):
     def run():
         x, w = _t(n, d_in, dtype=dtype), _t(d_out, d_in, dtype=dtype)
         a, b = _t(rank, d_in, dtype=dtype), _t(d_out, rank, dtype=dtype)
-        _, t = lora_k.lora_fwd(x, w, _t(d_out, dtype=dtype), a, b, 2.0, p, 1234)
-        lora_k.lora_bwd(_t(n, d_out, dtype=dtype), x, t, w, a, b, 2.0, p, 1234)
+        _, t = lora_k.lora_linear_fwd(x, w, _t(d_out, dtype=dtype), a, b, 2.0, p, 1234)
+        lora_k.lora_linear_bwd(_t(n, d_out, dtype=dtype), x, t, w, a, b, 2.0, p, 1234)
 
     return run
 

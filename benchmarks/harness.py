@@ -9,7 +9,7 @@ A benchmark script ``benchmarks/bench_<name>.py`` defines
 and builds each comparison with :func:`run_case`: a :class:`Case` (what is computed, with its
 FLOP and byte counts) and providers (name → zero-argument factory returning the callable to
 time; factories raise :class:`Unavailable` when the provider cannot run here). The harness does
-warm-up + repeats, reports p20/p50/p80 ms, TFLOP/s and GB/s, % of the device peak (table below),
+warm-up + repeats, reports p20/p50/p80 ms, TFLOP/s and GB/s, % of the device peak (``ptft_fast.utils.device``),
 peak memory (CUDA allocator, or resident-set high-water mark on CPU), the speed ratio vs a baseline provider measured in the same run, and flags results
 that exceed the device's physical limits instead of reporting them. Rows carry device, versions,
 git commit and timestamp; :func:`write_csv` appends them to ``benchmarks/results/*.csv``.
@@ -29,7 +29,6 @@ import datetime as _dt
 import functools
 import gc
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -42,44 +41,13 @@ from pathlib import Path
 
 import torch
 
+from ptft_fast.utils.device import device_name, device_peaks
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 class Unavailable(Exception):
     """Raised by a provider factory when that provider cannot run here (message says why)."""
-
-
-# Dense peak throughput (TFLOP/s, no sparsity) and memory bandwidth (GB/s) from vendor data sheets.
-# Keys are matched as substrings of torch.cuda.get_device_name(), most specific first.
-DEVICE_PEAKS: dict[str, dict[str, float]] = {
-    "H200": {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0, "tf32": 494.0, "gbps": 4800.0},
-    "H100 PCIe": {"bfloat16": 756.0, "float16": 756.0, "float32": 51.0, "tf32": 378.0, "gbps": 2000.0},
-    "H100": {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0, "tf32": 494.0, "gbps": 3350.0},
-    "A100-SXM4-80GB": {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5, "tf32": 156.0, "gbps": 2039.0},
-    "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5, "tf32": 156.0, "gbps": 1555.0},
-    "L40S": {"bfloat16": 362.0, "float16": 362.0, "float32": 91.6, "tf32": 183.0, "gbps": 864.0},
-    "A10G": {"bfloat16": 125.0, "float16": 125.0, "float32": 31.2, "tf32": 62.5, "gbps": 600.0},
-    "RTX 4090": {"bfloat16": 165.0, "float16": 165.0, "float32": 82.6, "tf32": 82.6, "gbps": 1008.0},
-}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or "" where it is not available."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = cpu_model()
-    return f"CPU {model + ' ' if model else ''}{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def _version(package: str) -> str:
@@ -89,17 +57,6 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "none"
-
-
-def device_peaks(device: torch.device) -> dict[str, float] | None:
-    """Peak table entry for ``device``, or None when unknown (CPUs: no % of peak is reported)."""
-    if device.type != "cuda":
-        return None
-    name = device_name(device)
-    for key, peaks in DEVICE_PEAKS.items():
-        if key in name:
-            return peaks
-    return None
 
 
 def _git_commit() -> str:
@@ -435,7 +392,7 @@ def run_case(
 CSV_FIELDS = [
     "op", "provider", "shape", "dtype", "mode", "p20_ms", "p50_ms", "p80_ms", "tflops", "gbps",
     "pct_peak", "tokens_per_s", "peak_mem_mb", "baseline", "ratio_vs_baseline", "mem_vs_baseline",
-    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft",
+    "flag", "skipped", "device", "torch", "triton", "cuda", "commit", "timestamp", "transformers", "peft", "note",
 ]  # fmt: skip
 
 

@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(256) attention_bwd_cuda(const PtftAttnArgs p) 
   sK.template load_async<kThreads>(static_cast<const T*>(p.k) + (s.k0 + n0) * k_ld + hk * D, k_ld, s.lk - n0);
   sV.template load_async<kThreads>(static_cast<const T*>(p.v) + (s.k0 + n0) * k_ld + hk * D, k_ld, s.lk - n0);
 
-  const int m_begin = attn_bwd_query_begin(n0, kM, s.lq, s.lk, p.causal);
+  const int m_begin = attn_bwd_query_begin(n0, kM, s.lq, s.lk, p.causal, s.prefix);
   const int n_mt = m_begin < s.lq ? (s.lq - m_begin + kM - 1) / kM : 0;
   const int n_it = group * n_mt;
   // Iteration it: query head hk * group + it / n_mt, query tile m_begin + (it % n_mt) * kM.
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(256) attention_bwd_cuda(const PtftAttnArgs p) 
         }
       }
       const bool all_visible =
-          p.key_padding_mask == nullptr && attn_tile_all_visible(m0, kM, kb, 32, s.lq, s.lk, p.causal);
+          p.key_padding_mask == nullptr && attn_tile_all_visible(m0, kM, kb, 32, s.lq, s.lk, p.causal, s.prefix);
       const uint32_t kbits = all_visible ? 0xffu : key_bits<4>(p, s, b, kb, t);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {

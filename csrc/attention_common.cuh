@@ -1,7 +1,8 @@
 // Flash attention (FlashAttention-2 schedule) on mma.sync tensor cores: pieces shared by
 // attention_fwd.cu and attention_bwd.cu (two translation units so they compile in parallel).
 //
-// Features: causal (bottom-right aligned per sequence), key padding mask, varlen (cu_seqlens),
+// Features: causal (bottom-right aligned per sequence; prefix LM: a per-sequence prefix length
+// below which keys are seen by every query), key padding mask, varlen (cu_seqlens),
 // additive bias with gradient (arbitrary broadcast strides), T5 relative position bias looked up
 // in-kernel (bucket table + per-head values, gradient into the table), Philox dropout on the
 // attention probabilities, GQA/MQA; fp16/bf16 inputs, fp32 accumulation; head dims 32, 64, 128.
@@ -30,6 +31,7 @@ inline bool valid(const PtftAttnArgs& p) {
 struct SeqInfo {
   int64_t q0, k0;  // first row of this sequence in the (rows, H, D) tensors
   int lq, lk;      // sequence lengths
+  int prefix;      // prefix LM: keys j < prefix are seen by every query (0: plain causal)
 };
 
 __device__ __forceinline__ SeqInfo seq_info(const PtftAttnArgs& p, int b) {
@@ -49,6 +51,7 @@ __device__ __forceinline__ SeqInfo seq_info(const PtftAttnArgs& p, int b) {
     s.k0 = static_cast<int64_t>(b) * p.max_k;
     s.lk = p.max_k;
   }
+  s.prefix = p.prefix_len != nullptr ? p.prefix_len[b] : 0;
   return s;
 }
 
@@ -72,7 +75,7 @@ __device__ __forceinline__ uint32_t key_bits(const PtftAttnArgs& p, const SeqInf
 
 // Whether query i may attend key j, given that j's key bit is set.
 __device__ __forceinline__ bool row_sees(const PtftAttnArgs& p, const SeqInfo& s, int i, int j) {
-  return i < s.lq && (!p.causal || j <= i + (s.lk - s.lq));
+  return i < s.lq && (!p.causal || j <= i + (s.lk - s.lq) || j < s.prefix);
 }
 
 __device__ __forceinline__ bool has_bias(const PtftAttnArgs& p) { return p.bias != nullptr || p.rel_lut != nullptr; }

@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_fwd_cuda(const PtftAttn
   const int64_t q_ld = static_cast<int64_t>(p.hq) * D, k_ld = static_cast<int64_t>(p.hkv) * D;
   const T* kh = static_cast<const T*>(p.k) + s.k0 * k_ld + hk * D;
   const T* vh = static_cast<const T*>(p.v) + s.k0 * k_ld + hk * D;
-  const int n_end = attn_fwd_key_end(m0, kM, s.lq, s.lk, p.causal);
+  const int n_end = attn_fwd_key_end(m0, kM, s.lq, s.lk, p.causal, s.prefix);
   const int n_tiles = (n_end + kN - 1) / kN;
 
   sQ.template load_async<kThreads>(static_cast<const T*>(p.q) + (s.q0 + m0) * q_ld + h * D, q_ld, s.lq - m0);
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_fwd_cuda(const PtftAttn
 
     // scale, bias, masks (only on tiles that need them), then the online softmax per row
     const bool all_visible =
-        p.key_padding_mask == nullptr && attn_tile_all_visible(m0, kM, n0, kN, s.lq, s.lk, p.causal);
+        p.key_padding_mask == nullptr && attn_tile_all_visible(m0, kM, n0, kN, s.lq, s.lk, p.causal, s.prefix);
     const uint32_t kbits = all_visible ? 0xffffu : key_bits<8>(p, s, b, n0, t);
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {

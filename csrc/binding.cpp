@@ -228,7 +228,7 @@ struct AttnShapes {
 AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, const at::Tensor& k,
                           const at::Tensor& v, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
                           const OptTensor& bias, const OptTensor& rel_lut, const OptTensor& rel_table,
-                          const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
+                          const OptTensor& prefix, const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
                           double dropout_p, double scale) {
   PTFT_CHECK_CUDA(OP, q);
   PTFT_CHECK_HALF(OP, q);
@@ -337,6 +337,14 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
     a.rel_table = rel_table->data_ptr<float>();
     a.num_buckets = static_cast<int>(nb);
   }
+  a.prefix_len = nullptr;
+  if (prefix.has_value()) {  // prefix LM: per-sequence prefix lengths (key positions)
+    TORCH_CHECK_VALUE(causal, OP, ": prefix_lengths needs causal=True");
+    PTFT_CHECK_INPUT_N(OP, (*prefix), "prefix_lengths", q);
+    PTFT_CHECK_DTYPE_N(OP, (*prefix), "prefix_lengths", at::kInt);
+    PTFT_CHECK_SHAPE_N(OP, (*prefix), "prefix_lengths", s.batch);
+    a.prefix_len = prefix->data_ptr<int32_t>();
+  }
   a.causal = causal;
   a.softmax_scale = static_cast<float>(scale);
   a.drop = dropout_arg(OP, rng, dropout_p, q);
@@ -353,13 +361,14 @@ AttnShapes attention_args(const char* OP, PtftAttnArgs& a, const at::Tensor& q, 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm,
                                                  const OptTensor& bias, const OptTensor& rel_lut,
-                                                 const OptTensor& rel_table, const OptTensor& rng, int64_t max_q,
-                                                 int64_t max_k, bool causal, double dropout_p, double scale) {
+                                                 const OptTensor& rel_table, const OptTensor& prefix,
+                                                 const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal,
+                                                 double dropout_p, double scale) {
   constexpr const char* OP = "ptft_fast::attention_fwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
-                                      causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q,
+                                      max_k, causal, dropout_p, scale);
   at::Tensor out = at::empty_like(q);
   // zero-filled: varlen leaves rows past a sequence's length unwritten
   at::Tensor lse = at::zeros({s.batch, s.hq, s.max_q}, q.options().dtype(at::kFloat));
@@ -372,14 +381,14 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const OptTensor& cu_q, const OptTensor& cu_k, const OptTensor& kpm, const OptTensor& bias,
-    const OptTensor& rel_lut, const OptTensor& rel_table,
+    const OptTensor& rel_lut, const OptTensor& rel_table, const OptTensor& prefix,
     const OptTensor& rng, int64_t max_q, int64_t max_k, bool causal, double dropout_p, double scale, bool bias_grad,
     bool rel_grad) {
   constexpr const char* OP = "ptft_fast::attention_bwd";
   PtftAttnArgs a;
   const c10::cuda::OptionalCUDAGuard guard(q.device());
-  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k,
-                                      causal, dropout_p, scale);
+  const AttnShapes s = attention_args(OP, a, q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q,
+                                      max_k, causal, dropout_p, scale);
   for (const auto& [name, t] : {Named{"dout", &dout}, Named{"out", &out}}) {
     PTFT_CHECK_INPUT_N(OP, *t, name, q);
     PTFT_CHECK_DTYPE_N(OP, *t, name, q.scalar_type());
@@ -424,8 +433,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
 }
 
 // ------------------------------------------------------------------ linear cross-entropy
-void lce_check(const char* OP, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-               const OptTensor& bias) {
+void linear_cross_entropy_check(const char* OP, const at::Tensor& hidden, const at::Tensor& weight,
+                                const at::Tensor& labels, const OptTensor& bias) {
   PTFT_CHECK_CUDA(OP, hidden);
   PTFT_CHECK_CONTIGUOUS(OP, hidden);
   PTFT_CHECK_HALF(OP, hidden);
@@ -448,12 +457,11 @@ void lce_check(const char* OP, const at::Tensor& hidden, const at::Tensor& weigh
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lce_fwd(const at::Tensor& hidden, const at::Tensor& weight,
-                                                                   const at::Tensor& labels, const OptTensor& bias,
-                                                                   int64_t ignore_index, double label_smoothing,
-                                                                   double z_loss, c10::string_view reduction) {
-  constexpr const char* OP = "ptft_fast::lce_fwd";
-  lce_check(OP, hidden, weight, labels, bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_fwd(
+    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels, const OptTensor& bias,
+    int64_t ignore_index, double label_smoothing, double z_loss, c10::string_view reduction) {
+  constexpr const char* OP = "ptft_fast::linear_cross_entropy_fwd";
+  linear_cross_entropy_check(OP, hidden, weight, labels, bias);
   const int red = reduction_code(OP, reduction);
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing < 1.0, OP, ": label_smoothing must be in [0, 1), got ",
                     label_smoothing);
@@ -467,26 +475,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lce_fwd(const at::Ten
   at::Tensor lse = at::zeros({n}, f32);
   at::Tensor row_loss = at::zeros({n}, f32);
   at::Tensor loss = red == 0 ? row_loss : at::zeros({}, f32);
-  at::Tensor ws = at::empty({ptft_lce_fwd_workspace(n, vocab)}, f32);
-  PTFT_CHECK_LAUNCH(OP, ptft_lce_compact(labels.data_ptr<int64_t>(), n, ignore_index, rows.data_ptr<int32_t>(),
-                                         count.data_ptr<int32_t>(), stream()));
-  PTFT_CHECK_LAUNCH(OP, ptft_lce_fwd(to_ptft(hidden.scalar_type()), hidden.data_ptr(), weight.data_ptr(),
-                                     ptr_or_null(bias), labels.data_ptr<int64_t>(), rows.data_ptr<int32_t>(),
-                                     count.data_ptr<int32_t>(), n, vocab, h, static_cast<float>(label_smoothing),
-                                     static_cast<float>(z_loss), red, ws.data_ptr<float>(), lse.data_ptr<float>(),
-                                     row_loss.data_ptr<float>(), red == 0 ? nullptr : loss.data_ptr<float>(),
-                                     stream()));
+  at::Tensor ws = at::empty({ptft_linear_cross_entropy_fwd_workspace(n, vocab)}, f32);
+  PTFT_CHECK_LAUNCH(
+      OP, ptft_linear_cross_entropy_compact(labels.data_ptr<int64_t>(), n, ignore_index, rows.data_ptr<int32_t>(),
+                                            count.data_ptr<int32_t>(), stream()));
+  PTFT_CHECK_LAUNCH(OP, ptft_linear_cross_entropy_fwd(
+                            to_ptft(hidden.scalar_type()), hidden.data_ptr(), weight.data_ptr(), ptr_or_null(bias),
+                            labels.data_ptr<int64_t>(), rows.data_ptr<int32_t>(), count.data_ptr<int32_t>(), n, vocab,
+                            h, static_cast<float>(label_smoothing), static_cast<float>(z_loss), red,
+                            ws.data_ptr<float>(), lse.data_ptr<float>(), row_loss.data_ptr<float>(),
+                            red == 0 ? nullptr : loss.data_ptr<float>(), stream()));
   return {loss, lse, rows, count};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, const at::Tensor& hidden,
-                                                       const at::Tensor& weight, const at::Tensor& labels,
-                                                       const OptTensor& bias, const at::Tensor& lse,
-                                                       const at::Tensor& rows, const at::Tensor& count,
-                                                       double label_smoothing, double z_loss,
-                                                       c10::string_view reduction) {
-  constexpr const char* OP = "ptft_fast::lce_bwd";
-  lce_check(OP, hidden, weight, labels, bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_bwd(
+    const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+    const OptTensor& bias, const at::Tensor& lse, const at::Tensor& rows, const at::Tensor& count,
+    double label_smoothing, double z_loss, c10::string_view reduction) {
+  constexpr const char* OP = "ptft_fast::linear_cross_entropy_bwd";
+  linear_cross_entropy_check(OP, hidden, weight, labels, bias);
   const int red = reduction_code(OP, reduction);
   const int64_t n = hidden.size(0), h = hidden.size(1), vocab = weight.size(0);
   PTFT_CHECK_INPUT(OP, grad, hidden);
@@ -509,8 +516,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
   // device-side count are zero, so the cuBLAS products below (whose sizes must be known on the
   // host) run over all N rows without a host sync and add nothing for unlabeled rows.
   at::Tensor hc = at::empty_like(hidden);
-  PTFT_CHECK_LAUNCH(OP, ptft_lce_gather_rows(dt, hidden.data_ptr(), rows.data_ptr<int32_t>(),
-                                             count.data_ptr<int32_t>(), n, h, hc.data_ptr(), stream()));
+  PTFT_CHECK_LAUNCH(OP,
+                    ptft_linear_cross_entropy_gather_rows(dt, hidden.data_ptr(), rows.data_ptr<int32_t>(),
+                                                          count.data_ptr<int32_t>(), n, h, hc.data_ptr(), stream()));
   at::Tensor dh_c = at::zeros({n, h}, f32);
   at::Tensor dw = at::zeros({vocab, h}, f32);
   at::Tensor db = bias.has_value() ? at::zeros({vocab}, f32) : at::Tensor();
@@ -533,13 +541,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
       const at::Tensor d_lo = residual ? dlogits[1].narrow(0, 0, nr * nv).view({nr, nv}) : at::Tensor();
       const at::Tensor part =
           bias.has_value() ? db_part.narrow(0, 0, (nr + 63) / 64 * nv).view({-1, nv}) : at::Tensor();
-      PTFT_CHECK_LAUNCH(OP, ptft_lce_dlogits(dt, hidden.data_ptr(), weight.data_ptr(), ptr_or_null(bias),
-                                             labels.data_ptr<int64_t>(), rows.data_ptr<int32_t>(),
-                                             count.data_ptr<int32_t>(), lse.data_ptr<float>(), grad.data_ptr<float>(),
-                                             red, n, vocab, h, static_cast<float>(label_smoothing),
-                                             static_cast<float>(z_loss), r0, nr, v0, nv, d.data_ptr(),
-                                             residual ? d_lo.data_ptr() : nullptr,
-                                             bias.has_value() ? part.data_ptr<float>() : nullptr, stream()));
+      PTFT_CHECK_LAUNCH(
+          OP, ptft_linear_cross_entropy_dlogits(
+                  dt, hidden.data_ptr(), weight.data_ptr(), ptr_or_null(bias), labels.data_ptr<int64_t>(),
+                  rows.data_ptr<int32_t>(), count.data_ptr<int32_t>(), lse.data_ptr<float>(), grad.data_ptr<float>(),
+                  red, n, vocab, h, static_cast<float>(label_smoothing), static_cast<float>(z_loss), r0, nr, v0, nv,
+                  d.data_ptr(), residual ? d_lo.data_ptr() : nullptr,
+                  bias.has_value() ? part.data_ptr<float>() : nullptr, stream()));
       const at::Tensor w_blk = weight.narrow(0, v0, nv), h_blk = hc.narrow(0, r0, nr);
       at::Tensor dh_blk = dh_c.narrow(0, r0, nr), dw_blk = dw.narrow(0, v0, nv);
       dh_blk.add_(at::mm(d, w_blk, at::kFloat));
@@ -559,15 +567,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lce_bwd(const at::Tensor& grad, c
     if (bias.has_value()) db.mul_(g);
   }
   at::Tensor dhidden = at::zeros_like(hidden);
-  PTFT_CHECK_LAUNCH(OP, ptft_lce_scatter_rows(dt, dh_c.data_ptr<float>(), rows.data_ptr<int32_t>(),
-                                              count.data_ptr<int32_t>(), n, h, dhidden.data_ptr(), stream()));
+  PTFT_CHECK_LAUNCH(
+      OP, ptft_linear_cross_entropy_scatter_rows(dt, dh_c.data_ptr<float>(), rows.data_ptr<int32_t>(),
+                                                 count.data_ptr<int32_t>(), n, h, dhidden.data_ptr(), stream()));
   return {dhidden, dw.to(weight.scalar_type()),
           bias.has_value() ? db.to(bias->scalar_type()) : hidden.new_empty({0})};
 }
 
 // ---------------------------------------------------------------------------------- LoRA
-void lora_check(const char* OP, const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
-                const at::Tensor& lora_a, const at::Tensor& lora_b) {
+void lora_linear_check(const char* OP, const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
+                       const at::Tensor& lora_a, const at::Tensor& lora_b) {
   PTFT_CHECK_CUDA(OP, x);
   PTFT_CHECK_CONTIGUOUS(OP, x);
   PTFT_CHECK_HALF(OP, x);
@@ -590,11 +599,11 @@ void lora_check(const char* OP, const at::Tensor& x, const at::Tensor& weight, c
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> lora_fwd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
-                                            const at::Tensor& lora_a, const at::Tensor& lora_b, const OptTensor& rng,
-                                            double scaling, double dropout_p) {
-  constexpr const char* OP = "ptft_fast::lora_fwd";
-  lora_check(OP, x, weight, bias, lora_a, lora_b);
+std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
+                                                   const at::Tensor& lora_a, const at::Tensor& lora_b,
+                                                   const OptTensor& rng, double scaling, double dropout_p) {
+  constexpr const char* OP = "ptft_fast::lora_linear_fwd";
+  lora_linear_check(OP, x, weight, bias, lora_a, lora_b);
   const PtftDropout drop = dropout_arg(OP, rng, dropout_p, x);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int64_t m = x.size(0), in = x.size(1), out = weight.size(0), r = lora_a.size(0);
@@ -603,20 +612,20 @@ std::tuple<at::Tensor, at::Tensor> lora_fwd(const at::Tensor& x, const at::Tenso
   const at::Tensor base = at::mm(x, weight.t(), at::kFloat);
   at::Tensor u = at::empty({2, m, r}, x.options());  // u = u[0] + u[1] (16-bit hi + lo pair)
   at::Tensor y = at::empty({m, out}, x.options());
-  PTFT_CHECK_LAUNCH(OP, ptft_lora_down(dt, x.data_ptr(), lora_a.data_ptr(), u[0].data_ptr(), u[1].data_ptr(), m, in,
-                                       r, drop, stream()));
-  PTFT_CHECK_LAUNCH(OP, ptft_lora_up_add(dt, u[0].data_ptr(), u[1].data_ptr(), lora_b.data_ptr(),
-                                         base.data_ptr<float>(), ptr_or_null(bias), y.data_ptr(), m, out, r,
-                                         static_cast<float>(scaling), stream()));
+  PTFT_CHECK_LAUNCH(OP, ptft_lora_linear_down(dt, x.data_ptr(), lora_a.data_ptr(), u[0].data_ptr(), u[1].data_ptr(), m,
+                                              in, r, drop, stream()));
+  PTFT_CHECK_LAUNCH(
+      OP, ptft_lora_linear_up_add(dt, u[0].data_ptr(), u[1].data_ptr(), lora_b.data_ptr(), base.data_ptr<float>(),
+                                  ptr_or_null(bias), y.data_ptr(), m, out, r, static_cast<float>(scaling), stream()));
   return {y, u};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_bwd(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_a,
     const at::Tensor& lora_b, const at::Tensor& u, const OptTensor& rng, double scaling, double dropout_p,
     bool weight_grad, bool bias_grad) {
-  constexpr const char* OP = "ptft_fast::lora_bwd";
-  lora_check(OP, x, weight, std::nullopt, lora_a, lora_b);
+  constexpr const char* OP = "ptft_fast::lora_linear_bwd";
+  lora_linear_check(OP, x, weight, std::nullopt, lora_a, lora_b);
   const int64_t m = x.size(0), out = weight.size(0), r = lora_a.size(0);
   PTFT_CHECK_INPUT(OP, dy, x);
   PTFT_CHECK_DTYPE(OP, dy, x.scalar_type());
@@ -643,8 +652,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_bwd(
   const at::Tensor dx_base = at::mm(dy, weight, at::kFloat);
   const at::Tensor t = at::mm(du, lora_a, at::kFloat);
   at::Tensor dx = at::empty_like(x);
-  PTFT_CHECK_LAUNCH(OP, ptft_lora_dx_combine(dt, dx_base.data_ptr<float>(), t.data_ptr<float>(), dx.data_ptr(),
-                                             x.numel(), drop, stream()));
+  PTFT_CHECK_LAUNCH(OP, ptft_lora_linear_dx_combine(dt, dx_base.data_ptr<float>(), t.data_ptr<float>(), dx.data_ptr(),
+                                                    x.numel(), drop, stream()));
   at::Tensor dweight = weight_grad ? at::mm(dy.t(), x, at::kFloat).to(x.scalar_type()) : x.new_empty({0});
   at::Tensor dbias = bias_grad ? dy.sum(0, /*keepdim=*/false, at::kFloat).to(x.scalar_type()) : x.new_empty({0});
   return {dx, dweight, dbias, dlora_a, dlora_b};
@@ -663,26 +672,30 @@ TORCH_LIBRARY(ptft_fast, m) {
       "Tensor dbias)");
   m.def(
       "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, Tensor? rng, "
-      "int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale) -> (Tensor out, "
-      "Tensor lse)");
+      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, Tensor? prefix_lengths, "
+      "Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale) -> "
+      "(Tensor out, Tensor lse)");
   m.def(
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "
       "Tensor? cu_seqlens_k, Tensor? key_padding_mask, Tensor? attn_bias, Tensor? rel_lut, Tensor? rel_table, "
-      "Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, float softmax_scale, "
-      "bool bias_grad, bool rel_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias, Tensor drel_table)");
+      "Tensor? prefix_lengths, Tensor? rng, int max_seqlen_q, int max_seqlen_k, bool causal, float dropout_p, "
+      "float softmax_scale, bool bias_grad, bool rel_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias, "
+      "Tensor drel_table)");
   m.def(
-      "lce_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, int ignore_index, float label_smoothing, "
+      "linear_cross_entropy_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, int ignore_index, float "
+      "label_smoothing, "
       "float z_loss, str reduction) -> (Tensor loss, Tensor lse, Tensor rows, Tensor count)");
   m.def(
-      "lce_bwd(Tensor grad, Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, Tensor lse, Tensor rows, "
+      "linear_cross_entropy_bwd(Tensor grad, Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, Tensor lse, "
+      "Tensor rows, "
       "Tensor count, float label_smoothing, float z_loss, str reduction) -> (Tensor dhidden, Tensor dweight, "
       "Tensor dbias)");
   m.def(
-      "lora_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, Tensor? rng, float scaling, "
+      "lora_linear_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, Tensor? rng, float "
+      "scaling, "
       "float dropout_p) -> (Tensor y, Tensor u)");
   m.def(
-      "lora_bwd(Tensor dy, Tensor x, Tensor weight, Tensor lora_a, Tensor lora_b, Tensor u, Tensor? rng, "
+      "lora_linear_bwd(Tensor dy, Tensor x, Tensor weight, Tensor lora_a, Tensor lora_b, Tensor u, Tensor? rng, "
       "float scaling, float dropout_p, bool weight_grad, bool bias_grad) -> (Tensor dx, Tensor dweight, "
       "Tensor dbias, Tensor dlora_a, Tensor dlora_b)");
 }
@@ -692,10 +705,10 @@ TORCH_LIBRARY_IMPL(ptft_fast, CUDA, m) {
   m.impl("layer_norm_bwd", &layer_norm_bwd);
   m.impl("attention_fwd", &attention_fwd);
   m.impl("attention_bwd", &attention_bwd);
-  m.impl("lce_fwd", &lce_fwd);
-  m.impl("lce_bwd", &lce_bwd);
-  m.impl("lora_fwd", &lora_fwd);
-  m.impl("lora_bwd", &lora_bwd);
+  m.impl("linear_cross_entropy_fwd", &linear_cross_entropy_fwd);
+  m.impl("linear_cross_entropy_bwd", &linear_cross_entropy_bwd);
+  m.impl("lora_linear_fwd", &lora_linear_fwd);
+  m.impl("lora_linear_bwd", &lora_linear_bwd);
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -1,19 +1,19 @@
 // Masked-token linear cross-entropy: loss of hidden @ weightᵀ + bias against labels over the
 // labeled rows only, without materializing the (N, V) logits and without host synchronization.
 //
-// 1. ptft_lce_compact: one block scans the labels and writes the ascending indices of labeled
+// 1. ptft_linear_cross_entropy_compact: one block scans the labels and writes the ascending indices of labeled
 //    rows plus their count to device memory.
-// 2. ptft_lce_fwd: (64 rows x 2048 vocab) blocks compute logits tiles with tensor cores
+// 2. ptft_linear_cross_entropy_fwd: (64 rows x 2048 vocab) blocks compute logits tiles with tensor cores
 //    (rows gathered through the index; blocks past the device-side count exit at once) and
 //    reduce them to per-row online-softmax partials (max, sum exp, sum z, label logit); a row
 //    kernel combines the partials into lse and the loss (label smoothing, z-loss), and one block
 //    reduces the losses (deterministic order) — the mean divides by the device-side count.
-// 3. ptft_lce_dlogits: recomputes a logits block and writes dloss/dlogits for it (unscaled by
+// 3. ptft_linear_cross_entropy_dlogits: recomputes a logits block and writes dloss/dlogits for it (unscaled by
 //    the scalar loss gradient for sum/mean) in the 16-bit dtype, rounded once from fp32, plus fp32
 //    column sums per row block for dbias; the binding multiplies it into dhidden and dweight with
 //    two cuBLAS GEMMs (fp32 accumulation) and applies that scalar. The one rounding of dlogits
 //    keeps the gradients within the design's rule for sum/mean (tests/csrc/
-//    test_lce_dlogits_numerics.py: at most 1.8x PyTorch's own error). For reduction none,
+//    test_linear_cross_entropy_dlogits_numerics.py: at most 1.8x PyTorch's own error). For reduction none,
 //    where PyTorch's low-precision gradients carry one rounding only, it reaches 2.5-3.3x: there
 //    the residual d - round(d) goes out too and two more GEMMs add it (4 in all, as before).
 #include "gemm_nt.cuh"
@@ -27,8 +27,8 @@ constexpr int64_t kRowChunk = 1 << 16;                // rows per forward launch
 constexpr int kScanThreads = 1024;
 
 __global__ void __launch_bounds__(kScanThreads)
-    lce_compact_cuda(const int64_t* __restrict__ labels, int64_t n, int64_t ignore_index, int32_t* __restrict__ rows,
-                     int32_t* __restrict__ count) {
+    linear_cross_entropy_compact_cuda(const int64_t* __restrict__ labels, int64_t n, int64_t ignore_index,
+                                      int32_t* __restrict__ rows, int32_t* __restrict__ count) {
   __shared__ int warp_off[32];
   __shared__ int total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -73,9 +73,10 @@ __device__ __forceinline__ void merge(RowStats& a, const RowStats& b) {
 template <typename T>
 // (kGemmThreads, 1): without the minimum, ptxas picks 80 registers for sm_80 and spills 16 bytes.
 __global__ void __launch_bounds__(kGemmThreads, 1)
-    lce_fwd_stats_cuda(Operand<T> A, Operand<T> B, const T* __restrict__ bias, const int64_t* __restrict__ labels,
-                       const int32_t* __restrict__ rows, const int32_t* __restrict__ count, int64_t row0,
-                       int64_t nchunks, float4* __restrict__ partial) {
+    linear_cross_entropy_fwd_stats_cuda(Operand<T> A, Operand<T> B, const T* __restrict__ bias,
+                                        const int64_t* __restrict__ labels, const int32_t* __restrict__ rows,
+                                        const int32_t* __restrict__ count, int64_t row0, int64_t nchunks,
+                                        float4* __restrict__ partial) {
   __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
   __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
   const int64_t n_valid = *count;
@@ -140,10 +141,11 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
   }
 }
 
-__global__ void lce_fwd_rows_cuda(const float4* __restrict__ partial, const int32_t* __restrict__ rows,
-                                  const int32_t* __restrict__ count, int64_t row0, int64_t nrows, int64_t nchunks,
-                                  int64_t vocab, float smoothing, float z_loss, int reduction, float* __restrict__ lse,
-                                  float* __restrict__ row_loss) {
+__global__ void linear_cross_entropy_fwd_rows_cuda(const float4* __restrict__ partial, const int32_t* __restrict__ rows,
+                                                   const int32_t* __restrict__ count, int64_t row0, int64_t nrows,
+                                                   int64_t nchunks, int64_t vocab, float smoothing, float z_loss,
+                                                   int reduction, float* __restrict__ lse,
+                                                   float* __restrict__ row_loss) {
   const int64_t rc = row0 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (rc >= row0 + nrows || rc >= *count) return;
   RowStats st = {-CUDART_INF_F, 0.f, 0.f, 0.f};
@@ -160,8 +162,8 @@ __global__ void lce_fwd_rows_cuda(const float4* __restrict__ partial, const int3
 }
 
 __global__ void __launch_bounds__(kScanThreads)
-    lce_reduce_cuda(const float* __restrict__ row_loss, const int32_t* __restrict__ count, bool mean,
-                    float* __restrict__ loss) {
+    linear_cross_entropy_reduce_cuda(const float* __restrict__ row_loss, const int32_t* __restrict__ count, bool mean,
+                                     float* __restrict__ loss) {
   __shared__ float red[32];
   const int64_t n_valid = *count;
   float s = 0.f;
@@ -173,11 +175,12 @@ __global__ void __launch_bounds__(kScanThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
-    lce_dlogits_cuda(Operand<T> A, Operand<T> B, const T* __restrict__ bias, const int64_t* __restrict__ labels,
-                     const int32_t* __restrict__ rows, const int32_t* __restrict__ count, const float* __restrict__ lse,
-                     const float* __restrict__ grad, int reduction, float smoothing, float z_loss, int64_t r0,
-                     int64_t nr, int64_t v0, int64_t nv, T* __restrict__ dlogits, T* __restrict__ dlogits_lo,
-                     float* __restrict__ db_part) {
+    linear_cross_entropy_dlogits_cuda(Operand<T> A, Operand<T> B, const T* __restrict__ bias,
+                                      const int64_t* __restrict__ labels, const int32_t* __restrict__ rows,
+                                      const int32_t* __restrict__ count, const float* __restrict__ lse,
+                                      const float* __restrict__ grad, int reduction, float smoothing, float z_loss,
+                                      int64_t r0, int64_t nr, int64_t v0, int64_t nv, T* __restrict__ dlogits,
+                                      T* __restrict__ dlogits_lo, float* __restrict__ db_part) {
   __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
   __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
   __shared__ float col_part[kGemmThreads / 32][kGemmBN];  // per-warp column sums of d (for db)
@@ -248,8 +251,8 @@ __global__ void __launch_bounds__(kGemmThreads)
 }
 
 template <typename T>
-__global__ void lce_gather_cuda(const T* __restrict__ hidden, const int32_t* __restrict__ rows,
-                                const int32_t* __restrict__ count, int64_t hdim, T* __restrict__ out) {
+__global__ void linear_cross_entropy_gather_cuda(const T* __restrict__ hidden, const int32_t* __restrict__ rows,
+                                                 const int32_t* __restrict__ count, int64_t hdim, T* __restrict__ out) {
   const int64_t rc = blockIdx.x;
   const bool valid = rc < *count;
   const T* src = valid ? hidden + static_cast<int64_t>(rows[rc]) * hdim : nullptr;
@@ -257,28 +260,13 @@ __global__ void lce_gather_cuda(const T* __restrict__ hidden, const int32_t* __r
 }
 
 template <typename T>
-__global__ void lce_scatter_cuda(const float* __restrict__ src, const int32_t* __restrict__ rows,
-                                 const int32_t* __restrict__ count, int64_t hdim, T* __restrict__ dst) {
+__global__ void linear_cross_entropy_scatter_cuda(const float* __restrict__ src, const int32_t* __restrict__ rows,
+                                                  const int32_t* __restrict__ count, int64_t hdim,
+                                                  T* __restrict__ dst) {
   const int64_t rc = blockIdx.x;
   if (rc >= *count) return;
   T* d = dst + static_cast<int64_t>(rows[rc]) * hdim;
   for (int64_t c = threadIdx.x; c < hdim; c += blockDim.x) d[c] = from_f<T>(src[rc * hdim + c]);
-}
-
-template <typename T>
-Operand<T> operand(const void* ptr, int64_t rows, int64_t k, const int32_t* index) {
-  Operand<T> op;
-  op.ptr = static_cast<const T*>(ptr);
-  op.ld = k;
-  op.rows = rows;
-  op.k = k;
-  op.index = index;
-  op.vec = aligned16(ptr) && k % 8 == 0;
-  op.drop.on = false;
-  op.drop.threshold = 0;
-  op.drop.scale = 1.f;
-  op.drop.seed = op.drop.offset = 0;
-  return op;
 }
 
 template <typename T>
@@ -292,16 +280,16 @@ cudaError_t fwd(const void* hidden, const void* weight, const void* bias, const 
   for (int64_t row0 = 0; row0 < n; row0 += kRowChunk) {
     const int64_t nrows = n - row0 < kRowChunk ? n - row0 : kRowChunk;
     const dim3 grid(static_cast<unsigned>(ceil_div(nrows, kGemmBM)), static_cast<unsigned>(nchunks));
-    lce_fwd_stats_cuda<T><<<grid, kGemmThreads, 0, stream>>>(A, B, static_cast<const T*>(bias), labels, rows, count,
-                                                             row0, nchunks, partial);
+    linear_cross_entropy_fwd_stats_cuda<T><<<grid, kGemmThreads, 0, stream>>>(A, B, static_cast<const T*>(bias), labels,
+                                                                              rows, count, row0, nchunks, partial);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    lce_fwd_rows_cuda<<<static_cast<unsigned>(ceil_div(nrows, 256)), 256, 0, stream>>>(
+    linear_cross_entropy_fwd_rows_cuda<<<static_cast<unsigned>(ceil_div(nrows, 256)), 256, 0, stream>>>(
         partial, rows, count, row0, nrows, nchunks, vocab, smoothing, z_loss, reduction, lse, row_loss);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   if (reduction != 0) {
-    lce_reduce_cuda<<<1, kScanThreads, 0, stream>>>(row_loss, count, reduction == 2, loss);
+    linear_cross_entropy_reduce_cuda<<<1, kScanThreads, 0, stream>>>(row_loss, count, reduction == 2, loss);
     return cudaGetLastError();
   }
   return cudaSuccess;
@@ -315,31 +303,32 @@ cudaError_t dlogits(const void* hidden, const void* weight, const void* bias, co
   const Operand<T> A = operand<T>(hidden, n, hdim, rows);
   const Operand<T> B = operand<T>(weight, vocab, hdim, nullptr);
   const dim3 grid(static_cast<unsigned>(ceil_div(nr, kGemmBM)), static_cast<unsigned>(ceil_div(nv, kGemmBN)));
-  lce_dlogits_cuda<T><<<grid, kGemmThreads, 0, stream>>>(A, B, static_cast<const T*>(bias), labels, rows, count, lse,
-                                                         grad, reduction, smoothing, z_loss, r0, nr, v0, nv,
-                                                         static_cast<T*>(d), static_cast<T*>(d_lo), db_part);
+  linear_cross_entropy_dlogits_cuda<T><<<grid, kGemmThreads, 0, stream>>>(
+      A, B, static_cast<const T*>(bias), labels, rows, count, lse, grad, reduction, smoothing, z_loss, r0, nr, v0, nv,
+      static_cast<T*>(d), static_cast<T*>(d_lo), db_part);
   return cudaGetLastError();
 }
 
 }  // namespace
 }  // namespace ptft
 
-cudaError_t ptft_lce_compact(const int64_t* labels, int64_t n, int64_t ignore_index, int32_t* rows, int32_t* count,
-                             cudaStream_t stream) {
+cudaError_t ptft_linear_cross_entropy_compact(const int64_t* labels, int64_t n, int64_t ignore_index, int32_t* rows,
+                                              int32_t* count, cudaStream_t stream) {
   if (n < 1 || n > 0x7fffffff) return cudaErrorInvalidValue;
-  ptft::lce_compact_cuda<<<1, ptft::kScanThreads, 0, stream>>>(labels, n, ignore_index, rows, count);
+  ptft::linear_cross_entropy_compact_cuda<<<1, ptft::kScanThreads, 0, stream>>>(labels, n, ignore_index, rows, count);
   return cudaGetLastError();
 }
 
-int64_t ptft_lce_fwd_workspace(int64_t n, int64_t vocab) {
+int64_t ptft_linear_cross_entropy_fwd_workspace(int64_t n, int64_t vocab) {
   const int64_t rows = n < ptft::kRowChunk ? n : ptft::kRowChunk;
   return rows * ptft::ceil_div(vocab, ptft::kVocabChunk) * 4;
 }
 
-cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
-                         const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n, int64_t vocab,
-                         int64_t hidden_dim, float label_smoothing, float z_loss, int reduction, float* workspace,
-                         float* lse, float* row_loss, float* loss, cudaStream_t stream) {
+cudaError_t ptft_linear_cross_entropy_fwd(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
+                                          const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n,
+                                          int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss,
+                                          int reduction, float* workspace, float* lse, float* row_loss, float* loss,
+                                          cudaStream_t stream) {
   if (n < 1 || vocab < 1 || hidden_dim < 1 || reduction < 0 || reduction > 2) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
     return ptft::fwd<T>(hidden, weight, bias, labels, rows, count, n, vocab, hidden_dim, label_smoothing, z_loss,
@@ -348,11 +337,12 @@ cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight
   return cudaSuccess;
 }
 
-cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
-                             const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
-                             const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
-                             float label_smoothing, float z_loss, int64_t r0, int64_t nr, int64_t v0, int64_t nv,
-                             void* dlogits, void* dlogits_lo, float* db_part, cudaStream_t stream) {
+cudaError_t ptft_linear_cross_entropy_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
+                                              const int64_t* labels, const int32_t* rows, const int32_t* count,
+                                              const float* lse, const float* grad, int reduction, int64_t n,
+                                              int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss,
+                                              int64_t r0, int64_t nr, int64_t v0, int64_t nv, void* dlogits,
+                                              void* dlogits_lo, float* db_part, cudaStream_t stream) {
   if (nr < 1 || nv < 1 || r0 + nr > n || v0 + nv > vocab) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
     return ptft::dlogits<T>(hidden, weight, bias, labels, rows, count, lse, grad, reduction, n, vocab, hidden_dim,
@@ -361,22 +351,24 @@ cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* we
   return cudaSuccess;
 }
 
-cudaError_t ptft_lce_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows, const int32_t* count,
-                                 int64_t n, int64_t hidden_dim, void* out, cudaStream_t stream) {
+cudaError_t ptft_linear_cross_entropy_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows,
+                                                  const int32_t* count, int64_t n, int64_t hidden_dim, void* out,
+                                                  cudaStream_t stream) {
   if (n < 1 || n > 0x7fffffff) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
-    ptft::lce_gather_cuda<T><<<static_cast<unsigned>(n), 256, 0, stream>>>(static_cast<const T*>(hidden), rows, count,
-                                                                            hidden_dim, static_cast<T*>(out));
+    ptft::linear_cross_entropy_gather_cuda<T><<<static_cast<unsigned>(n), 256, 0, stream>>>(
+        static_cast<const T*>(hidden), rows, count, hidden_dim, static_cast<T*>(out));
   })
   return cudaGetLastError();
 }
 
-cudaError_t ptft_lce_scatter_rows(PtftDtype dtype, const float* src, const int32_t* rows, const int32_t* count,
-                                  int64_t n, int64_t hidden_dim, void* dst, cudaStream_t stream) {
+cudaError_t ptft_linear_cross_entropy_scatter_rows(PtftDtype dtype, const float* src, const int32_t* rows,
+                                                   const int32_t* count, int64_t n, int64_t hidden_dim, void* dst,
+                                                   cudaStream_t stream) {
   if (n < 1 || n > 0x7fffffff) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
-    ptft::lce_scatter_cuda<T><<<static_cast<unsigned>(n), 256, 0, stream>>>(src, rows, count, hidden_dim,
-                                                                             static_cast<T*>(dst));
+    ptft::linear_cross_entropy_scatter_cuda<T>
+        <<<static_cast<unsigned>(n), 256, 0, stream>>>(src, rows, count, hidden_dim, static_cast<T*>(dst));
   })
   return cudaGetLastError();
 }

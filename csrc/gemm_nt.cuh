@@ -86,4 +86,22 @@ __device__ __forceinline__ void zero_acc(float (&acc)[8][4]) {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// Host side: the operand of a dense row-major (rows, k) matrix at ptr, no dropout; with index,
+// logical row r reads physical row index[r] (device memory).
+template <typename T>
+Operand<T> operand(const void* ptr, int64_t rows, int64_t k, const int32_t* index = nullptr) {
+  Operand<T> op;
+  op.ptr = static_cast<const T*>(ptr);
+  op.ld = k;
+  op.rows = rows;
+  op.k = k;
+  op.index = index;
+  op.vec = aligned16(ptr) && k % 8 == 0;
+  op.drop.on = false;
+  op.drop.threshold = 0;
+  op.drop.scale = 1.f;
+  op.drop.seed = op.drop.offset = 0;
+  return op;
+}
+
 }  // namespace ptft

@@ -11,22 +11,6 @@
 namespace ptft {
 namespace {
 
-template <typename T>
-Operand<T> dense(const void* ptr, int64_t rows, int64_t k) {
-  Operand<T> op;
-  op.ptr = static_cast<const T*>(ptr);
-  op.ld = k;
-  op.rows = rows;
-  op.k = k;
-  op.index = nullptr;
-  op.vec = aligned16(ptr) && k % 8 == 0;
-  op.drop.on = false;
-  op.drop.threshold = 0;
-  op.drop.scale = 1.f;
-  op.drop.seed = op.drop.offset = 0;
-  return op;
-}
-
 // Calls fn(row, col, value) for every in-range element of the calling thread's accumulators.
 template <typename Fn>
 __device__ __forceinline__ void for_each_acc(const float (&acc)[8][4], int64_t m0, int64_t n0, int64_t m, int64_t n,
@@ -44,7 +28,7 @@ __device__ __forceinline__ void for_each_acc(const float (&acc)[8][4], int64_t m
 
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
-    lora_down_cuda(Operand<T> X, Operand<T> A, PtftDropout drop, T* __restrict__ u_hi, T* __restrict__ u_lo) {
+    lora_linear_down_cuda(Operand<T> X, Operand<T> A, PtftDropout drop, T* __restrict__ u_hi, T* __restrict__ u_lo) {
   __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
   __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
   X.drop.init(drop);
@@ -62,8 +46,8 @@ __global__ void __launch_bounds__(kGemmThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
-    lora_up_add_cuda(Operand<T> U_hi, Operand<T> U_lo, Operand<T> Bm, const float* __restrict__ base,
-                     const T* __restrict__ bias, float scaling, T* __restrict__ y) {
+    lora_linear_up_add_cuda(Operand<T> U_hi, Operand<T> U_lo, Operand<T> Bm, const float* __restrict__ base,
+                            const T* __restrict__ bias, float scaling, T* __restrict__ y) {
   __shared__ __align__(16) T sA[kGemmBM * kGemmLD];
   __shared__ __align__(16) T sB[kGemmBN * kGemmLD];
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kGemmBM, n0 = static_cast<int64_t>(blockIdx.y) * kGemmBN;
@@ -100,8 +84,8 @@ __global__ void dropout_apply_cuda(const T* __restrict__ x, T* __restrict__ y, i
 }
 
 template <typename T>
-__global__ void lora_dx_combine_cuda(const float* __restrict__ dx_base, const float* __restrict__ t, T* __restrict__ dx,
-                                     int64_t n, PtftDropout drop_args) {
+__global__ void lora_linear_dx_combine_cuda(const float* __restrict__ dx_base, const float* __restrict__ t,
+                                            T* __restrict__ dx, int64_t n, PtftDropout drop_args) {
   DropState drop;
   drop.init(drop_args);
   for_each_chunk8(n, [&](int64_t c0) {
@@ -121,28 +105,28 @@ unsigned elementwise_grid(int64_t n) {
 }  // namespace
 }  // namespace ptft
 
-cudaError_t ptft_lora_down(PtftDtype dtype, const void* x, const void* lora_a, void* u_hi, void* u_lo, int64_t m,
-                           int64_t in, int64_t r, PtftDropout drop, cudaStream_t stream) {
+cudaError_t ptft_lora_linear_down(PtftDtype dtype, const void* x, const void* lora_a, void* u_hi, void* u_lo, int64_t m,
+                                  int64_t in, int64_t r, PtftDropout drop, cudaStream_t stream) {
   if (m < 1 || in < 1 || r < 1) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
     const dim3 grid(static_cast<unsigned>(ptft::ceil_div(m, ptft::kGemmBM)),
                     static_cast<unsigned>(ptft::ceil_div(r, ptft::kGemmBN)));
-    ptft::lora_down_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(ptft::dense<T>(x, m, in),
-                                                                     ptft::dense<T>(lora_a, r, in), drop,
-                                                                     static_cast<T*>(u_hi), static_cast<T*>(u_lo));
+    ptft::lora_linear_down_cuda<T>
+        <<<grid, ptft::kGemmThreads, 0, stream>>>(ptft::operand<T>(x, m, in), ptft::operand<T>(lora_a, r, in), drop,
+                                                  static_cast<T*>(u_hi), static_cast<T*>(u_lo));
   })
   return cudaGetLastError();
 }
 
-cudaError_t ptft_lora_up_add(PtftDtype dtype, const void* u_hi, const void* u_lo, const void* lora_b,
-                             const float* base, const void* bias, void* y, int64_t m, int64_t out, int64_t r,
-                             float scaling, cudaStream_t stream) {
+cudaError_t ptft_lora_linear_up_add(PtftDtype dtype, const void* u_hi, const void* u_lo, const void* lora_b,
+                                    const float* base, const void* bias, void* y, int64_t m, int64_t out, int64_t r,
+                                    float scaling, cudaStream_t stream) {
   if (m < 1 || out < 1 || r < 1) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
     const dim3 grid(static_cast<unsigned>(ptft::ceil_div(m, ptft::kGemmBM)),
                     static_cast<unsigned>(ptft::ceil_div(out, ptft::kGemmBN)));
-    ptft::lora_up_add_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(
-        ptft::dense<T>(u_hi, m, r), ptft::dense<T>(u_lo, m, r), ptft::dense<T>(lora_b, out, r), base,
+    ptft::lora_linear_up_add_cuda<T><<<grid, ptft::kGemmThreads, 0, stream>>>(
+        ptft::operand<T>(u_hi, m, r), ptft::operand<T>(u_lo, m, r), ptft::operand<T>(lora_b, out, r), base,
         static_cast<const T*>(bias), scaling, static_cast<T*>(y));
   })
   return cudaGetLastError();
@@ -158,12 +142,12 @@ cudaError_t ptft_dropout_apply(PtftDtype dtype, const void* x, void* y, int64_t 
   return cudaGetLastError();
 }
 
-cudaError_t ptft_lora_dx_combine(PtftDtype dtype, const float* dx_base, const float* t, void* dx, int64_t n,
-                                 PtftDropout drop, cudaStream_t stream) {
+cudaError_t ptft_lora_linear_dx_combine(PtftDtype dtype, const float* dx_base, const float* t, void* dx, int64_t n,
+                                        PtftDropout drop, cudaStream_t stream) {
   if (n < 1) return cudaErrorInvalidValue;
   PTFT_DISPATCH_HALF(dtype, {
-    ptft::lora_dx_combine_cuda<T><<<ptft::elementwise_grid(n), 256, 0, stream>>>(
-        dx_base, t, static_cast<T*>(dx), n, drop);
+    ptft::lora_linear_dx_combine_cuda<T>
+        <<<ptft::elementwise_grid(n), 256, 0, stream>>>(dx_base, t, static_cast<T*>(dx), n, drop);
   })
   return cudaGetLastError();
 }

@@ -53,7 +53,8 @@ cudaError_t ptft_layer_norm_bwd(PtftDtype x_dtype, PtftDtype w_dtype, const void
 // T5 relative position bias (nullable, instead of or besides bias): rel_lut (max_q + max_k - 1,)
 // int32 bucket of each key - query distance d at index d + max_q - 1, rel_table (num_buckets,
 // Hq) fp32, num_buckets <= ptft_attention_max_buckets(); drel_table (nullable, backward): its
-// gradient, (num_buckets, Hq) fp32, zero-filled by the caller.
+// gradient, (num_buckets, Hq) fp32, zero-filled by the caller. prefix_len (nullable, causal only):
+// (batch,) int32, prefix LM: query i of sequence b also sees keys j < prefix_len[b].
 struct PtftAttnArgs {
   PtftDtype dtype;
   int batch, hq, hkv, head_dim, max_q, max_k;
@@ -67,6 +68,7 @@ struct PtftAttnArgs {
   const int32_t* rel_lut;
   const float* rel_table;
   int num_buckets;
+  const int32_t* prefix_len;
   bool causal;
   float softmax_scale;
   PtftDropout drop;
@@ -88,17 +90,18 @@ cudaError_t ptft_attention_bwd(const PtftAttnArgs& args, cudaStream_t stream);
 // rows whose label != ignore_index, count (1,) int32 lives on the device. Every later kernel
 // reads count from device memory, so nothing syncs with the host; blocks past count exit.
 // reduction: 0 = none, 1 = sum, 2 = mean.
-cudaError_t ptft_lce_compact(const int64_t* labels, int64_t n, int64_t ignore_index, int32_t* rows,
-                             int32_t* count, cudaStream_t stream);
-// Workspace floats needed by ptft_lce_fwd for n rows and a vocab of size vocab.
-int64_t ptft_lce_fwd_workspace(int64_t n, int64_t vocab);
+cudaError_t ptft_linear_cross_entropy_compact(const int64_t* labels, int64_t n, int64_t ignore_index, int32_t* rows,
+                                              int32_t* count, cudaStream_t stream);
+// Workspace floats needed by ptft_linear_cross_entropy_fwd for n rows and a vocab of size vocab.
+int64_t ptft_linear_cross_entropy_fwd_workspace(int64_t n, int64_t vocab);
 // hidden: (n, H), weight: (vocab, H), bias: (vocab,) nullable, all dtype (fp16/bf16).
 // lse: (n,) fp32 per compacted row; row_loss: (n,) fp32 — for reduction none indexed by the
 // original row (caller zero-fills it), else per compacted row; loss: scalar fp32 (sum/mean).
-cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
-                         const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n,
-                         int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss, int reduction,
-                         float* workspace, float* lse, float* row_loss, float* loss, cudaStream_t stream);
+cudaError_t ptft_linear_cross_entropy_fwd(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
+                                          const int64_t* labels, const int32_t* rows, const int32_t* count, int64_t n,
+                                          int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss,
+                                          int reduction, float* workspace, float* lse, float* row_loss, float* loss,
+                                          cudaStream_t stream);
 // dlogits block for compacted rows [r0, r0+nr) and vocab [v0, v0+nv): (nr, nv) in dtype, rounded
 // once from the fp32 value; rows past count get zeros. dlogits_lo: nullable, the residual
 // (fp32 value - dlogits) in dtype, for products at ~2x the 16-bit precision (reduction none,
@@ -106,31 +109,34 @@ cudaError_t ptft_lce_fwd(PtftDtype dtype, const void* hidden, const void* weight
 // column sums of the fp32 block per 64-row block. grad: (n,) loss gradient for reduction none
 // (applied per row); for sum/mean the block is left unscaled and the caller multiplies the
 // products by the scalar gradient (/ count for mean), keeping the 16-bit values clear of underflow.
-cudaError_t ptft_lce_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
-                             const int64_t* labels, const int32_t* rows, const int32_t* count, const float* lse,
-                             const float* grad, int reduction, int64_t n, int64_t vocab, int64_t hidden_dim,
-                             float label_smoothing, float z_loss, int64_t r0, int64_t nr, int64_t v0, int64_t nv,
-                             void* dlogits, void* dlogits_lo, float* db_part, cudaStream_t stream);
+cudaError_t ptft_linear_cross_entropy_dlogits(PtftDtype dtype, const void* hidden, const void* weight, const void* bias,
+                                              const int64_t* labels, const int32_t* rows, const int32_t* count,
+                                              const float* lse, const float* grad, int reduction, int64_t n,
+                                              int64_t vocab, int64_t hidden_dim, float label_smoothing, float z_loss,
+                                              int64_t r0, int64_t nr, int64_t v0, int64_t nv, void* dlogits,
+                                              void* dlogits_lo, float* db_part, cudaStream_t stream);
 // out[rc] = hidden[rows[rc]] for rc < count, zeros after: (n, H) in dtype.
-cudaError_t ptft_lce_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows, const int32_t* count,
-                                 int64_t n, int64_t hidden_dim, void* out, cudaStream_t stream);
+cudaError_t ptft_linear_cross_entropy_gather_rows(PtftDtype dtype, const void* hidden, const int32_t* rows,
+                                                  const int32_t* count, int64_t n, int64_t hidden_dim, void* out,
+                                                  cudaStream_t stream);
 // dst[rows[rc]] = src[rc] (fp32 → dtype) for rc < count; other rows of dst left as they are.
-cudaError_t ptft_lce_scatter_rows(PtftDtype dtype, const float* src, const int32_t* rows, const int32_t* count,
-                                  int64_t n, int64_t hidden_dim, void* dst, cudaStream_t stream);
+cudaError_t ptft_linear_cross_entropy_scatter_rows(PtftDtype dtype, const float* src, const int32_t* rows,
+                                                   const int32_t* count, int64_t n, int64_t hidden_dim, void* dst,
+                                                   cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------- LoRA
 // u = dropout(x) Aᵀ: x (m, in), A (r, in) → u (m, r) as a 16-bit pair u_hi + u_lo (each (m, r),
 // together ~2x dtype's precision); tensor cores, dropout fused in the load.
-cudaError_t ptft_lora_down(PtftDtype dtype, const void* x, const void* lora_a, void* u_hi, void* u_lo, int64_t m,
-                           int64_t in, int64_t r, PtftDropout drop, cudaStream_t stream);
+cudaError_t ptft_lora_linear_down(PtftDtype dtype, const void* x, const void* lora_a, void* u_hi, void* u_lo, int64_t m,
+                                  int64_t in, int64_t r, PtftDropout drop, cudaStream_t stream);
 // y = base + bias + scaling · (u_hi + u_lo) Bᵀ, rounded once: u_hi/u_lo (m, r), B (out, r),
 // base (m, out) fp32, y (m, out), bias (out,) nullable.
-cudaError_t ptft_lora_up_add(PtftDtype dtype, const void* u_hi, const void* u_lo, const void* lora_b,
-                             const float* base, const void* bias, void* y, int64_t m, int64_t out, int64_t r,
-                             float scaling, cudaStream_t stream);
-// y = dropout(x), element index = flat index (matches ptft_lora_down's mask).
+cudaError_t ptft_lora_linear_up_add(PtftDtype dtype, const void* u_hi, const void* u_lo, const void* lora_b,
+                                    const float* base, const void* bias, void* y, int64_t m, int64_t out, int64_t r,
+                                    float scaling, cudaStream_t stream);
+// y = dropout(x), element index = flat index (matches ptft_lora_linear_down's mask).
 cudaError_t ptft_dropout_apply(PtftDtype dtype, const void* x, void* y, int64_t n, PtftDropout drop,
                                cudaStream_t stream);
-// dx = dx_base + dropout(t) (same mask as ptft_lora_down): dx_base, t (n,) fp32, dx (n,) in dtype.
-cudaError_t ptft_lora_dx_combine(PtftDtype dtype, const float* dx_base, const float* t, void* dx, int64_t n,
-                                 PtftDropout drop, cudaStream_t stream);
+// dx = dx_base + dropout(t) (same mask as ptft_lora_linear_down): dx_base, t (n,) fp32, dx (n,) in dtype.
+cudaError_t ptft_lora_linear_dx_combine(PtftDtype dtype, const float* dx_base, const float* t, void* dx, int64_t n,
+                                        PtftDropout drop, cudaStream_t stream);

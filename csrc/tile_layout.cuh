@@ -49,26 +49,28 @@ PTFT_HD int frag_chunk(int lane_chunk, int r0, int c0) {
 
 // ---------------------------------------------------------------------------- attention tiling
 // Positions are within one sequence: query i in [0, lq), key j in [0, lk). Causal attention is
-// aligned bottom-right: i sees j iff j <= i + (lk - lq).
+// aligned bottom-right: i sees j iff j <= i + (lk - lq), or (prefix LM) j < prefix — the keys
+// below the sequence's prefix length are seen by every query (prefix <= 0: none).
 
 // Forward, query block [m0, m0 + block_m): keys [0, end) can be visible to it.
-PTFT_HD int attn_fwd_key_end(int m0, int block_m, int lq, int lk, bool causal) {
+PTFT_HD int attn_fwd_key_end(int m0, int block_m, int lq, int lk, bool causal, int prefix) {
   if (!causal) return lk;
-  const int end = m0 + block_m + (lk - lq);
+  int end = m0 + block_m + (lk - lq);
+  if (end < prefix) end = prefix;
   return end < 0 ? 0 : (end < lk ? end : lk);
 }
 // Backward, key block [n0, n0 + block_n): query tiles of block_m rows from this first row on can
 // see it (a multiple of block_m, or >= lq when none can).
-PTFT_HD int attn_bwd_query_begin(int n0, int block_m, int lq, int lk, bool causal) {
-  if (!causal) return 0;
+PTFT_HD int attn_bwd_query_begin(int n0, int block_m, int lq, int lk, bool causal, int prefix) {
+  if (!causal || n0 < prefix) return 0;
   const int first = n0 - (lk - lq);  // the first query that sees key n0
   return first <= 0 ? 0 : first / block_m * block_m;
 }
 // Whether every (i, j) of the tile [m0, m0 + bm) x [n0, n0 + bn) is a real, visible pair when
 // there is no key padding mask, so that the kernels may skip the per-element masks.
-PTFT_HD bool attn_tile_all_visible(int m0, int bm, int n0, int bn, int lq, int lk, bool causal) {
+PTFT_HD bool attn_tile_all_visible(int m0, int bm, int n0, int bn, int lq, int lk, bool causal, int prefix) {
   if (m0 + bm > lq || n0 + bn > lk) return false;
-  return !causal || n0 + bn - 1 <= m0 + (lk - lq);
+  return !causal || n0 + bn - 1 <= m0 + (lk - lq) || n0 + bn <= prefix;
 }
 
 }  // namespace ptft

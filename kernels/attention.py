@@ -3,15 +3,17 @@
 Layout: tokens are rows of (N, H, D) contiguous tensors. Padded batches are the special case of
 varlen where sequence b starts at row b·T and has length T, so one kernel serves both: with
 VARLEN the start/length of sequence b come from cu_seqlens. Everything that shapes the scores —
-causal (aligned bottom-right per sequence), key padding mask, dense additive bias (any broadcast,
+causal (aligned bottom-right per sequence; with a per-sequence prefix length, prefix LM: keys below
+it are seen by every query), key padding mask, dense additive bias (any broadcast,
 via strides), T5 relative position bias (looked up in-kernel), dropout (the Philox mask of
 ``_jit_common.keep_mask`` over the padded (b, h, i) rows and j columns, regenerated in backward) —
 lives in :func:`scores` / :func:`dropout_keep`, shared with the backward kernels.
 
 Softmax in base 2: scores are scaled by scale·log2(e) once (bias terms by log2(e)), so every
 exponential is one exp2. A query block first walks the key blocks it sees entirely (no bounds
-or causal mask: only the key padding mask, when given, applies), then the few blocks that
-straddle the causal diagonal or the end of the keys, masked. The log-sum-exp is stored in base 2.
+or causal mask: only the key padding mask, when given, applies) — those below the causal diagonal
+and, for a prefix LM, those inside the prefix — then the few blocks that straddle the diagonal, the
+prefix's end or the end of the keys, masked. The log-sum-exp is stored in base 2.
 
 Tiles come from a small autotune set (:data:`FWD_CONFIGS`) keyed on head dim, causal, bias,
 dropout, dtype and sequence-length bucket, pruned by shared memory for the GPU at hand.
@@ -57,6 +59,14 @@ def program_sequence(CU_Q, CU_K, heads, max_q, max_k, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def seq_prefix(PREFIX, b, HAS_PREFIX: tl.constexpr):
+    """Prefix length of sequence b (prefix LM: keys below it are visible to every query); 0 without."""
+    if HAS_PREFIX:
+        return tl.load(PREFIX + b).to(tl.int32)
+    return 0
+
+
+@triton.jit
 def head_tile(first_row, offs, length, n_heads, head, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Element offsets (BLOCK, BLOCK_D) int64 and in-bounds mask of rows ``first_row + offs`` of one
     head in a (N, n_heads, HEAD_DIM) tensor; rows at or past ``length`` are masked."""
@@ -71,9 +81,9 @@ def head_tile(first_row, offs, length, n_heads, head, HEAD_DIM: tl.constexpr, BL
 @triton.jit
 def scores(
     q, k, b, h, offs_m, offs_n, len_q, len_k, qk_scale,
-    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, need_mask,
+    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, need_mask, prefix,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_REL: tl.constexpr, IEEE: tl.constexpr, KEY_MAJOR: tl.constexpr = False,
+    HAS_REL: tl.constexpr, HAS_PREFIX: tl.constexpr, IEEE: tl.constexpr, KEY_MAJOR: tl.constexpr = False,
 ):  # fmt: skip
     """Scores block in fp32 and base 2: (q kᵀ·scale + bias)·log2(e), -inf where masked; and the
     mask. (BM, BN) with query rows; KEY_MAJOR: its transpose (BN, BM), key rows — the layout in
@@ -81,7 +91,7 @@ def scores(
 
     MASKED: 0 — every query row sees every key of the block (no bounds or causal mask; only the
     key padding mask, data, still applies); 1 — the block may hold keys past len_k or above the
-    causal diagonal; 2 — as 1 when the runtime flag ``need_mask`` (uniform over the program) is
+    causal diagonal (those below ``prefix`` stay visible when HAS_PREFIX); 2 — as 1 when the runtime flag ``need_mask`` (uniform over the program) is
     set, else as 0: one loop body serves both kinds of blocks."""
     if KEY_MAJOR:
         s = dot(k, tl.trans(q), IEEE) * qk_scale
@@ -112,7 +122,10 @@ def scores(
         else:
             valid &= visible[None, :]
     if CAUSAL and MASKED:
-        valid &= kj <= qi + (len_k - len_q)
+        seen = kj <= qi + (len_k - len_q)
+        if HAS_PREFIX:
+            seen |= kj < prefix
+        valid &= seen
     if MASKED == 2:
         if need_mask or HAS_KPM:
             s = tl.where(valid, s, float("-inf"))
@@ -130,8 +143,9 @@ def dropout_keep(seed, b, h, n_heads, offs_m, n0, max_q, max_k, p, BLOCK_N: tl.c
 
 @triton.jit
 def visible_key_range(
-    m_start, len_q, len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
-):
+    m_start, len_q, len_k, prefix, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+):  # fmt: skip
     """(full_end, end) for query rows m_start .. m_start + BLOCK_M - 1: key blocks below full_end
     are visible to every row of the block; blocks from full_end to end need the mask."""
     end = len_k
@@ -140,15 +154,19 @@ def visible_key_range(
         diag = len_k - len_q
         end = tl.maximum(tl.minimum(len_k, m_start + BLOCK_M + diag), 0)
         full_end = tl.maximum(tl.minimum(m_start + diag + 1, len_k), 0) // BLOCK_N * BLOCK_N
+        if HAS_PREFIX:  # and keys j < prefix: every row sees the blocks inside the prefix
+            pre = tl.maximum(tl.minimum(prefix, len_k), 0)
+            end = tl.maximum(end, pre)
+            full_end = tl.maximum(full_end, pre // BLOCK_N * BLOCK_N)
     return full_end, end
 
 
 @triton.jit
 def _fwd_key_blocks(
     acc, l_i, m_i, q, K, V, k0, len_k, hk, n_kv_heads, lo, hi, b, h, offs_m, len_q, qk_scale,
-    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
+    KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed, prefix,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    HAS_REL: tl.constexpr, HAS_PREFIX: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Online-softmax update of (acc, l_i, m_i) over key blocks lo .. hi (multiples of BLOCK_N)."""
@@ -164,8 +182,8 @@ def _fwd_key_blocks(
             v = tl.load(V + kv_off)
         s, _ = scores(
             q, k, b, h, offs_m, kn, len_q, len_k, qk_scale,
-            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False,
-            MASKED, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, IEEE,
+            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False, prefix,
+            MASKED, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, IEEE,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN
@@ -182,14 +200,15 @@ def _fwd_key_blocks(
 
 @triton.jit
 def _attention_fwd_kernel(
-    Q, K, V, OUT, LSE, CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE,
+    Q, K, V, OUT, LSE, CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, PREFIX,
     n_heads, n_kv_heads, max_q, max_k, seq_bucket, qk_scale, p, seed,
     HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, HAS_PREFIX: tl.constexpr, DROPOUT: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program per (query block, b·Hq + h). seq_bucket only keys the autotune cache."""
     b, h, q0, len_q, k0, len_k = program_sequence(CU_Q, CU_K, n_heads, max_q, max_k, VARLEN)
+    prefix = seq_prefix(PREFIX, b, HAS_PREFIX)
     hk = h // (n_heads // n_kv_heads)  # GQA/MQA: query head h reads kv head hk
     m_start = tl.program_id(0) * BLOCK_M
     if m_start >= len_q:
@@ -200,17 +219,17 @@ def _attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    full_end, end = visible_key_range(m_start, len_q, len_k, BLOCK_M, BLOCK_N, CAUSAL)
+    full_end, end = visible_key_range(m_start, len_q, len_k, prefix, BLOCK_M, BLOCK_N, CAUSAL, HAS_PREFIX)
     # the key blocks every row sees entirely, without masks; then the masked ones
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, K, V, k0, len_k, hk, n_kv_heads, 0, full_end, b, h, offs_m, len_q, qk_scale,
-        KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
-        False, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, HEAD_DIM, BLOCK_N, BLOCK_D,
+        KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed, prefix,
+        False, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, DROPOUT, IEEE, HEAD_DIM, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, K, V, k0, len_k, hk, n_kv_heads, full_end, end, b, h, offs_m, len_q, qk_scale,
-        KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
-        True, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, HEAD_DIM, BLOCK_N, BLOCK_D,
+        KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed, prefix,
+        True, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, DROPOUT, IEEE, HEAD_DIM, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]  # queries that see no key give zeros
@@ -220,12 +239,15 @@ def _attention_fwd_kernel(
     tl.store(LSE + (q0 + offs_m) * n_heads + h, lse, mask=offs_m < len_q)
 
 
-def prune_configs(configs, args: dict, rows: str, cols: str, accumulators: int, score_tiles: int):
+def prune_configs(
+    configs, args: dict, rows: str, cols: str, accumulators: int, score_tiles: int, mma_sync_operands: int = 0
+):
     """The autotune configs that fit the launch. A program keeps a ``rows`` × D block resident,
     with ``accumulators`` such fp32 tiles in registers (accumulators, and operands kept across the
-    loop), and streams ``cols`` × D tiles of two operands per pipeline stage; each step holds
-    ``score_tiles`` (rows, cols) fp32 tiles (scores, probabilities, their gradients), plus about
-    1.5 more per bias, T5-bias or dropout term. Kept when
+    loop; ``mma_sync_operands`` more before sm_90, where mma.sync holds the resident operands'
+    fragments in registers), and streams ``cols`` × D tiles of two operands per pipeline stage;
+    each step holds ``score_tiles`` (rows, cols) fp32 tiles (scores, probabilities, their
+    gradients), plus about 1.5 more per bias, T5-bias or dropout term. Kept when
 
       * shared memory, (rows + 2·stages·cols)·D·itemsize, fits the GPU's per-block limit;
       * the fp32 tiles take <= 128 registers per thread on sm_90 (wgmma reads its B operand from
@@ -239,6 +261,8 @@ def prune_configs(configs, args: dict, rows: str, cols: str, accumulators: int, 
     target = gpu_target(q.device)
     block_d = args["BLOCK_D"]
     extra = 1.5 * (int(args["HAS_BIAS"]) + int(args["HAS_REL"]) + int(args["DROPOUT"]))
+    if target is not None and target.arch < 90:
+        accumulators += mma_sync_operands
 
     def registers(c):
         br, bc = c.kwargs[rows], c.kwargs[cols]
@@ -255,10 +279,10 @@ def prune_configs(configs, args: dict, rows: str, cols: str, accumulators: int, 
     return kept or [min(configs, key=registers)]
 
 
-def config_pruner(rows: str, cols: str, accumulators: int, score_tiles: int):
+def config_pruner(rows: str, cols: str, accumulators: int, score_tiles: int, mma_sync_operands: int = 0):
     """``early_config_prune`` for triton.autotune (launch arguments arrive as keywords)."""
     return lambda configs, nargs, **kw: prune_configs(
-        configs, {**nargs, **kw}, rows, cols, accumulators, score_tiles
+        configs, {**nargs, **kw}, rows, cols, accumulators, score_tiles, mma_sync_operands
     )
 
 
@@ -267,7 +291,7 @@ FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in ((128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2))
 ]
-AUTOTUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_BIAS", "HAS_REL", "DROPOUT", "seq_bucket"]
+AUTOTUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_BIAS", "HAS_REL", "HAS_PREFIX", "DROPOUT", "seq_bucket"]
 
 _attention_fwd_tuned = triton.autotune(
     FWD_CONFIGS,
@@ -314,8 +338,9 @@ def launch_tiles(tuned, grid, tiles, **args) -> None:
 
 
 def attention_fwd(
-    q, k, v, *, batch, max_q, max_k, cu_q, cu_k, causal, kpm, bias4, rel_lut, rel_table, p, seed, scale
-):
+    q, k, v, *, batch, max_q, max_k, cu_q, cu_k, causal, kpm, bias4, rel_lut, rel_table, p, seed, scale,
+    prefix=None,
+):  # fmt: skip
     """Forward launcher.
 
     Args:
@@ -325,21 +350,24 @@ def attention_fwd(
         kpm: (B, Tk) int8 (1 = attend) or None. bias4: 4-D view broadcastable to (B, Hq, Tq, Tk)
         or None. rel_lut: (max_q + max_k - 1,) int32 bucket of each j - i, rel_table:
         (num_buckets, Hq) — T5 bias, or None. p: dropout prob, seed: Philox seed. scale: softmax.
+        prefix: (B,) int32/int64 prefix lengths (prefix LM, with causal) or None.
 
     Returns:
         o (Nq, Hq, D) like q; lse (Nq, Hq) fp32 in base 2 (+inf for queries that see no key).
     """
-    q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table = contiguous(q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table)
+    q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table, prefix = contiguous(
+        q, k, v, cu_q, cu_k, kpm, rel_lut, rel_table, prefix
+    )
     n_q, n_heads, head_dim = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((n_q, n_heads), dtype=torch.float32, device=q.device)
     args = dict(
         Q=q, K=k, V=v, OUT=o, LSE=lse, CU_Q=cu_q, CU_K=cu_k, KPM=kpm, BIAS=bias4,
         **dict(zip(("sb_b", "sb_h", "sb_i", "sb_j"), bias_strides(bias4), strict=True)),
-        LUT=rel_lut, TABLE=rel_table, n_heads=n_heads, n_kv_heads=k.shape[1], max_q=max_q, max_k=max_k,
-        seq_bucket=seq_bucket(max_k), qk_scale=scale * LOG2E, p=p, seed=seed,
+        LUT=rel_lut, TABLE=rel_table, PREFIX=prefix, n_heads=n_heads, n_kv_heads=k.shape[1], max_q=max_q,
+        max_k=max_k, seq_bucket=seq_bucket(max_k), qk_scale=scale * LOG2E, p=p, seed=seed,
         HEAD_DIM=head_dim, VARLEN=cu_q is not None, CAUSAL=causal, HAS_KPM=kpm is not None,
-        HAS_BIAS=bias4 is not None, HAS_REL=rel_table is not None, DROPOUT=p > 0.0,
+        HAS_BIAS=bias4 is not None, HAS_REL=rel_table is not None, HAS_PREFIX=prefix is not None, DROPOUT=p > 0.0,
         IEEE=q.dtype == torch.float32, BLOCK_D=head_block(head_dim),
     )  # fmt: skip
     grid = lambda meta: (triton.cdiv(max_q, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731

@@ -38,6 +38,7 @@ from ptft_fast.kernels.attention import (
     program_sequence,
     scores,
     seq_bucket,
+    seq_prefix,
     visible_key_range,
 )
 
@@ -97,9 +98,9 @@ def _bias_grads(ds, valid, DBIAS, DTABLE, LUT, b, h, n_heads, offs_m, offs_n, le
 def _dkdv_query_blocks(
     dk, dv, k, v, Q, DO, LSE, DELTA, DQ32, q0, len_q, len_k, begin, mid, full_end, b, h, offs_n,
     n_start, qk_scale, sm_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
-    CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr,
-    DROPOUT: tl.constexpr, IEEE: tl.constexpr, FUSED_DQ: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    prefix, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr, FUSED_DQ: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dK, dV (BN, BLOCK_D) fp32 updated over the query blocks begin .. len_q of head h. One loop
     body for all blocks: those in [mid, full_end) see every key of the block and skip the masks (a
@@ -115,8 +116,8 @@ def _dkdv_query_blocks(
         )
         st, _ = scores(
             q, k, b, h, offs_m, offs_n, len_q, len_k, qk_scale,
-            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, need_mask,
-            2, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, IEEE, True,
+            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, need_mask, prefix,
+            2, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, IEEE, True,
         )  # fmt: skip
         pt = tl.math.exp2(st - lse[None, :])  # (BN, BM)
         dpt = dot(v, tl.trans(do), IEEE)
@@ -138,15 +139,17 @@ def _dkdv_query_blocks(
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, DQ32,
-    CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE,
+    CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, PREFIX,
     n_heads, n_kv_heads, max_q, max_k, seq_bucket, qk_scale, sm_scale, p, seed,
     HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-    FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, HAS_PREFIX: tl.constexpr, DROPOUT: tl.constexpr,
+    IEEE: tl.constexpr, FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program per (key block, b·Hkv + hk); seq_bucket only keys the autotune cache. With
     FUSED_DQ it also adds the block pairs' dQ to DQ32 (fp32, zeroed) by relaxed atomics."""
     b, hk, q0, len_q, k0, len_k = program_sequence(CU_Q, CU_K, n_kv_heads, max_q, max_k, VARLEN)
+    prefix = seq_prefix(PREFIX, b, HAS_PREFIX)
     group = n_heads // n_kv_heads
     n_start = tl.program_id(0) * BLOCK_N
     if n_start >= len_k:
@@ -164,6 +167,9 @@ def _attention_bwd_dkdv_kernel(
         diag = len_k - len_q
         begin = tl.maximum(n_start - diag, 0) // BLOCK_M * BLOCK_M
         mid = tl.maximum(n_start + BLOCK_N - 1 - diag, 0)  # the first row that sees the whole block
+        if HAS_PREFIX:  # keys below the prefix length are seen by every query row
+            begin = tl.where(n_start < prefix, 0, begin)
+            mid = tl.where(n_start + BLOCK_N <= prefix, 0, mid)
     full_end = len_q // BLOCK_M * BLOCK_M
     if n_start + BLOCK_N > len_k:
         full_end = 0
@@ -171,7 +177,8 @@ def _attention_bwd_dkdv_kernel(
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, Q, DO, LSE, DELTA, DQ32, q0, len_q, len_k, begin, mid, full_end, b, h, offs_n, n_start,
             qk_scale, sm_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
-            CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, FUSED_DQ, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D,
+            prefix, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, DROPOUT, IEEE, FUSED_DQ, HEAD_DIM, BLOCK_M,
+            BLOCK_N, BLOCK_D,
         )  # fmt: skip
     tl.store(DK + kv_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -180,10 +187,11 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_key_blocks(
     dq, q, do, lse, delta, K, V, DBIAS, DTABLE, k0, len_k, hk, n_kv_heads, lo, hi, b, h, offs_m, len_q,
-    qk_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
+    qk_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed, prefix,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr, BIAS_GRAD: tl.constexpr,
-    REL_GRAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_REL: tl.constexpr, HAS_PREFIX: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+    BIAS_GRAD: tl.constexpr, REL_GRAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dQ (BM, BLOCK_D) fp32 (unscaled) updated over key blocks lo .. hi."""
     for n0 in range(lo, hi, BLOCK_N):
@@ -197,8 +205,8 @@ def _dq_key_blocks(
             v = tl.load(V + kv_off)
         s, valid = scores(
             q, k, b, h, offs_m, kn, len_q, len_k, qk_scale,
-            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False,
-            MASKED, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, IEEE,
+            KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False, prefix,
+            MASKED, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, IEEE,
         )  # fmt: skip
         pr = tl.math.exp2(s - lse[:, None])
         dp = dot(do, tl.trans(v), IEEE)
@@ -215,15 +223,16 @@ def _dq_key_blocks(
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, DBIAS, DTABLE,
-    CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE,
+    CU_Q, CU_K, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, PREFIX,
     n_heads, n_kv_heads, max_q, max_k, seq_bucket, qk_scale, sm_scale, p, seed,
     HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
-    BIAS_GRAD: tl.constexpr, REL_GRAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_REL: tl.constexpr, HAS_PREFIX: tl.constexpr, DROPOUT: tl.constexpr,
+    IEEE: tl.constexpr, BIAS_GRAD: tl.constexpr, REL_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One program per (query block, b·Hq + h): dQ and the bias gradients of its rows."""
     b, h, q0, len_q, k0, len_k = program_sequence(CU_Q, CU_K, n_heads, max_q, max_k, VARLEN)
+    prefix = seq_prefix(PREFIX, b, HAS_PREFIX)
     hk = h // (n_heads // n_kv_heads)
     m_start = tl.program_id(0) * BLOCK_M
     if m_start >= len_q:
@@ -233,16 +242,18 @@ def _attention_bwd_dq_kernel(
         Q, DO, LSE, DELTA, q0, offs_m, len_q, n_heads, h, True, HEAD_DIM, BLOCK_D
     )
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    full_end, end = visible_key_range(m_start, len_q, len_k, BLOCK_M, BLOCK_N, CAUSAL)
+    full_end, end = visible_key_range(m_start, len_q, len_k, prefix, BLOCK_M, BLOCK_N, CAUSAL, HAS_PREFIX)
     dq = _dq_key_blocks(
         dq, q, do, lse, delta, K, V, DBIAS, DTABLE, k0, len_k, hk, n_kv_heads, 0, full_end, b, h, offs_m,
-        len_q, qk_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
-        False, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, BIAS_GRAD, REL_GRAD, HEAD_DIM, BLOCK_N, BLOCK_D,
+        len_q, qk_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed, prefix,
+        False, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, DROPOUT, IEEE, BIAS_GRAD, REL_GRAD, HEAD_DIM,
+        BLOCK_N, BLOCK_D,
     )  # fmt: skip
     dq = _dq_key_blocks(
         dq, q, do, lse, delta, K, V, DBIAS, DTABLE, k0, len_k, hk, n_kv_heads, full_end, end, b, h, offs_m,
-        len_q, qk_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed,
-        True, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, DROPOUT, IEEE, BIAS_GRAD, REL_GRAD, HEAD_DIM, BLOCK_N, BLOCK_D,
+        len_q, qk_scale, KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, p, seed, prefix,
+        True, CAUSAL, HAS_KPM, HAS_BIAS, HAS_REL, HAS_PREFIX, DROPOUT, IEEE, BIAS_GRAD, REL_GRAD, HEAD_DIM,
+        BLOCK_N, BLOCK_D,
     )  # fmt: skip
     tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -260,7 +271,9 @@ DQ_CONFIGS = [
 _attention_bwd_dkdv_tuned = triton.autotune(
     DKDV_CONFIGS,
     key=[*AUTOTUNE_KEY, "FUSED_DQ"],
-    prune_configs_by={"early_config_prune": config_pruner("BLOCK_N", "BLOCK_M", 2, 2)},
+    # sm_80: K and V stay in registers as mma.sync fragments, about two more fp32 tiles (ptxas: the
+    # 64 x 64 block at D = 64 spills there, the 32 x 64 one does not)
+    prune_configs_by={"early_config_prune": config_pruner("BLOCK_N", "BLOCK_M", 2, 2, mma_sync_operands=2)},
     reset_to_zero=["DQ32"],  # atomically accumulated: zero before each trial
 )(_attention_bwd_dkdv_kernel)
 _attention_bwd_dq_tuned = triton.autotune(
@@ -281,10 +294,10 @@ def fused_dq_fits(head_dim: int, bias4, rel_table, p: float) -> bool:
 
 def attention_bwd(
     do, q, k, v, o, lse, *, batch, max_q, max_k, cu_q, cu_k, causal, kpm, bias4, rel_lut, rel_table,
-    p, seed, scale, bias_grad, rel_grad, deterministic=True,
+    p, seed, scale, bias_grad, rel_grad, deterministic=True, prefix=None,
 ):  # fmt: skip
     """Backward launcher; arguments as :func:`ptft_fast.kernels.attention.attention_fwd` plus
-    do (Nq, Hq, D), o and lse (base 2) from the forward. ``deterministic``: separate dQ pass
+    do (Nq, Hq, D), o and lse (base 2) from the forward, ``prefix`` as there. ``deterministic``: separate dQ pass
     (bitwise reproducible, no atomics on dQ); else dQ accumulates in the dK/dV pass with fp32
     atomics where :func:`fused_dq_fits`.
 
@@ -292,8 +305,8 @@ def attention_bwd(
         dq, dk, dv like q, k, v; dbias_full (B, Hq, max_q, max_k) fp32 or None (``bias_grad``);
         dtable (num_buckets, Hq) fp32 or None (``rel_grad``).
     """
-    do, q, k, v, o, cu_q, cu_k, kpm, rel_lut, rel_table = contiguous(
-        do, q, k, v, o, cu_q, cu_k, kpm, rel_lut, rel_table
+    do, q, k, v, o, cu_q, cu_k, kpm, rel_lut, rel_table, prefix = contiguous(
+        do, q, k, v, o, cu_q, cu_k, kpm, rel_lut, rel_table, prefix
     )
     n_q, n_heads, head_dim = q.shape
     n_kv = k.shape[1]
@@ -315,10 +328,10 @@ def attention_bwd(
     common = dict(
         Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, CU_Q=cu_q, CU_K=cu_k, KPM=kpm, BIAS=bias4,
         **dict(zip(("sb_b", "sb_h", "sb_i", "sb_j"), bias_strides(bias4), strict=True)),
-        LUT=rel_lut, TABLE=rel_table, n_heads=n_heads, n_kv_heads=n_kv, max_q=max_q, max_k=max_k,
-        seq_bucket=seq_bucket(max_k), qk_scale=scale * 1.4426950408889634, sm_scale=scale, p=p, seed=seed,
-        HEAD_DIM=head_dim, VARLEN=cu_q is not None, CAUSAL=causal, HAS_KPM=kpm is not None,
-        HAS_BIAS=bias4 is not None, HAS_REL=rel_table is not None, DROPOUT=p > 0.0,
+        LUT=rel_lut, TABLE=rel_table, PREFIX=prefix, n_heads=n_heads, n_kv_heads=n_kv, max_q=max_q,
+        max_k=max_k, seq_bucket=seq_bucket(max_k), qk_scale=scale * 1.4426950408889634, sm_scale=scale, p=p,
+        seed=seed, HEAD_DIM=head_dim, VARLEN=cu_q is not None, CAUSAL=causal, HAS_KPM=kpm is not None,
+        HAS_BIAS=bias4 is not None, HAS_REL=rel_table is not None, HAS_PREFIX=prefix is not None, DROPOUT=p > 0.0,
         IEEE=q.dtype == torch.float32, BLOCK_D=block_d,
     )  # fmt: skip
     dkdv = dict(DK=dk, DV=dv, DQ32=dq32, FUSED_DQ=not two_pass)

@@ -80,7 +80,7 @@ def _logits_tile(HID, W, BIAS, idx, rmask, offs_v, vmask, n_hidden, HAS_BIAS: tl
 
 
 @triton.jit
-def _lce_fwd_kernel(
+def _linear_cross_entropy_fwd_kernel(
     HID, W, BIAS, LABELS, ROWS, COUNT, M_PART, L_PART, ZL_PART, ZS_PART,
     n_rows, n_hidden, n_vocab, split_len,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
@@ -118,7 +118,7 @@ def _lce_fwd_kernel(
 
 
 @triton.jit
-def _lce_dlogits_kernel(
+def _linear_cross_entropy_dlogits_kernel(
     HID, W, BIAS, LABELS, ROWS, COUNT, LSE, GRAD, DLOGITS,
     chunk_start, n_hidden, n_vocab, smoothing, z_loss,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
@@ -153,7 +153,7 @@ def _lce_dlogits_kernel(
 
 
 @triton.jit
-def _lce_dh_kernel(
+def _linear_cross_entropy_dh_kernel(
     DLOGITS, W, ROWS, COUNT, DH, chunk_start, n_hidden, n_vocab, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_V: tl.constexpr,
 ):  # fmt: skip
@@ -181,7 +181,7 @@ def _lce_dh_kernel(
 
 
 @triton.jit
-def _lce_dw_kernel(
+def _linear_cross_entropy_dw_kernel(
     DLOGITS, HID, ROWS, COUNT, DW, DB, chunk_start, chunk_rows, n_hidden, n_vocab,
     ACCUMULATE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -308,7 +308,7 @@ def linear_cross_entropy_fwd(hidden, weight, bias, labels, rows, count, smoothin
     # partials of ignored rows stay at the neutral (-inf, 0, 0, 0)
     m_part = torch.full((n_split, n_rows), float("-inf"), dtype=torch.float32, device=hidden.device)
     l_part, zl_part, zs_part = (torch.zeros_like(m_part) for _ in range(3))
-    launch(_lce_fwd_kernel, (triton.cdiv(n_rows, tiles["BLOCK_M"]), n_split),
+    launch(_linear_cross_entropy_fwd_kernel, (triton.cdiv(n_rows, tiles["BLOCK_M"]), n_split),
         hidden, weight, bias, labels, rows, count, m_part, l_part, zl_part, zs_part,
         n_rows, n_hidden, n_vocab, split_len, HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32, **tiles,
     )  # fmt: skip
@@ -348,14 +348,14 @@ def linear_cross_entropy_bwd(hidden, weight, bias, labels, rows, count, lse, gra
     ieee = hidden.dtype == torch.float32
     for c in range(n_chunks):  # chunks past the labeled rows launch programs that return at once
         start = c * chunk
-        launch(_lce_dlogits_kernel, (triton.cdiv(chunk, dl["BLOCK_M"]), triton.cdiv(n_vocab, dl["BLOCK_V"])),
+        launch(_linear_cross_entropy_dlogits_kernel, (triton.cdiv(chunk, dl["BLOCK_M"]), triton.cdiv(n_vocab, dl["BLOCK_V"])),
             hidden, weight, bias, labels, rows, count, lse, grad_rows, dlogits,
             start, n_hidden, n_vocab, smoothing, z_loss, HAS_BIAS=bias is not None, IEEE=ieee, **dl,
         )  # fmt: skip
-        launch(_lce_dh_kernel, (triton.cdiv(chunk, dhk["BLOCK_M"]), triton.cdiv(n_hidden, dhk["BLOCK_H"])),
+        launch(_linear_cross_entropy_dh_kernel, (triton.cdiv(chunk, dhk["BLOCK_M"]), triton.cdiv(n_hidden, dhk["BLOCK_H"])),
             dlogits, weight, rows, count, dh, start, n_hidden, n_vocab, IEEE=ieee, **dhk,
         )  # fmt: skip
-        launch(_lce_dw_kernel, (triton.cdiv(n_vocab, dwk["BLOCK_V"]), triton.cdiv(n_hidden, dwk["BLOCK_H"])),
+        launch(_linear_cross_entropy_dw_kernel, (triton.cdiv(n_vocab, dwk["BLOCK_V"]), triton.cdiv(n_hidden, dwk["BLOCK_H"])),
             dlogits, hidden, rows, count, dw, db, start, chunk, n_hidden, n_vocab,
             ACCUMULATE=c > 0, HAS_BIAS=bias is not None, IEEE=ieee, **dwk,
         )  # fmt: skip

@@ -36,7 +36,7 @@ def _dropped_x(X, offs_m, k0, n_rows, n_in, p, seed, DROPOUT: tl.constexpr, BLOC
 
 
 @triton.jit
-def _lora_down_kernel(
+def _lora_linear_down_kernel(
     X, A, T, n_rows, n_in, rank, p, seed,
     DROPOUT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
@@ -55,7 +55,7 @@ def _lora_down_kernel(
 
 
 @triton.jit
-def _lora_fused_mm_kernel(
+def _lora_linear_fused_mm_kernel(
     X, W, swk, swn, T, L, slj, sln, BIAS, Y,
     n_rows, n_out, n_red, rank, lora_scale, p, seed,
     HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
@@ -103,7 +103,7 @@ def _lora_fused_mm_kernel(
 
 
 @triton.jit
-def _lora_da_kernel(
+def _lora_linear_da_kernel(
     DT, X, DA_PART, n_rows, n_in, rank, rows_per_split, p, seed,
     DROPOUT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
@@ -154,7 +154,7 @@ def fused_mm(x, w_kn, t, l_jn, lora_scale, bias, out_dtype, p=0.0, seed=0):
     y = torch.empty((n_rows, n_out), dtype=out_dtype, device=x.device)
     bm, bn, bk, warps, stages = _blocks(x)
     grid = (triton.cdiv(n_rows, bm), triton.cdiv(n_out, bn))
-    launch(_lora_fused_mm_kernel, grid,
+    launch(_lora_linear_fused_mm_kernel, grid,
         x, w_kn, *w_kn.stride(), t, l_jn, *l_jn.stride(), bias, y,
         n_rows, n_out, n_red, t.shape[1], lora_scale, p, seed,
         HAS_BIAS=bias is not None, DROPOUT=p > 0.0, IEEE=x.dtype == torch.float32,
@@ -163,7 +163,7 @@ def fused_mm(x, w_kn, t, l_jn, lora_scale, bias, out_dtype, p=0.0, seed=0):
     return y
 
 
-def lora_fwd(x, weight, bias, lora_a, lora_b, scaling, p, seed):
+def lora_linear_fwd(x, weight, bias, lora_a, lora_b, scaling, p, seed):
     """Forward launcher.
 
     Args:
@@ -178,7 +178,7 @@ def lora_fwd(x, weight, bias, lora_a, lora_b, scaling, p, seed):
     rank = lora_a.shape[0]
     t = torch.empty((n_rows, rank), dtype=x.dtype, device=x.device)
     bm, _, bk, warps, stages = _blocks(x)
-    launch(_lora_down_kernel, (triton.cdiv(n_rows, bm),),
+    launch(_lora_linear_down_kernel, (triton.cdiv(n_rows, bm),),
         x, lora_a, t, n_rows, n_in, rank, p, seed,
         DROPOUT=p > 0.0, IEEE=x.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_K=bk, BLOCK_R=max(16, next_pow2(rank)), num_warps=warps, num_stages=stages,
@@ -195,7 +195,7 @@ def da_splits(n_rows: int, col_blocks: int, block_m: int, device: torch.device) 
     return max(1, min(wanted, triton.cdiv(n_rows, block_m)))
 
 
-def lora_bwd(dy, x, t, weight, lora_a, lora_b, scaling, p, seed):
+def lora_linear_bwd(dy, x, t, weight, lora_a, lora_b, scaling, p, seed):
     """Backward launcher: dy (M, out), x (M, in), t (M, r) from the forward.
 
     Returns:
@@ -213,7 +213,7 @@ def lora_bwd(dy, x, t, weight, lora_a, lora_b, scaling, p, seed):
     rows_per_split = triton.cdiv(triton.cdiv(n_rows, splits), bm) * bm
     splits = triton.cdiv(n_rows, rows_per_split)
     part = torch.empty((splits, rank, n_in), dtype=torch.float32, device=x.device)
-    launch(_lora_da_kernel, (col_blocks, splits),
+    launch(_lora_linear_da_kernel, (col_blocks, splits),
         dt, x, part, n_rows, n_in, rank, rows_per_split, p, seed,
         DROPOUT=p > 0.0, IEEE=x.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=max(16, next_pow2(rank)), num_warps=warps, num_stages=stages,

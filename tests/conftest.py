@@ -18,6 +18,10 @@ if not torch.cuda.is_available():
 
 import pytest
 
+# --import-mode=importlib keeps test folders off sys.path: put tests/ there for its helper modules
+# (installed.import_or_skip)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 HAS_CUDA = torch.cuda.is_available()
 
 

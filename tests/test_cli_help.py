@@ -130,7 +130,10 @@ def test_choices_are_documented_and_enforced(capsys):
             with pytest.raises(TrainConfigError, match=rf"^{f.name} must be one of"):
                 TrainConfig(**{f.name: "no-such-value"}).validate()
     assert main(["pretrain", "--list-settings"]) == 0
-    assert "objective: str = mlm  (one of mlm|clm|prefix-lm|span|infill|electra)" in capsys.readouterr().out
+    assert (
+        "objective: str = mlm  (one of mlm|mlm+nsp|spanbert|electra|clm|prefix-lm|span|infill|"
+        "seq2seq-mlm|seq2seq-prefix-lm|deshuffle)" in capsys.readouterr().out
+    )
 
 
 def _count(config: ModelConfig) -> int:

@@ -19,7 +19,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
-import pytest
+from installed import import_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_MODULES = (
@@ -87,7 +87,7 @@ def test_readme_lists_module_commands():
 def test_repo_root_first_on_sys_path_imports_hf_kernels():
     """``python -c`` from the repo root: sys.path[0] is the repo, as under ``python -m ...`` and
     ``python -m pytest``; peft, transformers' hub kernels and every README ``python -m`` module."""
-    pytest.importorskip("peft")
+    import_or_skip("peft")
     modules = [
         "peft",
         "transformers.integrations.hub_kernels",
@@ -101,7 +101,7 @@ def test_repo_root_first_on_sys_path_imports_hf_kernels():
 def test_script_like_entry_point_imports_hf_kernels(tmp_path):
     """A script (the ``ptft`` entry point is one) started from the repo root: sys.path[0] is the
     script's folder, the import order that of a console script."""
-    pytest.importorskip("peft")
+    import_or_skip("peft")
     script = tmp_path / "probe.py"
     script.write_text(PROBE, encoding="utf-8")
     found = run_probe([sys.executable, str(script), "peft", "ptft_fast.cli"], cwd=REPO)
@@ -113,7 +113,7 @@ def test_script_like_entry_point_imports_hf_kernels(tmp_path):
 
 
 def test_this_pytest_process_sees_hf_kernels():
-    pytest.importorskip("transformers")
+    import_or_skip("transformers")
     import transformers.integrations.hub_kernels  # noqa: F401
 
     import kernels

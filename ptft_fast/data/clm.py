@@ -9,7 +9,8 @@ shifts (logits at t predict labels at t + 1); -100 is ignored.
   attention, and sets the label of every document's first token to -100 so no token is ever
   predicted from another document.
 - :class:`PrefixLMCollator`: bidirectional attention over a prefix, causal after it; the loss
-  covers only the positions after the prefix.
+  covers only the positions after the prefix. Packed rows: one prefix per document
+  (:meth:`PrefixLMCollator.collate_documents`).
 """
 
 from __future__ import annotations
@@ -106,14 +107,43 @@ class PrefixLMCollator:
         ids = pad_rows(body, lengths, self.pad_id, self.max_length)
         return self._finish(torch.from_numpy(ids), torch.from_numpy(lengths))
 
+    def collate_documents(self, input_ids: np.ndarray, doc_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """Packed rows (B, T) as :meth:`PackedStream.next_rows` returns them → a batch whose
+        documents are separate prefix-LM sequences: each document piece of a row (a run of one
+        doc id) gets its own prefix — as for one sequence, of its n tokens (n = 1: the token alone,
+        nothing scored). Output: input_ids, attention_mask, labels (-100 on every prefix and on
+        padding), doc_ids (B, T) for the model's document-aware attention, prefix_mask (B, T) bool
+        — True on each document's prefix."""
+        ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+        docs = torch.from_numpy(np.asarray(doc_ids, dtype=np.int64))
+        real = docs >= 0
+        pos = position_ids_from_doc_ids(docs)  # position inside the document piece (padding: a run)
+        piece = (pos == 0).reshape(-1).cumsum(0) - 1  # (B·T,) piece of each token, over the batch
+        lengths = torch.zeros(int(piece[-1]) + 1, dtype=torch.int64).index_add_(
+            0, piece, torch.ones_like(piece)
+        )
+        prefix = self._prefix_lengths(lengths.clamp_min(2))  # n = 1: prefix 1
+        prefix_mask = (pos.reshape(-1) < prefix[piece]).view(docs.shape) & real
+        return {
+            "input_ids": ids,
+            "attention_mask": real.long(),
+            "labels": ids.masked_fill(~real | prefix_mask, IGNORE_INDEX),
+            "doc_ids": docs,
+            "prefix_mask": prefix_mask,
+        }
+
+    def _prefix_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """(N,) prefix length per sequence of ``lengths`` (each >= 2): uniform in [1, len - 1], or
+        the fixed prefix_length clipped to len - 1."""
+        if self.prefix_length is None:
+            u = torch.rand(len(lengths), generator=self._gen)
+            return 1 + (u * (lengths - 1).double()).long()
+        return torch.clamp(torch.full_like(lengths, self.prefix_length), max=lengths - 1)
+
     def _finish(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         if bool((lengths < 2).any()):
             raise ValueError("prefix LM needs sequences of at least 2 tokens")
-        if self.prefix_length is None:
-            u = torch.rand(len(lengths), generator=self._gen)
-            prefix = 1 + (u * (lengths - 1).double()).long()  # uniform in [1, len - 1]
-        else:
-            prefix = torch.clamp(torch.full_like(lengths, self.prefix_length), max=lengths - 1)
+        prefix = self._prefix_lengths(lengths)
         t = input_ids.shape[1]
         attention_mask = attention_mask_from_lengths(lengths.tolist(), t)
         prefix_mask = torch.arange(t)[None, :] < prefix[:, None]

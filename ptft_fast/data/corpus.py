@@ -70,16 +70,39 @@ def _decoded_lines(path: Path, on_broken: Callable[[BrokenLine], None]) -> Itera
             yield lineno, line.rstrip("\r\n")
 
 
+TXT_SPLITS = ("auto", "blank", "line", "file")
+AUTO_LINE_MIN_LINES = 10  # a file of at least this many lines and no blank line is one document per line
+_SNIFF_LINES = 10_000
+
+
+def detect_txt_split(path: Path) -> str:
+    """ "line" when the first 10,000 lines of ``path`` hold no blank line and at least 10 lines
+    (a line-per-document file), else "blank" (blank-line separated documents; a short file with no
+    blank line is one document)."""
+    lines = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                return "blank"
+            lines += 1
+            if lines >= _SNIFF_LINES:
+                break
+    return "line" if lines >= AUTO_LINE_MIN_LINES else "blank"
+
+
 def read_txt(
     path: Path, on_broken: Callable[[BrokenLine], None], doc_split: str = "blank"
 ) -> Iterator[Document]:
     """Documents of a text file.
 
     doc_split: "blank" — documents separated by blank lines (BERT's pre-training data format);
-    "line" — one document per line; "file" — the whole file is one document.
+    "line" — one document per line; "file" — the whole file is one document; "auto" — "line" or
+    "blank", as :func:`detect_txt_split` finds.
     """
-    if doc_split not in ("blank", "line", "file"):
-        raise ValueError(f"doc_split must be 'blank', 'line' or 'file', got {doc_split!r}")
+    if doc_split not in TXT_SPLITS:
+        raise ValueError(f"doc_split must be one of {'|'.join(TXT_SPLITS)}, got {doc_split!r}")
+    if doc_split == "auto":
+        doc_split = detect_txt_split(path)
     buf: list[str] = []
     start = 0
     for lineno, line in _decoded_lines(path, on_broken):

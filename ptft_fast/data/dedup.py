@@ -70,3 +70,36 @@ class NearDeduper:
         self._lsh.insert(str(self._count), m)
         self._count += 1
         return False
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+class SentenceDeduper:
+    """Removes sentences seen earlier in the corpus (whitespace-normalized, case-folded), keeping
+    the first occurrence; sentences of fewer than ``min_words`` words (headings, "Yes.") stay.
+
+    Boilerplate repeated across documents (cookie notices, licence lines, navigation) goes, the
+    rest of each document stays. Sentences are cut after ``. ! ?`` before an upper-case letter or
+    digit; line breaks are kept."""
+
+    def __init__(self, min_words: int = 5) -> None:
+        self.min_words = min_words
+        self._seen: set[bytes] = set()
+
+    def dedup(self, text: str) -> str:
+        """``text`` without its already-seen sentences (may be empty)."""
+        kept_lines = []
+        for line in text.split("\n"):
+            kept = []
+            for sentence in _SENTENCE.split(line):
+                norm = _WS.sub(" ", sentence).strip().casefold()
+                if len(norm.split(" ")) >= self.min_words:
+                    h = hashlib.sha1(norm.encode("utf-8")).digest()
+                    if h in self._seen:
+                        continue
+                    self._seen.add(h)
+                kept.append(sentence)
+            if kept or not line.strip():
+                kept_lines.append(" ".join(kept))
+        return "\n".join(kept_lines).strip()

@@ -11,7 +11,9 @@ Selection strategies (all only over non-special, non-padding positions — the *
   reached (the last span completes, so the budget can be exceeded by less than one span).
 
 Corruption (BERT): of the chosen tokens 80% → [MASK], 10% → a random non-special token,
-10% unchanged; labels hold the original id on chosen positions and -100 elsewhere.
+10% unchanged; labels hold the original id on chosen positions and -100 elsewhere. With the
+``"span"`` strategy the choice is made once per span (SpanBERT: a whole span becomes [MASK], or
+random tokens, or stays), unless ``span_level_replace`` is off.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class MaskingConfig:
     fixed_count: bool = False  # exactly round(p · n) per sequence (token / whole_word)
     span_geometric_p: float = 0.2  # SpanBERT span length distribution (in words)
     span_max_words: int = 10
+    span_level_replace: bool = True  # "span": one 80/10/10 draw per span (SpanBERT), not per token
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -60,11 +63,13 @@ def span_length_distribution(p: float = 0.2, max_len: int = 10) -> np.ndarray:
 
 
 def _word_starts(input_ids: torch.Tensor, candidates: torch.Tensor, word_start: np.ndarray) -> torch.Tensor:
-    """(B, T) bool: candidate tokens that begin a word (also the first candidate after a non-candidate)."""
-    ws = torch.from_numpy(word_start[input_ids.numpy()]) & candidates  # numpy: no thread-pool lookup
-    prev_cand = torch.zeros_like(candidates)
-    prev_cand[:, 1:] = candidates[:, :-1]
-    return ws | (candidates & ~prev_cand)
+    """(B, T) bool: candidate tokens that begin a word, and the first candidate after a
+    non-candidate that ends words ([CLS], [SEP], padding; not an <unk> inside a word, whose
+    table entry is False)."""
+    table = torch.from_numpy(word_start[input_ids.numpy()])  # numpy: no thread-pool lookup
+    after_boundary = torch.ones_like(candidates)
+    after_boundary[:, 1:] = ~candidates[:, :-1] & table[:, :-1]
+    return candidates & (table | after_boundary)
 
 
 def _word_index(starts: torch.Tensor) -> torch.Tensor:
@@ -109,13 +114,13 @@ def choose_tokens(
         word_pos = np.flatnonzero(starts[b].numpy())
         if len(word_pos) == 0:
             continue
-        ends = np.append(word_pos[1:], len(cand))
-        ends = np.array([s + int(cand[s:e].sum()) for s, e in zip(word_pos, ends)])  # continuations only
+        bounds = np.append(word_pos[1:], len(cand))  # a word's tokens: its candidates before the next
+        sizes = np.add.reduceat(cand.astype(np.int64), word_pos)
         budget = round(cand.sum() * p)
         pick = _span_words if cfg.strategy == "span" else _fixed_words
-        words = pick(word_pos, ends, budget, cfg, rng)
+        words = pick(word_pos, word_pos + sizes, budget, cfg, rng)
         for w in words:
-            out[b, word_pos[w] : ends[w]] = True
+            out[b, word_pos[w] : bounds[w]] = torch.from_numpy(cand[word_pos[w] : bounds[w]])
     return out
 
 
@@ -169,6 +174,8 @@ def corrupt(
     """
     labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
     r = torch.rand(input_ids.shape, generator=gen)
+    if cfg.strategy == "span" and cfg.span_level_replace:
+        r = r.gather(1, span_boundaries(chosen)[0].clamp(min=0))  # every token takes its span's draw
     to_mask = chosen & (r < cfg.mask_replace_prob)
     to_random = chosen & (r >= cfg.mask_replace_prob) & (r < cfg.mask_replace_prob + cfg.random_replace_prob)
     out = input_ids.masked_fill(to_mask, mask_id)
@@ -177,6 +184,23 @@ def corrupt(
     picks = random_ids.index_select(0, draw.reshape(-1)).view(input_ids.shape)
     out = torch.where(to_random, picks, out)
     return out, labels
+
+
+def span_boundaries(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) (B, T) int64: for each chosen position the first and last position of its run
+    of chosen positions (a span: the span strategy keeps spans apart); -1 / T elsewhere.
+
+    chosen: (B, T) bool."""
+    b, t = chosen.shape
+    idx = torch.arange(t).expand(b, t)
+    prev = torch.zeros_like(chosen)
+    prev[:, 1:] = chosen[:, :-1]
+    nxt = torch.zeros_like(chosen)
+    nxt[:, :-1] = chosen[:, 1:]
+    start = torch.where(chosen & ~prev, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+    last = torch.where(chosen & ~nxt, idx, torch.full_like(idx, t))
+    end = last.flip(1).cummin(dim=1).values.flip(1)
+    return start.masked_fill(~chosen, -1), end.masked_fill(~chosen, t)
 
 
 def max_predictions(seq_len: int, p: float) -> int:

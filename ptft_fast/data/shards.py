@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ptft_fast.data.atomic import atomic_open, atomic_write_json
 from ptft_fast.data.progress import LiveBar
 from ptft_fast.data.tokenizer import PtftTokenizer
+from ptft_fast.utils.atomic import atomic_open, atomic_write_json
 
 INDEX_FILE = "index.json"
 

@@ -216,9 +216,12 @@ class PtftTokenizer:
         """(V,) bool: True where a token begins a word (for whole-word / span masking).
 
         WordPiece continuations start with "##"; byte-level BPE and Metaspace tokens that begin a
-        word start with "Ġ" / "▁". Special tokens count as word starts.
+        word start with "Ġ" / "▁". Special tokens count as word starts, except the unknown token,
+        which can stand inside a word (a Unigram piece missing from the vocabulary).
         """
         table = np.ones(self.vocab_size, dtype=bool)
+        if self.unk_id is not None:
+            table[self.unk_id] = False
         kind = self.kind
         for token, idx in self.backend.get_vocab(with_added_tokens=True).items():
             if idx in self.special_ids:
@@ -311,7 +314,7 @@ class PtftTokenizer:
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` into folder ``path`` (or to ``path`` if it ends in .json)."""
-        from ptft_fast.data.atomic import atomic_open
+        from ptft_fast.utils.atomic import atomic_open
 
         path = Path(path)
         file = path if path.suffix == ".json" else path / TOKENIZER_FILE

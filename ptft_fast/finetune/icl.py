@@ -27,7 +27,7 @@ def verbalizer_logprobs(
     model, tokenizer, prompt: str, verbalizers: list[str], max_positions: int
 ) -> torch.Tensor:
     """(L,) sum of log p(verbalizer tokens | prompt) per label. The prompt is cut from the left
-    to fit ``max_positions`` with the longest verbalizer."""
+    to fit ``max_positions`` with the longest verbalizer; a prefix LM reads it as its prefix."""
     options = [tokenizer.encode(" " + v) for v in verbalizers]
     p = tokenizer.encode(prompt)
     if getattr(model.config, "is_encoder_decoder", False):
@@ -44,7 +44,10 @@ def verbalizer_logprobs(
     t = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (t - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r in rows])
-    logp = F.log_softmax(model(ids, attention_mask=mask).logits.float(), -1)
+    extra = {}
+    if getattr(model.config, "prefix_lm", False):  # the prompt is the prefix, attended bidirectionally
+        extra["prefix_mask"] = torch.arange(t)[None, :].expand(len(rows), t) < len(p)
+    logp = F.log_softmax(model(ids, attention_mask=mask, **extra).logits.float(), -1)
     scores = []
     for i, o in enumerate(options):
         pos = torch.arange(len(p) - 1, len(p) - 1 + len(o))  # position t predicts token t + 1

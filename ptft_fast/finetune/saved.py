@@ -24,6 +24,7 @@ from torch import nn
 
 from ptft_fast.errors import UserInputError
 from ptft_fast.finetune.heads import TaskModel, head_state_dict, load_head_state_dict
+from ptft_fast.utils.atomic import atomic_save_safetensors, atomic_write_json
 
 TASK_CARD = "task.json"
 HEAD_FILE = "head.safetensors"
@@ -120,10 +121,7 @@ def save(
 ) -> Path:
     """Write the fine-tuned model to ``out`` (see the module docstring); ``card``: more fields for
     task.json (metrics, ...)."""
-    from safetensors.torch import save_file
-
     from ptft_fast import peft
-    from ptft_fast.data.atomic import fix_mode
     from ptft_fast.hf import peft_format, save_pretrained
 
     out = Path(out)
@@ -138,25 +136,18 @@ def save(
     elif kind == "native":
         peft.save_adapter(model, out, {"peft_type": spec.peft, **spec.peft_config})
     if isinstance(model, TaskModel) and kind != "native":
-        tmp = out / (HEAD_FILE + ".tmp")
-        save_file(head_state_dict(model), str(tmp))
-        fix_mode(tmp)  # safetensors creates 0600 files
-        tmp.replace(out / HEAD_FILE)
+        atomic_save_safetensors(out / HEAD_FILE, head_state_dict(model))
     tokenizer.save(out)
     fields = {**card, **asdict(spec), "weights": kind, "base_model": str(base_model)}
     fields["base_model_path"] = str(Path(base_model).resolve())
-    tmp = out / (TASK_CARD + ".tmp")
-    tmp.write_text(json.dumps(fields, indent=2, sort_keys=True))
-    tmp.replace(out / TASK_CARD)
+    atomic_write_json(out / TASK_CARD, fields, sort_keys=True)
     return out
 
 
 def add_to_card(path: str | Path, **fields) -> None:
     """Add ``fields`` to the task.json of a saved model."""
     card = {**read_card(path), **fields}
-    tmp = Path(path) / (TASK_CARD + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
-    tmp.replace(Path(path) / TASK_CARD)
+    atomic_write_json(Path(path) / TASK_CARD, card, sort_keys=True)
 
 
 def read_card(path: str | Path) -> dict:

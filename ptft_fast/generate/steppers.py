@@ -25,30 +25,42 @@ class DecoderStepper:
 
     Every call passes the mask of the whole sequence so far, (B, past + T), from which the model
     derives each token's position (real tokens before it): cached and uncached runs agree, and
-    left padding does not move a prompt."""
+    left padding does not move a prompt. A prefix LM (``config.prefix_lm``) also gets the prompt
+    as its bidirectional prefix (``prefix_mask``, False on generated tokens): the prompt is encoded
+    bidirectionally once, generated tokens attend causally, with or without the cache."""
 
     def __init__(self, model: nn.Module, input_ids, attention_mask, use_cache: bool):
         self.model, self.use_cache = model, use_cache
         self.ids = input_ids
         self.mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        self.prefix = self.mask.bool() if getattr(model.config, "prefix_lm", False) else None
         self.cache: KVCache | None = None
 
+    def _extra(self) -> dict:
+        return {} if self.prefix is None else {"prefix_mask": self.prefix}
+
     def first(self) -> torch.Tensor:
-        out = self.model(self.ids, attention_mask=self.mask, use_cache=self.use_cache)
+        out = self.model(self.ids, attention_mask=self.mask, use_cache=self.use_cache, **self._extra())
         self.cache = out.cache
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        if self.prefix is not None:  # generated tokens are not part of the prefix
+            self.prefix = torch.cat([self.prefix, self.prefix.new_zeros(self.prefix.shape[0], 1)], dim=1)
         if not self.use_cache:
-            return self.model(self.ids, attention_mask=self.mask).logits[:, -1]
-        out = self.model(tokens[:, None], attention_mask=self.mask, cache=self.cache, use_cache=True)
+            return self.model(self.ids, attention_mask=self.mask, **self._extra()).logits[:, -1]
+        out = self.model(
+            tokens[:, None], attention_mask=self.mask, cache=self.cache, use_cache=True, **self._extra()
+        )
         self.cache = out.cache
         return out.logits[:, -1]
 
     def reorder(self, idx: torch.Tensor) -> None:
         self.ids, self.mask = self.ids.index_select(0, idx), self.mask.index_select(0, idx)
+        if self.prefix is not None:
+            self.prefix = self.prefix.index_select(0, idx)
         self.cache = _reorder_cache(self.cache, idx)
 
 

@@ -15,21 +15,20 @@ import json
 import os
 import pickle
 import posixpath
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ptft_fast.data.atomic import fix_mode
 from ptft_fast.errors import UserInputError, one_line
 from ptft_fast.hf.configs import UnsupportedCheckpointError, from_hf_config, to_hf_config
 from ptft_fast.hf.mapping import OPTIONAL, expand, is_ignored
 from ptft_fast.models import build_model
 from ptft_fast.models.config import ModelConfig
+from ptft_fast.utils.atomic import atomic_save_safetensors, atomic_write_json
 
 # With tie_word_embeddings=false, transformers gives these their own tensors; ptft_fast's models
 # tie them (one embedding, a tied MLM head): (HF key, the key it would be tied to).
@@ -259,21 +258,6 @@ def load_pretrained(
     return model.eval(), config
 
 
-def _atomic_write(target: Path, write) -> None:
-    """write(tmp_path) then fsync + rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        fix_mode(tmp)  # mkstemp and safetensors both create 0600 files
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors that ``transformers`` ``from_pretrained`` loads."""
     config = getattr(model, "config", None)
@@ -300,9 +284,6 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
     if not config.tie_word_embeddings:  # transformers 5 then reads these as tensors of their own
         out.update({copy: out[source].clone() for copy, source in _UNTIED_COPIES.get(config.arch, ())})
     hf = dict(to_hf_config(config), dtype=str(next(iter(out.values())).dtype).removeprefix("torch."))
-    _atomic_write(root / "model.safetensors", lambda tmp: save_file(out, tmp, metadata={"format": "pt"}))
-    _atomic_write(
-        root / "config.json",
-        lambda tmp: Path(tmp).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n"),
-    )
+    atomic_save_safetensors(root / "model.safetensors", out, metadata={"format": "pt"})
+    atomic_write_json(root / "config.json", hf, sort_keys=True)
     return root

@@ -1,21 +1,30 @@
-"""Hugging Face config.json ↔ ModelConfig, one pair of functions per family."""
+"""Hugging Face config.json ↔ ModelConfig: one table per family drives both directions.
+
+Each family lists its :class:`Key` pairs (a ModelConfig field and the config.json key that holds
+it, the value transformers assumes when the key is missing, and a conversion each way where the
+two spell a value differently), the config.json keys it writes as constants and refuses other
+values of, the keys that must equal another key, and the ModelConfig fields it always has. The
+few values that depend on two keys at once (T5's ``feed_forward_proj``, GPT-2's ``n_inner``)
+are one small function per direction. ``from_hf_config(to_hf_config(c))`` gives ``c`` back for
+every preset (tests/hf/test_hf_configs.py).
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ptft_fast.errors import UserInputError
 from ptft_fast.models.config import ModelConfig
 
-# HF architecture name → our arch.
-ARCHITECTURES = {
-    "BertForMaskedLM": "bert",
-    "BertForPreTraining": "bert",
-    "RobertaForMaskedLM": "roberta",
-    "GPT2LMHeadModel": "gpt2",
-    "T5ForConditionalGeneration": "t5",
-    "BartForConditionalGeneration": "bart",
-}
+
+class UnsupportedCheckpointError(UserInputError):
+    """A Hugging Face checkpoint ptft_fast cannot represent exactly; the message says why."""
+
+
+REQUIRED = object()  # Key.default: config.json must hold the key
+
 _ACT_FROM_HF = {
     "gelu": "gelu",
     "gelu_new": "gelu_tanh",
@@ -26,6 +35,221 @@ _ACT_FROM_HF = {
 }
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
+
+def _act_in(name: str, where: str) -> str:
+    if name not in _ACT_FROM_HF:
+        raise UnsupportedCheckpointError(
+            f"{where}: activation {name!r} is not supported; known: {sorted(_ACT_FROM_HF)}"
+        )
+    return _ACT_FROM_HF[name]
+
+
+def _act_out(name: str) -> str:
+    return _ACT_TO_HF[name]
+
+
+def _tied_in(value, where: str) -> bool:
+    return value is not False  # transformers ties unless the config says false
+
+
+@dataclass(frozen=True)
+class Key:
+    """ModelConfig field ``ours`` ↔ config.json key ``hf``; ``default``: transformers' value when
+    the key is missing (REQUIRED: the key must be there); ``read(value, where)`` / ``write(value)``
+    convert where the two spell it differently."""
+
+    ours: str
+    hf: str
+    default: object = None
+    read: Callable | None = None
+    write: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family's ModelConfig and config.json correspond (see the module docstring)."""
+
+    model_type: str
+    keys: tuple[Key, ...]
+    architectures: tuple[str, ...]  # HF class names this family loads; the first is written
+    constants: dict = field(default_factory=dict)  # config.json key → the only value supported
+    equal: dict = field(default_factory=dict)  # config.json key → the key it must equal (written too)
+    fixed: dict = field(default_factory=dict)  # ModelConfig fields the family always has
+    read_extra: Callable[[dict, dict, str], dict] | None = None  # (hf, fields, where) → more fields
+    write_extra: Callable[[ModelConfig], dict] | None = None  # config → more config.json keys
+
+
+_IDS = (
+    Key("pad_token_id", "pad_token_id"),
+    Key("bos_token_id", "bos_token_id"),
+    Key("eos_token_id", "eos_token_id"),
+)
+
+
+def _bert_keys(pad: int) -> tuple[Key, ...]:
+    return (
+        Key("hidden_size", "hidden_size", REQUIRED),
+        Key("num_layers", "num_hidden_layers", REQUIRED),
+        Key("num_heads", "num_attention_heads", REQUIRED),
+        Key("ffn_size", "intermediate_size", REQUIRED),
+        Key("activation", "hidden_act", "gelu", _act_in, _act_out),
+        Key("max_position_embeddings", "max_position_embeddings", REQUIRED),
+        Key("type_vocab_size", "type_vocab_size", 2),
+        Key("norm_eps", "layer_norm_eps", 1e-12),
+        Key("dropout", "hidden_dropout_prob", 0.1),
+        Key("attention_dropout", "attention_probs_dropout_prob", 0.1),
+        Key("pad_token_id", "pad_token_id", pad),
+        *_IDS[1:],
+        Key("initializer_range", "initializer_range", 0.02),
+        Key("tie_word_embeddings", "tie_word_embeddings", True, _tied_in),
+    )
+
+
+# config.json key that records a GPT-2 trained as a prefix LM (ptft_fast's own: transformers keeps it
+# as an attribute and ignores it, so its GPT2LMHeadModel attends causally over the prompt too).
+PREFIX_LM_KEY = "prefix_lm"
+
+
+def _gpt2_in(hf: dict, fields: dict, where: str) -> dict:
+    return {
+        "ffn_size": hf.get("n_inner") or 4 * hf["n_embd"],  # n_inner null means 4 × width
+        "prefix_lm": hf.get(PREFIX_LM_KEY, False) is True,
+    }
+
+
+def _gpt2_out(config: ModelConfig) -> dict:
+    # one dropout for both; the prefix-LM flag only where it is set (plain GPT-2 configs stay as they were)
+    return {"embd_pdrop": config.dropout, **({PREFIX_LM_KEY: True} if config.prefix_lm else {})}
+
+
+def _t5_in(hf: dict, fields: dict, where: str) -> dict:
+    proj = hf.get("feed_forward_proj", "relu")
+    act = "gelu_new" if proj == "gated-gelu" else proj.removeprefix("gated-")
+    return {
+        "gated_ffn": proj.startswith("gated-"),
+        "activation": _act_in(act, where),
+        "attention_dropout": fields["dropout"],  # one dropout_rate for every T5 dropout
+        "activation_dropout": fields["dropout"],
+        "num_decoder_layers": hf.get("num_decoder_layers") or fields["num_layers"],
+        "decoder_start_token_id": hf.get("decoder_start_token_id", fields["pad_token_id"]),
+        # transformers >= 5 records the v1.0 output scaling explicitly; older configs imply it by tying
+        "scale_decoder_outputs": hf.get("scale_decoder_outputs", fields["tie_word_embeddings"]),
+    }
+
+
+def _t5_out(config: ModelConfig) -> dict:
+    act = _act_out(config.activation)
+    gated = "gated-gelu" if config.activation == "gelu_tanh" else f"gated-{act}"
+    return {
+        "feed_forward_proj": gated if config.gated_ffn else act,
+        "d_kv": config.resolved_head_dim,
+        "num_decoder_layers": config.decoder_layers,
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "scale_decoder_outputs": config.scale_decoder_outputs,
+    }
+
+
+def _bart_out(config: ModelConfig) -> dict:
+    if config.norm_eps != 1e-5:
+        raise UnsupportedCheckpointError(
+            f"bart: HF BART hard-codes LayerNorm eps 1e-5, got norm_eps={config.norm_eps}"
+        )
+    return {"forced_eos_token_id": config.eos_token_id, "decoder_layers": config.decoder_layers}
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family(
+        "bert",
+        _bert_keys(pad=0),
+        ("BertForMaskedLM", "BertForPreTraining"),
+        constants={"position_embedding_type": "absolute", "is_decoder": False},
+    ),
+    "roberta": Family(
+        "roberta",
+        _bert_keys(pad=1),
+        ("RobertaForMaskedLM",),
+        constants={"position_embedding_type": "absolute", "is_decoder": False},
+    ),
+    "gpt2": Family(
+        "gpt2",
+        (
+            Key("hidden_size", "n_embd", REQUIRED),
+            Key("num_layers", "n_layer", REQUIRED),
+            Key("num_heads", "n_head", REQUIRED),
+            Key("ffn_size", "n_inner"),  # read by _gpt2_in
+            Key("activation", "activation_function", "gelu_new", _act_in, _act_out),
+            Key("max_position_embeddings", "n_positions", REQUIRED),
+            Key("norm_eps", "layer_norm_epsilon", 1e-5),
+            Key("dropout", "resid_pdrop", 0.1),
+            Key("attention_dropout", "attn_pdrop", 0.1),
+            *_IDS,
+            Key("initializer_range", "initializer_range", 0.02),
+            Key("tie_word_embeddings", "tie_word_embeddings", True, _tied_in),
+        ),
+        ("GPT2LMHeadModel",),
+        constants={
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "add_cross_attention": False,
+        },
+        read_extra=_gpt2_in,
+        write_extra=_gpt2_out,
+    ),
+    "t5": Family(
+        "t5",
+        (
+            Key("hidden_size", "d_model", REQUIRED),
+            Key("num_layers", "num_layers", REQUIRED),
+            Key("num_heads", "num_heads", REQUIRED),
+            Key("head_dim", "d_kv", REQUIRED),  # written resolved (head_dim None → width / heads) by _t5_out
+            Key("ffn_size", "d_ff", REQUIRED),
+            Key("norm_eps", "layer_norm_epsilon", 1e-6),
+            Key("dropout", "dropout_rate", 0.1),
+            Key("pad_token_id", "pad_token_id", 0),
+            Key("eos_token_id", "eos_token_id", 1),
+            Key("tie_word_embeddings", "tie_word_embeddings", True, _tied_in),
+            Key("relative_attention_num_buckets", "relative_attention_num_buckets", 32),
+            Key("relative_attention_max_distance", "relative_attention_max_distance", 128),
+            # not a T5 key (T5 scales its init by initializer_factor): carried so that a run's
+            # config comes back whole; transformers keeps and ignores it
+            Key("initializer_range", "initializer_range", 0.02),
+        ),
+        ("T5ForConditionalGeneration",),
+        constants={"is_encoder_decoder": True},
+        fixed={"max_position_embeddings": 0, "type_vocab_size": 0},
+        read_extra=_t5_in,
+        write_extra=_t5_out,
+    ),
+    "bart": Family(
+        "bart",
+        (
+            Key("hidden_size", "d_model", REQUIRED),
+            Key("num_layers", "encoder_layers", REQUIRED),
+            Key("num_decoder_layers", "decoder_layers", REQUIRED),  # written resolved by _bart_out
+            Key("num_heads", "encoder_attention_heads", REQUIRED),
+            Key("ffn_size", "encoder_ffn_dim", REQUIRED),
+            Key("activation", "activation_function", "gelu", _act_in, _act_out),
+            Key("max_position_embeddings", "max_position_embeddings", REQUIRED),
+            Key("dropout", "dropout", 0.1),
+            Key("attention_dropout", "attention_dropout", 0.0),
+            Key("activation_dropout", "activation_dropout", 0.0),
+            Key("pad_token_id", "pad_token_id", 1),
+            Key("bos_token_id", "bos_token_id", 0),
+            Key("eos_token_id", "eos_token_id", 2),
+            Key("decoder_start_token_id", "decoder_start_token_id", 2),
+            Key("scale_embedding", "scale_embedding", False, lambda v, where: bool(v)),
+            Key("initializer_range", "init_std", 0.02),
+            Key("tie_word_embeddings", "tie_word_embeddings", True, _tied_in),
+        ),
+        ("BartForConditionalGeneration",),
+        constants={"normalize_before": False, "add_final_layer_norm": False, "is_encoder_decoder": True},
+        equal={"decoder_attention_heads": "encoder_attention_heads", "decoder_ffn_dim": "encoder_ffn_dim"},
+        fixed={"type_vocab_size": 0, "norm_eps": 1e-5},  # BART's LayerNorms use the torch default
+        write_extra=_bart_out,
+    ),
+}
+# HF architecture name → our arch.
+ARCHITECTURES = {name: arch for arch, family in FAMILIES.items() for name in family.architectures}
 
 # Special-token ids the forward pass reads, per family: outside the vocabulary they are refused.
 # The others (bos/eos, GPT-2's pad) only steer generation: outside the vocabulary the model can
@@ -38,10 +262,6 @@ _COMPUTED_IDS = {
     "gpt2": (),
 }
 _ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
-
-
-class UnsupportedCheckpointError(UserInputError):
-    """A Hugging Face checkpoint ptft_fast cannot represent exactly; the message says why."""
 
 
 def _special_ids(fields: dict, arch: str, where: str) -> dict:
@@ -72,21 +292,6 @@ def _special_ids(fields: dict, arch: str, where: str) -> dict:
     return out
 
 
-def _act(name: str, where: str) -> str:
-    if name not in _ACT_FROM_HF:
-        raise UnsupportedCheckpointError(
-            f"{where}: activation {name!r} is not supported; known: {sorted(_ACT_FROM_HF)}"
-        )
-    return _ACT_FROM_HF[name]
-
-
-def _require(hf: dict, key: str, allowed, where: str) -> None:
-    if key in hf and hf[key] not in allowed:
-        raise UnsupportedCheckpointError(
-            f"{where}: config {key}={hf[key]!r} is not supported (supported: {allowed})"
-        )
-
-
 def architecture_of(hf: dict) -> tuple[str, str]:
     """(HF architecture name, our arch) of a config.json dict, or a clear error."""
     archs = hf.get("architectures") or []
@@ -99,115 +304,34 @@ def architecture_of(hf: dict) -> tuple[str, str]:
     return known[0], ARCHITECTURES[known[0]]
 
 
+def _check_constants(family: Family, hf: dict, where: str) -> None:
+    for key, value in family.constants.items():
+        if key in hf and hf[key] != value:
+            raise UnsupportedCheckpointError(
+                f"{where}: config {key}={hf[key]!r} is not supported (supported: {value!r})"
+            )
+    for key, other in family.equal.items():
+        if hf.get(key) != hf.get(other):
+            raise UnsupportedCheckpointError(
+                f"{where}: {other}={hf.get(other)} != {key}={hf.get(key)} is not supported"
+            )
+
+
 def from_hf_config(hf: dict, **overrides) -> ModelConfig:
     """Our ModelConfig for an HF config.json dict (architecture picked from ``architectures``)."""
     name, arch = architecture_of(hf)
-    where = f"{name} config"
-    if arch in ("bert", "roberta"):
-        _require(hf, "position_embedding_type", ("absolute",), where)
-        _require(hf, "is_decoder", (False,), where)
-        fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            ffn_size=hf["intermediate_size"],
-            activation=_act(hf.get("hidden_act", "gelu"), where),
-            max_position_embeddings=hf["max_position_embeddings"],
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            norm_eps=hf.get("layer_norm_eps", 1e-12),
-            dropout=hf.get("hidden_dropout_prob", 0.1),
-            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-            pad_token_id=hf.get("pad_token_id", 0 if arch == "bert" else 1),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            initializer_range=hf.get("initializer_range", 0.02),
-            nsp_head=name == "BertForPreTraining",
-        )
-    elif arch == "gpt2":
-        _require(hf, "scale_attn_weights", (True,), where)
-        _require(hf, "scale_attn_by_inverse_layer_idx", (False,), where)
-        _require(hf, "add_cross_attention", (False,), where)
-        fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["n_embd"],
-            num_layers=hf["n_layer"],
-            num_heads=hf["n_head"],
-            ffn_size=hf.get("n_inner") or 4 * hf["n_embd"],
-            activation=_act(hf.get("activation_function", "gelu_new"), where),
-            max_position_embeddings=hf["n_positions"],
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            dropout=hf.get("resid_pdrop", 0.1),
-            attention_dropout=hf.get("attn_pdrop", 0.1),
-            pad_token_id=hf.get("pad_token_id"),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            initializer_range=hf.get("initializer_range", 0.02),
-            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
-        )
-    elif arch == "t5":
-        proj = hf.get("feed_forward_proj", "relu")
-        gated = proj.startswith("gated-")
-        act = "gelu_new" if proj == "gated-gelu" else proj.removeprefix("gated-")
-        tied = hf.get("tie_word_embeddings", True) is not False
-        fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["d_model"],
-            num_layers=hf["num_layers"],
-            num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
-            num_heads=hf["num_heads"],
-            head_dim=hf["d_kv"],
-            ffn_size=hf["d_ff"],
-            activation=_act(act, where),
-            gated_ffn=gated,
-            max_position_embeddings=0,
-            type_vocab_size=0,
-            norm_eps=hf.get("layer_norm_epsilon", 1e-6),
-            dropout=hf.get("dropout_rate", 0.1),
-            attention_dropout=hf.get("dropout_rate", 0.1),
-            activation_dropout=hf.get("dropout_rate", 0.1),  # T5 drops inside the MLP too
-            pad_token_id=hf.get("pad_token_id", 0),
-            eos_token_id=hf.get("eos_token_id", 1),
-            decoder_start_token_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)),
-            tie_word_embeddings=tied,
-            relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-            relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-            # transformers >= 5 records the v1.0 output scaling explicitly; older configs imply it by tying
-            scale_decoder_outputs=hf.get("scale_decoder_outputs", tied),
-        )
-    else:  # bart
-        for enc, dec in (
-            ("encoder_attention_heads", "decoder_attention_heads"),
-            ("encoder_ffn_dim", "decoder_ffn_dim"),
-        ):
-            if hf.get(enc) != hf.get(dec):
-                raise UnsupportedCheckpointError(
-                    f"{where}: {enc}={hf.get(enc)} != {dec}={hf.get(dec)} is not supported"
-                )
-        _require(hf, "normalize_before", (False,), where)
-        _require(hf, "add_final_layer_norm", (False,), where)
-        fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["d_model"],
-            num_layers=hf["encoder_layers"],
-            num_decoder_layers=hf["decoder_layers"],
-            num_heads=hf["encoder_attention_heads"],
-            ffn_size=hf["encoder_ffn_dim"],
-            activation=_act(hf.get("activation_function", "gelu"), where),
-            max_position_embeddings=hf["max_position_embeddings"],
-            type_vocab_size=0,
-            norm_eps=1e-5,  # BART's LayerNorms use the torch default
-            dropout=hf.get("dropout", 0.1),
-            attention_dropout=hf.get("attention_dropout", 0.0),
-            activation_dropout=hf.get("activation_dropout", 0.0),
-            pad_token_id=hf.get("pad_token_id", 1),
-            bos_token_id=hf.get("bos_token_id", 0),
-            eos_token_id=hf.get("eos_token_id", 2),
-            decoder_start_token_id=hf.get("decoder_start_token_id", 2),
-            scale_embedding=bool(hf.get("scale_embedding", False)),
-            initializer_range=hf.get("init_std", 0.02),
-            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
-        )
+    family, where = FAMILIES[arch], f"{name} config"
+    _check_constants(family, hf, where)
+    fields: dict = {"vocab_size": hf["vocab_size"], **family.fixed}
+    for key in family.keys:
+        if key.hf not in hf and key.default is REQUIRED:
+            raise UnsupportedCheckpointError(f"{where}: config.json has no {key.hf!r}")
+        value = hf.get(key.hf, key.default)
+        fields[key.ours] = key.read(value, where) if key.read is not None else value
+    if family.read_extra is not None:
+        fields.update(family.read_extra(hf, fields, where))
+    if arch == "bert":
+        fields["nsp_head"] = name == "BertForPreTraining"
     return ModelConfig(arch=arch, **{**_special_ids(fields, arch, where), **overrides})
 
 
@@ -222,101 +346,14 @@ def to_hf_config(config: ModelConfig) -> dict:
         raise UnsupportedCheckpointError(
             f"{arch}: HF requires head_dim * num_heads == hidden_size, got head_dim={config.head_dim}"
         )
-    act = _ACT_TO_HF[config.activation]
-    common = dict(
-        vocab_size=config.vocab_size,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        tie_word_embeddings=config.tie_word_embeddings,
-    )
-    if arch in ("bert", "roberta"):
-        name = (
-            "BertForPreTraining"
-            if config.nsp_head
-            else ("BertForMaskedLM" if arch == "bert" else "RobertaForMaskedLM")
-        )
-        return dict(
-            common,
-            architectures=[name],
-            model_type=arch,
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads,
-            intermediate_size=config.ffn_size,
-            hidden_act=act,
-            max_position_embeddings=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            layer_norm_eps=config.norm_eps,
-            hidden_dropout_prob=config.dropout,
-            attention_probs_dropout_prob=config.attention_dropout,
-            initializer_range=config.initializer_range,
-            position_embedding_type="absolute",
-        )
-    if arch == "gpt2":
-        return dict(
-            common,
-            architectures=["GPT2LMHeadModel"],
-            model_type="gpt2",
-            n_embd=config.hidden_size,
-            n_layer=config.num_layers,
-            n_head=config.num_heads,
-            n_inner=config.ffn_size,
-            activation_function=act,
-            n_positions=config.max_position_embeddings,
-            layer_norm_epsilon=config.norm_eps,
-            resid_pdrop=config.dropout,
-            embd_pdrop=config.dropout,
-            attn_pdrop=config.attention_dropout,
-            initializer_range=config.initializer_range,
-        )
-    if arch == "t5":
-        if config.gated_ffn:
-            proj = "gated-gelu" if config.activation == "gelu_tanh" else f"gated-{act}"
-        else:
-            proj = act
-        return dict(
-            common,
-            architectures=["T5ForConditionalGeneration"],
-            model_type="t5",
-            d_model=config.hidden_size,
-            d_kv=config.resolved_head_dim,
-            d_ff=config.ffn_size,
-            num_layers=config.num_layers,
-            num_decoder_layers=config.decoder_layers,
-            num_heads=config.num_heads,
-            relative_attention_num_buckets=config.relative_attention_num_buckets,
-            relative_attention_max_distance=config.relative_attention_max_distance,
-            dropout_rate=config.dropout,
-            layer_norm_epsilon=config.norm_eps,
-            feed_forward_proj=proj,
-            decoder_start_token_id=config.decoder_start_token_id,
-            scale_decoder_outputs=config.scale_decoder_outputs,
-            is_encoder_decoder=True,
-        )
-    if config.norm_eps != 1e-5:
-        raise UnsupportedCheckpointError(
-            f"bart: HF BART hard-codes LayerNorm eps 1e-5, got norm_eps={config.norm_eps}"
-        )
-    return dict(
-        common,
-        architectures=["BartForConditionalGeneration"],
-        model_type="bart",
-        d_model=config.hidden_size,
-        encoder_layers=config.num_layers,
-        decoder_layers=config.decoder_layers,
-        encoder_attention_heads=config.num_heads,
-        decoder_attention_heads=config.num_heads,
-        encoder_ffn_dim=config.ffn_size,
-        decoder_ffn_dim=config.ffn_size,
-        activation_function=act,
-        max_position_embeddings=config.max_position_embeddings,
-        dropout=config.dropout,
-        attention_dropout=config.attention_dropout,
-        activation_dropout=config.activation_dropout,
-        scale_embedding=config.scale_embedding,
-        decoder_start_token_id=config.decoder_start_token_id,
-        forced_eos_token_id=config.eos_token_id,
-        init_std=config.initializer_range,
-        is_encoder_decoder=True,
-    )
+    family = FAMILIES[arch]
+    name = family.architectures[1 if config.nsp_head and arch == "bert" else 0]  # BertForPreTraining
+    hf: dict = {"architectures": [name], "model_type": family.model_type, "vocab_size": config.vocab_size}
+    for key in family.keys:
+        value = getattr(config, key.ours)
+        hf[key.hf] = key.write(value) if key.write is not None else value
+    hf.update(family.constants)
+    hf.update({key: hf[other] for key, other in family.equal.items()})
+    if family.write_extra is not None:
+        hf.update(family.write_extra(config))
+    return hf

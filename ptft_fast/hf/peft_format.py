@@ -24,6 +24,7 @@ from ptft_fast.hf.mapping import expand
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.nn import LoRALinear
 from ptft_fast.peft.ia3 import IA3Linear
+from ptft_fast.utils.atomic import atomic_save_safetensors, atomic_write_json
 
 PREFIX = "base_model.model."  # how peft names the wrapped transformers model's parameters
 CONFIG_FILE = "adapter_config.json"
@@ -176,19 +177,9 @@ def _take(state: dict[str, torch.Tensor], key: str, shape) -> torch.Tensor:
 
 def save(directory: str | os.PathLike, state: dict[str, torch.Tensor], adapter_config: dict) -> None:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` (atomically, umask mode)."""
-    from safetensors.torch import save_file
-
-    from ptft_fast.data.atomic import fix_mode
-
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, WEIGHTS_FILE + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
-    fix_mode(tmp)
-    os.replace(tmp, os.path.join(directory, WEIGHTS_FILE))
-    tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(adapter_config, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+    state = {k: v.contiguous() for k, v in state.items()}
+    atomic_save_safetensors(os.path.join(directory, WEIGHTS_FILE), state, metadata={"format": "pt"})
+    atomic_write_json(os.path.join(directory, CONFIG_FILE), adapter_config, sort_keys=True)
 
 
 def load(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

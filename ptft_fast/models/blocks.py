@@ -97,9 +97,11 @@ class Attention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
         packing: Packing | None = None,
+        prefix_lengths: torch.Tensor | None = None,
         weights: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV]:
-        """x: (B, T, C) or packed (total, C); memory: (B, S, C) for cross-attention.
+        """x: (B, T, C) or packed (total, C); memory: (B, S, C) for cross-attention;
+        prefix_lengths: (B,) or (S,) packed, prefix LM (see ``ops.attention``).
 
         Returns the output like x and the (keys, values) to cache: for self-attention the past
         ones concatenated with the new ones, (B, past + T, H, D). With a list ``weights`` (padded
@@ -129,6 +131,7 @@ class Attention(nn.Module):
                     key_padding_mask=key_padding_mask,
                     attn_bias=attn_bias,
                     softmax_scale=self.softmax_scale,
+                    prefix_lengths=prefix_lengths,
                 )
             )
         o = ops.attention(
@@ -144,6 +147,7 @@ class Attention(nn.Module):
             attn_bias=attn_bias,
             dropout_p=self.dropout if self.training else 0.0,
             softmax_scale=self.softmax_scale,
+            prefix_lengths=prefix_lengths,
         )
         return self.out(o.reshape(*lead, -1)), (k, v)
 
@@ -223,6 +227,7 @@ class Layer(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
         packing: Packing | None = None,
+        prefix_lengths: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         past_self: KV | None = None,
@@ -231,7 +236,8 @@ class Layer(nn.Module):
         cross_attentions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV, KV | None]:
         """``attentions`` / ``cross_attentions``: lists that receive this layer's self- and
-        cross-attention probabilities (B, H, T, Tk) when given (see ``Attention.forward``)."""
+        cross-attention probabilities (B, H, T, Tk) when given (see ``Attention.forward``);
+        ``prefix_lengths``: the self-attention's prefix LM lengths."""
         p = self.dropout if self.training else 0.0
         cross_kv = None
         if self.pre_norm:
@@ -242,6 +248,7 @@ class Layer(nn.Module):
                 key_padding_mask=key_padding_mask,
                 attn_bias=attn_bias,
                 packing=packing,
+                prefix_lengths=prefix_lengths,
                 weights=attentions,
             )
             if self.cross is not None:
@@ -259,6 +266,7 @@ class Layer(nn.Module):
             key_padding_mask=key_padding_mask,
             attn_bias=attn_bias,
             packing=packing,
+            prefix_lengths=prefix_lengths,
             weights=attentions,
         )
         x = self.attn_norm(a, residual=x, dropout_p=p)

@@ -52,6 +52,7 @@ class ModelConfig:
     initializer_range: float = 0.02  # std of the normal init of weights
     gradient_checkpointing: bool = False  # recompute each layer in backward (memory for compute)
     varlen: bool = False  # encoder: drop padding tokens and run attention on packed sequences
+    prefix_lm: bool = False  # gpt2 trained as a prefix LM: generate/ICL read the prompt bidirectionally
 
     def __post_init__(self) -> None:
         self.validate()
@@ -127,6 +128,10 @@ class ModelConfig:
         if self.varlen and self.arch not in ("bert", "roberta"):
             raise ConfigError(
                 f"ModelConfig.varlen is an encoder-only (bert/roberta) option, got arch {self.arch!r}"
+            )
+        if self.prefix_lm and self.arch != "gpt2":
+            raise ConfigError(
+                f"ModelConfig.prefix_lm is a decoder-only (gpt2) option, got arch {self.arch!r}"
             )
         if self.nsp_head and self.arch != "bert":
             raise ConfigError(f"ModelConfig.nsp_head is only supported for bert, got arch {self.arch!r}")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ptft_fast.ops.reference import varlen_positions
+
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, Tk, H, D) each
 
 
@@ -54,7 +56,9 @@ class ModelOutput:
 class Packing:
     """Padding-free layout of a padded batch: the tokens where attention_mask is True, packed.
 
-    indices: (total,) flat positions in (B * T); cu_seqlens: (B + 1,) int32 prefix sums.
+    indices: (total,) flat positions in (B * T); cu_seqlens: (S + 1,) int32 prefix sums of the
+    sequence lengths — one sequence per row (:meth:`from_mask`) or per document run in a row
+    (:meth:`from_documents`).
     """
 
     indices: torch.Tensor
@@ -70,6 +74,26 @@ class Packing:
         cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
         indices = mask.reshape(-1).nonzero().squeeze(1)
         return cls(indices, cu, max(int(lengths.max()), 1), mask.shape[0], mask.shape[1])
+
+    @classmethod
+    def from_documents(cls, doc_ids: torch.Tensor) -> Packing:
+        """One sequence per run of equal document ids in a row: doc_ids (B, T) int, < 0 on
+        padding (dropped). A document cut by a row's end is one sequence in each row. Host reads:
+        the token count and the longest run."""
+        mask = doc_ids >= 0
+        flat = doc_ids.reshape(-1)
+        indices = mask.reshape(-1).nonzero().squeeze(1)
+        docs, rows = flat.index_select(0, indices), indices // doc_ids.shape[1]
+        start = torch.ones_like(docs, dtype=torch.bool)
+        start[1:] = (docs[1:] != docs[:-1]) | (rows[1:] != rows[:-1])
+        starts = start.nonzero().squeeze(1)
+        cu = torch.cat([starts, starts.new_tensor([indices.numel()])]).to(torch.int32)
+        longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 1
+        return cls(indices, cu, max(longest, 1), doc_ids.shape[0], doc_ids.shape[1])
+
+    def token_sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequence index, position within it) of each packed token, (total,) int64 each."""
+        return varlen_positions(self.cu_seqlens, self.indices.numel())
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) → (total, ...)."""

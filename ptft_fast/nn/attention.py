@@ -80,6 +80,7 @@ class Attention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
         causal: bool | None = None,
+        prefix_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from x to kv (x itself when None).
 
@@ -89,6 +90,8 @@ class Attention(nn.Module):
             key_padding_mask: (B, Tk) bool, True = attend.
             attn_bias: additive, broadcastable to (B, Hq, Tq, Tk) (relative position bias, ALiBi).
             causal: overrides the module's default; bottom-right aligned.
+            prefix_lengths: (B,) int, with causal: prefix LM, the first prefix_lengths[b] keys are
+                seen by every query (see ``ops.attention``).
 
         Returns:
             (B, Tq, E).
@@ -107,6 +110,7 @@ class Attention(nn.Module):
             attn_bias=attn_bias,
             dropout_p=self.dropout if self.training else 0.0,
             softmax_scale=self.softmax_scale,
+            prefix_lengths=prefix_lengths,
             backend=self.backend,
         )
         return self.o_proj(out.reshape(b, tq, self.num_heads * self.head_dim))

@@ -35,6 +35,19 @@ def _check_bias(bias, full: tuple[int, int, int, int]) -> None:
         )
 
 
+def _check_prefix(prefix: torch.Tensor, causal: bool, batch: int, q: torch.Tensor, op: str = OP) -> None:
+    """prefix_lengths: (B,) integer tensor on q's device, with causal attention (no host read)."""
+    if not causal:
+        raise ValueError(
+            f"{op}: prefix_lengths makes causal attention bidirectional over a prefix; it needs causal=True"
+        )
+    checks.tensor(op, "prefix_lengths", prefix, ndim=1, floating=False)
+    if prefix.dtype not in checks.INDEX_DTYPES:
+        raise TypeError(f"{op}: prefix_lengths must be int32 or int64, got {prefix.dtype}")
+    checks.shape(op, "prefix_lengths", prefix, (batch,), "one per sequence")
+    checks.same_device(op, "q", q, prefix_lengths=prefix)
+
+
 def _check_max_seqlen(name: str, value, cu: torch.Tensor) -> int:
     if value is None:  # derive it (a host read; pass it to avoid the sync on GPU)
         return int((cu[1:] - cu[:-1]).max().item())
@@ -61,6 +74,7 @@ def attention(
     attn_bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
+    prefix_lengths: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale + attn_bias + mask) v, FlashAttention conventions.
@@ -80,6 +94,10 @@ def attention(
             backends look it up in-kernel (gradient into its table), the torch backend materializes it.
         dropout_p: attention-probability dropout, in [0, 1).
         softmax_scale: default 1/sqrt(D).
+        prefix_lengths: (B,) int32/int64, one per sequence (batch row, or cu_seqlens sequence in
+            varlen form), with ``causal=True`` only: prefix-LM attention. Query i also sees every
+            key j < prefix_lengths[b] (key positions), so the first prefix_lengths[b] keys are
+            attended bidirectionally and the rest causally. Values <= 0 mean no prefix.
         backend: "auto" | "torch" | "triton" | "cuda"; None → current default.
 
     Returns:
@@ -144,6 +162,8 @@ def attention(
                 )
             checks.shape(OP, "key_padding_mask", key_padding_mask, (k_shape[0], k_shape[1]), "(B, Tk)")
             checks.same_device(OP, "q", q, key_padding_mask=key_padding_mask)
+    if prefix_lengths is not None:
+        _check_prefix(prefix_lengths, bool(causal), full[0], q)
     if attn_bias is not None:
         _check_bias(attn_bias, full)
         relative = isinstance(attn_bias, RelativePositionBias)
@@ -167,6 +187,7 @@ def attention(
         attn_bias=attn_bias,
         dropout_p=dropout_p,
         softmax_scale=softmax_scale if softmax_scale is None else float(softmax_scale),
+        prefix_lengths=prefix_lengths,
     )
 
 
@@ -178,12 +199,14 @@ def attention_weights(
     key_padding_mask: torch.Tensor | None = None,
     attn_bias: torch.Tensor | RelativePositionBias | None = None,
     softmax_scale: float | None = None,
+    prefix_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention probabilities :func:`attention` applies to v, for inspection (which heads
     attend where): softmax(q kᵀ · scale + attn_bias + mask), before dropout, in float32.
 
     Same conventions as :func:`attention`, padded form only: q (B, Tq, Hq, D), k (B, Tk, Hkv, D),
-    key_padding_mask (B, Tk) bool True = attend, causal aligned bottom-right. Returns
+    key_padding_mask (B, Tk) bool True = attend, causal aligned bottom-right, prefix_lengths (B,)
+    as in :func:`attention`. Returns
     (B, Hq, Tq, Tk); each row sums to 1, or is zeros for a query that sees no key. Always the
     PyTorch reference (the fused kernels never materialize the probabilities).
     """
@@ -204,6 +227,8 @@ def attention_weights(
             f"attention_weights: key_padding_mask must be bool (B, Tk) = {(k.shape[0], k.shape[1])}, "
             f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
         )
+    if prefix_lengths is not None:
+        _check_prefix(prefix_lengths, causal, q.shape[0], q, "attention_weights")
     return attention_weights_ref(
         q,
         k,
@@ -211,6 +236,7 @@ def attention_weights(
         key_padding_mask=key_padding_mask,
         attn_bias=attn_bias,
         softmax_scale=softmax_scale,
+        prefix_lengths=prefix_lengths,
     )
 
 

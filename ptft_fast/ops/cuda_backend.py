@@ -96,6 +96,7 @@ class AttentionArgs:
     attn_bias: torch.Tensor | None  # in q's dtype, broadcastable to (B, Hq, Tq, Tk)
     rel_lut: torch.Tensor | None  # T5 bias in-kernel: (Tq + Tk - 1,) int32 bucket of j - i + Tq - 1
     rel_table: torch.Tensor | None  # (num_buckets, Hq) float32 (differentiable)
+    prefix_lengths: torch.Tensor | None  # (B,) int32, prefix LM
     max_seqlen_q: int
     max_seqlen_k: int
     softmax_scale: float
@@ -113,10 +114,11 @@ def adapt_attention(
     max_seqlen_k,
     attn_bias,
     softmax_scale,
+    prefix_lengths=None,
 ) -> AttentionArgs:
-    """Contiguous q/k/v (16-byte aligned), int32 cu_seqlens, a dense bias in q's dtype; a T5
-    RelativePositionBias goes to the kernels as its bucket table (looked up in-kernel) when it has
-    at most ATTENTION_MAX_BUCKETS buckets, else materialized."""
+    """Contiguous q/k/v (16-byte aligned), int32 cu_seqlens and prefix lengths, a dense bias in
+    q's dtype; a T5 RelativePositionBias goes to the kernels as its bucket table (looked up
+    in-kernel) when it has at most ATTENTION_MAX_BUCKETS buckets, else materialized."""
     op = "attention"
     _require_half(op, "q", q)
     head_dim = q.shape[-1]
@@ -150,9 +152,10 @@ def adapt_attention(
     if attn_bias is not None:  # contiguous: the binding broadcasts it with zero strides, as a view
         attn_bias = attn_bias.to(q.dtype).contiguous()
     mask = None if key_padding_mask is None else key_padding_mask.contiguous()
+    prefix = None if prefix_lengths is None else prefix_lengths.to(torch.int32).contiguous()
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
     q, k, v = (_aligned16(t.contiguous()) for t in (q, k, v))
-    return AttentionArgs(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, tq, tk, scale)
+    return AttentionArgs(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, prefix, tq, tk, scale)
 
 
 def _aligned16(t: torch.Tensor) -> torch.Tensor:
@@ -182,7 +185,7 @@ def adapt_linear_cross_entropy(hidden, weight, labels, bias, reduction) -> Cross
 
 
 @dataclass(frozen=True)
-class LoraArgs:
+class LoraLinearArgs:
     x: torch.Tensor  # (M, in) contiguous
     weight: torch.Tensor  # (out, in), all in x's dtype
     bias: torch.Tensor | None
@@ -190,14 +193,14 @@ class LoraArgs:
     lora_b: torch.Tensor  # (out, r)
 
 
-def adapt_lora(x, weight, bias, lora_a, lora_b) -> LoraArgs:
+def adapt_lora_linear(x, weight, bias, lora_a, lora_b) -> LoraLinearArgs:
     """2-D x; every parameter cast to x's dtype (differentiably: grads return in their own dtype)."""
     _require_half("lora_linear", "x", x)
 
     def cast(t):
         return None if t is None else t.to(x.dtype).contiguous()
 
-    return LoraArgs(
+    return LoraLinearArgs(
         x.reshape(-1, x.shape[-1]).contiguous(), cast(weight), cast(bias), cast(lora_a), cast(lora_b)
     )
 
@@ -260,13 +263,15 @@ def _register_library() -> None:
 
     # attention
     @torch.library.register_fake("ptft_fast::attention_fwd")
-    def _(q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k, causal, dropout_p, scale):
+    def _(
+        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q, max_k, causal, dropout_p, scale
+    ):  # fmt: skip
         batch = q.shape[0] if cu_q is None else cu_q.shape[0] - 1
         return torch.empty_like(q), q.new_empty((batch, q.shape[-2], max_q), dtype=f32)
 
     @torch.library.register_fake("ptft_fast::attention_bwd")
     def _(
-        dout, q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng,
+        dout, q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng,
         max_q, max_k, causal, dropout_p, scale, bias_grad, rel_grad,
     ):  # fmt: skip
         dbias = torch.empty_like(bias) if bias_grad else q.new_empty(0)
@@ -274,22 +279,20 @@ def _register_library() -> None:
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, drel
 
     def attn_setup(ctx, inputs, output):
-        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng, max_q, max_k, causal, dropout_p, scale = (
-            inputs
-        )
+        q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, *meta = inputs
         out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng)
-        ctx.meta = (max_q, max_k, causal, dropout_p, scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng)
+        ctx.meta = tuple(meta)  # max_q, max_k, causal, dropout_p, scale
         ctx.bias_grad = bias is not None and ctx.needs_input_grad[6]
         ctx.rel_grad = rel_table is not None and ctx.needs_input_grad[8]
 
     def attn_backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng = ctx.saved_tensors
+        q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng = ctx.saved_tensors
         dq, dk, dv, dbias, drel = ops.attention_bwd(
-            dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, rng,
+            dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng,
             *ctx.meta, ctx.bias_grad, ctx.rel_grad,
         )  # fmt: skip
-        grads = [None] * 15  # one per forward input
+        grads = [None] * 16  # one per forward input
         grads[:3] = dq, dk, dv
         grads[6] = dbias if ctx.bias_grad else None
         grads[8] = drel if ctx.rel_grad else None
@@ -298,7 +301,7 @@ def _register_library() -> None:
     torch.library.register_autograd("ptft_fast::attention_fwd", attn_backward, setup_context=attn_setup)
 
     # linear cross-entropy
-    @torch.library.register_fake("ptft_fast::lce_fwd")
+    @torch.library.register_fake("ptft_fast::linear_cross_entropy_fwd")
     def _(hidden, weight, labels, bias, ignore_index, label_smoothing, z_loss, reduction):
         n = hidden.shape[0]
         loss = hidden.new_empty(n, dtype=f32) if reduction == "none" else hidden.new_empty((), dtype=f32)
@@ -309,54 +312,60 @@ def _register_library() -> None:
             hidden.new_empty(1, dtype=i32),
         )
 
-    @torch.library.register_fake("ptft_fast::lce_bwd")
+    @torch.library.register_fake("ptft_fast::linear_cross_entropy_bwd")
     def _(grad, hidden, weight, labels, bias, lse, rows, count, label_smoothing, z_loss, reduction):
         db = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
         return torch.empty_like(hidden), torch.empty_like(weight), db
 
-    def lce_setup(ctx, inputs, output):
+    def linear_cross_entropy_setup(ctx, inputs, output):
         hidden, weight, labels, bias, _ignore, label_smoothing, z_loss, reduction = inputs
         _loss, lse, rows, count = output
         ctx.save_for_backward(hidden, weight, labels, bias, lse, rows, count)
         ctx.meta = (label_smoothing, z_loss, reduction)
 
-    def lce_backward(ctx, dloss, _dlse, _drows, _dcount):
+    def linear_cross_entropy_backward(ctx, dloss, _dlse, _drows, _dcount):
         hidden, weight, labels, bias, lse, rows, count = ctx.saved_tensors
-        dh, dw, db = ops.lce_bwd(
+        dh, dw, db = ops.linear_cross_entropy_bwd(
             dloss.float().contiguous(), hidden, weight, labels, bias, lse, rows, count, *ctx.meta
         )
         return dh, dw, None, db if bias is not None else None, None, None, None, None
 
-    torch.library.register_autograd("ptft_fast::lce_fwd", lce_backward, setup_context=lce_setup)
+    torch.library.register_autograd(
+        "ptft_fast::linear_cross_entropy_fwd",
+        linear_cross_entropy_backward,
+        setup_context=linear_cross_entropy_setup,
+    )
 
     # LoRA
-    @torch.library.register_fake("ptft_fast::lora_fwd")
+    @torch.library.register_fake("ptft_fast::lora_linear_fwd")
     def _(x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p):
         # u: (2, M, r), the low-rank activation as a 16-bit hi + lo pair
         return x.new_empty((x.shape[0], weight.shape[0])), x.new_empty((2, x.shape[0], lora_a.shape[0]))
 
-    @torch.library.register_fake("ptft_fast::lora_bwd")
+    @torch.library.register_fake("ptft_fast::lora_linear_bwd")
     def _(dy, x, weight, lora_a, lora_b, u, rng, scaling, dropout_p, weight_grad, bias_grad):
         dw = torch.empty_like(weight) if weight_grad else x.new_empty(0)
         db = x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0)
         return torch.empty_like(x), dw, db, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
-    def lora_setup(ctx, inputs, output):
+    def lora_linear_setup(ctx, inputs, output):
         x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p = inputs
         _y, u = output
         ctx.save_for_backward(x, weight, lora_a, lora_b, u, rng)
         ctx.meta = (scaling, dropout_p)
         ctx.grads = (ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
 
-    def lora_backward(ctx, dy, _du):
+    def lora_linear_backward(ctx, dy, _du):
         x, weight, lora_a, lora_b, u, rng = ctx.saved_tensors
         wg, bg = ctx.grads
-        dx, dw, db, da, dbm = ops.lora_bwd(
+        dx, dw, db, da, dbm = ops.lora_linear_bwd(
             dy.contiguous(), x, weight, lora_a, lora_b, u, rng, *ctx.meta, wg, bg
         )
         return dx, dw if wg else None, db if bg else None, da, dbm, None, None, None
 
-    torch.library.register_autograd("ptft_fast::lora_fwd", lora_backward, setup_context=lora_setup)
+    torch.library.register_autograd(
+        "ptft_fast::lora_linear_fwd", lora_linear_backward, setup_context=lora_linear_setup
+    )
 
 
 # ------------------------------------------------------------------------ public-signature ops
@@ -395,6 +404,7 @@ def attention_cuda(
     attn_bias=None,
     dropout_p=0.0,
     softmax_scale=None,
+    prefix_lengths=None,
 ):
     a = adapt_attention(
         q,
@@ -407,6 +417,7 @@ def attention_cuda(
         max_seqlen_k=max_seqlen_k,
         attn_bias=attn_bias,
         softmax_scale=softmax_scale,
+        prefix_lengths=prefix_lengths,
     )
     rng = draw_rng(q.device) if dropout_p > 0.0 else None
     out, _ = torch.ops.ptft_fast.attention_fwd(
@@ -419,6 +430,7 @@ def attention_cuda(
         a.attn_bias,
         a.rel_lut,
         a.rel_table,
+        a.prefix_lengths,
         rng,
         a.max_seqlen_q,
         a.max_seqlen_k,
@@ -434,7 +446,7 @@ def linear_cross_entropy_cuda(
     loss_dtype=None,
 ):  # fmt: skip
     a = adapt_linear_cross_entropy(hidden, weight, labels, bias, reduction)
-    loss, _, _, _ = torch.ops.ptft_fast.lce_fwd(
+    loss, _, _, _ = torch.ops.ptft_fast.linear_cross_entropy_fwd(
         a.hidden,
         a.weight,
         a.labels,
@@ -450,9 +462,9 @@ def linear_cross_entropy_cuda(
 
 
 def lora_linear_cuda(x, weight, bias, lora_a, lora_b, scaling, *, dropout_p=0.0):
-    a = adapt_lora(x, weight, bias, lora_a, lora_b)
+    a = adapt_lora_linear(x, weight, bias, lora_a, lora_b)
     rng = draw_rng(x.device) if dropout_p > 0.0 else None
-    y, _ = torch.ops.ptft_fast.lora_fwd(
+    y, _ = torch.ops.ptft_fast.lora_linear_fwd(
         a.x, a.weight, a.bias, a.lora_a, a.lora_b, rng, float(scaling), float(dropout_p)
     )
     return y.view(*x.shape[:-1], weight.shape[0])

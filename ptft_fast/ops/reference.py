@@ -15,8 +15,8 @@ from ptft_fast.ops.graph_mode import in_graph
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
 # Elements of one (rows x vocab) logits block in linear_cross_entropy (64 MiB in fp32).
-LCE_BLOCK_ELEMS = 1 << 24
-LCE_VOCAB_CHUNK = 1 << 16
+LINEAR_CROSS_ENTROPY_BLOCK_ELEMS = 1 << 24
+LINEAR_CROSS_ENTROPY_VOCAB_CHUNK = 1 << 16
 
 
 def _compute_dtype(t: torch.Tensor, upcast: bool) -> torch.dtype:
@@ -92,6 +92,19 @@ def _lengths_mask(cu_seqlens: torch.Tensor, max_seqlen: int) -> tuple[torch.Tens
     return pos[None, :] < lengths[:, None], lengths
 
 
+def causal_visible(
+    tq: int, tk: int, offset, prefix_lengths: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """Bool (Tq, Tk), or (B, 1, Tq, Tk) with a per-sequence offset / prefix: query i sees key j
+    iff j <= i + offset (causal, bottom-right aligned), or j < prefix_lengths[b] (prefix LM)."""
+    i = torch.arange(tq, device=device)[:, None]
+    j = torch.arange(tk, device=device)[None, :]
+    seen = j <= i + offset
+    if prefix_lengths is not None:
+        seen = seen | (j < prefix_lengths.to(device).view(-1, 1, 1, 1))
+    return seen
+
+
 def attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -106,6 +119,7 @@ def attention_ref(
     attn_bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
+    prefix_lengths: torch.Tensor | None = None,
     upcast: bool = True,
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale + bias + mask) v through ``F.scaled_dot_product_attention``.
@@ -114,7 +128,8 @@ def attention_ref(
     and max_seqlen_q/k. key_padding_mask: (B, Tk) bool, True = attend. attn_bias: broadcastable
     to (B, Hq, Tq, Tk) (padded coordinates in varlen form), or a ``RelativePositionBias`` (T5,
     materialized here). ``causal`` is aligned to the bottom right: query i sees key j iff
-    j <= i + (Tk - Tq), per sequence. Queries that see no key give zeros. Returns like q.
+    j <= i + (Tk - Tq), per sequence, or (prefix LM, prefix_lengths (B,)) j < prefix_lengths[b].
+    Queries that see no key give zeros. Returns like q.
     """
     out_dtype = q.dtype
     cdt = _compute_dtype(q, upcast)
@@ -143,10 +158,10 @@ def attention_ref(
     allowed = None  # bool, broadcastable to (B, H, Tq, Tk)
     if key_padding_mask is not None:
         allowed = key_padding_mask[:, None, None, :]
-    if causal and (allowed is not None or attn_bias is not None or varlen or tq != tk):
-        i = torch.arange(tq, device=q.device)[:, None]
-        j = torch.arange(tk, device=q.device)[None, :]
-        tri = j <= i + causal_offset
+    if causal and (
+        allowed is not None or attn_bias is not None or varlen or tq != tk or prefix_lengths is not None
+    ):
+        tri = causal_visible(tq, tk, causal_offset, prefix_lengths, q.device)
         allowed = tri if allowed is None else allowed & tri
     use_is_causal = causal and allowed is None
 
@@ -179,11 +194,13 @@ def attention_weights_ref(
     key_padding_mask: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
     softmax_scale: float | None = None,
+    prefix_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale + bias + mask) in float32: the probabilities ``attention_ref`` applies
     to v (before dropout). q: (B, Tq, Hq, D), k: (B, Tk, Hkv, D); key_padding_mask: (B, Tk) bool,
     True = attend; attn_bias broadcastable to (B, Hq, Tq, Tk) or a ``RelativePositionBias``;
-    causal aligned bottom-right. Returns (B, Hq, Tq, Tk); a query that sees no key gets zeros."""
+    causal aligned bottom-right (prefix_lengths (B,): prefix LM). Returns (B, Hq, Tq, Tk); a query
+    that sees no key gets zeros."""
     tq, tk = q.shape[1], k.shape[1]
     if isinstance(attn_bias, RelativePositionBias):
         attn_bias = attn_bias.materialize(tq, tk)
@@ -196,9 +213,9 @@ def attention_weights_ref(
         scores = scores + attn_bias.float()
     allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
     if causal:
-        i = torch.arange(tq, device=q.device)[:, None]
-        allowed = torch.arange(tk, device=q.device)[None, :] <= i + (tk - tq)
-    allowed = allowed[None, None]
+        allowed = causal_visible(tq, tk, tk - tq, prefix_lengths, q.device)
+    if allowed.dim() == 2:
+        allowed = allowed[None, None]
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask[:, None, None, :]
     probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
@@ -208,7 +225,7 @@ def attention_weights_ref(
 # ----------------------------------------------------------------------- linear cross-entropy
 
 
-def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
+def _linear_cross_entropy_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
     """Loss per row of ``h @ weight.T + bias`` vs labels ``y``, chunked.
 
     h: (M, H), weight: (V, H), bias: (V,) | None, y: (M,) all valid. With ``grad_scale`` (M,) the
@@ -216,8 +233,8 @@ def _lce_rows(h, weight, bias, y, smoothing, z_loss, grad_scale):
     dW (V, H) and db (V,) in fp32. Logits exist only as (rows, vocab_chunk) blocks.
     """
     m_rows, vocab = h.shape[0], weight.shape[0]
-    vchunk = min(vocab, LCE_VOCAB_CHUNK)
-    rchunk = max(1, LCE_BLOCK_ELEMS // vchunk)
+    vchunk = min(vocab, LINEAR_CROSS_ENTROPY_VOCAB_CHUNK)
+    rchunk = max(1, LINEAR_CROSS_ENTROPY_BLOCK_ELEMS // vchunk)
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     loss = torch.empty(m_rows, dtype=acc, device=h.device)
     want_grad = grad_scale is not None
@@ -322,7 +339,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = None
         if early:
             scale = row_weight / count.clamp(min=1) if reduction == "mean" else row_weight
-        row_loss, grads = _lce_rows(h, weight, bias, y, smoothing, z_loss, scale)
+        row_loss, grads = _linear_cross_entropy_rows(h, weight, bias, y, smoothing, z_loss, scale)
         row_loss = row_loss * row_weight
         ctx.weight_dtype = weight.dtype
         ctx.meta = (smoothing, z_loss, hidden.shape[0], early)
@@ -351,7 +368,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows, h, weight, bias, y, row_weight = ctx.saved_tensors
             g = grad_out.to(row_weight.dtype).reshape(-1)
             g = g.index_select(0, rows) if rows is not None else g
-            _, (dh, dw, db) = _lce_rows(h, weight, bias, y, smoothing, z_loss, g * row_weight)
+            _, (dh, dw, db) = _linear_cross_entropy_rows(
+                h, weight, bias, y, smoothing, z_loss, g * row_weight
+            )
         if rows is not None:
             dh = dh.new_zeros(n_rows, dh.shape[1]).index_copy(0, rows, dh)
         weight_dtype = ctx.weight_dtype

@@ -4,7 +4,7 @@ Native fused ops do the work (``F.layer_norm``/``F.rms_norm`` and SDPA upcast in
 this is as fast as eager PyTorch allows and runs on any device. A small cross-entropy (at most
 ``SMALL_LOGITS`` logits) is one ``F.linear`` + ``F.cross_entropy``: below that size the chunked
 algorithm's dozens of small host calls cost more than the (N, V) block it avoids, which is far
-smaller than the blocks the chunked path itself materializes (``reference.LCE_BLOCK_ELEMS``).
+smaller than the blocks the chunked path itself materializes (``reference.LINEAR_CROSS_ENTROPY_BLOCK_ELEMS``).
 """
 
 from functools import partial

@@ -26,7 +26,7 @@ from ptft_fast.kernels.cross_entropy import (
     pack_labeled_rows,
 )
 from ptft_fast.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
-from ptft_fast.kernels.lora import lora_bwd, lora_fwd
+from ptft_fast.kernels.lora import lora_linear_bwd, lora_linear_fwd
 from ptft_fast.ops.cross_entropy import check_labels_in_range
 from ptft_fast.ops.dispatch import register
 from ptft_fast.ops.relative_bias import RelativePositionBias
@@ -142,23 +142,23 @@ def _bias4(bias: Tensor | None) -> Tensor | None:
 @torch.library.custom_op(f"{_NS}::attention_fwd", mutates_args=())
 def _attn_fwd(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, rel_table: Tensor | None, rel_lut: Tensor | None,
-    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None,
+    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None, prefix: Tensor | None,
     batch: int, max_q: int, max_k: int, causal: bool, p: float, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """q: (Nq, Hq, D), k/v: (Nk, Hkv, D) (padded batches flattened). Returns o like q,
-    lse (Nq, Hq) fp32, seed (1,) int64 on CPU."""
+    """q: (Nq, Hq, D), k/v: (Nk, Hkv, D) (padded batches flattened); prefix: (B,) prefix lengths.
+    Returns o like q, lse (Nq, Hq) fp32, seed (1,) int64 on CPU."""
     seed = _seed_tensor(p)
     o, lse = attention_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(),
         batch=batch, max_q=max_q, max_k=max_k, cu_q=cu_q, cu_k=cu_k, causal=causal, kpm=kpm,
         bias4=_bias4(bias), rel_lut=rel_lut, rel_table=None if rel_table is None else rel_table.contiguous(),
-        p=p, seed=int(seed), scale=scale,
+        p=p, seed=int(seed), scale=scale, prefix=prefix,
     )  # fmt: skip
     return o, lse, seed
 
 
 @_attn_fwd.register_fake
-def _(q, k, v, bias, rel_table, rel_lut, cu_q, cu_k, kpm, batch, max_q, max_k, causal, p, scale):
+def _(q, k, v, bias, rel_table, rel_lut, cu_q, cu_k, kpm, prefix, batch, max_q, max_k, causal, p, scale):
     lse = q.new_empty(q.shape[:2], dtype=torch.float32)
     return torch.empty_like(q), lse, torch.empty(1, dtype=torch.int64)
 
@@ -167,7 +167,7 @@ def _(q, k, v, bias, rel_table, rel_lut, cu_q, cu_k, kpm, batch, max_q, max_k, c
 def _attn_bwd(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, seed: Tensor,
     bias: Tensor | None, rel_table: Tensor | None, rel_lut: Tensor | None,
-    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None,
+    cu_q: Tensor | None, cu_k: Tensor | None, kpm: Tensor | None, prefix: Tensor | None,
     batch: int, max_q: int, max_k: int, causal: bool, p: float, scale: float,
     bias_grad: bool, rel_grad: bool, deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
@@ -178,7 +178,7 @@ def _attn_bwd(
         do.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), o, lse,
         batch=batch, max_q=max_q, max_k=max_k, cu_q=cu_q, cu_k=cu_k, causal=causal, kpm=kpm,
         bias4=bias4, rel_lut=rel_lut, rel_table=table, p=p, seed=int(seed), scale=scale,
-        bias_grad=bias_grad, rel_grad=rel_grad, deterministic=deterministic,
+        bias_grad=bias_grad, rel_grad=rel_grad, deterministic=deterministic, prefix=prefix,
     )  # fmt: skip
     dbias = _empty(q)
     if bias_grad:  # sum the full (B, H, Tq, Tk) gradient over the bias's broadcast dims
@@ -198,14 +198,15 @@ def _(do, q, k, v, o, lse, seed, bias, rel_table, *rest):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, dtable
 
 
-_ATTN_META = ("rel_lut", "cu_q", "cu_k", "kpm", "batch", "max_q", "max_k", "causal", "p", "scale")
+_ATTN_META = ("rel_lut", "cu_q", "cu_k", "kpm", "prefix", "batch", "max_q", "max_k", "causal", "p", "scale")
+_ATTN_TENSORS = 5  # the leading entries of _ATTN_META are tensors (saved for backward)
 
 
 def _attn_setup(ctx, inputs, output):
     q, k, v, bias, rel_table, *meta = inputs
     o, lse, seed = output
-    ctx.save_for_backward(q, k, v, o, lse, seed, bias, rel_table, *meta[:4])
-    ctx.meta = tuple(meta[4:])
+    ctx.save_for_backward(q, k, v, o, lse, seed, bias, rel_table, *meta[:_ATTN_TENSORS])
+    ctx.meta = tuple(meta[_ATTN_TENSORS:])
 
 
 def _attn_backward(ctx, do, *_):
@@ -240,6 +241,7 @@ def attention_triton(
     attn_bias=None,
     dropout_p=0.0,
     softmax_scale=None,
+    prefix_lengths=None,
 ):
     """See :func:`ptft_fast.ops.attention`."""
     if q.shape[-1] > MAX_HEAD_DIM:  # one (BLOCK, D) tile per operand must fit on chip
@@ -260,7 +262,8 @@ def attention_triton(
         None if rel is not None else attn_bias,
         None if rel is None else rel.table,
         None if rel is None else rel.bucket_lut(max_q, max_k),
-        cu_seqlens_q, cu_seqlens_k, kpm, batch, max_q, max_k, bool(causal), float(dropout_p), float(scale),
+        cu_seqlens_q, cu_seqlens_k, kpm, prefix_lengths, batch, max_q, max_k, bool(causal), float(dropout_p),
+        float(scale),
     )  # fmt: skip
     return o.view(q.shape)
 
@@ -269,7 +272,7 @@ def attention_triton(
 
 
 @torch.library.custom_op(f"{_NS}::linear_cross_entropy_fwd", mutates_args=())
-def _lce_fwd(
+def _linear_cross_entropy_fwd(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int, smoothing: float,
     z_loss: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
@@ -283,7 +286,7 @@ def _lce_fwd(
     return loss, lse, rows, count
 
 
-@_lce_fwd.register_fake
+@_linear_cross_entropy_fwd.register_fake
 def _(hidden, weight, bias, labels, ignore_index, smoothing, z_loss):
     n = hidden.shape[0]
     loss = hidden.new_empty(n, dtype=torch.float32)
@@ -292,7 +295,7 @@ def _(hidden, weight, bias, labels, ignore_index, smoothing, z_loss):
 
 
 @torch.library.custom_op(f"{_NS}::linear_cross_entropy_bwd", mutates_args=())
-def _lce_bwd(
+def _linear_cross_entropy_bwd(
     grad_rows: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, rows: Tensor,
     count: Tensor, lse: Tensor, smoothing: float, z_loss: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
@@ -305,26 +308,30 @@ def _lce_bwd(
     return dh.to(hidden.dtype), dw.to(weight.dtype), db
 
 
-@_lce_bwd.register_fake
+@_linear_cross_entropy_bwd.register_fake
 def _(grad_rows, hidden, weight, bias, labels, rows, count, lse, smoothing, z_loss):
     db = _empty(hidden) if bias is None else torch.empty_like(bias)
     return torch.empty_like(hidden), torch.empty_like(weight), db
 
 
-def _lce_setup(ctx, inputs, output):
+def _linear_cross_entropy_setup(ctx, inputs, output):
     hidden, weight, bias, labels, _ignore, smoothing, z_loss = inputs
     _, lse, rows, count = output
     ctx.save_for_backward(hidden, weight, bias, labels, rows, count, lse)
     ctx.meta = (smoothing, z_loss)
 
 
-def _lce_backward(ctx, dloss, *_):
+def _linear_cross_entropy_backward(ctx, dloss, *_):
     hidden, weight, bias, labels, rows, count, lse = ctx.saved_tensors
-    dh, dw, db = _lce_bwd(dloss, hidden, weight, bias, labels, rows, count, lse, *ctx.meta)
+    dh, dw, db = _linear_cross_entropy_bwd(dloss, hidden, weight, bias, labels, rows, count, lse, *ctx.meta)
     return dh, dw, db if bias is not None else None, None, None, None, None
 
 
-torch.library.register_autograd(f"{_NS}::linear_cross_entropy_fwd", _lce_backward, setup_context=_lce_setup)
+torch.library.register_autograd(
+    f"{_NS}::linear_cross_entropy_fwd",
+    _linear_cross_entropy_backward,
+    setup_context=_linear_cross_entropy_setup,
+)
 
 
 @register("linear_cross_entropy", "triton")
@@ -336,7 +343,7 @@ def linear_cross_entropy_triton(
     if labels.is_cpu:  # the interpreter (the public op checks device labels)
         check_labels_in_range(labels, weight.shape[0], ignore_index)
     h2 = hidden.reshape(-1, hidden.shape[-1])
-    loss, _, _, count = _lce_fwd(
+    loss, _, _, count = _linear_cross_entropy_fwd(
         h2, weight, bias, labels.reshape(-1), int(ignore_index), float(label_smoothing), float(z_loss)
     )
     # the reduction is plain torch: autograd hands each row its share of the gradient
@@ -350,36 +357,36 @@ def linear_cross_entropy_triton(
 
 
 @torch.library.custom_op(f"{_NS}::lora_linear_fwd", mutates_args=())
-def _lora_fwd(
+def _lora_linear_fwd(
     x: Tensor, weight: Tensor, bias: Tensor | None, lora_a: Tensor, lora_b: Tensor, scaling: float, p: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """x: (M, in). Returns y (M, out), t = dropout(x) Aᵀ (M, r), seed (1,) int64 on CPU."""
     seed = _seed_tensor(p)
-    y, t = lora_fwd(x.contiguous(), weight, bias, lora_a, lora_b, scaling, p, int(seed))
+    y, t = lora_linear_fwd(x.contiguous(), weight, bias, lora_a, lora_b, scaling, p, int(seed))
     return y, t, seed
 
 
-@_lora_fwd.register_fake
+@_lora_linear_fwd.register_fake
 def _(x, weight, bias, lora_a, lora_b, scaling, p):
     y = x.new_empty((x.shape[0], weight.shape[0]))
     return y, x.new_empty((x.shape[0], lora_a.shape[0])), torch.empty(1, dtype=torch.int64)
 
 
 @torch.library.custom_op(f"{_NS}::lora_linear_bwd", mutates_args=())
-def _lora_bwd(
+def _lora_linear_bwd(
     dy: Tensor, x: Tensor, t: Tensor, seed: Tensor, weight: Tensor, lora_a: Tensor, lora_b: Tensor,
     scaling: float, p: float,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Returns dx like x, dA like lora_a, dB like lora_b."""
-    return lora_bwd(dy.contiguous(), x.contiguous(), t, weight, lora_a, lora_b, scaling, p, int(seed))
+    return lora_linear_bwd(dy.contiguous(), x.contiguous(), t, weight, lora_a, lora_b, scaling, p, int(seed))
 
 
-@_lora_bwd.register_fake
+@_lora_linear_bwd.register_fake
 def _(dy, x, t, seed, weight, lora_a, lora_b, scaling, p):
     return torch.empty_like(x), torch.empty_like(lora_a), torch.empty_like(lora_b)
 
 
-def _lora_setup(ctx, inputs, output):
+def _lora_linear_setup(ctx, inputs, output):
     x, weight, _bias, lora_a, lora_b, scaling, p = inputs
     _, t, seed = output
     ctx.save_for_backward(x, t, seed, weight, lora_a, lora_b)
@@ -387,23 +394,25 @@ def _lora_setup(ctx, inputs, output):
     ctx.bias_dtype = None if _bias is None else _bias.dtype
 
 
-def _lora_backward(ctx, dy, *_):
+def _lora_linear_backward(ctx, dy, *_):
     x, t, seed, weight, lora_a, lora_b = ctx.saved_tensors
-    dx, dla, dlb = _lora_bwd(dy, x, t, seed, weight, lora_a, lora_b, *ctx.meta)
+    dx, dla, dlb = _lora_linear_bwd(dy, x, t, seed, weight, lora_a, lora_b, *ctx.meta)
     # the base weight is normally frozen; its grads only when asked for
     dw = (dy.t() @ x.to(dy.dtype)).to(weight.dtype) if ctx.needs_input_grad[1] else None
     db = dy.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
     return dx, dw, db, dla, dlb, None, None
 
 
-torch.library.register_autograd(f"{_NS}::lora_linear_fwd", _lora_backward, setup_context=_lora_setup)
+torch.library.register_autograd(
+    f"{_NS}::lora_linear_fwd", _lora_linear_backward, setup_context=_lora_linear_setup
+)
 
 
 @register("lora_linear", "triton")
 def lora_linear_triton(x, weight, bias, lora_a, lora_b, scaling, *, dropout_p=0.0):
     """See :func:`ptft_fast.ops.lora_linear`."""
     shape = x.shape
-    y, _, _ = _lora_fwd(
+    y, _, _ = _lora_linear_fwd(
         x.reshape(-1, shape[-1]), weight, bias, lora_a, lora_b, float(scaling), float(dropout_p)
     )
     return y.view(*shape[:-1], weight.shape[0])

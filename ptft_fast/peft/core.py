@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ptft_fast.data.atomic import fix_mode
+from ptft_fast.utils.atomic import atomic_save_safetensors, atomic_write_json
 
 PEFT_MARKERS = ("lora_A", "lora_B", "ia3_", "adapter_", "prefix_", "soft_prompt")
 DEFAULT_HEAD_NAMES = ("head", "classifier", "score", "qa_outputs", "scalar_mix")
@@ -90,14 +90,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, config: dict) -
     state = adapter_state_dict(model)
     if not state:
         raise ValueError("save_adapter: the model has no trainable parameters to save")
-    tmp = os.path.join(directory, ADAPTER_WEIGHTS + ".tmp")
-    save_file(state, tmp)
-    fix_mode(tmp)  # safetensors creates 0600 files
-    os.replace(tmp, os.path.join(directory, ADAPTER_WEIGHTS))
-    tmp = os.path.join(directory, ADAPTER_CONFIG + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, ADAPTER_CONFIG))
+    atomic_save_safetensors(os.path.join(directory, ADAPTER_WEIGHTS), state)
+    atomic_write_json(os.path.join(directory, ADAPTER_CONFIG), config, sort_keys=True)
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict:

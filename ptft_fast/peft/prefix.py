@@ -89,6 +89,8 @@ class PrefixAttention(nn.Module):
             key_padding_mask = torch.cat([key_padding_mask.new_ones(x.shape[0], p), key_padding_mask], dim=1)
         if attn_bias is not None:
             attn_bias = F.pad(attn_bias, (p, 0))  # prefix keys carry no position: zero bias
+        if kw.get("prefix_lengths") is not None:  # prefix LM: its prefix starts after the P keys
+            kw["prefix_lengths"] = kw["prefix_lengths"] + p
         out, (k, v) = self.attn(x, past=full, key_padding_mask=key_padding_mask, attn_bias=attn_bias, **kw)
         return out, (k[:, p:], v[:, p:])
 

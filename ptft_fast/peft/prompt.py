@@ -111,6 +111,8 @@ class PromptTuning(nn.Module):
         """input_ids: (B, T) and attention_mask (B, T) of the real tokens; input_ids may be None for
         an encoder-decoder given ``encoder_hidden_states`` from ``encode`` (then only the mask is
         extended). A decoder call that continues ``cache`` gets no second prompt."""
+        if kwargs.get("prefix_mask") is not None:  # prefix LM: the soft prompt is part of the prefix
+            kwargs["prefix_mask"] = self._extend_mask(kwargs["prefix_mask"])
         if input_ids is None or self._continues_cache(kwargs.get("cache")):
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids

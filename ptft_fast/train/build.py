@@ -53,6 +53,10 @@ def model_config(cfg: TrainConfig, tok: PtftTokenizer) -> ModelConfig:
     base = base_model_config(cfg.model)
     check_objective(cfg, base.arch)
     over: dict = {"gradient_checkpointing": cfg.gradient_checkpointing}
+    if base.arch == "gpt2":  # recorded in config.json: generate / icl then read the prompt as the prefix
+        over["prefix_lm"] = cfg.objective == "prefix-lm"
+    if cfg.objective == "mlm+nsp":
+        over["nsp_head"] = True  # BERT's pooler + next-sentence classifier
     if cfg.model in PRESETS:
         over.update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id)
         if base.arch in ("gpt2", "roberta", "bart"):

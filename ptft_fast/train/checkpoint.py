@@ -2,7 +2,7 @@
 
 Layout of ``OUT/checkpoints/``::
 
-    step_00000100/model/        config.json + model.safetensors (ptft_fast.hf), ELECTRA: + generator/
+    step_00000100/model/        config.json + model.safetensors (ptft_fast.hf), ELECTRA/SpanBERT: + head files
     step_00000100/state/        optimizer.safetensors + optimizer.json, rng.safetensors,
                                 trainer.json (step, loss scaler, data position, RNG, configs)
     step_00000100/manifest.json size and sha256 of every other file of the checkpoint
@@ -35,9 +35,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open, atomic_write_json, fix_mode
 from ptft_fast.errors import UserInputError
 from ptft_fast.train.objectives import export_model, import_model
+from ptft_fast.utils.atomic import atomic_open, atomic_write_json, fix_mode
 
 LATEST = "latest"
 MANIFEST = "manifest.json"

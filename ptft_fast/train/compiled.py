@@ -34,7 +34,10 @@ WARMUP_REPLAYS = 3  # eager runs on a side stream before capture: allocator, cuB
 
 def compile_model(model: nn.Module, cfg: TrainConfig) -> None:
     """``torch.compile`` the modules ``cfg.objective`` calls, in place, with no graph break allowed."""
-    targets = [model.generator, model.discriminator.encoder] if cfg.objective == "electra" else [model]
+    targets = {
+        "electra": lambda: [model.generator, model.discriminator.encoder],
+        "spanbert": lambda: [model.mlm.encoder],
+    }.get(cfg.objective, lambda: [model])()
     for module in targets:
         module.compile(fullgraph=True, backend=cfg.compile_backend)
 

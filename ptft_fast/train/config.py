@@ -13,19 +13,36 @@ from pathlib import Path
 
 from ptft_fast.errors import UserInputError
 
-OBJECTIVES = ("mlm", "clm", "prefix-lm", "span", "infill", "electra")
+OBJECTIVES = (
+    "mlm", "mlm+nsp", "spanbert", "electra", "clm", "prefix-lm", "span", "infill",
+    "seq2seq-mlm", "seq2seq-prefix-lm", "deshuffle",
+)  # fmt: skip
+MASK_STRATEGIES = ("token", "whole_word", "span")
+BART_NOISES = ("mask", "delete", "infill", "permute", "rotate")
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Which model family each objective trains, and the tokenizer kind it trains by default.
 OBJECTIVE_ARCHS = {
     "mlm": ("bert", "roberta"),
+    "mlm+nsp": ("bert",),
+    "spanbert": ("bert", "roberta"),
     "electra": ("bert", "roberta"),
     "clm": ("gpt2",),
     "prefix-lm": ("gpt2",),
     "span": ("t5",),
     "infill": ("bart",),
+    "seq2seq-mlm": ("t5",),
+    "seq2seq-prefix-lm": ("t5",),
+    "deshuffle": ("t5",),
 }
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
+
+
+# World-average carbon intensity of electricity generation in 2023 (the price tag's default CO2e).
+GRID_GCO2_PER_KWH = 480.0
+GRID_SOURCE = (
+    "480 g/kWh, the world average of 2023 electricity generation (Ember, Global Electricity Review 2024)"
+)
 
 
 class TrainConfigError(UserInputError):
@@ -66,7 +83,8 @@ class TrainConfig:
     )
     data: str | None = setting(
         None, "shard folder, .txt/.jsonl files or a folder of them, or a datasets save_to_disk folder / "
-        ".parquet / .arrow file; none = embedded pydoc corpus",
+        ".parquet / .arrow file; none = embedded pydoc corpus; a mixture: path:weight,path:weight (token "
+        "shares; YAML: a list of {path, weight})",
     )  # fmt: skip
     text_column: str | None = setting(
         None, "datasets input: the column holding the text; none = detected (text, content, ... or the only "
@@ -90,23 +108,64 @@ class TrainConfig:
         high_open=True,
     )  # fmt: skip
     eval_fraction: float = setting(
-        0.05, "share of documents held out for evaluation (text inputs; a shard folder holds none out)",
+        0.05, "share of documents held out for evaluation (text inputs; a `ptft prepare` folder has its own)",
         low=0, high=1, high_open=True,
     )  # fmt: skip
     mlm_probability: float = setting(
-        0.3, "mlm/electra: share of tokens chosen for prediction (BERT: 0.15; 0.3 gave +4-7 points "
-        "on the fine-tuned embedded task after 2,000 bert-tiny steps: README)", low=0, high=1, high_open=True,
+        0.3, "mlm/mlm+nsp/spanbert/electra: share of tokens chosen for prediction (BERT, SpanBERT: 0.15; "
+        "0.3 gave +4-7 points on the fine-tuned embedded task after 2,000 bert-tiny steps: README)",
+        low=0, high=1, low_open=True, high_open=True,
+    )  # fmt: skip
+    mask_strategy: str | None = setting(
+        None, "mlm/mlm+nsp/electra/spanbert: what is chosen: tokens, whole words (WordPiece ## / "
+        "BPE G / Unigram _ word starts), or SpanBERT spans (geometric p=0.2 lengths in words, at most 10); "
+        "none = the objective's (spanbert: span, else token)", choices=MASK_STRATEGIES,
+        rule="spanbert needs span",
     )  # fmt: skip
     noise_density: float = setting(
-        0.15, "span (T5): share of tokens in corrupted spans", low=0, high=1, high_open=True
-    )
+        0.15, "span / seq2seq-mlm (T5): share of tokens corrupted (in spans / i.i.d.)", low=0, high=1,
+        high_open=True,
+    )  # fmt: skip
     mean_noise_span_length: float = setting(
         3.0, "span (T5): mean length of a corrupted span", low=0, low_open=True
     )
     infill_ratio: float = setting(
-        0.3, "infill (BART): share of tokens replaced by masked spans", low=0, high=1, high_open=True
+        0.3, "infill (BART) text infilling: share of tokens replaced by masked spans", low=0, high=1,
+        high_open=True,
+    )  # fmt: skip
+    bart_noise: str = setting(
+        "infill,permute", "infill (BART): the noising, a comma list of mask (token masking), delete "
+        "(token deletion), infill (text infilling), permute (sentence permutation), rotate (document "
+        "rotation); the BART paper's best and default: infill,permute",
+        rule="one or more of " + "|".join(BART_NOISES),
+    )  # fmt: skip
+    bart_mask_ratio: float = setting(
+        0.3, "infill with bart_noise mask: share of tokens replaced by <mask>", low=0, high=1, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    bart_delete_ratio: float = setting(
+        0.3, "infill with bart_noise delete: share of tokens deleted", low=0, high=1, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    poisson_lambda: float = setting(
+        3.0,
+        "infill with bart_noise infill: mean (Poisson λ) of the masked span lengths",
+        low=0,
+        low_open=True,
     )
     electra_disc_weight: float = setting(50.0, "electra: weight of the discriminator loss", low=0)
+    cross_document_attention: bool = setting(
+        False,
+        "clm/prefix-lm: a packed row is one sequence — its documents attend to the ones before them, "
+        "positions run on across the row, every token is scored (GPT-2's original packing); default: "
+        "each document attends only to itself, positions restart, a prefix per document",
+        rule="only with objective clm or prefix-lm",
+    )
+    electra_generator_size: float = setting(
+        1 / 3, "electra: generator width as a fraction of the discriminator's (same depth, heads and MLP "
+        "scaled with the width, embeddings shared; the paper found 1/4-1/2 best)", low=0, high=1,
+        low_open=True,
+    )  # fmt: skip
     # --- optimization
     max_steps: int = setting(300, "optimizer steps (the run stops earlier when max_time_s runs out)", low=1)
     micro_batch_size: int = setting(16, "rows per forward/backward pass", low=1)
@@ -142,7 +201,10 @@ class TrainConfig:
         low=0,
     )
     cpu_threads: int = setting(
-        0, "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default)", low=0
+        0,
+        "CPU threads; 0 = auto (1 for models under 20M parameters, else torch's default; 2 threads "
+        "measured 6-20x slower than 1 on a loaded 2-core machine: README)",
+        low=0,
     )
     prefetch: int = setting(
         2, "batches built ahead on a background thread; 0 = built in the training thread", low=0
@@ -154,8 +216,8 @@ class TrainConfig:
     )  # fmt: skip
     cuda_graphs: bool = setting(
         False, "CUDA: capture forward + backward + optimizer step once and replay it (fixed shapes)",
-        rule="needs fixed shapes and a device-only step (no long_seq_len, electra, infill, fp16, "
-        "gradient checkpointing)",
+        rule="needs fixed shapes and a device-only step (no long_seq_len, electra, infill, mlm+nsp, "
+        "spanbert, fp16, gradient checkpointing)",
     )  # fmt: skip
     # --- evaluation, logging, checkpoints
     eval_every: int = setting(100, "steps between evaluations; 0 = only at the end", low=0)
@@ -173,6 +235,10 @@ class TrainConfig:
     price_per_hour: float = setting(0.0, "price of one device-hour, for the cost in the summary", low=0)
     cpu_watts: float = setting(65.0, "CPU power for the energy estimate (no CPU power sensor)", low=0)
     device_watts: float = setting(0.0, "> 0: GPU power to use instead of the measured / rated one", low=0)
+    grid_gco2_per_kwh: float = setting(
+        GRID_GCO2_PER_KWH, "carbon intensity of the electricity for the CO2e in the price tag, gCO2e per kWh; "
+        f"default: {GRID_SOURCE}", low=0,
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Raise TrainConfigError naming the first key that breaks a rule."""
@@ -189,8 +255,14 @@ class TrainConfig:
             raise TrainConfigError(
                 f"long_seq_len ({self.long_seq_len}) must be > seq_len ({self.seq_len}) or 0 (off)"
             )
+        self._check_objective_settings()
         if not self.compile_backend:
             raise TrainConfigError("compile_backend must name a torch.compile backend, got ''")
+        if self.cross_document_attention and self.objective not in ("clm", "prefix-lm"):
+            raise TrainConfigError(
+                f"cross_document_attention is a clm/prefix-lm setting but objective is {self.objective!r} "
+                "(contradictory)"
+            )
         if self.cuda_graphs:
             self._check_graphable()
         if self.init_loss_scale != 2.0**16 and self.precision != "fp16":
@@ -198,16 +270,36 @@ class TrainConfig:
                 f"init_loss_scale is an fp16 setting but precision is {self.precision!r} (contradictory)"
             )
 
+    def _check_objective_settings(self) -> None:
+        noises = [n.strip() for n in self.bart_noise.split(",")]
+        bad = [n for n in noises if n not in BART_NOISES]
+        if bad or not self.bart_noise.strip():
+            raise TrainConfigError(
+                f"bart_noise must be a comma list of {'|'.join(BART_NOISES)}, got {self.bart_noise!r}"
+            )
+        if self.objective == "spanbert" and self.mask_strategy not in (None, "span"):
+            raise TrainConfigError(
+                f"objective 'spanbert' masks spans (its boundary objective needs them), but "
+                f"mask_strategy={self.mask_strategy!r} (contradictory options)"
+            )
+
+    @property
+    def masking_strategy(self) -> str:
+        """mask_strategy with none resolved: span for spanbert, else token."""
+        return self.mask_strategy or ("span" if self.objective == "spanbert" else "token")
+
     def _check_graphable(self) -> None:
         """cuda_graphs replays one captured step: every step must have the same shapes and keep
         its decisions on the device."""
         why = None
         if self.long_seq_len:
             why = f"long_seq_len={self.long_seq_len} switches the sequence length mid-run"
-        elif self.objective in ("electra", "infill"):
+        elif self.objective in ("electra", "infill", "mlm+nsp", "spanbert"):
             why = {
                 "electra": "ELECTRA samples replacement tokens between its two models",
                 "infill": "BART text infilling shortens each row by a random amount",
+                "mlm+nsp": "sentence pairs have varying lengths",
+                "spanbert": "the span-boundary head gathers a varying number of span tokens",
             }[self.objective] + " (shapes vary)"
         elif self.precision == "fp16":
             why = "fp16's dynamic loss scaling decides on the host whether a step is skipped; use bf16"
@@ -321,6 +413,14 @@ def _coerce(key: str, value):
     """``value`` (from YAML or a ``--set`` string) as the type of field ``key``."""
     optional = type(None) in typing.get_args(_HINTS[key])
     base = _base_type(key)
+    if key == "data" and isinstance(value, list):  # YAML mixture: [{path, weight}, ...] or ["a:0.7", ...]
+        from ptft_fast.data.mixture import mixture_spec, parse_mixture
+
+        try:
+            pairs = parse_mixture(value)
+        except ValueError as exc:
+            raise TrainConfigError(str(exc)) from None
+        return mixture_spec(pairs) if pairs else str(value[0])
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if not optional:
             raise TrainConfigError(f"{key} may not be null")

@@ -16,6 +16,8 @@ restored source yields exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -24,22 +26,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.data.bart import BartCollator, BartNoiseConfig, BartNoiser, sentence_end_table
 from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
+from ptft_fast.data.collate import IGNORE_INDEX
 from ptft_fast.data.electra import electra_masking
 from ptft_fast.data.masking import MaskingConfig
+from ptft_fast.data.mixture import MixtureShards, make_sampler, parse_mixture
 from ptft_fast.data.mlm import MLMCollator, MLMConfig
+from ptft_fast.data.nsp import NSPConfig, NSPStream
 from ptft_fast.data.packing import PackedStream, row_segments
-from ptft_fast.data.sampler import ResumableSampler
+from ptft_fast.data.seq2seq_variants import Seq2SeqVariantCollator, Seq2SeqVariantConfig
 from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
 from ptft_fast.data.tokenizer import TOKENIZER_FILE, PtftTokenizer, train_tokenizer
 from ptft_fast.errors import UserInputError
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data_key import KEY_FILE, READER, data_key, key_diff, read_key, tokenizer_config
+from ptft_fast.utils.atomic import atomic_write_json
 
+EVAL_SHARDS = "eval_shards"  # held-out shards `ptft prepare` writes beside shards/
 ROW_SEGMENTS = "row_segments"  # batch key of the per-row document count (not a model input)
+MASKED = ("mlm", "mlm+nsp", "spanbert", "electra")  # BERT-style masking of an encoder's input
+# Encoder-decoder objectives of the T5 objective comparison → their collator variant.
+SEQ2SEQ_VARIANTS = {"seq2seq-mlm": "mlm", "seq2seq-prefix-lm": "prefix-lm", "deshuffle": "deshuffle"}
 
 
 class RunDataError(UserInputError):
@@ -96,18 +105,41 @@ def _texts(data: str | None, text_column: str | None = None) -> list[str]:
     return texts
 
 
-def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming: bool = False) -> RunData:
+def prepare_run_data(
+    cfg: TrainConfig,
+    tokenizer_kind: str,
+    out: Path,
+    resuming: bool = False,
+    tokenizer: PtftTokenizer | None = None,
+) -> RunData:
     """Tokenizer and shards for the run, built once and cached under ``out/data`` with their key.
 
     A cache whose key differs from the run's is rebuilt with a warning naming what changed, or,
-    when ``resuming`` (the checkpoint's data position refers to the cached shards), refused."""
+    when ``resuming`` (the checkpoint's data position refers to the cached shards), refused.
+    ``tokenizer``: use this one instead of training one (it becomes part of the cache key).
+
+    A mixture (``data="a.txt:0.7,b.txt:0.3"``) builds every source as a run of its own under
+    ``out/data/mix<i>`` (one tokenizer for all: shard folders must share theirs; text sources are
+    tokenized with the first source's tokenizer, trained on the first source) and draws from them
+    with the weights (:class:`~ptft_fast.data.mixture.MixtureSampler`)."""
+    try:
+        mixture = parse_mixture(cfg.data)
+    except ValueError as exc:
+        raise RunDataError(str(exc)) from None
+    if mixture is not None:
+        return _mixture_run_data(cfg, mixture, tokenizer_kind, out, resuming)
     if cfg.data is not None and (folder := _shard_folder(Path(cfg.data))) is not None:
         shards = TokenShards(folder)
+        held_out = folder.parent / EVAL_SHARDS  # `ptft prepare` holds documents out beside shards/
+        if folder.name == "shards" and (held_out / INDEX_FILE).is_file():
+            return RunData(shards.tokenizer(), shards, TokenShards(held_out), False)
         warnings.warn(f"{folder} is a shard folder: evaluation uses training documents", stacklevel=2)
         return RunData(shards.tokenizer(), shards, shards, True)
     root = out / "data"
     train_dir, eval_dir = root / "train", root / "eval"
     key = data_key(cfg, tokenizer_kind)
+    if tokenizer is not None:
+        key["tokenizer"] = {"given": hashlib.sha256(tokenizer.to_str().encode()).hexdigest()}
     if (train_dir / INDEX_FILE).is_file() and (eval_dir / INDEX_FILE).is_file():
         cached = read_key(root)
         diffs = ["it has no key (built by an older version)"] if cached is None else key_diff(cached, key)
@@ -132,12 +164,32 @@ def prepare_run_data(cfg: TrainConfig, tokenizer_kind: str, out: Path, resuming:
     train_texts = [t for i, t in enumerate(texts) if i not in held]
     if root.exists():
         shutil.rmtree(root)
-    tok = train_tokenizer(train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress)
+    tok = tokenizer or train_tokenizer(
+        train_texts, tokenizer_config(cfg, tokenizer_kind), progress=cfg.progress
+    )
     atomic_write_json(root / KEY_FILE, key)
     shard_cfg = ShardConfig(num_workers=1, progress=cfg.progress)  # bars only past a few seconds
     write_shards([texts[i] for i in sorted(held)], tok, eval_dir, shard_cfg)
     write_shards(train_texts, tok, train_dir, shard_cfg)  # written last: its index marks completion
     return RunData(tok, *_open(train_dir, eval_dir), False)
+
+
+def _mixture_run_data(cfg: TrainConfig, mixture, tokenizer_kind: str, out: Path, resuming: bool) -> RunData:
+    parts: list[RunData] = []
+    for i, (path, _) in enumerate(mixture):
+        part_cfg = dataclasses.replace(cfg, data=path)
+        shared = parts[0].tokenizer if parts and _shard_folder(Path(path)) is None else None
+        parts.append(prepare_run_data(part_cfg, tokenizer_kind, out / "data" / f"mix{i}", resuming, shared))
+    toks = {p.tokenizer.to_str() for p in parts}
+    if len(toks) > 1:
+        raise RunDataError(
+            f"data mixture: the sources' shard folders use different tokenizers ({cfg.data}); prepare "
+            "them with one tokenizer (ptft prepare --tokenizer-from)"
+        )
+    weights = [w for _, w in mixture]
+    train = MixtureShards([p.train for p in parts], weights)
+    held = MixtureShards([p.eval for p in parts], weights)
+    return RunData(parts[0].tokenizer, train, held, any(p.eval_is_train for p in parts))
 
 
 def _open(train_dir: Path, eval_dir: Path) -> tuple[TokenShards, TokenShards]:
@@ -180,26 +232,51 @@ def _generators(obj, prefix: str = "") -> dict:
     return found
 
 
+def bart_noiser(tok: PtftTokenizer, cfg: TrainConfig, seed: int) -> BartNoiser:
+    """BART's noising as ``cfg.bart_noise`` selects it, at the configured rates."""
+    chosen = {n.strip() for n in cfg.bart_noise.split(",")}
+    noise = BartNoiseConfig(
+        mask_ratio=cfg.bart_mask_ratio if "mask" in chosen else 0.0,
+        delete_ratio=cfg.bart_delete_ratio if "delete" in chosen else 0.0,
+        infill_ratio=cfg.infill_ratio if "infill" in chosen else 0.0,
+        poisson_lambda=cfg.poisson_lambda,
+        permute_sentences="permute" in chosen,
+        rotate_document="rotate" in chosen,
+        seed=seed,
+    )
+    return BartNoiser(tok.mask_id, sentence_end_table(tok.backend.get_vocab(), tok.vocab_size), noise)
+
+
 class BatchSource:
     """Endless collated batches of one objective from ``shards``.
 
     ``next(batch_size, seq_len)`` returns a dict of tensors for the model; documents are packed
     (separated by the tokenizer's end token where the family uses one) into rows that fill
-    ``seq_len`` model positions (T5: encoder positions after corruption).
+    ``seq_len`` model positions (T5: encoder positions after corruption). clm / prefix-lm rows
+    carry ``doc_ids`` — the decoder attends within each document, positions restart, prefix-lm
+    draws a prefix (``prefix_mask``) per document — unless ``cfg.cross_document_attention``: then
+    a row is one sequence (prefix-lm: one prefix per row).
     """
 
     def __init__(self, objective: str, shards: TokenShards, tok: PtftTokenizer, cfg: TrainConfig, seed: int):
         self.objective, self.tok, self.cfg = objective, tok, cfg
-        sampler = ResumableSampler(shards, seed=seed, num_epochs=None)
-        eos = {"mlm": tok.sep_id, "electra": tok.sep_id, "infill": None}.get(objective, tok.eos_id)
-        self.stream = PackedStream(sampler, cfg.seq_len, eos_id=eos, pad_id=tok.pad_id or 0)
-        if objective in ("mlm", "electra"):
+        sampler = make_sampler(shards, seed=seed)
+        if objective == "mlm+nsp":  # sentence pairs, not packed rows
+            ends = sentence_end_table(tok.backend.get_vocab(), tok.vocab_size)
+            self.stream = NSPStream(sampler, ends, tok.cls_id, tok.sep_id, NSPConfig(cfg.seq_len, seed=seed))
+        else:
+            eos = {"infill": None}.get(objective, tok.sep_id if objective in MASKED else tok.eos_id)
+            self.stream = PackedStream(sampler, cfg.seq_len, eos_id=eos, pad_id=tok.pad_id or 0)
+        if objective in MASKED:
             masking = (
                 electra_masking(cfg.mlm_probability)
                 if objective == "electra"
                 else MaskingConfig(mlm_probability=cfg.mlm_probability)
             )
-            self.collator = MLMCollator(tok, MLMConfig(masking=masking, seed=seed))
+            masking.strategy = cfg.masking_strategy
+            self.collator = MLMCollator(
+                tok, MLMConfig(masking=masking, seed=seed, nsp=objective == "mlm+nsp")
+            )
         elif objective == "clm":
             self.collator = PackedCLMCollator()
         elif objective == "prefix-lm":
@@ -207,10 +284,15 @@ class BatchSource:
         elif objective == "span":
             t5 = T5Config(cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length, seed=seed)
             self.collator = T5SpanCorruptionCollator(tok.sentinel_ids, tok.eos_id, tok.pad_id, t5)
+        elif objective in SEQ2SEQ_VARIANTS:
+            variant = Seq2SeqVariantConfig(SEQ2SEQ_VARIANTS[objective], cfg.noise_density, seed=seed)
+            self.collator = Seq2SeqVariantCollator(
+                variant, eos_id=tok.eos_id, pad_id=tok.pad_id, decoder_start_id=tok.pad_id,
+                mask_id=tok.mask_id if tok.mask_id is not None else tok.sentinel_ids[0],
+                random_ids=np.flatnonzero(~tok.special_mask_table()),
+            )  # fmt: skip
         else:  # infill
-            table = sentence_end_table(tok.backend.get_vocab(), tok.vocab_size)
-            noiser = BartNoiser(tok.mask_id, table, BartNoiseConfig(infill_ratio=cfg.infill_ratio, seed=seed))
-            self.collator = BartCollator(noiser, tok.bos_id, tok.eos_id, tok.pad_id)
+            self.collator = BartCollator(bart_noiser(tok, cfg, seed), tok.bos_id, tok.eos_id, tok.pad_id)
         self._seq_len = -1
 
     def _set_seq_len(self, seq_len: int) -> None:
@@ -218,7 +300,9 @@ class BatchSource:
         if seq_len == self._seq_len:
             return
         self._seq_len = seq_len
-        if self.objective in ("mlm", "electra"):
+        if self.objective == "mlm+nsp":
+            self.stream.cfg.max_seq_len = seq_len  # [CLS] A [SEP] B [SEP]
+        elif self.objective in MASKED:
             self.stream.seq_len = seq_len - 2  # [CLS] … [SEP]
         elif self.objective == "span":
             c = self.collator
@@ -227,6 +311,8 @@ class BatchSource:
                 seq_len, c.cfg.noise_density, c.cfg.mean_noise_span_length
             )
             self.stream.seq_len = c.raw_length
+        elif self.objective in SEQ2SEQ_VARIANTS:
+            self.stream.seq_len = seq_len - 1  # … </s>
         elif self.objective == "infill":
             self.stream.seq_len = seq_len - 2  # <s> … </s>
             self.collator.max_length = seq_len
@@ -237,21 +323,41 @@ class BatchSource:
         """The model's inputs, plus ``row_segments`` (B,): document pieces per row, a statistic
         for the run summary that :func:`ptft_fast.train.objectives.model_inputs` strips."""
         self._set_seq_len(seq_len)
+        if self.objective == "mlm+nsp":
+            pairs = self.stream.next_pairs(batch_size)
+            if len(pairs) < batch_size:
+                raise ValueError(
+                    f"the training shards hold no sentence pairs ({self.stream.sampler.shards.path})"
+                )
+            b = self.collator(pairs)
+            return {**b, ROW_SEGMENTS: 1 + b["next_sentence_label"]}  # a random B comes from another document
         ids, doc_ids = self.stream.next_rows(batch_size)
         if len(ids) < batch_size:
             raise ValueError(f"the training shards hold no documents ({self.stream.sampler.shards.path})")
         segments = torch.from_numpy(row_segments(doc_ids))
-        if self.objective == "clm":
-            b = self.collator.collate_rows(ids, doc_ids)
-            return {**{k: b[k] for k in ("input_ids", "attention_mask", "labels")}, ROW_SEGMENTS: segments}
+        if self.objective in ("clm", "prefix-lm"):
+            return {**self._lm_batch(ids, doc_ids), ROW_SEGMENTS: segments}
         lengths = (doc_ids >= 0).sum(axis=1)  # padding only ever follows a row's tokens
-        if self.objective in ("mlm", "electra", "prefix-lm"):
+        if self.objective in (*MASKED, *SEQ2SEQ_VARIANTS):
             b = self.collator.collate_rows(ids, lengths)
         else:
             b = self.collator([row[:n] for row, n in zip(ids, lengths)])
-        if self.objective == "prefix-lm":
-            b = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
         return {**b, ROW_SEGMENTS: segments}
+
+    def _lm_batch(self, ids: np.ndarray, doc_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """clm / prefix-lm inputs of packed rows (B, T): document-aware (``doc_ids``), or one
+        sequence per row with ``cross_document_attention``."""
+        cross = self.cfg.cross_document_attention
+        if self.objective == "prefix-lm":
+            if cross:
+                b = self.collator.collate_rows(ids, (doc_ids >= 0).sum(axis=1))
+                return {k: b[k] for k in ("input_ids", "attention_mask", "labels", "prefix_mask")}
+            return self.collator.collate_documents(ids, doc_ids)
+        b = self.collator.collate_rows(ids, doc_ids)
+        if cross:  # GPT-2's packing: every real token is scored, the first of a document too
+            b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, IGNORE_INDEX)
+            return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        return {k: b[k] for k in ("input_ids", "attention_mask", "labels", "doc_ids")}
 
     def state_dict(self) -> dict:
         rngs = {k: _encode_rng(g) for k, g in _generators(self.collator).items()}

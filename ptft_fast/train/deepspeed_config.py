@@ -9,7 +9,6 @@ bf16 turns on DeepSpeed's bf16 mode, fp16 its dynamic loss scaler.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -58,45 +57,6 @@ class DeepSpeedOptions:
             )
         if self.offload_optimizer is not None and self.zero_stage in (None, 0):
             raise TrainConfigError(f"--offload-optimizer needs --zero-stage 1, 2 or 3, got {self.zero_stage}")
-
-
-def add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
-    """The DeepSpeed flags of ``ptft pretrain`` / ``ptft finetune``."""
-    g = parser.add_argument_group("DeepSpeed (launch with `deepspeed` or `torchrun`)")
-    g.add_argument(
-        "--deepspeed", metavar="DS_CONFIG.json", help="DeepSpeed config file, passed through (default: none)"
-    )
-    g.add_argument(
-        "--zero-stage",
-        type=int,
-        choices=(0, 1, 2, 3),
-        help="generate a DeepSpeed ZeRO config at this stage (default: none, plain PyTorch training)",
-    )
-    g.add_argument(
-        "--offload-optimizer",
-        choices=OFFLOAD_DEVICES,
-        help="ZeRO: keep optimizer states on this device (default: none, on the GPU)",
-    )
-    g.add_argument(
-        "--offload-params",
-        choices=OFFLOAD_DEVICES,
-        help="ZeRO-3: keep parameters on this device (default: none, on the GPU)",
-    )
-    g.add_argument("--nvme-path", default="/local_nvme", help="swap folder for nvme offload")
-    # The launchers pass --local_rank / --local-rank; LOCAL_RANK in the environment is what we read.
-    g.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-
-
-def options_from_args(args: argparse.Namespace) -> DeepSpeedOptions:
-    opts = DeepSpeedOptions(
-        config=args.deepspeed,
-        zero_stage=args.zero_stage,
-        offload_optimizer=args.offload_optimizer,
-        offload_params=args.offload_params,
-        nvme_path=args.nvme_path,
-    )
-    opts.validate()
-    return opts
 
 
 def _offload(device: str, nvme_path: str) -> dict:

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ptft_fast.data.atomic import atomic_open, fix_mode
 from ptft_fast.train import checkpoint as ckpt
 from ptft_fast.train.build import model_config, tokenizer_kind
 from ptft_fast.train.config import TrainConfig, TrainConfigError
@@ -45,6 +44,7 @@ from ptft_fast.train.objectives import (
 from ptft_fast.train.schedule import seq_len_at
 from ptft_fast.train.trainer import StepOutput, Trainer, batch_source, seed_everything, set_cpu_threads
 from ptft_fast.train.zero_utils import GatheredStateDict
+from ptft_fast.utils.atomic import atomic_open, fix_mode
 
 
 class _NoLog:
@@ -87,7 +87,9 @@ class DeepSpeedTrainer(Trainer):
         self.data = prepare_run_data(cfg, tokenizer_kind(cfg), self.out, resuming=resume is not None)
         self.tok = self.data.tokenizer
         self.model_config = model_config(cfg, self.tok)
-        model = build_for_objective(cfg.objective, self.model_config).to(self.device)
+        model = build_for_objective(cfg.objective, self.model_config, cfg.electra_generator_size).to(
+            self.device
+        )
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, model, self.device)  # the Trainer's policy
         self.ds_config = build_config(ds, cfg, self.world)
         self.strategy = DeepSpeedStrategy(model, cfg, self.ds_config)

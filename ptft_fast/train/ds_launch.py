@@ -6,12 +6,12 @@ others and exit non-zero with a message naming the lost rank.
 Why: with gloo, the surviving ranks of a job whose peer was killed block in the next collective
 until the process-group timeout (minutes). The watchdog polls the ranks and ends the job at once.
 Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (a free port unless
-``--port``), as ``torchrun`` / the ``deepspeed`` launcher set them.
+``--port``), as ``torchrun`` / the ``deepspeed`` launcher set them. Its options are parsed in
+``ptft_fast.cli.ds_launch``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -92,20 +92,7 @@ def launch(cmd: list[str], nproc: int, port: int | None = None, timeout_s: float
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ptft_fast.train.ds_launch", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--nproc", type=int, required=True, help="ranks on this machine")
-    parser.add_argument("--port", type=int, help="rendezvous port (default: a free one)")
-    parser.add_argument("--timeout", type=float, default=0.0, help="stop the job after this many seconds")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command each rank runs")
-    args = parser.parse_args(argv)
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        parser.error("give the command to run after --")
-    return launch(cmd, args.nproc, args.port, args.timeout)
+if __name__ == "__main__":  # the command line is parsed in the CLI layer
+    from ptft_fast.cli.ds_launch import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -10,18 +10,17 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from ptft_fast.data.atomic import atomic_write_json
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import add_stats, export_model
 from ptft_fast.train.schedule import planned_steps, seq_len_at
+from ptft_fast.utils.atomic import atomic_write_json
+from ptft_fast.utils.device import device_name, device_peaks
 
 PEAK_KEYS = {"bf16": "bfloat16", "fp16": "float16"}
 TRAIN_LOSS_WINDOW = 20  # steps the summary's final train loss is the mean of (fewer in a short run)
 
 
 def _peak_tflops(trainer) -> float | None:
-    from ptft_fast.benchmarks.harness import device_peaks
-
     peaks = device_peaks(trainer.device)
     if peaks is None:
         return None
@@ -33,8 +32,6 @@ def _peak_tflops(trainer) -> float | None:
 
 def run_loop(trainer) -> dict:
     """Train to ``max_steps`` (or ``max_time_s``); returns the summary (also ``summary.json``)."""
-    from ptft_fast.benchmarks.harness import device_name
-
     cfg, log = trainer.cfg, trainer.log
     peak = _peak_tflops(trainer)
     dev_name = device_name(trainer.device)
@@ -79,8 +76,8 @@ def run_loop(trainer) -> dict:
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
-                if cfg.objective == "electra":
-                    row["disc_loss"] = out.terms.get("disc")
+                for term in sorted(set(out.terms) - {"lm"}):  # electra disc, spanbert sbo, mlm+nsp nsp
+                    row[f"{term}_loss"] = out.terms[term]
                 if peak is not None:
                     row["tflops"] = window_flops / dt / 1e12
                     row["mfu"] = row["tflops"] / peak
@@ -147,7 +144,9 @@ def run_loop(trainer) -> dict:
         "train_seconds": trainer.elapsed,
         "tokens_per_s": trainer.tokens / max(trainer.elapsed, 1e-9),
         "data_wait_share": data_total / max(trainer.elapsed - elapsed0, 1e-9),
-        "price_tag": price_tag(trainer.flops, trainer.elapsed, watts, source, cfg.price_per_hour),
+        "price_tag": price_tag(
+            trainer.flops, trainer.elapsed, watts, source, cfg.price_per_hour, cfg.grid_gco2_per_kwh
+        ),
         "final_model": str(final_dir),
     }
     if cfg.plot:
@@ -222,7 +221,7 @@ def _eval_lines(s: dict) -> list[str]:
         f"  eval loss / perplexity   {s['eval_loss']:.4f} / {s['perplexity']:.2f} on TRAINING documents ({scored})",
         "  warning: --data is a shard folder, so no document was held out: this eval loss is measured on "
         "text the model trained on and is not a held-out score (give .txt/.jsonl files to hold out "
-        "eval_fraction of the documents)",
+        "eval_fraction of the documents, or a `ptft prepare` output folder: it holds documents out)",
     ]
 
 
@@ -244,6 +243,11 @@ def format_summary(s: dict) -> str:
         f"  unigram entropy baseline {s['unigram_entropy']:.4f} nats/token (token frequencies of the train data)",
         *_eval_lines(s),
         f"  eval token accuracy      {s['accuracy']:.2%}",
+        *(
+            [f"  eval NSP accuracy        {s['nsp_accuracy']:.2%} (held-out sentence pairs)"]
+            if "nsp_accuracy" in s
+            else []
+        ),
         f"  throughput               {s['tokens_per_s']:.0f} tokens/s over {s['train_seconds']:.1f} s",
         f"  waiting for data         {s['data_wait_share']:.1%} of the training time (training thread)",
         "price tag",
@@ -251,6 +255,14 @@ def format_summary(s: dict) -> str:
         f"  device-hours             {p['device_hours']:.5f}",
         f"  energy                   {p['energy_kwh']:.5f} kWh at {p['power_watts']:.0f} W ({p['power_source']})",
         f"  cost                     {p['cost']:.4f} at {p['price_per_hour']} per device-hour",
+        *(
+            [
+                f"  CO2e                     {p['co2e_kg'] * 1000:.3f} g at {p['grid_gco2_per_kwh']:g} gCO2e/kWh "
+                "(set grid_gco2_per_kwh)"
+            ]
+            if "co2e_kg" in p
+            else []
+        ),
         f"  final model              {s['final_model']}",
     ]
     if "loss_curve" in s:

@@ -92,8 +92,14 @@ def power_estimate(device_name: str, is_gpu: bool, measured: float | None, cfg) 
 
 
 def price_tag(
-    total_flops: float, seconds: float, watts: float, watts_source: str, price_per_hour: float
+    total_flops: float,
+    seconds: float,
+    watts: float,
+    watts_source: str,
+    price_per_hour: float,
+    grid_gco2_per_kwh: float = 480.0,
 ) -> dict:
+    """FLOPs, device-hours, energy, cost and CO2e (energy × grid carbon intensity)."""
     hours = seconds / 3600.0
     return {
         "total_flops": total_flops,
@@ -103,6 +109,8 @@ def price_tag(
         "energy_kwh": watts * hours / 1000.0,
         "price_per_hour": price_per_hour,
         "cost": hours * price_per_hour,
+        "grid_gco2_per_kwh": grid_gco2_per_kwh,
+        "co2e_kg": watts * hours / 1000.0 * grid_gco2_per_kwh / 1000.0,
     }
 
 

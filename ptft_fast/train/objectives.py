@@ -15,27 +15,49 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptft_fast.data.atomic import fix_mode
 from ptft_fast.data.electra import discriminator_loss, replace_with_generator_samples
-from ptft_fast.models import EncoderForMaskedLM, build_model
+from ptft_fast.data.masking import span_boundaries
+from ptft_fast.models import EncoderForMaskedLM, ModelOutput, build_model
 from ptft_fast.models.config import ModelConfig
+from ptft_fast.models.pretraining_heads import ElectraGenerator, SpanBoundaryHead, generator_config
 from ptft_fast.train.data import ROW_SEGMENTS
+from ptft_fast.utils.atomic import fix_mode
 
 IGNORE = -100
 LM_OBJECTIVES = ("clm", "prefix-lm")  # the model shifts: position t predicts labels[t + 1]
+NSP_LABEL = "next_sentence_label"
 
 
 class ElectraModel(nn.Module):
-    """ELECTRA pair: an MLM generator and a discriminator that share the token embeddings, plus
-    the per-token replaced/original head. ``config`` is the discriminator's."""
+    """ELECTRA pair: a discriminator (``config``, with the per-token replaced/original head) and
+    a generator ``generator_size`` × its width (:func:`generator_config`) that runs on the
+    discriminator's embeddings (token, position and type embeddings shared, as in the paper)."""
+
+    def __init__(self, config: ModelConfig, generator_size: float = 1 / 3) -> None:
+        super().__init__()
+        self.config = config
+        self.discriminator = EncoderForMaskedLM(config)
+        self.generator = ElectraGenerator(generator_config(config, generator_size), config.hidden_size)
+        self.disc_head = nn.Linear(config.hidden_size, 1)
+
+    def generate(self, batch: dict, labels: bool = True) -> ModelOutput:
+        """The generator's loss and logits (N, V) at the N labeled positions of ``batch``."""
+        enc = self.discriminator.encoder
+        emb = enc.embed(batch["input_ids"], batch.get("token_type_ids"))
+        return self.generator(
+            emb, enc.embed_tokens.weight, batch.get("attention_mask"), batch["labels"] if labels else None
+        )
+
+
+class SpanBertModel(nn.Module):
+    """SpanBERT: a BERT/RoBERTa masked LM plus the span-boundary head (:class:`SpanBoundaryHead`),
+    both scored against the tied token embedding; loss = MLM + SBO."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.generator = EncoderForMaskedLM(config)
-        self.discriminator = EncoderForMaskedLM(config)
-        self.discriminator.encoder.embed_tokens = self.generator.encoder.embed_tokens
-        self.disc_head = nn.Linear(config.hidden_size, 1)
+        self.mlm = EncoderForMaskedLM(config)
+        self.sbo = SpanBoundaryHead(config)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -76,8 +98,16 @@ def add_stats(total: dict[str, int], stats: dict[str, int]) -> dict[str, int]:
     return {k: total.get(k, 0) + stats.get(k, 0) for k in {*total, *stats}}
 
 
-def build_for_objective(objective: str, config: ModelConfig) -> nn.Module:
-    return ElectraModel(config) if objective == "electra" else build_model(config)
+def build_for_objective(
+    objective: str, config: ModelConfig, electra_generator_size: float = 1 / 3
+) -> nn.Module:
+    """The module an objective trains: the model (mlm+nsp: ``config.nsp_head`` set by the run's
+    model config), or ELECTRA's / SpanBERT's pair of modules."""
+    if objective == "electra":
+        return ElectraModel(config, electra_generator_size)
+    if objective == "spanbert":
+        return SpanBertModel(config)
+    return build_model(config)
 
 
 def real_tokens(batch: dict, mask: str = "attention_mask", ids: str = "input_ids") -> int:
@@ -93,20 +123,39 @@ def label_counts(objective: str, batch: dict) -> dict[str, int]:
     counts = {"lm": int((labels != IGNORE).sum())}
     if objective == "electra":
         counts["disc"] = real_tokens(batch)
+    elif objective == "spanbert":
+        counts["sbo"] = counts["lm"]
+    elif objective == "mlm+nsp":
+        counts["nsp"] = int((batch[NSP_LABEL] != IGNORE).sum())
     return counts
 
 
 def loss_sums(
     objective: str, model: nn.Module, batch: dict, sample_gen: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """Summed loss per term (``lm``, and ``disc`` for ELECTRA); a term with no labeled token is absent."""
+    """Summed loss per term (``lm``; ``disc`` for ELECTRA, ``sbo`` for SpanBERT, ``nsp`` for
+    mlm+nsp); a term with no labeled token is absent."""
     counts = label_counts(objective, batch)
     batch = model_inputs(batch)
-    if objective != "electra":
-        if counts["lm"] == 0:
-            return {}
-        return {"lm": _upcast(model(**batch).loss) * counts["lm"]}
-    gen_out = model.generator(**batch, return_logits=True)
+    if objective == "electra":
+        return _electra_sums(model, batch, counts, sample_gen)
+    if objective == "spanbert":
+        return _spanbert_sums(model, batch, counts)
+    if objective == "mlm+nsp":
+        nsp_labels = batch.pop(NSP_LABEL)
+        out = model(**batch)  # the NSP head needs every position: the full path, MLM loss only
+        nsp = nn.functional.cross_entropy(out.nsp_logits.float(), nsp_labels, ignore_index=IGNORE)
+        sums = {"nsp": nsp * counts["nsp"]}
+        if counts["lm"]:
+            sums["lm"] = _upcast(out.loss) * counts["lm"]
+        return sums
+    if counts["lm"] == 0:
+        return {}
+    return {"lm": _upcast(model(**batch).loss) * counts["lm"]}
+
+
+def _electra_sums(model, batch: dict, counts: dict, sample_gen) -> dict[str, torch.Tensor]:
+    gen_out = model.generate(batch)
     rtd = replace_with_generator_samples(
         batch["input_ids"], batch["labels"], gen_out.logits, batch["attention_mask"], generator=sample_gen
     )
@@ -118,19 +167,44 @@ def loss_sums(
     return out
 
 
+def _spanbert_sums(model, batch: dict, counts: dict) -> dict[str, torch.Tensor]:
+    if counts["lm"] == 0:
+        return {}
+    net, labels = model.mlm, batch["labels"]
+    h = net.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+    weight = net.encoder.embed_tokens.weight
+    start, end = span_boundaries(labels != IGNORE)
+    mlm = net.mlm.loss(h, weight, labels)
+    sbo = model.sbo.loss(h, weight, start, end, labels)
+    return {"lm": _upcast(mlm) * counts["lm"], "sbo": _upcast(sbo) * counts["sbo"]}
+
+
 @torch.no_grad()
 def eval_sums(objective: str, model: nn.Module, batch: dict) -> dict[str, float]:
-    """loss_sum, tokens, correct (argmax == label on the scored tokens) for one eval batch."""
-    net = model.generator if objective == "electra" else model
-    out = net(**model_inputs(batch), return_logits=True)
+    """loss_sum, tokens, correct (argmax == label on the scored tokens) for one eval batch, of the
+    LM / MLM term (ELECTRA: the generator's); mlm+nsp adds nsp_pairs and nsp_correct."""
+    inputs = model_inputs(batch)
+    extra = {}
+    if objective == "mlm+nsp":
+        nsp_labels = inputs.pop(NSP_LABEL)
+        out = model(**inputs, return_logits=True)
+        extra = {
+            "nsp_pairs": len(nsp_labels),
+            "nsp_correct": int((out.nsp_logits.argmax(-1) == nsp_labels).sum()),
+        }
+    elif objective == "electra":
+        out = model.generate(inputs, labels=False)
+    else:
+        out = (model.mlm if objective == "spanbert" else model)(**inputs, return_logits=True)
     logits, labels = out.logits, batch["labels"]
     if objective in LM_OBJECTIVES:
         logits, labels = logits[:, :-1], labels[:, 1:]
     keep = labels != IGNORE
     n = int(keep.sum())
-    correct = int((logits.argmax(-1)[keep] == labels[keep]).sum())
-    loss_sum = float(out.loss) * n if n else 0.0
-    return {"loss_sum": loss_sum, "tokens": n, "correct": correct}
+    scored = logits[keep]
+    correct = int((scored.argmax(-1) == labels[keep]).sum())
+    loss_sum = float(nn.functional.cross_entropy(scored.float(), labels[keep], reduction="sum")) if n else 0.0
+    return {"loss_sum": loss_sum, "tokens": n, "correct": correct, **extra}
 
 
 def token_counts(objective: str, batch: dict) -> dict[str, int]:
@@ -148,21 +222,29 @@ def token_counts(objective: str, batch: dict) -> dict[str, int]:
 
 # ---------------------------------------------------------------- HF export / import
 def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
-    """HF-format folder(s): the model (ELECTRA: the discriminator, the generator in
-    ``generator/`` and the RTD head in ``electra_head.safetensors``)."""
-    from safetensors.torch import save_file
-
+    """HF-format folder: the model (ELECTRA: the discriminator, plus its generator and RTD head in
+    ``electra_generator.safetensors`` / ``electra_head.safetensors``; SpanBERT: the masked LM,
+    plus ``sbo_head.safetensors``)."""
     from ptft_fast.hf import save_pretrained
 
     root = Path(path)
     if isinstance(model, ElectraModel):
         save_pretrained(model.discriminator, root)
-        save_pretrained(model.generator, root / "generator")
-        head = {k: v.detach().contiguous().clone() for k, v in model.disc_head.state_dict().items()}
-        save_file(head, root / "electra_head.safetensors")
-        fix_mode(root / "electra_head.safetensors")  # safetensors creates 0600 files
+        _save_module(model.generator, root / "electra_generator.safetensors")
+        _save_module(model.disc_head, root / "electra_head.safetensors")
+        return root
+    if isinstance(model, SpanBertModel):
+        save_pretrained(model.mlm, root)
+        _save_module(model.sbo, root / "sbo_head.safetensors")
         return root
     return save_pretrained(model, root)
+
+
+def _save_module(module: nn.Module, file: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}, file)
+    fix_mode(file)  # safetensors creates 0600 files
 
 
 def import_model(model: nn.Module, path: str | os.PathLike) -> None:
@@ -174,8 +256,12 @@ def import_model(model: nn.Module, path: str | os.PathLike) -> None:
     root = Path(path)
     if isinstance(model, ElectraModel):
         model.disc_head.load_state_dict(load_file(root / "electra_head.safetensors"))
-        _copy(model.generator, root / "generator")
+        model.generator.load_state_dict(load_file(root / "electra_generator.safetensors"))
         _copy(model.discriminator, root)
+        return
+    if isinstance(model, SpanBertModel):
+        model.sbo.load_state_dict(load_file(root / "sbo_head.safetensors"))
+        _copy(model.mlm, root)
         return
     loaded, _ = load_pretrained(root)
     model.load_state_dict(loaded.state_dict())

@@ -108,8 +108,9 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import, before an
 
 def set_cpu_threads(requested: int, model: nn.Module, device: torch.device) -> int:
     """Intra-op threads for CPU training. Auto (0): one thread for small models — their ops are too
-    small to split, and on a shared 2-core machine 2 threads measured 4-5× slower per step than 1
-    (OpenMP barriers wait for descheduled threads) — else torch's default."""
+    small to split, and on a shared 2-core machine (load 5-9) 2 threads measured 6-20× slower per
+    step than 1 for bert-tiny-cpu and bert-tiny (OpenMP barriers wait for descheduled threads;
+    ``benchmarks/threads_cpu.py``, README) — else torch's default."""
     if device.type != "cpu":
         return torch.get_num_threads()
     if requested == 0:  # auto: the same choice whatever an earlier run in this process set
@@ -160,7 +161,8 @@ class Trainer:
                     f"cannot resume {resume_path}: the model config changed in key(s) "
                     f"{[d.split(':')[0] for d in diff]} ({'; '.join(diff)})"
                 )
-        self.model = build_for_objective(cfg.objective, self.model_config).to(self.device)
+        self.model = build_for_objective(cfg.objective, self.model_config, cfg.electra_generator_size)
+        self.model = self.model.to(self.device)
         self.cpu_threads = set_cpu_threads(cfg.cpu_threads, self.model, self.device)
         self.strategy = TorchStrategy(self.model, cfg, self.device)
         if cfg.compile:
@@ -168,7 +170,7 @@ class Trainer:
         self.graph_step = GraphStep.for_trainer(self) if cfg.cuda_graphs else None
         self.source = batch_source(cfg, self.data.train, self.tok, self.device)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed) if cfg.objective == "electra" else None
-        self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight}
+        self.weights = {"lm": 1.0, "disc": cfg.electra_disc_weight, "sbo": 1.0, "nsp": 1.0}
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
         if resume_path is not None:
             state = ckpt.load_checkpoint(resume_path, self.model, self.strategy)
@@ -260,7 +262,7 @@ class Trainer:
         the same batches every time, and no training RNG is consumed."""
         cfg = self.cfg
         src = BatchSource(cfg.objective, self.data.eval, self.tok, cfg, seed=cfg.seed + 1_000_003)
-        totals = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
+        totals: dict[str, float] = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
         self.model.eval()
         with torch.random.fork_rng(devices=[]), self.strategy.autocast():
             for _ in range(cfg.eval_batches):
@@ -269,16 +271,19 @@ class Trainer:
                     for k, v in src.next(cfg.micro_batch_size, seq_len_at(self.step, cfg)).items()
                 }
                 for k, v in eval_sums(cfg.objective, self.model, b).items():
-                    totals[k] += v
+                    totals[k] = totals.get(k, 0) + v
         self.model.train()
         n = max(totals["tokens"], 1)
         loss = totals["loss_sum"] / n
-        return {
+        result = {
             "eval_loss": loss,
             "perplexity": math.exp(min(loss, 700.0)),
             "accuracy": totals["correct"] / n,
             "eval_tokens": totals["tokens"],  # the tokens scored (MLM: the masked ones)
         }
+        if "nsp_pairs" in totals:  # mlm+nsp: next-sentence accuracy on the held-out pairs
+            result["nsp_accuracy"] = totals["nsp_correct"] / max(totals["nsp_pairs"], 1)
+        return result
 
     def run(self) -> dict:
         """Train and return the summary; for a run resumed after it finished, ``{"finished": step}``

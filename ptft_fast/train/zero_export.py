@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ptft_fast.data.atomic import atomic_open
 from ptft_fast.errors import UserInputError
+from ptft_fast.utils.atomic import atomic_open
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
@@ -202,9 +202,10 @@ def export_zero(ckpt_dir: str | os.PathLike, out: str | os.PathLike, dtype: str 
     client = ck.client_state()
     if "model_config" not in client:
         raise ExportError(f"{ck.tag_dir}: no ptft client state (model_config): not written by ptft")
-    if client.get("config", {}).get("objective") == "electra":
+    if client.get("config", {}).get("objective") in ("electra", "spanbert"):
         raise ExportError(
-            "export_zero: ELECTRA (generator + discriminator) checkpoints are not supported yet"
+            "export_zero: ELECTRA (generator + discriminator) and SpanBERT (MLM + boundary head) "
+            "checkpoints are not supported yet"
         )
     config = ModelConfig(**client["model_config"])
     rules = expand(config)

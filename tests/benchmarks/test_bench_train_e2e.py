@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from installed import import_or_skip
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
+import_or_skip("transformers")
+import_or_skip("peft")
 
-from ptft_fast.benchmarks import bench_train_e2e as e2e
-from ptft_fast.benchmarks.harness import Unavailable
-from ptft_fast.benchmarks.train_common import LossMismatchError
+from ptft_fast.benchmarks import bench_train_e2e as e2e  # noqa: E402  (needs transformers, peft)
+from ptft_fast.benchmarks.harness import Unavailable  # noqa: E402
+from ptft_fast.benchmarks.train_common import LossMismatchError  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from installed import import_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_rows_for_every_op_mode_and_path(tmp_path):
 
 
 def test_stubbed_triton_path_runs_the_launchers_not_the_kernels():
-    pytest.importorskip("triton")
+    import_or_skip("triton")
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 

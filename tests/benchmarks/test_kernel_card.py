@@ -17,12 +17,12 @@ from ptft_fast.benchmarks.kernel_card import gate, markdown
 
 PTXAS_LOG = """\
 ptxas info    : 0 bytes gmem
-ptxas info    : Compiling entry function '_Z9lce_fwd_kIfEvv' for 'sm_90a'
-ptxas info    : Function properties for _Z9lce_fwd_kIfEvv
+ptxas info    : Compiling entry function '_Z26linear_cross_entropy_fwd_kIfEvv' for 'sm_90a'
+ptxas info    : Function properties for _Z26linear_cross_entropy_fwd_kIfEvv
     8 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
 ptxas info    : Used 168 registers, used 1 barriers, 24576 bytes smem, 400 bytes cmem[0]
-ptxas info    : Compiling entry function '_Z9lce_fwd_kIfEvv' for 'sm_80'
-ptxas info    : Function properties for _Z9lce_fwd_kIfEvv
+ptxas info    : Compiling entry function '_Z26linear_cross_entropy_fwd_kIfEvv' for 'sm_80'
+ptxas info    : Function properties for _Z26linear_cross_entropy_fwd_kIfEvv
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 96 registers, used 1 barriers, 400 bytes cmem[0]
 """
@@ -31,8 +31,12 @@ ptxas info    : Used 96 registers, used 1 barriers, 400 bytes cmem[0]
 def test_parse_ptxas_log():
     report = parse_ptxas_log(PTXAS_LOG)
     assert report == {
-        "_Z9lce_fwd_kIfEvv@sm_90a": {"registers": 168, "spill_bytes": 20, "smem_bytes": 24576},
-        "_Z9lce_fwd_kIfEvv@sm_80": {"registers": 96, "spill_bytes": 0, "smem_bytes": 0},
+        "_Z26linear_cross_entropy_fwd_kIfEvv@sm_90a": {
+            "registers": 168,
+            "spill_bytes": 20,
+            "smem_bytes": 24576,
+        },
+        "_Z26linear_cross_entropy_fwd_kIfEvv@sm_80": {"registers": 96, "spill_bytes": 0, "smem_bytes": 0},
     }
 
 
@@ -102,12 +106,12 @@ def test_markdown_table():
         _row(blocks_per_sm=2, **bounds),
         _row(config="cfg2", registers=200, smem_bytes=4096, blocks_per_sm=1, **bounds),
     ]
-    csrc = dict(source="csrc", op="", kernel="lce_fwd_k", spill_bytes=0, smem_bytes=10240)
+    csrc = dict(source="csrc", op="", kernel="linear_cross_entropy_fwd_k", spill_bytes=0, smem_bytes=10240)
     rows += [{**csrc, "arch": "sm_80", "registers": 63}, {**csrc, "arch": "sm_90a", "registers": 70}]
     text = markdown(rows)
     assert "| attention | c | 12 | FlashAttention-2 | 12 |" in text
     assert "| sm_90 | `k` | c | 2 | 128–200 | 0 | 1–4 | 1–2 | wgmma | 0 | cp.async | ok |" in text
-    assert "| `lce_fwd_k` | 63 / 70 | 0 | 10240 |" in text
+    assert "| `linear_cross_entropy_fwd_k` | 63 / 70 | 0 | 10240 |" in text
 
 
 TOY_KERNELS = """

@@ -10,16 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from installed import import_or_skip
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-pytest.importorskip("liger_kernel")
+transformers = import_or_skip("transformers")
+import_or_skip("peft")
+liger = import_or_skip("liger_kernel.transformers")
 
-import liger_kernel.transformers as liger
-import transformers
-
-from ptft_fast.benchmarks import bench_train_e2e as e2e
-from ptft_fast.benchmarks import liger_patch
+from ptft_fast.benchmarks import bench_train_e2e as e2e  # noqa: E402  (needs transformers)
+from ptft_fast.benchmarks import liger_patch  # noqa: E402  (needs liger_kernel)
 
 V, H = 97, 32  # vocabulary, hidden size of the tiny models
 FAMILIES = ["bert", "gpt2", "t5", "t5-untied"]

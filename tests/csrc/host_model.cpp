@@ -52,12 +52,14 @@ int m_frag_chunk(int C, int lane_chunk, int r0, int c0) {
 int m_lane_row(int pattern, int lane) { return pattern == 0 ? lane_row_rows16(lane) : lane_row_rows8x2(lane); }
 int m_lane_chunk(int pattern, int lane) { return pattern == 0 ? lane_chunk_rows16(lane) : lane_chunk_rows8x2(lane); }
 
-int m_fwd_key_end(int m0, int bm, int lq, int lk, int causal) { return attn_fwd_key_end(m0, bm, lq, lk, causal); }
-int m_bwd_query_begin(int n0, int bm, int lq, int lk, int causal) {
-  return attn_bwd_query_begin(n0, bm, lq, lk, causal);
+int m_fwd_key_end(int m0, int bm, int lq, int lk, int causal, int prefix) {
+  return attn_fwd_key_end(m0, bm, lq, lk, causal, prefix);
 }
-int m_tile_all_visible(int m0, int bm, int n0, int bn, int lq, int lk, int causal) {
-  return attn_tile_all_visible(m0, bm, n0, bn, lq, lk, causal);
+int m_bwd_query_begin(int n0, int bm, int lq, int lk, int causal, int prefix) {
+  return attn_bwd_query_begin(n0, bm, lq, lk, causal, prefix);
+}
+int m_tile_all_visible(int m0, int bm, int n0, int bn, int lq, int lk, int causal, int prefix) {
+  return attn_tile_all_visible(m0, bm, n0, bn, lq, lk, causal, prefix);
 }
 
 }  // extern "C"

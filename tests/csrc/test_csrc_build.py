@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 NO_CUDA_BACKEND = not backend_available("cuda")[0]
 
 
+@pytest.mark.gpu
+def test_cuda_backend_is_built_where_a_gpu_is():
+    """On a machine with a GPU, a missing ptft_fast._C is a failure, not a quiet skip of every CUDA
+    kernel test (test_cuda_ops.py skips, naming the same reason, so that this one test says why)."""
+    available, why = backend_available("cuda")
+    assert available, f"a CUDA GPU is present but the cuda backend is not: {why}"
+
+
 @pytest.mark.skipif(not NO_CUDA_BACKEND, reason="the cuda backend is available here")
 def test_cuda_backend_unavailable_is_a_clear_error():
     x = torch.randn(2, 8)
@@ -121,6 +129,18 @@ def test_adapt_attention_varlen_and_relative_bias():
     assert a.rel_lut is None and a.attn_bias.shape[-2:] == (5, 5) and a.attn_bias.dtype == torch.bfloat16
 
 
+def test_adapt_attention_prefix_lengths_to_int32():
+    q = torch.randn(2, 5, 2, 64, dtype=torch.bfloat16)
+    kw = dict(
+        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None
+    )
+    a = cb.adapt_attention(
+        q, q, q, attn_bias=None, softmax_scale=None, prefix_lengths=torch.tensor([3, 0]), **kw
+    )
+    assert a.prefix_lengths.dtype == torch.int32 and a.prefix_lengths.tolist() == [3, 0]
+    assert cb.adapt_attention(q, q, q, attn_bias=None, softmax_scale=None, **kw).prefix_lengths is None
+
+
 def test_adapt_layer_norm_dtype_rules():
     x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
     w32, b16 = torch.randn(16), torch.randn(16, dtype=torch.bfloat16)
@@ -152,11 +172,11 @@ def test_adapt_linear_cross_entropy():
 
 def test_adapt_lora_casts_parameters_to_x_dtype():
     x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
-    a = cb.adapt_lora(x, torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
+    a = cb.adapt_lora_linear(x, torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
     assert a.x.shape == (6, 8) and a.bias is None
     assert {t.dtype for t in (a.weight, a.lora_a, a.lora_b)} == {torch.bfloat16}
     with pytest.raises(TypeError, match="x must be float16 or bfloat16"):
-        cb.adapt_lora(x.float(), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
+        cb.adapt_lora_linear(x.float(), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2))
 
 
 # --------------------------------------------------------------- torch.library wiring on meta
@@ -206,6 +226,13 @@ _META_SCRIPT = textwrap.dedent(
     ov = cb.attention_cuda(qv, qv, qv, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6, max_seqlen_k=6)
     ov.float().sum().backward()
     assert ov.shape == qv.shape and qv.grad.shape == qv.shape
+    # prefix LM: per-sequence prefix lengths, varlen
+    qp = leaf(11, 2, 64)
+    pre = torch.zeros(2, dtype=torch.int64, device=M)
+    op = cb.attention_cuda(qp, qp, qp, causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6,
+                           max_seqlen_k=6, prefix_lengths=pre)
+    op.float().sum().backward()
+    assert op.shape == qp.shape and qp.grad.shape == qp.shape
 
     # linear cross-entropy
     for reduction in ("mean", "sum", "none"):

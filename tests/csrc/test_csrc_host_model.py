@@ -68,9 +68,9 @@ def lib(tmp_path_factory):
         "m_frag_chunk": (i32, [i32, i32, i32, i32]),
         "m_lane_row": (i32, [i32, i32]),
         "m_lane_chunk": (i32, [i32, i32]),
-        "m_fwd_key_end": (i32, [i32] * 5),
-        "m_bwd_query_begin": (i32, [i32] * 5),
-        "m_tile_all_visible": (i32, [i32] * 7),
+        "m_fwd_key_end": (i32, [i32] * 6),
+        "m_bwd_query_begin": (i32, [i32] * 6),
+        "m_tile_all_visible": (i32, [i32] * 8),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -433,11 +433,14 @@ def test_backward_warp_work_partitions_the_tile(d, kn):
 # ------------------------------------------------------------------------------------ tiling
 
 
-def _visible(i, j, lq, lk, causal):
-    return i < lq and j < lk and (not causal or j <= i + (lk - lq))
+def _visible(i, j, lq, lk, causal, prefix=0):
+    """Query i sees key j: causal bottom-right aligned, and (prefix LM) every key j < prefix."""
+    return i < lq and j < lk and (not causal or j <= i + (lk - lq) or j < prefix)
 
 
 def _cases():
+    """(lq, lk, causal, prefix): plain and causal, then prefix LM with prefixes that end inside a
+    tile, on a tile edge, past the diagonal of the first tiles and past the keys."""
     out = []
     for lq, lk in [
         (1, 1),
@@ -452,53 +455,61 @@ def _cases():
         (3, 300),
     ]:
         for causal in (0, 1):
-            out.append((lq, lk, causal))
+            out.append((lq, lk, causal, 0))
+    for lq, lk, prefix in [(200, 200, 37), (200, 200, 64), (200, 200, 128), (77, 200, 150), (200, 77, 90),
+                           (65, 129, 129), (130, 130, 1), (1, 7, 5)]:  # fmt: skip
+        out.append((lq, lk, 1, prefix))
     return out
 
 
-@pytest.mark.parametrize("lq, lk, causal", _cases())
+@pytest.mark.parametrize("lq, lk, causal, prefix", _cases())
 @pytest.mark.parametrize("bm", [64, 128])
-def test_forward_tiling_covers_each_visible_pair_once(lib, lq, lk, causal, bm):
+def test_forward_tiling_covers_each_visible_pair_once(lib, lq, lk, causal, prefix, bm):
     count = np.zeros((lq, lk), dtype=int)
     for m0 in range(0, lq, bm):  # blocks with m0 >= lq exit at once
-        end = lib.m_fwd_key_end(m0, bm, lq, lk, causal)
+        end = lib.m_fwd_key_end(m0, bm, lq, lk, causal, prefix)
         for n0 in range(0, end, 64):
-            full = lib.m_tile_all_visible(m0, bm, n0, 64, lq, lk, causal)
+            full = lib.m_tile_all_visible(m0, bm, n0, 64, lq, lk, causal, prefix)
             for i in range(m0, min(m0 + bm, lq)):
                 for j in range(n0, min(n0 + 64, lk)):
                     if full:  # the fast path skips the masks: every pair must be visible
-                        assert _visible(i, j, lq, lk, causal)
-                    if _visible(i, j, lq, lk, causal):
+                        assert _visible(i, j, lq, lk, causal, prefix)
+                    if _visible(i, j, lq, lk, causal, prefix):
                         count[i, j] += 1
         # keys at or past `end` are invisible to the whole block
         for i in range(m0, min(m0 + bm, lq)):
             for j in range(max(end, 0), lk):
-                assert not _visible(i, j, lq, lk, causal)
-    want = np.array([[_visible(i, j, lq, lk, causal) for j in range(lk)] for i in range(lq)], dtype=int)
+                assert not _visible(i, j, lq, lk, causal, prefix)
+    want = _visible_matrix(lq, lk, causal, prefix)
     assert (count == want).all()
 
 
-@pytest.mark.parametrize("lq, lk, causal", _cases())
+def _visible_matrix(lq, lk, causal, prefix):
+    return np.array(
+        [[_visible(i, j, lq, lk, causal, prefix) for j in range(lk)] for i in range(lq)], dtype=int
+    )
+
+
+@pytest.mark.parametrize("lq, lk, causal, prefix", _cases())
 @pytest.mark.parametrize("kn", [64, 128])
-def test_backward_tiling_covers_each_visible_pair_once(lib, lq, lk, causal, kn):
+def test_backward_tiling_covers_each_visible_pair_once(lib, lq, lk, causal, prefix, kn):
     count = np.zeros((lq, lk), dtype=int)
     for n0 in range(0, lk, kn):
-        begin = lib.m_bwd_query_begin(n0, 64, lq, lk, causal)
+        begin = lib.m_bwd_query_begin(n0, 64, lq, lk, causal, prefix)
         assert begin % 64 == 0
         for i in range(0, min(begin, lq)):  # skipped query tiles see none of these keys
             for j in range(n0, min(n0 + kn, lk)):
-                assert not _visible(i, j, lq, lk, causal)
+                assert not _visible(i, j, lq, lk, causal, prefix)
         for m0 in range(begin, lq, 64):
             for kb in range(n0, n0 + kn, 32):  # the warps' 32-key passes decide the fast path
-                full = lib.m_tile_all_visible(m0, 64, kb, 32, lq, lk, causal)
+                full = lib.m_tile_all_visible(m0, 64, kb, 32, lq, lk, causal, prefix)
                 for i in range(m0, min(m0 + 64, lq)):
                     for j in range(kb, min(kb + 32, lk)):
                         if full:
-                            assert _visible(i, j, lq, lk, causal)
-                        if _visible(i, j, lq, lk, causal):
+                            assert _visible(i, j, lq, lk, causal, prefix)
+                        if _visible(i, j, lq, lk, causal, prefix):
                             count[i, j] += 1
-    want = np.array([[_visible(i, j, lq, lk, causal) for j in range(lk)] for i in range(lq)], dtype=int)
-    assert (count == want).all()
+    assert (count == _visible_matrix(lq, lk, causal, prefix)).all()
 
 
 def test_varlen_batches_with_one_token_sequences(lib):
@@ -512,7 +523,7 @@ def test_varlen_batches_with_one_token_sequences(lib):
             for m0 in range(0, max_q, 128):
                 if m0 >= lq:
                     continue
-                for n0 in range(0, lib.m_fwd_key_end(m0, 128, lq, lk, causal), 64):
+                for n0 in range(0, lib.m_fwd_key_end(m0, 128, lq, lk, causal, 0), 64):
                     for i in range(m0, min(m0 + 128, lq)):
                         for j in range(n0, min(n0 + 64, lk)):
                             fwd[i, j] += _visible(i, j, lq, lk, causal)
@@ -520,7 +531,7 @@ def test_varlen_batches_with_one_token_sequences(lib):
             for n0 in range(0, max_k, 128):
                 if n0 >= lk:
                     continue
-                for m0 in range(lib.m_bwd_query_begin(n0, 64, lq, lk, causal), lq, 64):
+                for m0 in range(lib.m_bwd_query_begin(n0, 64, lq, lk, causal, 0), lq, 64):
                     for i in range(m0, min(m0 + 64, lq)):
                         for j in range(n0, min(n0 + 128, lk)):
                             bwd[i, j] += _visible(i, j, lq, lk, causal)

@@ -1,9 +1,15 @@
-"""Shared fixtures: small tokenizers trained once per session on the embedded corpus."""
+"""Shared fixtures: small tokenizers trained once per session on the embedded corpus. Puts this
+folder on sys.path for its helper module ``pii_sets`` (``--import-mode=importlib``)."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from ptft_fast.data.corpus import embedded_corpus
 from ptft_fast.data.tokenizer import TokenizerConfig, train_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

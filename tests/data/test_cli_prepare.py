@@ -35,7 +35,8 @@ def test_prepare_embedded_with_tokenizer_and_shards(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["docs_in"] == 79 and 0 < report["docs_out"] <= 79
     shards = TokenShards(out / "shards")
-    assert shards.num_docs == report["docs_out"] and shards.num_shards >= 2
+    assert shards.num_docs == report["docs_out"] - report["docs_eval"] and shards.num_shards >= 2
+    assert TokenShards(out / "eval_shards").num_docs == report["docs_eval"] > 0  # held out
     assert PtftTokenizer.from_file(out).vocab_size == 800
 
 
@@ -61,7 +62,7 @@ def test_prepare_folder_of_txt_and_jsonl(tmp_path, capsys, corpus):
     assert report["broken_lines"][0]["line"] == 22
     texts = [json.loads(line)["text"] for line in (out / "corpus.jsonl").read_text().splitlines()]
     assert any("<EMAIL>" in t for t in texts) and not any("@example.com" in t for t in texts)
-    assert TokenShards(out / "shards").num_docs == len(texts) == report["docs_out"]
+    assert TokenShards(out / "shards").num_docs == len(texts) == report["docs_out"] - report["docs_eval"]
 
 
 def test_prepare_bad_input_is_a_clear_error(tmp_path, capsys):

@@ -1,9 +1,9 @@
 """CLM (padded and packed) and prefix LM collators."""
 
 import numpy as np
-import pytest
 import torch
 
+from ptft_fast import ops
 from ptft_fast.data.clm import CLMCollator, PackedCLMCollator, PrefixLMCollator, prefix_lm_attention_mask
 from ptft_fast.data.packing import PackedSequence, block_causal_mask
 
@@ -77,7 +77,6 @@ def test_prefix_lm_random_prefix_is_uniform(wp_docs):
 
 
 def test_packed_batch_drives_varlen_attention_without_leaks(wp_docs):
-    ops = pytest.importorskip("ptft_fast.ops")
     b = PackedCLMCollator()(_packed_rows(wp_docs[:6], seq_len=48)[:6])
     bsz, t = b["input_ids"].shape
     total, h, d = bsz * t, 2, 8
@@ -113,3 +112,39 @@ def test_prefix_lm_collate_rows_equals_the_list_path(wp_docs):
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
+
+
+def test_prefix_lm_collate_documents_gives_each_document_its_own_prefix(wp_docs):
+    """Packed rows: every document piece gets a prefix in [1, n - 1] (a one-token piece: the token
+    alone), labels on the rest of the piece only, doc_ids passed on; checked piece by piece."""
+    rows = _packed_rows(wp_docs[:30], seq_len=40)
+    ids = np.stack([r.input_ids for r in rows])
+    docs = np.stack([r.doc_ids for r in rows])
+    docs[0, 5] = 10_000  # a one-token document piece
+    b = PrefixLMCollator(pad_id=0, seed=4).collate_documents(ids, docs)
+    assert set(b) == {"input_ids", "attention_mask", "labels", "doc_ids", "prefix_mask"}
+    assert torch.equal(b["doc_ids"], torch.from_numpy(docs)) and torch.equal(
+        b["input_ids"], torch.from_numpy(ids)
+    )
+    assert torch.equal(b["attention_mask"], torch.from_numpy(docs >= 0).long())
+    prefixes = []
+    for r in range(len(rows)):
+        j = 0
+        while j < docs.shape[1]:
+            n = int(np.argmax(np.append(docs[r, j:] != docs[r, j], True)))  # the piece's length
+            piece = slice(j, j + n)
+            if docs[r, j] < 0:
+                assert not b["prefix_mask"][r, piece].any() and (b["labels"][r, piece] == -100).all()
+            else:
+                p = int(b["prefix_mask"][r, piece].sum())
+                assert b["prefix_mask"][r, piece].tolist() == [True] * p + [False] * (n - p)
+                assert (1 <= p <= n - 1) if n >= 2 else p == 1
+                assert b["labels"][r, piece].tolist() == [-100] * p + ids[r, j + p : j + n].tolist()
+                prefixes.append((n, p))
+            j += n
+    assert (1, 1) in prefixes and len({p for n, p in prefixes if n > 10}) > 3  # random, not fixed
+    again = PrefixLMCollator(pad_id=0, seed=4).collate_documents(ids, docs)
+    assert all(torch.equal(again[k], b[k]) for k in b)  # seeded
+    fixed = PrefixLMCollator(pad_id=0, prefix_length=3).collate_documents(ids, docs)
+    lengths = [n for n, _ in prefixes]
+    assert int(fixed["prefix_mask"].sum()) == sum(min(3, max(n - 1, 1)) for n in lengths)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from ptft_fast import models
 from ptft_fast.data.bart import BartCollator, BartNoiser, sentence_end_table
 from ptft_fast.data.clm import PackedCLMCollator, PrefixLMCollator
 from ptft_fast.data.electra import (
@@ -22,7 +23,6 @@ from ptft_fast.data.nsp import build_nsp_examples, split_sentences
 from ptft_fast.data.packing import PackedSequence
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator
 
-models = pytest.importorskip("ptft_fast.models")
 pytestmark = pytest.mark.slow  # ~1 min on 2 shared cores
 
 STEPS = 30

@@ -10,14 +10,15 @@ import re
 
 import pytest
 import torch
+from installed import import_or_skip
 
 from ptft_fast.cli import main
 from ptft_fast.finetune import saved, tasks
 from ptft_fast.finetune.metrics import classification_metrics, entity_scores, generation_metrics, squad_em_f1
 from ptft_fast.finetune.readers import read_conll, read_examples
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+transformers = import_or_skip("transformers")
+peft = import_or_skip("peft")
 
 TSV = ["sentence\tlabel"] + [f"{w} file path read\tio" for w in ("open", "close", "seek", "tell")]
 TSV += [f"{w} json object dump\tjson" for w in ("load", "dump", "parse", "encode")]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from installed import import_or_skip
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 
 from ptft_fast.hf import CheckpointKeyError, UnsupportedCheckpointError, load_pretrained, save_pretrained  # noqa: E402
 from ptft_fast.models import from_name  # noqa: E402

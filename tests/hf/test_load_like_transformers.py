@@ -12,11 +12,12 @@ import json
 
 import pytest
 import torch
+from installed import import_or_skip
 from safetensors.torch import load_file, save_file
 
 from ptft_fast.hf import UnsupportedCheckpointError, load_pretrained, save_pretrained
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -268,3 +269,18 @@ def test_a_tensor_of_the_wrong_shape_is_one_line_naming_it(tmp_path):
         load_pretrained(tmp_path)
     assert str(err.value).count("\n") == 0
     assert "transformer.wte.weight has shape (331, 32), the config implies (330, 32)" in str(err.value)
+
+
+def test_a_prefix_lm_keeps_its_flag_through_save_and_load(tmp_path):
+    """config.json records a GPT-2 trained as a prefix LM (transformers keeps the key and ignores
+    it); loading it back gives a prefix LM, a plain GPT-2 folder a causal LM."""
+    from ptft_fast.models import from_name
+
+    save_pretrained(from_name("gpt-tiny", prefix_lm=True), tmp_path / "prefix")
+    save_pretrained(from_name("gpt-tiny"), tmp_path / "causal")
+    assert json.loads((tmp_path / "prefix" / "config.json").read_text())["prefix_lm"] is True
+    assert "prefix_lm" not in json.loads((tmp_path / "causal" / "config.json").read_text())
+    assert load_pretrained(tmp_path / "prefix")[1].prefix_lm
+    assert not load_pretrained(tmp_path / "causal")[1].prefix_lm
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "prefix")
+    assert hf.config.prefix_lm is True

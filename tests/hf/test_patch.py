@@ -10,12 +10,13 @@ import sys
 
 import pytest
 import torch
+from installed import import_or_skip
 
 import ptft_fast
 from ptft_fast import ops
 from ptft_fast.hf import patch_attention
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 from hf_tiny import VOCAB, batch, build  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 

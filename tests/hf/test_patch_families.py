@@ -9,11 +9,12 @@ import copy
 
 import pytest
 import torch
+from installed import import_or_skip
 
 import ptft_fast
 from ptft_fast import ops
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 from hf_tiny import DECODERS, SEQ2SEQ, batch, build  # noqa: E402
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}

@@ -5,13 +5,14 @@ alone with the reason."""
 
 import pytest
 import torch
+from installed import import_or_skip
 from torch import nn
 
 from ptft_fast.hf import patch_norms
 from ptft_fast.hf.patch_norms import OffsetRMSNorm
 from ptft_fast.nn import LayerNorm, RMSNorm
 
-transformers = pytest.importorskip("transformers")
+transformers = import_or_skip("transformers")
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
 from transformers.models.t5.modeling_t5 import T5LayerNorm  # noqa: E402

@@ -1,4 +1,5 @@
-"""DESIGN.md's tolerance rule for kernels, shared by the Triton (and CUDA) kernel tests."""
+"""The kernel tolerance rule (docs/ARCHITECTURE.md, "How to add an op"), shared by the Triton (and
+CUDA) kernel tests."""
 
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ def on_grid(dtype: torch.dtype, tensors):
     if isinstance(tensors, dict):
         return {n: one(t) for n, t in tensors.items()}
     return [one(t) for t in tensors]
+
+
+def linear_cross_entropy_inputs(
+    n, hdim, vocab, dtype, *, with_bias=True, ignore_frac=0.3, generator=None, device="cpu"
+):
+    """hidden (n, hdim), weight (vocab, hdim), bias (vocab,) | None on ``dtype``'s grid (fp32), and
+    labels (n,) with about ``ignore_frac`` of them -100; drawn in that order from ``generator``."""
+    g = {"generator": generator, "device": device}
+    h = torch.randn(n, hdim, **g)
+    w = torch.randn(vocab, hdim, **g) / hdim**0.5
+    bias = torch.randn(vocab, **g) if with_bias else None
+    labels = torch.randint(0, vocab, (n,), **g)
+    labels[torch.rand(n, **g) < ignore_frac] = -100
+    h, w, bias = on_grid(dtype, (h, w, bias))
+    return h, w, bias, labels
 
 
 def attention_low_precision(attention_ref, q, k, v, **kw):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from installed import import_or_skip
 from kernel_tolerance import assert_rule, attention_low_precision, on_grid
 from triton_dropout_ref import assert_binomial, keep_mask
 
@@ -155,6 +156,38 @@ def test_varlen(causal):
     check(leaves, causal=causal, **kw)
 
 
+# Prefix LM (causal + a prefix length per sequence) at the interpreter's tiles: prefixes of 0, inside a
+# key block, on a block edge (16; 32 and one either side of it, where the dK/dV pass's 32-key blocks
+# turn fully visible or start being seen by every query row), beyond the causal diagonal of the first
+# query blocks and past the keys, next to each other in one batch; Tk > Tq and Tk < Tq shift the
+# diagonal both ways. The fused (atomic) and the two-pass (deterministic, and with a bias) dQ passes.
+@pytest.mark.parametrize("tq, tk", [(45, 45), (33, 70), (70, 33)])
+@pytest.mark.parametrize("deterministic_bwd", [False, True])
+def test_prefix_lm(tq, tk, deterministic_bwd):
+    prefix = torch.tensor([0, 7, 16, 31, 32, 33, 100], device=DEV)
+    torch.use_deterministic_algorithms(deterministic_bwd)
+    try:
+        check(qkv(7, tq, tk, 2, 1, 16), causal=True, prefix_lengths=prefix)
+        kpm = torch.rand(7, tk, device=DEV) > 0.25
+        leaves = {**qkv(7, tq, tk, 2, 2, 24), "attn_bias": torch.randn(1, 2, tq, tk, device=DEV)}
+        check(leaves, causal=True, key_padding_mask=kpm, prefix_lengths=prefix.int())
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_prefix_lm_varlen():
+    """Packed documents, each with its own prefix (one-token documents, a prefix as long as its
+    document, none)."""
+    lens = [5, 1, 40, 17, 33]
+    leaves = {
+        "q": torch.randn(sum(lens), 4, 16, device=DEV),
+        "k": torch.randn(sum(lens), 2, 16, device=DEV),
+        "v": torch.randn(sum(lens), 2, 16, device=DEV),
+    }
+    kw = dict(cu_seqlens_q=_cu(lens), cu_seqlens_k=_cu(lens), max_seqlen_q=40, max_seqlen_k=40)
+    check(leaves, causal=True, prefix_lengths=torch.tensor([2, 1, 19, 17, 0], device=DEV), **kw)
+
+
 def test_varlen_t5_bias():
     len_q = [4, 9, 1]
     leaves = {
@@ -181,7 +214,7 @@ def test_t5_relative_bias_in_kernel(bidirectional):
 
 
 def test_t5_bucket_matches_hugging_face():
-    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    t5 = import_or_skip("transformers.models.t5.modeling_t5")
     rel = torch.arange(-300, 300)[None, :] - torch.arange(0, 40)[:, None]
     for bidirectional in (True, False):
         for nb, md in ((32, 128), (8, 20), (16, 64)):

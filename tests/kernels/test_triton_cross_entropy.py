@@ -154,4 +154,4 @@ def test_non_contiguous_inputs():
         "reduction": "none",
     }
     kernel = lambda **a: linear_cross_entropy(**a, backend="triton")  # noqa: E731
-    compare_with_grads("lce", kernel, linear_cross_entropy_ref, inputs)
+    compare_with_grads("linear_cross_entropy", kernel, linear_cross_entropy_ref, inputs)

@@ -141,9 +141,9 @@ def test_da_reduction_fills_an_h100():
         return torch.empty(shape, dtype=torch.bfloat16, device="meta")
 
     with recording_launches(H100) as launches:
-        lora_kernels.lora_bwd(meta(8192, 768), meta(8192, 768), meta(8192, 16), meta(768, 768), meta(16, 768),
+        lora_kernels.lora_linear_bwd(meta(8192, 768), meta(8192, 768), meta(8192, 16), meta(768, 768), meta(16, 768),
                               meta(768, 16), 2.0, 0.1, 1234)  # fmt: skip
-    (da,) = [launch for launch in launches if launch.kernel is lora_kernels._lora_da_kernel]
+    (da,) = [launch for launch in launches if launch.kernel is lora_kernels._lora_linear_da_kernel]
     cols, splits = da.grid
     assert cols == 6 and cols * splits >= H100.sm_count, da.grid
     assert da.kwargs["rows_per_split"] * splits >= 8192

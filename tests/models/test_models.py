@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from installed import import_or_skip
 
 from ptft_fast.models import PRESETS, ConfigError, KVCache, ModelConfig, build_model, from_name
 from ptft_fast.models.encoder_decoder import relative_position_bucket
@@ -65,6 +66,7 @@ def test_named_presets_shapes():
             r"decoder_start_token_id must be in \[0, vocab_size=300\)",
         ),
         (dict(arch="gpt2", varlen=True), r"varlen is an encoder-only"),
+        (dict(arch="bert", prefix_lm=True), r"prefix_lm is a decoder-only \(gpt2\) option, got arch 'bert'"),
         (
             dict(arch="t5", decoder_start_token_id=None, max_position_embeddings=0),
             r"decoder_start_token_id is required",
@@ -238,7 +240,7 @@ def test_cache_with_checkpointing_rejected():
 
 
 def test_t5_buckets_match_transformers():
-    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    t5 = import_or_skip("transformers.models.t5.modeling_t5")
     rel = torch.arange(-300, 301)[None, :]
     for bidirectional in (True, False):
         for buckets, distance in ((32, 128), (8, 20)):

@@ -70,3 +70,16 @@ def test_bad_head_configuration():
         Attention(32, 4, 3)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         Attention(30, 4)
+
+
+def test_prefix_lm_matches_torch_multihead_attention_with_a_per_row_mask():
+    """prefix_lengths: row b's first prefix_lengths[b] tokens are seen by every query."""
+    b, t, e, h = 2, 7, 32, 4
+    ours = Attention(e, h, causal=True)
+    mha = _as_torch_mha(ours)
+    x, prefix = torch.randn(b, t, e), torch.tensor([3, 0])
+    y = ours(x, prefix_lengths=prefix)
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    blocked = (j > i)[None] & (j[None] >= prefix[:, None, None])  # (B, T, T), True = blocked
+    y_ref, _ = mha(x, x, x, attn_mask=blocked.repeat_interleave(h, 0), need_weights=False)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from installed import import_or_skip
 from torch import nn
 
 from ptft_fast.nn import LoRALinear
@@ -90,7 +91,7 @@ def test_bad_arguments():
 
 
 def test_matches_peft_lora_layer():
-    peft = pytest.importorskip("peft")
+    peft = import_or_skip("peft")
 
     class Tiny(nn.Module):
         def __init__(self):

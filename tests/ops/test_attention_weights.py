@@ -49,3 +49,15 @@ def test_a_query_without_keys_gets_zeros_like_the_output():
     out = ops.attention(q, k, v, causal=True, key_padding_mask=mask, backend="torch")
     assert (w[0, :, :2] == 0).all() and (out[0, :2] == 0).all()
     torch.testing.assert_close(w[0, :, 2:].sum(-1), torch.ones(2, 2))
+
+
+def test_prefix_lm_weights():
+    """A prefix query sees a later prefix key and no key after the prefix; a suffix query sees the
+    whole prefix and nothing after itself; rows still sum to one."""
+    g = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(2, 6, 2, 8, generator=g) for _ in range(2))
+    w = ops.attention_weights(q, k, causal=True, prefix_lengths=torch.tensor([3, 0]))
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 6))
+    assert (w[0, :, 0, 1:3] > 0).all() and (w[0, :, :3, 3:] == 0).all()
+    assert (w[0, :, 4, :5] > 0).all() and (w[0, :, 4, 5:] == 0).all()
+    assert (w[1].triu(1) == 0).all()  # no prefix: plain causal

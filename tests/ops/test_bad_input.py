@@ -27,7 +27,7 @@ def _varlen(**over):
     return lambda: ops.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
-def _lce(**over):
+def _linear_cross_entropy(**over):
     args = dict(hidden=torch.randn(6, 8), weight=torch.randn(11, 8), labels=torch.randint(0, 11, (6,)))
     args.update(over)
     return lambda: ops.linear_cross_entropy(
@@ -95,6 +95,24 @@ CASES = [
     ("attn-dropout-nan", _attn(dropout_p=float("nan")), ValueError, ["dropout_p", "nan"]),
     ("attn-scale", _attn(softmax_scale=0.0), ValueError, ["softmax_scale", "0.0"]),
     (
+        "attn-prefix-not-causal",
+        _attn(prefix_lengths=torch.tensor([1, 2])),
+        ValueError,
+        ["prefix_lengths", "causal"],
+    ),
+    (
+        "attn-prefix-shape",
+        _attn(causal=True, prefix_lengths=torch.tensor([1, 2, 3])),
+        ValueError,
+        ["prefix_lengths", "(3,)", "(2,)"],
+    ),
+    (
+        "attn-prefix-float",
+        _attn(causal=True, prefix_lengths=torch.tensor([1.0, 2.0])),
+        TypeError,
+        ["prefix_lengths", "float32"],
+    ),
+    (
         "varlen-decreasing",
         _varlen(cu_seqlens_q=torch.tensor([0, 5, 3, 7], dtype=torch.int32)),
         ValueError,
@@ -127,26 +145,66 @@ CASES = [
         ["key_padding_mask", "varlen"],
     ),
     (
-        "lce-label-high",
-        _lce(labels=torch.tensor([0, 1, 11, 2, 3, 4])),
+        "linear_cross_entropy-label-high",
+        _linear_cross_entropy(labels=torch.tensor([0, 1, 11, 2, 3, 4])),
         ValueError,
         ["labels", "[0, 11)", "11"],
     ),
-    ("lce-label-negative", _lce(labels=torch.tensor([0, -5, 1, 2, 3, 4])), ValueError, ["labels", "-5"]),
-    ("lce-hidden-size", _lce(weight=torch.randn(11, 7)), ValueError, ["weight", "H", "(11, 7)"]),
-    ("lce-labels-shape", _lce(labels=torch.randint(0, 11, (5,))), ValueError, ["hidden", "labels", "(5,)"]),
-    ("lce-labels-float", _lce(labels=torch.zeros(6)), TypeError, ["labels", "float32"]),
-    ("lce-bias-shape", _lce(bias=torch.randn(10)), ValueError, ["bias", "(10,)", "(11,)"]),
-    ("lce-reduction", _lce(reduction="avg"), ValueError, ["reduction", "'avg'"]),
-    ("lce-smoothing", _lce(label_smoothing=1.5), ValueError, ["label_smoothing", "1.5"]),
-    ("lce-zloss", _lce(z_loss=-1.0), ValueError, ["z_loss", "-1.0"]),
     (
-        "lce-dtype-mismatch",
-        _lce(weight=torch.randn(11, 8, dtype=torch.float64)),
+        "linear_cross_entropy-label-negative",
+        _linear_cross_entropy(labels=torch.tensor([0, -5, 1, 2, 3, 4])),
+        ValueError,
+        ["labels", "-5"],
+    ),
+    (
+        "linear_cross_entropy-hidden-size",
+        _linear_cross_entropy(weight=torch.randn(11, 7)),
+        ValueError,
+        ["weight", "H", "(11, 7)"],
+    ),
+    (
+        "linear_cross_entropy-labels-shape",
+        _linear_cross_entropy(labels=torch.randint(0, 11, (5,))),
+        ValueError,
+        ["hidden", "labels", "(5,)"],
+    ),
+    (
+        "linear_cross_entropy-labels-float",
+        _linear_cross_entropy(labels=torch.zeros(6)),
+        TypeError,
+        ["labels", "float32"],
+    ),
+    (
+        "linear_cross_entropy-bias-shape",
+        _linear_cross_entropy(bias=torch.randn(10)),
+        ValueError,
+        ["bias", "(10,)", "(11,)"],
+    ),
+    (
+        "linear_cross_entropy-reduction",
+        _linear_cross_entropy(reduction="avg"),
+        ValueError,
+        ["reduction", "'avg'"],
+    ),
+    (
+        "linear_cross_entropy-smoothing",
+        _linear_cross_entropy(label_smoothing=1.5),
+        ValueError,
+        ["label_smoothing", "1.5"],
+    ),
+    ("linear_cross_entropy-zloss", _linear_cross_entropy(z_loss=-1.0), ValueError, ["z_loss", "-1.0"]),
+    (
+        "linear_cross_entropy-dtype-mismatch",
+        _linear_cross_entropy(weight=torch.randn(11, 8, dtype=torch.float64)),
         TypeError,
         ["weight", "float64"],
     ),
-    ("lce-empty-vocab", _lce(weight=torch.randn(0, 8)), ValueError, ["weight", "empty"]),
+    (
+        "linear_cross_entropy-empty-vocab",
+        _linear_cross_entropy(weight=torch.randn(0, 8)),
+        ValueError,
+        ["weight", "empty"],
+    ),
     ("lora-in-features", _lora(weight=torch.randn(5, 7)), ValueError, ["weight", "in_features", "(5, 7)"]),
     ("lora-rank", _lora(lora_b=torch.randn(5, 3)), ValueError, ["lora_b", "rank", "(5, 3)"]),
     ("lora-a-in", _lora(lora_a=torch.randn(2, 9)), ValueError, ["lora_a", "(2, 9)"]),

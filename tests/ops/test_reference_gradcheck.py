@@ -90,11 +90,29 @@ def test_attention_varlen_gradcheck(causal):
     assert torch.autograd.gradcheck(fn, (q, k, v), fast_mode=True)
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_attention_prefix_lm_gradcheck(varlen):
+    q = torch.randn(2, 6, 2, 3, **f64)
+    k, v = torch.randn(2, 6, 2, 3, **f64), torch.randn(2, 6, 2, 3, **f64)
+    prefix = torch.tensor([2, 5])
+    kw = dict(causal=True, prefix_lengths=prefix)
+    if varlen:  # two packed sequences of 6
+        q, k, v = (t.reshape(12, 2, 3) for t in (q, k, v))
+        cu = torch.tensor([0, 6, 12], dtype=torch.int32)
+        kw.update(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6, max_seqlen_k=6)
+
+    def fn(q, k, v):
+        return R.attention_ref(q, k, v, **kw)
+
+    inputs = tuple(t.detach().requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("smoothing,z_loss", [(0.0, 0.0), (0.1, 0.0), (0.0, 1e-2), (0.2, 1e-3)])
 @pytest.mark.parametrize("vocab_chunk", [1 << 16, 8])  # one vocab block, and the online-LSE path
 def test_linear_cross_entropy_gradcheck(reduction, smoothing, z_loss, vocab_chunk, monkeypatch):
-    monkeypatch.setattr(R, "LCE_VOCAB_CHUNK", vocab_chunk)
+    monkeypatch.setattr(R, "LINEAR_CROSS_ENTROPY_VOCAB_CHUNK", vocab_chunk)
     n, h, v = 11, 6, 19
     hidden, weight, bias = torch.randn(n, h, **f64), torch.randn(v, h, **f64), torch.randn(v, **f64)
     labels = torch.randint(0, v, (n,))

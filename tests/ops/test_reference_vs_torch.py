@@ -14,7 +14,7 @@ AWKWARD = [1, 7, 31, 127]
 
 
 @pytest.fixture(params=["small", "chunked"])
-def lce_path(request, monkeypatch):
+def linear_cross_entropy_path(request, monkeypatch):
     """The torch backend's cross-entropy both ways: F.linear + F.cross_entropy at most
     SMALL_LOGITS logits, the chunked algorithm beyond (forced here by a threshold of 0)."""
     if request.param == "chunked":
@@ -56,12 +56,16 @@ def test_layer_norm_dropout_is_inverted_dropout_before_residual():
     torch.testing.assert_close(h[kept], torch.full_like(h[kept], 2.0))
 
 
-def _manual_attention(q, k, v, causal, mask, bias, scale):
+def _manual_attention(q, k, v, causal, mask, bias, scale, allowed=None):
+    """allowed: (B, Tq, Tk) bool, query i may see key j — instead of causal and mask."""
     hq, hkv = q.shape[2], k.shape[2]
     k, v = k.repeat_interleave(hq // hkv, 2), v.repeat_interleave(hq // hkv, 2)
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
     if bias is not None:
         s = s + bias
+    if allowed is not None:
+        s = s.masked_fill(~allowed[:, None], float("-inf"))
+        return torch.einsum("bhqk,bkhd->bqhd", torch.nan_to_num(s.softmax(-1), nan=0.0), v)
     allowed = torch.ones(s.shape[-2:], dtype=torch.bool)
     if causal:
         i = torch.arange(q.shape[1])[:, None]
@@ -113,6 +117,40 @@ def test_attention_varlen_equals_per_sequence(causal):
         torch.testing.assert_close(out[s], one, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tq,tk", [(7, 7), (5, 13), (13, 5), (1, 9)])
+@pytest.mark.parametrize("mask", [False, True])
+def test_attention_prefix_lm_matches_manual(tq, tk, mask):
+    """prefix_lengths: query i sees key j iff j <= i + (Tk - Tq) or j < prefix_lengths[b] — an
+    explicit per-row boolean mask on the manual composition (prefixes 0, inside, beyond the keys)."""
+    b, hq, hkv, d = 3, 4, 2, 8
+    q = torch.randn(b, tq, hq, d, requires_grad=True)
+    k, v = torch.randn(b, tk, hkv, d, requires_grad=True), torch.randn(b, tk, hkv, d, requires_grad=True)
+    prefix = torch.tensor([0, min(3, tk), tk + 4])
+    kpm = (torch.rand(b, tk) > 0.3) if mask else None
+    i, j = torch.arange(tq)[:, None], torch.arange(tk)[None, :]
+    allowed = (j <= i + (tk - tq))[None] | (j[None] < prefix[:, None, None])  # (B, Tq, Tk)
+    if kpm is not None:
+        allowed = allowed & kpm[:, None, :]
+    out = ops.attention(q, k, v, causal=True, key_padding_mask=kpm, prefix_lengths=prefix)
+    want = _manual_attention(q, k, v, False, None, None, 1 / math.sqrt(d), allowed=allowed)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(out)
+    for a, e in zip(_grads(out, (q, k, v), g), _grads(want, (q, k, v), g)):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_prefix_lm_varlen_equals_per_sequence():
+    """Varlen: each packed sequence gets its own prefix, in its own key positions."""
+    lens, prefix = [1, 7, 3, 16], torch.tensor([1, 4, 0, 9])
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(sum(lens), 4, 8) for _ in range(3))
+    out = ops.attention(q, k, v, causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu, prefix_lengths=prefix)
+    for n in range(len(lens)):
+        s = slice(cu[n].item(), cu[n + 1].item())
+        one = ops.attention(q[None, s], k[None, s], v[None, s], causal=True, prefix_lengths=prefix[n : n + 1])
+        torch.testing.assert_close(out[s], one[0], atol=1e-5, rtol=1e-4)
+
+
 def test_attention_fully_masked_query_gives_zeros_and_finite_grads():
     q = torch.randn(1, 3, 2, 4, requires_grad=True)
     k, v = torch.randn(1, 5, 2, 4), torch.randn(1, 5, 2, 4)
@@ -128,7 +166,7 @@ def test_attention_fully_masked_query_gives_zeros_and_finite_grads():
 @pytest.mark.parametrize("n", AWKWARD)
 @pytest.mark.parametrize("vocab", [2, 31, 1000])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, lce_path):
+def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, linear_cross_entropy_path):
     hidden = torch.randn(n, 16, requires_grad=True)
     weight = torch.randn(vocab, 16, requires_grad=True)
     bias = torch.randn(vocab, requires_grad=True)
@@ -145,8 +183,8 @@ def test_linear_cross_entropy_matches_full_logits(n, vocab, reduction, lce_path)
 
 def test_linear_cross_entropy_never_materializes_full_logits(monkeypatch):
     monkeypatch.setattr(torch_backend, "SMALL_LOGITS", 0)  # the chunked path even at this size
-    monkeypatch.setattr(R, "LCE_BLOCK_ELEMS", 64)
-    monkeypatch.setattr(R, "LCE_VOCAB_CHUNK", 16)
+    monkeypatch.setattr(R, "LINEAR_CROSS_ENTROPY_BLOCK_ELEMS", 64)
+    monkeypatch.setattr(R, "LINEAR_CROSS_ENTROPY_VOCAB_CHUNK", 16)
     seen = []
     real_matmul, real_mm = torch.Tensor.__matmul__, torch.mm
 

@@ -9,13 +9,14 @@ import json
 
 import pytest
 import torch
+from installed import import_or_skip
 from safetensors.torch import load_file
 
 import ptft_fast
 from ptft_fast import ops
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+transformers = import_or_skip("transformers")
+peft = import_or_skip("peft")
 from hf_tiny import batch, build  # noqa: E402
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from installed import import_or_skip
 
 from ptft_fast.generate import GenerationConfig, generate, left_pad
 from ptft_fast.models import from_name
@@ -77,7 +78,7 @@ HF_CLASSES = {
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_prompt_tuning_equals_hf_generate_on_inputs_embeds(name, use_cache, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = import_or_skip("transformers")
     from ptft_fast.hf import save_pretrained
 
     save_pretrained(base(name), tmp_path)

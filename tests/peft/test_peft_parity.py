@@ -7,9 +7,10 @@ import copy
 
 import pytest
 import torch
+from installed import import_or_skip
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+transformers = import_or_skip("transformers")
+peft = import_or_skip("peft")
 
 from ptft_fast.peft import (  # noqa: E402
     IA3Config,

@@ -13,9 +13,10 @@ import json
 
 import pytest
 import torch
+from installed import import_or_skip
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+transformers = import_or_skip("transformers")
+peft = import_or_skip("peft")
 
 from ptft_fast.hf import save_pretrained  # noqa: E402
 from ptft_fast.models import from_name  # noqa: E402

@@ -110,7 +110,13 @@ def _steps(out, model: str, objective: str, steps: int, **over) -> list[float]:
 
 @pytest.mark.parametrize(
     ("model", "objective", "kind"),
-    [("bert-tiny-cpu", "mlm", "wordpiece"), ("gpt-tiny", "clm", "bpe"), ("t5-tiny", "span", "unigram")],
+    [
+        ("bert-tiny-cpu", "mlm", "wordpiece"),
+        ("gpt-tiny", "clm", "bpe"),
+        ("t5-tiny", "span", "unigram"),
+        ("bert-tiny-cpu", "electra", "wordpiece"),
+        ("bert-tiny-cpu", "spanbert", "wordpiece"),
+    ],
 )
 def test_pretrain_compiled_matches_eager_and_learns(model, objective, kind, new_run, tiny):
     torch._dynamo.reset()

@@ -40,8 +40,8 @@ def short_docs(tmp_path_factory):
     return get
 
 
-def _batches(objective, shards, n=3):
-    src = BatchSource(objective, shards, shards.tokenizer(), TrainConfig(objective=objective), seed=0)
+def _batches(objective, shards, n=3, **cfg):
+    src = BatchSource(objective, shards, shards.tokenizer(), TrainConfig(objective=objective, **cfg), seed=0)
     return [src.next(8, 48) for _ in range(n)]
 
 
@@ -70,21 +70,29 @@ def test_mlm_document_count_matches_the_separators(short_docs):
 
 
 @pytest.mark.parametrize(
-    ("objective", "preset", "kind"), [("clm", "gpt-tiny", "bpe"), ("mlm", "bert-tiny-cpu", "wordpiece")]
+    ("objective", "preset", "kind", "cross", "crosses"),
+    [
+        ("clm", "gpt-tiny", "bpe", False, False),
+        ("prefix-lm", "gpt-tiny", "bpe", False, False),
+        ("clm", "gpt-tiny", "bpe", True, True),
+        ("prefix-lm", "gpt-tiny", "bpe", True, True),
+        ("mlm", "bert-tiny-cpu", "wordpiece", False, True),
+    ],
 )
-def test_the_attention_statement_is_what_the_model_does(objective, preset, kind, short_docs):
+def test_the_attention_statement_is_what_the_model_does(objective, preset, kind, cross, crosses, short_docs):
     """Changing the first document of a row changes the outputs at the second one exactly when the
-    summary says attention crosses documents."""
+    summary says attention crosses documents: clm / prefix-lm by default keep each document to
+    itself, cross_document_attention=True (and MLM) let it see the earlier ones."""
     shards = short_docs(kind)
     tok = shards.tokenizer()
-    b = _batches(objective, shards, n=1)[0]
+    b = _batches(objective, shards, n=1, **({"cross_document_attention": True} if cross else {}))[0]
     torch.manual_seed(0)
     extra = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id} if preset == "gpt-tiny" else {}
     model = from_name(preset, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, **extra).eval()
     row = int(torch.nonzero(b[ROW_SEGMENTS] >= 2)[0])
     ids = b["input_ids"][row : row + 1]
-    if objective == "clm":
-        second = int(torch.nonzero(b["labels"][row, 1:] == -100)[0]) + 1  # next unscored start
+    if preset == "gpt-tiny":  # documents end with the end token
+        second = int(torch.nonzero(ids[0] == tok.eos_id)[0]) + 1
         first_doc = slice(0, second)
     else:
         second = int(torch.nonzero(ids[0] == tok.sep_id)[0]) + 1
@@ -95,9 +103,7 @@ def test_the_attention_statement_is_what_the_model_does(objective, preset, kind,
     with torch.no_grad():
         a = model(**inputs, return_logits=True).logits[0, second:]
         c = model(**{**inputs, "input_ids": other}, return_logits=True).logits[0, second:]
-    crosses = not torch.allclose(a, c)
-    assert rows_summary(row_stats(b))["attention_across_documents"] == crosses
-    assert crosses  # what the models do today: no document mask inside a packed row
+    assert rows_summary(row_stats(b))["attention_across_documents"] == (not torch.allclose(a, c)) == crosses
 
 
 def test_row_stats_report_document_boundaries_when_the_batch_carries_them():

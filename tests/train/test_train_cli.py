@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from installed import import_or_skip
 
 from ptft_fast.cli import main
 from ptft_fast.models.config import ModelConfig
@@ -59,12 +60,12 @@ def test_flops_formula_matches_6nd_plus_attention():
 def test_short_run_writes_metrics_price_tag_and_loadable_model(new_run, capsys):
     out = new_run()
     sets = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 4, "log_every": 1, "eval_every": 2}
-    sets.update(eval_batches=1, save_every=2)
+    sets.update(eval_batches=1, save_every=2, grid_gco2_per_kwh=400)
     argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
     argv += ["--price-per-hour", "2.5", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "unigram entropy baseline" in printed and "price tag" in printed
+    assert "unigram entropy baseline" in printed and "price tag" in printed and "gCO2e/kWh" in printed
 
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
@@ -81,9 +82,10 @@ def test_short_run_writes_metrics_price_tag_and_loadable_model(new_run, capsys):
     assert p["device_hours"] == pytest.approx(s["train_seconds"] / 3600)
     assert p["energy_kwh"] == pytest.approx(65.0 * p["device_hours"] / 1000)  # default cpu_watts
     assert p["cost"] == pytest.approx(2.5 * p["device_hours"])
+    assert p["co2e_kg"] == pytest.approx(p["energy_kwh"] * 400 / 1000)  # kWh × g/kWh → kg
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
-    transformers = pytest.importorskip("transformers")
+    transformers = import_or_skip("transformers")
     hf = transformers.BertForMaskedLM.from_pretrained(out / "final").eval()
     from ptft_fast.hf import load_pretrained
 
@@ -139,3 +141,51 @@ def test_time_budget_run_warms_up_and_decays_within_the_budget(new_run, capsys):
     assert max(lrs) >= 0.9e-3  # warm-up ended
     assert lrs[-1] <= 0.25e-3  # decayed towards the floor (1e-4) as the budget ran out
     assert 0.5 * len(train) <= train[-1]["planned_steps"] <= 2 * len(train)
+
+
+def test_data_mixture_from_the_cli(new_run, tmp_path, capsys):
+    from ptft_fast.data.corpus import embedded_corpus
+
+    docs = embedded_corpus()
+    a, b = tmp_path / "a.txt", tmp_path / "b.jsonl"
+    a.write_text("\n\n".join(docs[:40]))
+    b.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[40:]))
+    out = new_run()
+    argv = [
+        "pretrain",
+        "--model",
+        "bert-tiny-cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--data",
+        f"{a}:0.7",
+        f"{b}:0.3",
+    ]
+    sets = {"seq_len": 32, "micro_batch_size": 2, "max_steps": 2, "eval_batches": 1, "vocab_size": 500}
+    assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 2 and s["eval_data"]["held_out"]
+    assert main([*argv[:6], "--data", f"{a}:0.7", str(b)]) == 2
+    assert "every source needs a weight" in capsys.readouterr().err
+
+
+def test_time_bounded_run_ends_its_decay_at_the_budget(new_run, capsys):
+    """Issue 23's "done when": max_steps=100000 with a 3 s budget and a linear decay: the last
+    step's learning rate is the final value (min_lr_ratio × lr) within one step's change, and the
+    decay was still under way late in the run (it ends at the budget, not before)."""
+    out = new_run()
+    sets = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 100_000, "max_time_s": 3, "log_every": 1}
+    sets.update(eval_every=0, save_every=0, eval_batches=1, plot="false", lr="1e-3", min_lr_ratio=0.1)
+    sets.update(schedule="linear")
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
+    assert "estimated from the measured step rate" in capsys.readouterr().out
+    train = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
+    lrs, planned = [r["lr"] for r in train], train[-1]["planned_steps"]
+    assert len(lrs) >= 20 and train[-1]["step"] < 100_000
+    one_step = (1 - 0.1) * 1e-3 / (planned - planned // 10)  # the linear decay's change per step
+    assert 1e-4 - 1e-12 <= lrs[-1] <= 1e-4 + one_step
+    assert lrs[int(0.8 * len(lrs))] > 1e-4 + 0.05 * 0.9e-3  # not at the floor long before the end

@@ -59,6 +59,7 @@ def test_merge_coerces_and_rejects_unknown_keys():
         ({"max_steps": 10, "warmup_steps": 10}, r"warmup_steps \(10\) must be < max_steps"),
         ({"seq_len": 128, "long_seq_len": 64}, "long_seq_len"),
         ({"init_loss_scale": 1024.0}, "contradictory"),
+        ({"cross_document_attention": True}, r"cross_document_attention is a clm/prefix-lm setting .* 'mlm'"),
     ],
 )
 def test_validate_names_the_key(kw, match):

@@ -50,3 +50,32 @@ def test_unigram_entropy(run_data):
     h = unigram_entropy(shards, v)
     assert h == pytest.approx(float(-(p * np.log(p)).sum()))
     assert 0 < h < math.log(v)
+
+
+@pytest.mark.parametrize("objective", ["clm", "prefix-lm"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_lm_batches_carry_documents_unless_cross_document_attention(objective, cross, run_data):
+    """Default: doc_ids (and prefix-lm a prefix per document); the model's loss is the plain
+    shifted cross-entropy over labels[:, 1:] (what label_counts counts), since no label sits on a
+    document's first token. cross_document_attention: a row is one sequence."""
+    from ptft_fast.models import from_name
+    from ptft_fast.train.objectives import label_counts, model_inputs
+
+    shards = TokenShards(run_data("bpe") / "data" / "train")
+    tok = shards.tokenizer()
+    cfg = TrainConfig(objective=objective, cross_document_attention=cross)
+    b = BatchSource(objective, shards, tok, cfg, seed=7).next(4, 64)
+    assert ("doc_ids" in b) == (not cross)
+    assert ("prefix_mask" in b) == (objective == "prefix-lm")
+    if objective == "prefix-lm" and not cross:  # a prefix at the start of every document piece
+        starts = b["doc_ids"] != torch.nn.functional.pad(b["doc_ids"], (1, 0), value=-2)[:, :-1]
+        assert bool(b["prefix_mask"][starts & (b["doc_ids"] >= 0)].all())
+        assert int((b["prefix_mask"] & ~starts).sum()) > 0
+    torch.manual_seed(0)
+    model = from_name("gpt-tiny", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id).eval()
+    with torch.no_grad():
+        out = model(**model_inputs(b), return_logits=True)
+    labels = b["labels"][:, 1:]
+    ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2), labels, ignore_index=-100)
+    torch.testing.assert_close(out.loss, ce, atol=1e-5, rtol=1e-5)
+    assert label_counts(objective, b)["lm"] == int((labels != -100).sum()) > 0
