@@ -1,4 +1,4 @@
-"""Blocks shared by every model: norm, attention, MLP, a transformer layer, the layer runner.
+"""Blocks shared by every model: attention, MLP, a transformer layer, the layer runner.
 
 Everything numeric goes through ``ptft_fast.ops`` (layer_norm, attention); projections are plain
 ``nn.Linear``. Shapes: x is (B, T, C) in the padded form or (total, C) packed (varlen).
@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from ptft_fast import ops
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.state import KV, KVCache, Packing
+from ptft_fast.nn.norm import LayerNorm, RMSNorm
 from ptft_fast.ops.graph_mode import in_graph
 
 
@@ -41,29 +42,11 @@ def activation_fn(name: str):
     return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[name]
 
 
-class Norm(nn.Module):
-    """LayerNorm (weight + bias) or RMSNorm (weight only) through ``ops.layer_norm``.
-
-    ``forward(x, residual=..., dropout_p=...)`` is the fused norm(dropout(x) + residual) of a block.
-    """
-
-    def __init__(self, size: int, eps: float, *, rms: bool = False):
-        super().__init__()
-        self.eps, self.rms = eps, rms
-        self.weight = nn.Parameter(torch.ones(size))
-        self.bias = None if rms else nn.Parameter(torch.zeros(size))
-
-    def forward(self, x, residual=None, dropout_p: float = 0.0, return_residual: bool = False):
-        return ops.layer_norm(
-            x,
-            self.weight,
-            self.bias,
-            self.eps,
-            residual=residual,
-            rms=self.rms,
-            dropout_p=dropout_p if self.training else 0.0,
-            return_residual=return_residual,
-        )
+def make_norm(size: int, eps: float, *, rms: bool = False) -> LayerNorm | RMSNorm:
+    """The public ``ptft_fast.nn`` norm over the last dim: LayerNorm (weight + bias) or RMSNorm
+    (weight only). Its ``forward(x, residual=..., dropout_p=..., return_residual=...)`` is the
+    fused norm(dropout(x) + residual) of a block (dropout in training mode only)."""
+    return RMSNorm(size, eps) if rms else LayerNorm(size, eps)
 
 
 class Attention(nn.Module):
@@ -213,11 +196,11 @@ class Layer(nn.Module):
         self.pre_norm = pre_norm
         self.dropout = config.dropout
         self.attn = Attention(config, bias=bias)
-        self.attn_norm = Norm(config.hidden_size, eps, rms=rms)
+        self.attn_norm = make_norm(config.hidden_size, eps, rms=rms)
         self.cross = Attention(config, cross=True, bias=bias) if cross else None
-        self.cross_norm = Norm(config.hidden_size, eps, rms=rms) if cross else None
+        self.cross_norm = make_norm(config.hidden_size, eps, rms=rms) if cross else None
         self.mlp = MLP(config, bias=bias)
-        self.mlp_norm = Norm(config.hidden_size, eps, rms=rms)
+        self.mlp_norm = make_norm(config.hidden_size, eps, rms=rms)
 
     def forward(
         self,

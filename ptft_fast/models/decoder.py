@@ -13,9 +13,9 @@ from torch import nn
 
 from ptft_fast.models.blocks import (
     Layer,
-    Norm,
     effective_mask,
     init_weights,
+    make_norm,
     run_layers,
 )
 from ptft_fast.models.config import ModelConfig
@@ -77,7 +77,7 @@ class DecoderForCausalLM(nn.Module):
         self.layers = nn.ModuleList(
             Layer(config, cross=False, pre_norm=True, rms=False, bias=True) for _ in range(config.num_layers)
         )
-        self.final_norm = Norm(c, config.norm_eps)
+        self.final_norm = make_norm(c, config.norm_eps)
         self.lm_head = LMHead(config)
         init_weights(self, config.initializer_range)
 

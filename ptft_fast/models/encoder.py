@@ -13,9 +13,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ptft_fast.models.blocks import (
     Layer,
-    Norm,
     effective_mask,
     init_weights,
+    make_norm,
     run_layers,
 )
 from ptft_fast.models.config import ModelConfig
@@ -40,7 +40,7 @@ class Encoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, c, padding_idx=config.pad_token_id)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, c)
         self.embed_types = nn.Embedding(config.type_vocab_size, c) if config.type_vocab_size > 0 else None
-        self.embed_norm = Norm(c, config.norm_eps)
+        self.embed_norm = make_norm(c, config.norm_eps)
         self.layers = nn.ModuleList(
             Layer(config, cross=False, pre_norm=False, rms=False, bias=True) for _ in range(config.num_layers)
         )

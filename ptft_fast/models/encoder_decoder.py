@@ -16,10 +16,10 @@ from torch import nn
 
 from ptft_fast.models.blocks import (
     Layer,
-    Norm,
     effective_mask,
     embed_scale,
     init_weights,
+    make_norm,
     run_layers,
 )
 from ptft_fast.models.config import ModelConfig
@@ -85,11 +85,11 @@ class Stack(nn.Module):
         )
         if self.t5:
             self.rel_bias = RelativePositionBias(config, bidirectional=not decoder)
-            self.final_norm = Norm(config.hidden_size, config.norm_eps, rms=True)
+            self.final_norm = make_norm(config.hidden_size, config.norm_eps, rms=True)
         else:
             rows = config.max_position_embeddings + BART_POSITION_OFFSET
             self.embed_positions = nn.Embedding(rows, config.hidden_size)
-            self.embed_norm = Norm(config.hidden_size, config.norm_eps)
+            self.embed_norm = make_norm(config.hidden_size, config.norm_eps)
 
     def forward(
         self,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ptft_fast import ops
-from ptft_fast.models.blocks import Norm, activation_fn
+from ptft_fast.models.blocks import activation_fn, make_norm
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.ops.graph_mode import in_graph
 
@@ -28,7 +28,7 @@ class MLMHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation_fn(config.activation)
-        self.norm = Norm(config.hidden_size, config.norm_eps)
+        self.norm = make_norm(config.hidden_size, config.norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def transform(self, h: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ptft_fast import ops
-from ptft_fast.models.blocks import Layer, Norm, activation_fn, effective_mask, init_weights, run_layers
+from ptft_fast.models.blocks import Layer, activation_fn, effective_mask, init_weights, make_norm, run_layers
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX
 from ptft_fast.models.state import ModelOutput
@@ -49,7 +49,7 @@ class ElectraGenerator(nn.Module):
         )
         self.dense = nn.Linear(h, embedding_size)
         self.act = activation_fn(config.activation)
-        self.norm = Norm(embedding_size, config.norm_eps)
+        self.norm = make_norm(embedding_size, config.norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         init_weights(self, config.initializer_range)
 
@@ -103,8 +103,8 @@ class SpanBoundaryHead(nn.Module):
         c = config.hidden_size
         self.max_offset = max_offset
         self.position = nn.Embedding(max_offset, c)
-        self.fc1, self.norm1 = nn.Linear(3 * c, c), Norm(c, config.norm_eps)
-        self.fc2, self.norm2 = nn.Linear(c, c), Norm(c, config.norm_eps)
+        self.fc1, self.norm1 = nn.Linear(3 * c, c), make_norm(c, config.norm_eps)
+        self.fc2, self.norm2 = nn.Linear(c, c), make_norm(c, config.norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         init_weights(self, config.initializer_range)
 

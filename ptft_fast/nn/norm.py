@@ -27,14 +27,16 @@ def _check_input(module: nn.Module, x: torch.Tensor) -> None:
         )
 
 
-def _normalize(module, input, residual, return_residual, *, bias, eps: float, rms: bool):
-    """Shared forward of LayerNorm/RMSNorm: norm(input + residual) over normalized_shape."""
+def _normalize(module, input, residual, return_residual, dropout_p, *, bias, eps: float, rms: bool):
+    """Shared forward of LayerNorm/RMSNorm: norm(dropout(input) + residual) over normalized_shape
+    (dropout in training mode only)."""
     _check_input(module, input)
     x, w, b = _flatten_normalized(input, module.weight, bias, len(module.normalized_shape))
     res = None if residual is None else residual.reshape(x.shape)
     out = ops.layer_norm(
-        x, w, b, eps, residual=res, rms=rms, return_residual=return_residual, backend=module.backend
-    )
+        x, w, b, eps, residual=res, rms=rms, dropout_p=dropout_p if module.training else 0.0,
+        return_residual=return_residual, backend=module.backend,
+    )  # fmt: skip
     if return_residual:
         y, h = out
         return y.reshape(input.shape), h.reshape(input.shape)
@@ -88,10 +90,14 @@ class LayerNorm(nn.LayerNorm):
         input: torch.Tensor,
         residual: torch.Tensor | None = None,
         return_residual: bool = False,
+        dropout_p: float = 0.0,
     ):
-        """input, residual: (..., *normalized_shape). Returns norm(input + residual) like input,
-        and with ``return_residual`` also the sum h = input + residual."""
-        return _normalize(self, input, residual, return_residual, bias=self.bias, eps=self.eps, rms=False)
+        """input, residual: (..., *normalized_shape). Returns norm(dropout(input) + residual) like
+        input, and with ``return_residual`` also the sum h = dropout(input) + residual; the dropout
+        (``dropout_p``, fused into the kernel) applies in training mode only."""
+        return _normalize(
+            self, input, residual, return_residual, dropout_p, bias=self.bias, eps=self.eps, rms=False
+        )
 
 
 class RMSNorm(nn.RMSNorm):
@@ -133,8 +139,10 @@ class RMSNorm(nn.RMSNorm):
         input: torch.Tensor,
         residual: torch.Tensor | None = None,
         return_residual: bool = False,
+        dropout_p: float = 0.0,
     ):
-        """input, residual: (..., *normalized_shape). Returns rms_norm(input + residual) like input,
-        and with ``return_residual`` also the sum h = input + residual."""
+        """input, residual: (..., *normalized_shape). Returns rms_norm(dropout(input) + residual)
+        like input, and with ``return_residual`` also the sum h = dropout(input) + residual; the
+        dropout (``dropout_p``, fused into the kernel) applies in training mode only."""
         eps = torch.finfo(input.dtype).eps if self.eps is None else self.eps
-        return _normalize(self, input, residual, return_residual, bias=None, eps=eps, rms=True)
+        return _normalize(self, input, residual, return_residual, dropout_p, bias=None, eps=eps, rms=True)

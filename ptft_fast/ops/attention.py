@@ -7,6 +7,7 @@ import math
 import torch
 
 from ptft_fast.ops import checks
+from ptft_fast.ops.attention_args import AttentionArgs
 from ptft_fast.ops.dispatch import resolve
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
@@ -174,10 +175,7 @@ def attention(
                 OP, "q", q, operands={}, params={"attn_bias.table" if relative else "attn_bias": bias_tensor}
             )
     impl = resolve(OP, backend, q)
-    return impl(
-        q,
-        k,
-        v,
+    args = AttentionArgs(
         causal=bool(causal),
         key_padding_mask=key_padding_mask,
         cu_seqlens_q=cu_seqlens_q,
@@ -189,6 +187,7 @@ def attention(
         softmax_scale=softmax_scale if softmax_scale is None else float(softmax_scale),
         prefix_lengths=prefix_lengths,
     )
+    return impl(q, k, v, args)
 
 
 def attention_weights(

@@ -14,12 +14,13 @@ a silent fallback: attention and linear_cross_entropy / lora_linear run in float
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from ptft_fast.ops.attention_args import AttentionArgs
 from ptft_fast.ops.relative_bias import RelativePositionBias
+from ptft_fast.ops.schema_grads import SchemaGrads
 
 try:
     from ptft_fast import _C
@@ -86,7 +87,9 @@ def adapt_layer_norm(x, weight, bias, residual) -> LayerNormArgs:
 
 
 @dataclass(frozen=True)
-class AttentionArgs:
+class AttentionOperands:
+    """The kernels' operands of one attention call (``AttentionArgs`` adapted to csrc's rules)."""
+
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
@@ -102,20 +105,7 @@ class AttentionArgs:
     softmax_scale: float
 
 
-def adapt_attention(
-    q,
-    k,
-    v,
-    *,
-    key_padding_mask,
-    cu_seqlens_q,
-    cu_seqlens_k,
-    max_seqlen_q,
-    max_seqlen_k,
-    attn_bias,
-    softmax_scale,
-    prefix_lengths=None,
-) -> AttentionArgs:
+def adapt_attention(q, k, v, args: AttentionArgs) -> AttentionOperands:
     """Contiguous q/k/v (16-byte aligned), int32 cu_seqlens and prefix lengths, a dense bias in
     q's dtype; a T5 RelativePositionBias goes to the kernels as its bucket table (looked up
     in-kernel) when it has at most ATTENTION_MAX_BUCKETS buckets, else materialized."""
@@ -127,11 +117,11 @@ def adapt_attention(
             f"{_where(op)}: head dim D = q.shape[-1] must be one of {ATTENTION_HEAD_DIMS}, got {head_dim}; "
             "use backend='triton' or 'torch' for other head dims"
         )
-    varlen = cu_seqlens_q is not None
-    if varlen:
-        tq, tk = int(max_seqlen_q), int(max_seqlen_k)
-        cu_q = cu_seqlens_q.to(torch.int32).contiguous()
-        cu_k = cu_seqlens_k.to(torch.int32).contiguous()
+    attn_bias, prefix_lengths = args.attn_bias, args.prefix_lengths
+    if args.varlen:
+        tq, tk = int(args.max_seqlen_q), int(args.max_seqlen_k)
+        cu_q = args.cu_seqlens_q.to(torch.int32).contiguous()
+        cu_k = args.cu_seqlens_k.to(torch.int32).contiguous()
         if q.device.type == "cuda":  # the public op checks this on the host only for CPU tensors
             for name, cu, longest in (("max_seqlen_q", cu_q, tq), ("max_seqlen_k", cu_k, tk)):
                 ok = (cu[1:] - cu[:-1]).max() <= longest
@@ -151,11 +141,11 @@ def adapt_attention(
             attn_bias = attn_bias.materialize(tq, tk)
     if attn_bias is not None:  # contiguous: the binding broadcasts it with zero strides, as a view
         attn_bias = attn_bias.to(q.dtype).contiguous()
-    mask = None if key_padding_mask is None else key_padding_mask.contiguous()
+    mask = None if args.key_padding_mask is None else args.key_padding_mask.contiguous()
     prefix = None if prefix_lengths is None else prefix_lengths.to(torch.int32).contiguous()
-    scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
+    scale = args.scale(head_dim)
     q, k, v = (_aligned16(t.contiguous()) for t in (q, k, v))
-    return AttentionArgs(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, prefix, tq, tk, scale)
+    return AttentionOperands(q, k, v, cu_q, cu_k, mask, attn_bias, rel_lut, rel_table, prefix, tq, tk, scale)
 
 
 def _aligned16(t: torch.Tensor) -> torch.Tensor:
@@ -208,21 +198,15 @@ def adapt_lora_linear(x, weight, bias, lora_a, lora_b) -> LoraLinearArgs:
 # ------------------------------------------------------------------------------- registration
 
 
-def _contig(t):
-    return None if t is None else t.contiguous()
+_F32, _I32 = torch.float32, torch.int32
 
 
-def _register_library() -> None:
-    """Autograd and fake implementations of the torch.ops.ptft_fast ops declared in csrc."""
-    ops = torch.ops.ptft_fast
-    f32, i32 = torch.float32, torch.int32
-
-    # layer norm
+def _register_layer_norm() -> None:
     @torch.library.register_fake("ptft_fast::layer_norm_fwd")
     def _(x, weight, bias, residual, rng, eps, rms, dropout_p, store_h):
         rows = x.shape[0]
         h = torch.empty_like(x) if store_h else x.new_empty(0)
-        return torch.empty_like(x), h, x.new_empty(rows, dtype=f32), x.new_empty(rows, dtype=f32)
+        return torch.empty_like(x), h, x.new_empty(rows, dtype=_F32), x.new_empty(rows, dtype=_F32)
 
     @torch.library.register_fake("ptft_fast::layer_norm_bwd")
     def _(dy, dh, h, weight, bias, mean, rstd, rng, rms, dropout_p, has_residual):
@@ -233,41 +217,39 @@ def _register_library() -> None:
             torch.empty_like(bias) if bias is not None else h.new_empty(0),
         )
 
-    def ln_setup(ctx, inputs, output):
+    grads = SchemaGrads("ptft_fast::layer_norm_fwd")
+
+    def setup(ctx, inputs, output):
         x, weight, bias, residual, rng, _eps, rms, dropout_p, store_h = inputs
         _y, h, mean, rstd = output
         ctx.save_for_backward(h if store_h else x, weight, bias, mean, rstd, rng)
         ctx.meta = (rms, dropout_p, residual is not None, store_h)
 
-    def ln_backward(ctx, dy, dh, _dmean, _drstd):
+    def backward(ctx, dy, dh, _dmean, _drstd):
         hx, weight, bias, mean, rstd, rng = ctx.saved_tensors
         rms, dropout_p, has_res, store_h = ctx.meta
         dy = torch.zeros_like(hx) if dy is None else dy.contiguous()
         dh = dh.contiguous() if store_h and dh is not None and dh.numel() else None
-        dx, dres, dw, db = ops.layer_norm_bwd(
+        dx, dres, dw, db = torch.ops.ptft_fast.layer_norm_bwd(
             dy, dh, hx, weight, bias, mean, rstd, rng, rms, dropout_p, has_res
         )
-        return (
-            dx,
-            dw if weight is not None else None,
-            db if bias is not None else None,
-            dres if has_res else None,
-            None,
-            None,
-            None,
-            None,
-            None,
+        return grads(
+            x=dx,
+            weight=dw if weight is not None else None,
+            bias=db if bias is not None else None,
+            residual=dres if has_res else None,
         )
 
-    torch.library.register_autograd("ptft_fast::layer_norm_fwd", ln_backward, setup_context=ln_setup)
+    torch.library.register_autograd("ptft_fast::layer_norm_fwd", backward, setup_context=setup)
 
-    # attention
+
+def _register_attention() -> None:
     @torch.library.register_fake("ptft_fast::attention_fwd")
     def _(
         q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, max_q, max_k, causal, dropout_p, scale
     ):  # fmt: skip
         batch = q.shape[0] if cu_q is None else cu_q.shape[0] - 1
-        return torch.empty_like(q), q.new_empty((batch, q.shape[-2], max_q), dtype=f32)
+        return torch.empty_like(q), q.new_empty((batch, q.shape[-2], max_q), dtype=_F32)
 
     @torch.library.register_fake("ptft_fast::attention_bwd")
     def _(
@@ -275,41 +257,46 @@ def _register_library() -> None:
         max_q, max_k, causal, dropout_p, scale, bias_grad, rel_grad,
     ):  # fmt: skip
         dbias = torch.empty_like(bias) if bias_grad else q.new_empty(0)
-        drel = torch.empty_like(rel_table) if rel_grad else q.new_empty(0, dtype=f32)
+        drel = torch.empty_like(rel_table) if rel_grad else q.new_empty(0, dtype=_F32)
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, drel
 
-    def attn_setup(ctx, inputs, output):
+    grads = SchemaGrads("ptft_fast::attention_fwd")
+
+    def setup(ctx, inputs, output):
         q, k, v, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng, *meta = inputs
         out, lse = output
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng)
         ctx.meta = tuple(meta)  # max_q, max_k, causal, dropout_p, scale
-        ctx.bias_grad = bias is not None and ctx.needs_input_grad[6]
-        ctx.rel_grad = rel_table is not None and ctx.needs_input_grad[8]
+        ctx.bias_grad = bias is not None and grads.needed(ctx, "attn_bias")
+        ctx.rel_grad = rel_table is not None and grads.needed(ctx, "rel_table")
 
-    def attn_backward(ctx, dout, _dlse):
+    def backward(ctx, dout, _dlse):
         q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng = ctx.saved_tensors
-        dq, dk, dv, dbias, drel = ops.attention_bwd(
+        dq, dk, dv, dbias, drel = torch.ops.ptft_fast.attention_bwd(
             dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, kpm, bias, rel_lut, rel_table, prefix, rng,
             *ctx.meta, ctx.bias_grad, ctx.rel_grad,
         )  # fmt: skip
-        grads = [None] * 16  # one per forward input
-        grads[:3] = dq, dk, dv
-        grads[6] = dbias if ctx.bias_grad else None
-        grads[8] = drel if ctx.rel_grad else None
-        return tuple(grads)
+        return grads(
+            q=dq,
+            k=dk,
+            v=dv,
+            attn_bias=dbias if ctx.bias_grad else None,
+            rel_table=drel if ctx.rel_grad else None,
+        )
 
-    torch.library.register_autograd("ptft_fast::attention_fwd", attn_backward, setup_context=attn_setup)
+    torch.library.register_autograd("ptft_fast::attention_fwd", backward, setup_context=setup)
 
-    # linear cross-entropy
+
+def _register_linear_cross_entropy() -> None:
     @torch.library.register_fake("ptft_fast::linear_cross_entropy_fwd")
     def _(hidden, weight, labels, bias, ignore_index, label_smoothing, z_loss, reduction):
         n = hidden.shape[0]
-        loss = hidden.new_empty(n, dtype=f32) if reduction == "none" else hidden.new_empty((), dtype=f32)
+        loss = hidden.new_empty(n, dtype=_F32) if reduction == "none" else hidden.new_empty((), dtype=_F32)
         return (
             loss,
-            hidden.new_empty(n, dtype=f32),
-            hidden.new_empty(n, dtype=i32),
-            hidden.new_empty(1, dtype=i32),
+            hidden.new_empty(n, dtype=_F32),
+            hidden.new_empty(n, dtype=_I32),
+            hidden.new_empty(1, dtype=_I32),
         )
 
     @torch.library.register_fake("ptft_fast::linear_cross_entropy_bwd")
@@ -317,26 +304,25 @@ def _register_library() -> None:
         db = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
         return torch.empty_like(hidden), torch.empty_like(weight), db
 
-    def linear_cross_entropy_setup(ctx, inputs, output):
+    grads = SchemaGrads("ptft_fast::linear_cross_entropy_fwd")
+
+    def setup(ctx, inputs, output):
         hidden, weight, labels, bias, _ignore, label_smoothing, z_loss, reduction = inputs
         _loss, lse, rows, count = output
         ctx.save_for_backward(hidden, weight, labels, bias, lse, rows, count)
         ctx.meta = (label_smoothing, z_loss, reduction)
 
-    def linear_cross_entropy_backward(ctx, dloss, _dlse, _drows, _dcount):
+    def backward(ctx, dloss, _dlse, _drows, _dcount):
         hidden, weight, labels, bias, lse, rows, count = ctx.saved_tensors
-        dh, dw, db = ops.linear_cross_entropy_bwd(
+        dh, dw, db = torch.ops.ptft_fast.linear_cross_entropy_bwd(
             dloss.float().contiguous(), hidden, weight, labels, bias, lse, rows, count, *ctx.meta
         )
-        return dh, dw, None, db if bias is not None else None, None, None, None, None
+        return grads(hidden=dh, weight=dw, bias=db if bias is not None else None)
 
-    torch.library.register_autograd(
-        "ptft_fast::linear_cross_entropy_fwd",
-        linear_cross_entropy_backward,
-        setup_context=linear_cross_entropy_setup,
-    )
+    torch.library.register_autograd("ptft_fast::linear_cross_entropy_fwd", backward, setup_context=setup)
 
-    # LoRA
+
+def _register_lora_linear() -> None:
     @torch.library.register_fake("ptft_fast::lora_linear_fwd")
     def _(x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p):
         # u: (2, M, r), the low-rank activation as a 16-bit hi + lo pair
@@ -348,24 +334,32 @@ def _register_library() -> None:
         db = x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0)
         return torch.empty_like(x), dw, db, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
-    def lora_linear_setup(ctx, inputs, output):
+    grads = SchemaGrads("ptft_fast::lora_linear_fwd")
+
+    def setup(ctx, inputs, output):
         x, weight, bias, lora_a, lora_b, rng, scaling, dropout_p = inputs
         _y, u = output
         ctx.save_for_backward(x, weight, lora_a, lora_b, u, rng)
         ctx.meta = (scaling, dropout_p)
-        ctx.grads = (ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        ctx.grads = (grads.needed(ctx, "weight"), bias is not None and grads.needed(ctx, "bias"))
 
-    def lora_linear_backward(ctx, dy, _du):
+    def backward(ctx, dy, _du):
         x, weight, lora_a, lora_b, u, rng = ctx.saved_tensors
         wg, bg = ctx.grads
-        dx, dw, db, da, dbm = ops.lora_linear_bwd(
+        dx, dw, db, da, dbm = torch.ops.ptft_fast.lora_linear_bwd(
             dy.contiguous(), x, weight, lora_a, lora_b, u, rng, *ctx.meta, wg, bg
         )
-        return dx, dw if wg else None, db if bg else None, da, dbm, None, None, None
+        return grads(x=dx, weight=dw if wg else None, bias=db if bg else None, lora_a=da, lora_b=dbm)
 
-    torch.library.register_autograd(
-        "ptft_fast::lora_linear_fwd", lora_linear_backward, setup_context=lora_linear_setup
-    )
+    torch.library.register_autograd("ptft_fast::lora_linear_fwd", backward, setup_context=setup)
+
+
+def _register_library() -> None:
+    """Autograd and fake implementations of the torch.ops.ptft_fast ops declared in csrc, per op."""
+    _register_layer_norm()
+    _register_attention()
+    _register_linear_cross_entropy()
+    _register_lora_linear()
 
 
 # ------------------------------------------------------------------------ public-signature ops
@@ -390,35 +384,9 @@ def layer_norm_cuda(
     return (y, h.view(x.shape)) if return_residual else y
 
 
-def attention_cuda(
-    q,
-    k,
-    v,
-    *,
-    causal=False,
-    key_padding_mask=None,
-    cu_seqlens_q=None,
-    cu_seqlens_k=None,
-    max_seqlen_q=None,
-    max_seqlen_k=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    softmax_scale=None,
-    prefix_lengths=None,
-):
-    a = adapt_attention(
-        q,
-        k,
-        v,
-        key_padding_mask=key_padding_mask,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        max_seqlen_q=max_seqlen_q,
-        max_seqlen_k=max_seqlen_k,
-        attn_bias=attn_bias,
-        softmax_scale=softmax_scale,
-        prefix_lengths=prefix_lengths,
-    )
+def attention_cuda(q, k, v, args: AttentionArgs):
+    a = adapt_attention(q, k, v, args)
+    dropout_p = float(args.dropout_p)
     rng = draw_rng(q.device) if dropout_p > 0.0 else None
     out, _ = torch.ops.ptft_fast.attention_fwd(
         a.q,
@@ -434,8 +402,8 @@ def attention_cuda(
         rng,
         a.max_seqlen_q,
         a.max_seqlen_k,
-        bool(causal),
-        float(dropout_p),
+        bool(args.causal),
+        dropout_p,
         a.softmax_scale,
     )
     return out

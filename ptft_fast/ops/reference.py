@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptft_fast.ops.attention_args import DEFAULT as DEFAULT_ATTENTION_ARGS
+from ptft_fast.ops.attention_args import AttentionArgs
 from ptft_fast.ops.graph_mode import in_graph
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
@@ -109,28 +111,32 @@ def attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    args: AttentionArgs | None = None,
     *,
-    causal: bool = False,
-    key_padding_mask: torch.Tensor | None = None,
-    cu_seqlens_q: torch.Tensor | None = None,
-    cu_seqlens_k: torch.Tensor | None = None,
-    max_seqlen_q: int | None = None,
-    max_seqlen_k: int | None = None,
-    attn_bias: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    softmax_scale: float | None = None,
-    prefix_lengths: torch.Tensor | None = None,
     upcast: bool = True,
+    **options,
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale + bias + mask) v through ``F.scaled_dot_product_attention``.
 
     q: (B, Tq, Hq, D), k/v: (B, Tk, Hkv, D), or packed (total, H, D) with cu_seqlens_q/k (B+1,)
-    and max_seqlen_q/k. key_padding_mask: (B, Tk) bool, True = attend. attn_bias: broadcastable
+    and max_seqlen_q/k. The options come as one :class:`AttentionArgs` (the backends' form) or,
+    for callers such as tests, as its fields by keyword (``causal=True, attn_bias=...``), not both.
+    key_padding_mask: (B, Tk) bool, True = attend. attn_bias: broadcastable
     to (B, Hq, Tq, Tk) (padded coordinates in varlen form), or a ``RelativePositionBias`` (T5,
     materialized here). ``causal`` is aligned to the bottom right: query i sees key j iff
     j <= i + (Tk - Tq), per sequence, or (prefix LM, prefix_lengths (B,)) j < prefix_lengths[b].
     Queries that see no key give zeros. Returns like q.
     """
+    if options:
+        if args is not None:
+            raise TypeError("attention_ref: give an AttentionArgs or its fields as keywords, not both")
+        args = AttentionArgs(**options)
+    elif args is None:
+        args = DEFAULT_ATTENTION_ARGS
+    causal, key_padding_mask, attn_bias = args.causal, args.key_padding_mask, args.attn_bias
+    cu_seqlens_q, cu_seqlens_k = args.cu_seqlens_q, args.cu_seqlens_k
+    max_seqlen_q, max_seqlen_k, prefix_lengths = args.max_seqlen_q, args.max_seqlen_k, args.prefix_lengths
+    dropout_p, softmax_scale = args.dropout_p, args.softmax_scale
     out_dtype = q.dtype
     cdt = _compute_dtype(q, upcast)
     varlen = cu_seqlens_q is not None

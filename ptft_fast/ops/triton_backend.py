@@ -12,8 +12,6 @@ the mask from it. Public signatures match ``torch_backend``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -27,9 +25,11 @@ from ptft_fast.kernels.cross_entropy import (
 )
 from ptft_fast.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 from ptft_fast.kernels.lora import lora_linear_bwd, lora_linear_fwd
+from ptft_fast.ops.attention_args import AttentionArgs
 from ptft_fast.ops.cross_entropy import check_labels_in_range
 from ptft_fast.ops.dispatch import register
 from ptft_fast.ops.relative_bias import RelativePositionBias
+from ptft_fast.ops.schema_grads import SchemaGrads
 
 MAX_HEAD_DIM = 256
 _NS = "ptft_triton"
@@ -109,11 +109,15 @@ def _ln_backward(ctx, dy, dh_out, *_):
     if dh_out is not None and dh_out.numel() != dy.numel():  # the (0,) placeholder h: no grad
         dh_out = None
     dx, dres, dw, db = _ln_bwd(dy, h, weight, mean, rstd, dh_out, seed, rms, dropout_p, x_dtype, res_dtype)
-    dweight = dw.to(weight.dtype) if weight is not None else None
-    dbias = db.to(bias_dtype) if bias_dtype is not None else None
-    return dx, dweight, dbias, dres if res_dtype is not None else None, None, None, None, None
+    return _LN_GRADS(
+        x=dx,
+        weight=dw.to(weight.dtype) if weight is not None else None,
+        bias=db.to(bias_dtype) if bias_dtype is not None else None,
+        residual=dres if res_dtype is not None else None,
+    )
 
 
+_LN_GRADS = SchemaGrads(f"{_NS}::layer_norm_fwd")
 torch.library.register_autograd(f"{_NS}::layer_norm_fwd", _ln_backward, setup_context=_ln_setup)
 
 
@@ -198,8 +202,7 @@ def _(do, q, k, v, o, lse, seed, bias, rel_table, *rest):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias, dtable
 
 
-_ATTN_META = ("rel_lut", "cu_q", "cu_k", "kpm", "prefix", "batch", "max_q", "max_k", "causal", "p", "scale")
-_ATTN_TENSORS = 5  # the leading entries of _ATTN_META are tensors (saved for backward)
+_ATTN_TENSORS = 5  # rel_lut, cu_q, cu_k, kpm, prefix: the tensors after rel_table (saved for backward)
 
 
 def _attn_setup(ctx, inputs, output):
@@ -211,59 +214,42 @@ def _attn_setup(ctx, inputs, output):
 
 def _attn_backward(ctx, do, *_):
     q, k, v, o, lse, seed, bias, rel_table, *tensors = ctx.saved_tensors
-    bias_grad = bias is not None and ctx.needs_input_grad[3]
-    rel_grad = rel_table is not None and ctx.needs_input_grad[4]
+    bias_grad = bias is not None and _ATTN_GRADS.needed(ctx, "bias")
+    rel_grad = rel_table is not None and _ATTN_GRADS.needed(ctx, "rel_table")
     # torch.use_deterministic_algorithms(True) selects the atomic-free two-pass backward
     deterministic = torch.are_deterministic_algorithms_enabled()
     dq, dk, dv, dbias, dtable = _attn_bwd(
         do, q, k, v, o, lse, seed, bias, rel_table, *tensors, *ctx.meta, bias_grad, rel_grad, deterministic
     )
-    return (dq, dk, dv, dbias if bias_grad else None, dtable if rel_grad else None) + (None,) * len(
-        _ATTN_META
+    return _ATTN_GRADS(
+        q=dq, k=dk, v=dv, bias=dbias if bias_grad else None, rel_table=dtable if rel_grad else None
     )
 
 
+_ATTN_GRADS = SchemaGrads(f"{_NS}::attention_fwd")
 torch.library.register_autograd(f"{_NS}::attention_fwd", _attn_backward, setup_context=_attn_setup)
 
 
 @register("attention", "triton")
-def attention_triton(
-    q,
-    k,
-    v,
-    *,
-    causal=False,
-    key_padding_mask=None,
-    cu_seqlens_q=None,
-    cu_seqlens_k=None,
-    max_seqlen_q=None,
-    max_seqlen_k=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    softmax_scale=None,
-    prefix_lengths=None,
-):
-    """See :func:`ptft_fast.ops.attention`."""
+def attention_triton(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs) -> Tensor:
+    """See :func:`ptft_fast.ops.attention`; ``args`` as the public op checked them."""
     if q.shape[-1] > MAX_HEAD_DIM:  # one (BLOCK, D) tile per operand must fit on chip
         raise ValueError(
             f"attention: the triton backend supports head dim D <= {MAX_HEAD_DIM}, got D={q.shape[-1]}"
         )
-    if cu_seqlens_q is not None:
-        batch, max_q, max_k = cu_seqlens_q.numel() - 1, max_seqlen_q, max_seqlen_k
-    else:
-        batch, max_q, max_k = q.shape[0], q.shape[1], k.shape[1]
-    rel = attn_bias if isinstance(attn_bias, RelativePositionBias) else None
-    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.int8)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    batch, max_q, max_k = args.batch_and_lengths(q, k)
+    bias = args.attn_bias
+    rel = bias if isinstance(bias, RelativePositionBias) else None
+    kpm = None if args.key_padding_mask is None else args.key_padding_mask.to(torch.int8)
     # (B, T, H, D) → (B·T, H, D): padded batches are varlen with fixed starts
     q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
     o, _, _ = _attn_fwd(
         q3, k3, v3,
-        None if rel is not None else attn_bias,
+        None if rel is not None else bias,
         None if rel is None else rel.table,
         None if rel is None else rel.bucket_lut(max_q, max_k),
-        cu_seqlens_q, cu_seqlens_k, kpm, prefix_lengths, batch, max_q, max_k, bool(causal), float(dropout_p),
-        float(scale),
+        args.cu_seqlens_q, args.cu_seqlens_k, kpm, args.prefix_lengths, batch, max_q, max_k, bool(args.causal),
+        float(args.dropout_p), args.scale(q.shape[-1]),
     )  # fmt: skip
     return o.view(q.shape)
 
@@ -324,9 +310,10 @@ def _linear_cross_entropy_setup(ctx, inputs, output):
 def _linear_cross_entropy_backward(ctx, dloss, *_):
     hidden, weight, bias, labels, rows, count, lse = ctx.saved_tensors
     dh, dw, db = _linear_cross_entropy_bwd(dloss, hidden, weight, bias, labels, rows, count, lse, *ctx.meta)
-    return dh, dw, db if bias is not None else None, None, None, None, None
+    return _LINEAR_CROSS_ENTROPY_GRADS(hidden=dh, weight=dw, bias=db if bias is not None else None)
 
 
+_LINEAR_CROSS_ENTROPY_GRADS = SchemaGrads(f"{_NS}::linear_cross_entropy_fwd")
 torch.library.register_autograd(
     f"{_NS}::linear_cross_entropy_fwd",
     _linear_cross_entropy_backward,
@@ -398,11 +385,12 @@ def _lora_linear_backward(ctx, dy, *_):
     x, t, seed, weight, lora_a, lora_b = ctx.saved_tensors
     dx, dla, dlb = _lora_linear_bwd(dy, x, t, seed, weight, lora_a, lora_b, *ctx.meta)
     # the base weight is normally frozen; its grads only when asked for
-    dw = (dy.t() @ x.to(dy.dtype)).to(weight.dtype) if ctx.needs_input_grad[1] else None
-    db = dy.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
-    return dx, dw, db, dla, dlb, None, None
+    dw = (dy.t() @ x.to(dy.dtype)).to(weight.dtype) if _LORA_LINEAR_GRADS.needed(ctx, "weight") else None
+    db = dy.sum(0).to(ctx.bias_dtype) if _LORA_LINEAR_GRADS.needed(ctx, "bias") else None
+    return _LORA_LINEAR_GRADS(x=dx, weight=dw, bias=db, lora_a=dla, lora_b=dlb)
 
 
+_LORA_LINEAR_GRADS = SchemaGrads(f"{_NS}::lora_linear_fwd")
 torch.library.register_autograd(
     f"{_NS}::lora_linear_fwd", _lora_linear_backward, setup_context=_lora_linear_setup
 )

@@ -15,6 +15,7 @@ import torch
 
 from ptft_fast.ops import attention, layer_norm, linear_cross_entropy, lora_linear
 from ptft_fast.ops import cuda_backend as cb
+from ptft_fast.ops.attention_args import AttentionArgs
 from ptft_fast.ops.dispatch import BackendUnavailableError, backend_available
 from ptft_fast.ops.relative_bias import RelativePositionBias
 
@@ -64,38 +65,18 @@ def test_no_registration_without_extension():
 
 def test_adapt_attention_rejects_unsupported_head_dim_and_dtype():
     q = torch.randn(1, 3, 2, 80, dtype=torch.bfloat16)
-    kw = dict(
-        key_padding_mask=None,
-        cu_seqlens_q=None,
-        cu_seqlens_k=None,
-        max_seqlen_q=None,
-        max_seqlen_k=None,
-        attn_bias=None,
-        softmax_scale=None,
-    )
     with pytest.raises(ValueError, match=r"head dim D.*\(32, 64, 128\).*got 80"):
-        cb.adapt_attention(q, q, q, **kw)
+        cb.adapt_attention(q, q, q, AttentionArgs())
     q32 = torch.randn(1, 3, 2, 64)
     with pytest.raises(TypeError, match=r"q must be float16 or bfloat16.*float32"):
-        cb.adapt_attention(q32, q32, q32, **kw)
+        cb.adapt_attention(q32, q32, q32, AttentionArgs())
 
 
 def test_adapt_attention_padded_defaults_and_bias_cast():
     q = torch.randn(2, 5, 4, 64, dtype=torch.float16).transpose(1, 2).transpose(1, 2)
     k = torch.randn(2, 7, 2, 64, dtype=torch.float16)
     bias = torch.randn(1, 4, 5, 7)  # fp32 bias, fp16 q
-    a = cb.adapt_attention(
-        q,
-        k,
-        k,
-        key_padding_mask=None,
-        cu_seqlens_q=None,
-        cu_seqlens_k=None,
-        max_seqlen_q=None,
-        max_seqlen_k=None,
-        attn_bias=bias,
-        softmax_scale=None,
-    )
+    a = cb.adapt_attention(q, k, k, AttentionArgs(attn_bias=bias))
     assert (a.max_seqlen_q, a.max_seqlen_k) == (5, 7)
     assert a.softmax_scale == pytest.approx(1 / 8)
     assert a.attn_bias.dtype == torch.float16 and a.attn_bias.shape == bias.shape
@@ -106,39 +87,23 @@ def test_adapt_attention_varlen_and_relative_bias():
     q = torch.randn(9, 2, 128, dtype=torch.bfloat16)
     cu = torch.tensor([0, 4, 9], dtype=torch.int64)
     rel = RelativePositionBias(torch.randn(32, 2), bidirectional=True, num_buckets=32, max_distance=128)
-    a = cb.adapt_attention(
-        q,
-        q,
-        q,
-        key_padding_mask=None,
-        cu_seqlens_q=cu,
-        cu_seqlens_k=cu,
-        max_seqlen_q=5,
-        max_seqlen_k=5,
-        attn_bias=rel,
-        softmax_scale=0.5,
-    )
+    varlen = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=5, max_seqlen_k=5)
+    a = cb.adapt_attention(q, q, q, AttentionArgs(attn_bias=rel, softmax_scale=0.5, **varlen))
     assert a.cu_seqlens_q.dtype == torch.int32 and a.cu_seqlens_q.tolist() == [0, 4, 9]
     assert (a.max_seqlen_q, a.max_seqlen_k, a.softmax_scale) == (5, 5, 0.5)
     assert a.attn_bias is None  # the T5 table goes to the kernels, looked up there
     assert a.rel_table.dtype == torch.float32 and a.rel_table.shape == (32, 2)
     assert a.rel_lut.dtype == torch.int32 and a.rel_lut.tolist() == rel.bucket_lut(5, 5).tolist()
     big = RelativePositionBias(torch.randn(300, 2), num_buckets=300)  # past the kernels' cap: dense
-    kw = dict(key_padding_mask=None, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=5, max_seqlen_k=5)
-    a = cb.adapt_attention(q, q, q, attn_bias=big, softmax_scale=None, **kw)
+    a = cb.adapt_attention(q, q, q, AttentionArgs(attn_bias=big, **varlen))
     assert a.rel_lut is None and a.attn_bias.shape[-2:] == (5, 5) and a.attn_bias.dtype == torch.bfloat16
 
 
 def test_adapt_attention_prefix_lengths_to_int32():
     q = torch.randn(2, 5, 2, 64, dtype=torch.bfloat16)
-    kw = dict(
-        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None
-    )
-    a = cb.adapt_attention(
-        q, q, q, attn_bias=None, softmax_scale=None, prefix_lengths=torch.tensor([3, 0]), **kw
-    )
+    a = cb.adapt_attention(q, q, q, AttentionArgs(causal=True, prefix_lengths=torch.tensor([3, 0])))
     assert a.prefix_lengths.dtype == torch.int32 and a.prefix_lengths.tolist() == [3, 0]
-    assert cb.adapt_attention(q, q, q, attn_bias=None, softmax_scale=None, **kw).prefix_lengths is None
+    assert cb.adapt_attention(q, q, q, AttentionArgs()).prefix_lengths is None
 
 
 def test_adapt_layer_norm_dtype_rules():
@@ -188,6 +153,7 @@ _META_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import _meta_ops
     from ptft_fast.ops import cuda_backend as cb
+    from ptft_fast.ops.attention_args import AttentionArgs
 
     assert len(_meta_ops.schemas()) == 8, _meta_ops.schemas()
     lib = _meta_ops.install()  # keep a stand-in Library alive: its ops vanish with it
@@ -210,7 +176,8 @@ _META_SCRIPT = textwrap.dedent(
     q, k, v = leaf(2, 7, 4, 64), leaf(2, 9, 2, 64), leaf(2, 9, 2, 64)
     bias = leaf(4, 7, 9)
     mask = torch.ones(2, 9, dtype=torch.bool, device=M)
-    o = cb.attention_cuda(q, k, v, causal=True, key_padding_mask=mask, attn_bias=bias, dropout_p=0.1)
+    args = AttentionArgs(causal=True, key_padding_mask=mask, attn_bias=bias, dropout_p=0.1)
+    o = cb.attention_cuda(q, k, v, args)
     assert o.shape == q.shape
     o.float().sum().backward()
     assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
@@ -218,19 +185,20 @@ _META_SCRIPT = textwrap.dedent(
     # T5 relative bias, looked up in the kernels: gradient into its (num_buckets, Hq) table
     from ptft_fast.ops.relative_bias import RelativePositionBias
     table = leaf(32, 4, dtype=torch.float32)
-    cb.attention_cuda(q, k, v, causal=True, attn_bias=RelativePositionBias(table)).float().sum().backward()
+    rel = AttentionArgs(causal=True, attn_bias=RelativePositionBias(table))
+    cb.attention_cuda(q, k, v, rel).float().sum().backward()
     assert table.grad.shape == (32, 4) and table.grad.dtype == torch.float32
     # varlen, fp16, no bias
     qv = leaf(11, 2, 128, dtype=f16)
     cu = torch.zeros(3, dtype=torch.int64, device=M)
-    ov = cb.attention_cuda(qv, qv, qv, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6, max_seqlen_k=6)
+    varlen = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6, max_seqlen_k=6)
+    ov = cb.attention_cuda(qv, qv, qv, AttentionArgs(**varlen))
     ov.float().sum().backward()
     assert ov.shape == qv.shape and qv.grad.shape == qv.shape
     # prefix LM: per-sequence prefix lengths, varlen
     qp = leaf(11, 2, 64)
     pre = torch.zeros(2, dtype=torch.int64, device=M)
-    op = cb.attention_cuda(qp, qp, qp, causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6,
-                           max_seqlen_k=6, prefix_lengths=pre)
+    op = cb.attention_cuda(qp, qp, qp, AttentionArgs(causal=True, prefix_lengths=pre, **varlen))
     op.float().sum().backward()
     assert op.shape == qp.shape and qp.grad.shape == qp.shape
 
@@ -282,12 +250,9 @@ def test_check_csrc_skips_without_nvcc():
 
 
 def test_adapt_attention_copies_views_off_the_16_byte_grid():
-    kw = dict(
-        key_padding_mask=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None
-    )
     base = torch.randn(4 * 2 * 64 + 1, dtype=torch.bfloat16)
     q = base[1:].view(1, 4, 2, 64)  # contiguous, but 2 bytes past an aligned start
-    a = cb.adapt_attention(q, q, q, attn_bias=None, softmax_scale=None, **kw)
+    a = cb.adapt_attention(q, q, q, AttentionArgs())
     assert a.q.storage_offset() == 0 and torch.equal(a.q, q)
     aligned = base[8:].view(-1)[: 4 * 2 * 64 - 8]
     assert cb._aligned16(aligned) is aligned

@@ -274,3 +274,12 @@ def test_mlm_without_labeled_tokens():
     assert out.loss.item() == 0.0
     out.loss.backward()
     assert torch.count_nonzero(model.encoder.embed_tokens.weight.grad) == 0
+
+
+@pytest.mark.parametrize("preset", ["bert-tiny-cpu", "gpt-tiny", "t5-tiny", "bart-tiny"])
+def test_models_build_on_the_public_norm_modules(preset):
+    """Every norm of the model core is a ptft_fast.nn module (the drop-ins the package ships)."""
+    from ptft_fast.nn import LayerNorm, RMSNorm
+
+    norms = [m for m in from_name(preset).modules() if "norm" in type(m).__name__.lower()]
+    assert norms and all(type(m) in (LayerNorm, RMSNorm) for m in norms), {type(m) for m in norms}

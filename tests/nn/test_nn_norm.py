@@ -92,3 +92,28 @@ def test_wrong_input_shape_names_the_rule():
         LayerNorm(8)(torch.randn(2, 7))
     with pytest.raises(ValueError, match="normalized_shape"):
         RMSNorm((2, 4))(torch.randn(4))
+
+
+@pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
+def test_fused_dropout_in_training_only(cls):
+    """norm(dropout(x) + residual): each dropped-in element of h - residual is 0 or x / (1 - p),
+    y is the plain torch norm of that h; in eval mode no dropout at all."""
+    torch.manual_seed(0)
+    x, r = torch.randn(64, 32, dtype=torch.float64), torch.randn(64, 32, dtype=torch.float64)
+    norm = cls(32, 1e-5, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    plain = (
+        nn.RMSNorm(32, 1e-5, dtype=torch.float64) if cls is RMSNorm else nn.LayerNorm(32, dtype=torch.float64)
+    )
+    plain.load_state_dict(norm.state_dict())
+    p = 0.5
+    y, h = norm(x, residual=r, return_residual=True, dropout_p=p)
+    kept = (h - r).abs() > 0
+    assert torch.allclose((h - r)[kept], x[kept] / (1 - p))
+    assert 0.35 < kept.double().mean() < 0.65  # 2048 Bernoulli(0.5) draws: 7 sd either side
+    torch.testing.assert_close(y, plain(h))
+    norm.eval()
+    y, h = norm(x, residual=r, return_residual=True, dropout_p=p)
+    torch.testing.assert_close(h, x + r)
+    torch.testing.assert_close(y, plain(x + r))
