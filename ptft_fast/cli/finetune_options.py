@@ -77,8 +77,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 def add_loop_options(p: argparse.ArgumentParser) -> None:
     """The pre-training loop's machinery, for fine-tuning (ptft_fast.finetune.loop)."""
-    from ptft_fast.train.config import PRECISIONS
     from ptft_fast.cli.deepspeed_run import add_deepspeed_args
+    from ptft_fast.train.config import PRECISIONS
     from ptft_fast.train.report import REPORT_TO
 
     s = p.add_argument_group("training loop (the machinery of ptft pretrain)")
@@ -143,8 +143,8 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
 
 def validate_loop(args) -> None:
     """The loop options' combinations, the reporter's package and the checkpoint to resume."""
-    from ptft_fast.train import checkpoint as ckpt
     from ptft_fast.cli.deepspeed_run import options_from_args
+    from ptft_fast.train import checkpoint as ckpt
     from ptft_fast.train.report import require
 
     require(args.report_to)

@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ptft_fast.utils.atomic import fix_mode
 from ptft_fast.train import checkpoint as ckpt
+from ptft_fast.utils.atomic import fix_mode
 
 # settings that may change between a run and its resumption without changing what it computes
 _FREE = ("resume", "progress", "out", "deepspeed", "report_to", "keep_last")
