@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ptft_fast.benchmarks.harness import RESULTS_DIR, cpu_model, environment, write_csv
+from ptft_fast.benchmarks.harness import RESULTS_DIR, environment, write_csv
+from ptft_fast.utils.device import cpu_model
 
 FIELDS = [
     "preset", "objective", "threads", "tokens_per_s", "step_ms_p20", "step_ms_p50", "step_ms_p80",

@@ -1,6 +1,6 @@
 """No import goes up the layers (docs/ARCHITECTURE.md, "Layers").
 
-kernels/ → ops → nn → models, data → peft → hf, generate → train, finetune → benchmarks → cli.
+kernels/ → ops → nn → models, data → peft → hf, generate → train → finetune → benchmarks → cli.
 A module may import from its own package and from any lower layer, never from a higher or an equal
 one; ``ptft_fast.utils`` and ``ptft_fast.errors`` are below everything and import nothing of
 ptft_fast. Every import counts,
@@ -32,10 +32,10 @@ RANKS = {
     "peft": 5,
     "hf": 6,  # interop with transformers and peft: converts models and adapters
     "generate": 6,
-    "train": 7,
-    "finetune": 7,
-    "benchmarks": 8,
-    "cli": 9,
+    "train": 7,  # the training machinery (strategies, checkpoints, metrics) and the pre-training loop
+    "finetune": 8,  # fine-tuning runs on train's machinery; train never imports finetune
+    "benchmarks": 9,
+    "cli": 10,
 }
 # the package facade (ptft_fast/__init__.py, __main__.py) and the import-path helper sit outside the layers
 FACADE = {"__init__", "__main__", "_source_tree", "_C"}

@@ -5,7 +5,10 @@ With a time budget (``max_time_s`` > 0) the learning-rate schedule runs over the
 it: :func:`planned_steps` re-estimates them at every step from the step rate measured so far
 (steps done × max_time_s / elapsed), capped by ``max_steps``. Warm-up (10 % of the planned steps
 unless ``warmup_steps`` is given) and decay therefore end when the time does, instead of being
-laid out over a ``max_steps`` the run never reaches.
+laid out over a ``max_steps`` the run never reaches. The decay is planned to reach its floor
+:data:`BUDGET_MARGIN_STEPS` steps before the estimated end: which step is the last one is known only
+once the time is up, and a last step slower than the mean (a loaded machine) would otherwise end
+the run a step or two above the floor.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import math
 
 from ptft_fast.train.config import TrainConfig
+
+BUDGET_MARGIN_STEPS = 2  # a time-budgeted decay ends this many (mean) steps before the budget
 
 
 def planned_steps(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> int:
@@ -28,7 +33,8 @@ def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     training after the run's start.
 
     Linear warm-up over the warm-up steps (step 0 gets 1/warmup), then: constant; linear or cosine
-    decay to ``min_lr_ratio`` at the last planned step (:func:`planned_steps`); or inverse-sqrt
+    decay to ``min_lr_ratio`` at the last planned step (:func:`planned_steps`; with a binding time
+    budget :data:`BUDGET_MARGIN_STEPS` steps before it); or inverse-sqrt
     (``sqrt(warmup / step)``, the Transformer / T5 rule, floored at ``min_lr_ratio``).
     """
     total = planned_steps(step, cfg, elapsed_s)
@@ -40,7 +46,10 @@ def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     floor = cfg.min_lr_ratio
     if cfg.schedule == "inverse_sqrt":
         return max(floor, math.sqrt(max(warm, 1) / max(step + 1, 1)))
-    progress = min(1.0, (step - warm) / max(1, total - warm))
+    end = total
+    if cfg.max_time_s > 0 and total < cfg.max_steps:  # the budget binds: finish the decay a little early
+        end = max(warm + 1, total - BUDGET_MARGIN_STEPS)
+    progress = min(1.0, (step - warm) / max(1, end - warm))
     if cfg.schedule == "linear":
         return floor + (1.0 - floor) * (1.0 - progress)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine

@@ -16,6 +16,7 @@ import types
 
 import pytest
 import torch
+from installed import import_or_skip
 from safetensors.torch import load_file
 
 from ptft_fast.cli import main
@@ -128,7 +129,7 @@ def test_report_to_optional_extras(tmp_path, task_files, monkeypatch, capsys, ta
 
 
 def test_datasets_inputs_train_like_the_tsv(tmp_path, task_files):
-    datasets = pytest.importorskip("datasets")
+    datasets = import_or_skip("datasets")
     base, train = task_files
     ds = datasets.Dataset.from_dict({"sentence": [t for t, _ in rows()], "label": [y for _, y in rows()]})
     ds.save_to_disk(str(tmp_path / "saved"))

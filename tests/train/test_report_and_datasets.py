@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from installed import import_or_skip
 
 from ptft_fast.cli import main
 from ptft_fast.train.data import _texts
@@ -29,7 +30,7 @@ def test_pretrain_report_to_tensorboard_reads_back(new_run, tiny):
 
 @pytest.fixture
 def corpus(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = import_or_skip("datasets")
     docs = [f"document {i}: the quick brown fox jumps over lazy dog number {i}" for i in range(40)]
     ds = datasets.Dataset.from_dict(
         {"id": list(range(40)), "body": docs, "title": [f"t{i}" for i in range(40)]}

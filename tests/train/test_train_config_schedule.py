@@ -69,14 +69,16 @@ def test_validate_names_the_key(kw, match):
 
 def test_time_budget_schedule_runs_over_the_steps_that_fit():
     """max_time_s=100 with a generous max_steps: at 1 step/s the schedule plans 100 steps, so
-    warm-up ends at step 10 and the cosine reaches its floor at step 100 (not at 100,000)."""
+    warm-up ends at step 10 and the cosine reaches its floor at step 98 — two steps before the
+    budget, so that a slow last step still trains at the floor (not at 100,000)."""
     cfg = TrainConfig(max_steps=100_000, max_time_s=100, schedule="cosine", min_lr_ratio=0.1)
     assert planned_steps(0, cfg, 0.0) == 100_000  # nothing measured yet
     assert planned_steps(10, cfg, 10.0) == 100 and planned_steps(10, cfg, 5.0) == 200
     assert lr_factor(4, cfg, 4.0) == pytest.approx(0.5)  # warm-up: 10 % of the 100 planned steps
     assert lr_factor(10, cfg, 10.0) == pytest.approx(1.0)
-    assert lr_factor(55, cfg, 55.0) == pytest.approx(0.55)  # half-way through the decay
-    assert lr_factor(100, cfg, 100.0) == pytest.approx(0.1)
+    assert lr_factor(54, cfg, 54.0) == pytest.approx(0.55)  # half-way through the decay (10 → 98)
+    assert lr_factor(97, cfg, 97.0) > 0.1 + 1e-6
+    assert lr_factor(98, cfg, 98.0) == pytest.approx(0.1) and lr_factor(100, cfg, 100.0) == pytest.approx(0.1)
     # explicit warm-up stays in steps; max_steps still caps the plan; no budget: steps only
     assert lr_factor(29, TrainConfig(**{**cfg.to_dict(), "warmup_steps": 30}), 29.0) == pytest.approx(1.0)
     assert planned_steps(10, TrainConfig(max_steps=50, max_time_s=100), 10.0) == 50
