@@ -223,27 +223,8 @@ class Layer(nn.Module):
         ``prefix_lengths``: the self-attention's prefix LM lengths."""
         p = self.dropout if self.training else 0.0
         cross_kv = None
-        if self.pre_norm:
-            a, self_kv = self.attn(
-                self.attn_norm(x),
-                past=past_self,
-                causal=causal,
-                key_padding_mask=key_padding_mask,
-                attn_bias=attn_bias,
-                packing=packing,
-                prefix_lengths=prefix_lengths,
-                weights=attentions,
-            )
-            if self.cross is not None:
-                n, x = self.cross_norm(a, residual=x, dropout_p=p, return_residual=True)
-                a, cross_kv = self.cross(
-                    n, memory=memory, past=past_cross, key_padding_mask=memory_mask, weights=cross_attentions
-                )
-            n, x = self.mlp_norm(a, residual=x, dropout_p=p, return_residual=True)
-            m = self.mlp(n)
-            return x + (F.dropout(m, p, training=True) if p > 0.0 else m), self_kv, cross_kv
         a, self_kv = self.attn(
-            x,
+            self.attn_norm(x) if self.pre_norm else x,
             past=past_self,
             causal=causal,
             key_padding_mask=key_padding_mask,
@@ -252,6 +233,15 @@ class Layer(nn.Module):
             prefix_lengths=prefix_lengths,
             weights=attentions,
         )
+        if self.pre_norm:
+            if self.cross is not None:
+                n, x = self.cross_norm(a, residual=x, dropout_p=p, return_residual=True)
+                a, cross_kv = self.cross(
+                    n, memory=memory, past=past_cross, key_padding_mask=memory_mask, weights=cross_attentions
+                )
+            n, x = self.mlp_norm(a, residual=x, dropout_p=p, return_residual=True)
+            m = self.mlp(n)
+            return x + (F.dropout(m, p, training=True) if p > 0.0 else m), self_kv, cross_kv
         x = self.attn_norm(a, residual=x, dropout_p=p)
         if self.cross is not None:
             a, cross_kv = self.cross(
