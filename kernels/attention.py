@@ -79,6 +79,15 @@ def head_tile(first_row, offs, length, n_heads, head, HEAD_DIM: tl.constexpr, BL
 
 
 @triton.jit
+def load_pair(A, B, off, mask, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Two tiles at the same ``off`` of A and B (K and V, or Q and dO): masked loads only where the
+    tile may leave the sequence (``MASKED``) or pads the head dim; the unmasked load otherwise."""
+    if MASKED or BLOCK_D != HEAD_DIM:
+        return tl.load(A + off, mask=mask, other=0.0), tl.load(B + off, mask=mask, other=0.0)
+    return tl.load(A + off), tl.load(B + off)
+
+
+@triton.jit
 def scores(
     q, k, b, h, offs_m, offs_n, len_q, len_k, qk_scale,
     KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, need_mask, prefix,
@@ -174,12 +183,7 @@ def _fwd_key_blocks(
     for n0 in range(lo, hi, BLOCK_N):
         kn = n0 + offs_n
         kv_off, kv_mask = head_tile(k0, kn, len_k, n_kv_heads, hk, HEAD_DIM, BLOCK_D)
-        if MASKED or BLOCK_D != HEAD_DIM:
-            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        else:
-            k = tl.load(K + kv_off)
-            v = tl.load(V + kv_off)
+        k, v = load_pair(K, V, kv_off, kv_mask, MASKED, HEAD_DIM, BLOCK_D)
         s, _ = scores(
             q, k, b, h, offs_m, kn, len_q, len_k, qk_scale,
             KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False, prefix,

@@ -35,6 +35,7 @@ from ptft_fast.kernels.attention import (
     head_block,
     head_tile,
     launch_tiles,
+    load_pair,
     program_sequence,
     scores,
     seq_bucket,
@@ -66,12 +67,7 @@ def _query_rows(Q, DO, LSE, DELTA, q0, offs_m, len_q, n_heads, h,
     element offsets and mask (rows past len_q: zeros, lse = +inf so P = 0)."""
     q_off, q_mask = head_tile(q0, offs_m, len_q, n_heads, h, HEAD_DIM, BLOCK_D)
     row = (q0 + offs_m) * n_heads + h
-    if MASKED or BLOCK_D != HEAD_DIM:
-        q = tl.load(Q + q_off, mask=q_mask, other=0.0)
-        do = tl.load(DO + q_off, mask=q_mask, other=0.0)
-    else:
-        q = tl.load(Q + q_off)
-        do = tl.load(DO + q_off)
+    q, do = load_pair(Q, DO, q_off, q_mask, MASKED, HEAD_DIM, BLOCK_D)
     if MASKED:
         lse = tl.load(LSE + row, mask=offs_m < len_q, other=float("inf"))
         delta = tl.load(DELTA + row, mask=offs_m < len_q, other=0.0)
@@ -197,12 +193,7 @@ def _dq_key_blocks(
     for n0 in range(lo, hi, BLOCK_N):
         kn = n0 + tl.arange(0, BLOCK_N)
         kv_off, kv_mask = head_tile(k0, kn, len_k, n_kv_heads, hk, HEAD_DIM, BLOCK_D)
-        if MASKED or BLOCK_D != HEAD_DIM:
-            k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        else:
-            k = tl.load(K + kv_off)
-            v = tl.load(V + kv_off)
+        k, v = load_pair(K, V, kv_off, kv_mask, MASKED, HEAD_DIM, BLOCK_D)
         s, valid = scores(
             q, k, b, h, offs_m, kn, len_q, len_k, qk_scale,
             KPM, BIAS, sb_b, sb_h, sb_i, sb_j, LUT, TABLE, n_heads, max_q, max_k, False, prefix,
