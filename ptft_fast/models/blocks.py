@@ -1,7 +1,8 @@
 """Blocks shared by every model: attention, MLP, a transformer layer, the layer runner.
 
-Everything numeric goes through ``ptft_fast.ops`` (layer_norm, attention); projections are plain
-``nn.Linear``. Shapes: x is (B, T, C) in the padded form or (total, C) packed (varlen).
+Attention and norms are the public ``ptft_fast.nn`` modules (``Attention`` with fused projections,
+``LayerNorm`` / ``RMSNorm``); everything numeric goes through ``ptft_fast.ops``; the other
+projections are plain ``nn.Linear``. Shapes: x is (B, T, C) in the padded form or (total, C) packed (varlen).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ptft_fast import ops
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.state import KV, KVCache, Packing
+from ptft_fast.nn.attention import Attention
 from ptft_fast.nn.norm import LayerNorm, RMSNorm
 from ptft_fast.ops.graph_mode import in_graph
 
@@ -49,113 +50,20 @@ def make_norm(size: int, eps: float, *, rms: bool = False) -> LayerNorm | RMSNor
     return RMSNorm(size, eps) if rms else LayerNorm(size, eps)
 
 
-class Attention(nn.Module):
-    """Multi-head self- or cross-attention with fused projections (one GEMM for q, k, v).
-
-    Self: ``qkv`` (C → 3·H·D). Cross: ``q`` (C → H·D) on the decoder, ``kv`` (C → 2·H·D) on the
-    encoder memory. ``out`` (H·D → C). T5 uses no softmax scaling (folded into its init).
-    """
-
-    def __init__(self, config: ModelConfig, *, cross: bool = False, bias: bool = True):
-        super().__init__()
-        self.heads, self.head_dim = config.num_heads, config.resolved_head_dim
-        inner, hidden = config.attn_dim, config.hidden_size
-        self.cross = cross
-        if cross:
-            self.q = nn.Linear(hidden, inner, bias=bias)
-            self.kv = nn.Linear(hidden, 2 * inner, bias=bias)
-        else:
-            self.qkv = nn.Linear(hidden, 3 * inner, bias=bias)
-        self.out = nn.Linear(inner, hidden, bias=bias)
-        self.dropout = config.attention_dropout
-        self.softmax_scale = 1.0 if config.arch == "t5" else None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        memory: torch.Tensor | None = None,
-        past: KV | None = None,
-        causal: bool = False,
-        key_padding_mask: torch.Tensor | None = None,
-        attn_bias: torch.Tensor | None = None,
-        packing: Packing | None = None,
-        prefix_lengths: torch.Tensor | None = None,
-        weights: list[torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, KV]:
-        """x: (B, T, C) or packed (total, C); memory: (B, S, C) for cross-attention;
-        prefix_lengths: (B,) or (S,) packed, prefix LM (see ``ops.attention``).
-
-        Returns the output like x and the (keys, values) to cache: for self-attention the past
-        ones concatenated with the new ones, (B, past + T, H, D). With a list ``weights`` (padded
-        form only), the attention probabilities (B, H, T, Tk) are appended to it.
-        """
-        lead = x.shape[:-1]
-        hd = (self.heads, self.head_dim)
-        if self.cross:
-            q = self.q(x).view(*lead, *hd)
-            if past is None:
-                k, v = self.kv(memory).view(*memory.shape[:-1], 2, *hd).unbind(-3)
-            else:
-                k, v = past
-        else:
-            q, k, v = self.qkv(x).view(*lead, 3, *hd).unbind(-3)  # (B, T, H, D) each
-            if past is not None:
-                k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
-        cu, longest = (packing.cu_seqlens, packing.max_seqlen) if packing is not None else (None, None)
-        if weights is not None:
-            if packing is not None:
-                raise ValueError("attention weights are returned for padded batches only (not packed)")
-            weights.append(
-                ops.attention_weights(
-                    q,
-                    k,
-                    causal=causal,
-                    key_padding_mask=key_padding_mask,
-                    attn_bias=attn_bias,
-                    softmax_scale=self.softmax_scale,
-                    prefix_lengths=prefix_lengths,
-                )
-            )
-        o = ops.attention(
-            q,
-            k,
-            v,
-            causal=causal,
-            key_padding_mask=key_padding_mask,
-            cu_seqlens_q=cu,
-            cu_seqlens_k=cu,
-            max_seqlen_q=longest,
-            max_seqlen_k=longest,
-            attn_bias=attn_bias,
-            dropout_p=self.dropout if self.training else 0.0,
-            softmax_scale=self.softmax_scale,
-            prefix_lengths=prefix_lengths,
-        )
-        return self.out(o.reshape(*lead, -1)), (k, v)
-
-    def forward_rows(
-        self, x: torch.Tensor, xq: torch.Tensor, keys: Packing, queries: Packing
-    ) -> torch.Tensor:
-        """Self-attention evaluated at a subset of query rows: keys/values from every packed token
-        x (total, C), queries from xq (n, C) packed per sequence as ``queries`` describes."""
-        inner = self.heads * self.head_dim
-        w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(xq, w[:inner], b[:inner] if b is not None else None).view(-1, self.heads, self.head_dim)
-        kv = F.linear(x, w[inner:], b[inner:] if b is not None else None)
-        k, v = kv.view(-1, 2, self.heads, self.head_dim).unbind(1)
-        o = ops.attention(
-            q,
-            k,
-            v,
-            cu_seqlens_q=queries.cu_seqlens,
-            cu_seqlens_k=keys.cu_seqlens,
-            max_seqlen_q=queries.max_seqlen,
-            max_seqlen_k=keys.max_seqlen,
-            dropout_p=self.dropout if self.training else 0.0,
-            softmax_scale=self.softmax_scale,
-        )
-        return self.out(o.reshape(-1, inner))
+def make_attention(config: ModelConfig, *, cross: bool, bias: bool) -> Attention:
+    """The public ``ptft_fast.nn.Attention`` with the model's fused projections: self-attention
+    ``qkv`` (C → 3·H·D, one GEMM for q, k, v), cross-attention ``q`` (C → H·D) on the decoder and
+    ``kv`` (C → 2·H·D) on the encoder memory; ``out`` (H·D → C). T5 uses no softmax scaling
+    (folded into its init)."""
+    return Attention(
+        config.hidden_size,
+        config.num_heads,
+        head_dim=config.resolved_head_dim,
+        bias=bias,
+        dropout=config.attention_dropout,
+        softmax_scale=1.0 if config.arch == "t5" else None,
+        fuse="kv" if cross else "qkv",
+    )
 
 
 class MLP(nn.Module):
@@ -195,9 +103,9 @@ class Layer(nn.Module):
         eps = config.norm_eps
         self.pre_norm = pre_norm
         self.dropout = config.dropout
-        self.attn = Attention(config, bias=bias)
+        self.attn = make_attention(config, cross=False, bias=bias)
         self.attn_norm = make_norm(config.hidden_size, eps, rms=rms)
-        self.cross = Attention(config, cross=True, bias=bias) if cross else None
+        self.cross = make_attention(config, cross=True, bias=bias) if cross else None
         self.cross_norm = make_norm(config.hidden_size, eps, rms=rms) if cross else None
         self.mlp = MLP(config, bias=bias)
         self.mlp_norm = make_norm(config.hidden_size, eps, rms=rms)
@@ -229,26 +137,28 @@ class Layer(nn.Module):
             causal=causal,
             key_padding_mask=key_padding_mask,
             attn_bias=attn_bias,
-            packing=packing,
             prefix_lengths=prefix_lengths,
             weights=attentions,
+            return_kv=True,
+            **(packing.varlen_args() if packing is not None else {}),
         )
         if self.pre_norm:
             if self.cross is not None:
                 n, x = self.cross_norm(a, residual=x, dropout_p=p, return_residual=True)
-                a, cross_kv = self.cross(
-                    n, memory=memory, past=past_cross, key_padding_mask=memory_mask, weights=cross_attentions
-                )
+                a, cross_kv = self._cross(n, memory, memory_mask, past_cross, cross_attentions)
             n, x = self.mlp_norm(a, residual=x, dropout_p=p, return_residual=True)
             m = self.mlp(n)
             return x + (F.dropout(m, p, training=True) if p > 0.0 else m), self_kv, cross_kv
         x = self.attn_norm(a, residual=x, dropout_p=p)
         if self.cross is not None:
-            a, cross_kv = self.cross(
-                x, memory=memory, past=past_cross, key_padding_mask=memory_mask, weights=cross_attentions
-            )
+            a, cross_kv = self._cross(x, memory, memory_mask, past_cross, cross_attentions)
             x = self.cross_norm(a, residual=x, dropout_p=p)
         return self.mlp_norm(self.mlp(x), residual=x, dropout_p=p), self_kv, cross_kv
+
+    def _cross(self, x, memory, memory_mask, past, weights) -> tuple[torch.Tensor, KV]:
+        """Cross-attention from x (B, T, C) to memory (B, S, C); ``past``: memory's keys/values
+        projected on an earlier decoding step."""
+        return self.cross(x, memory, key_padding_mask=memory_mask, past=past, weights=weights, return_kv=True)
 
     def forward_rows(
         self, x: torch.Tensor, rows: torch.Tensor, keys: Packing, queries: Packing
@@ -259,7 +169,8 @@ class Layer(nn.Module):
             raise NotImplementedError("forward_rows is for post-norm encoder layers")
         p = self.dropout if self.training else 0.0
         xq = x.index_select(0, rows)
-        h = self.attn_norm(self.attn.forward_rows(x, xq, keys, queries), residual=xq, dropout_p=p)
+        a = self.attn(xq, x, **queries.varlen_args(keys))
+        h = self.attn_norm(a, residual=xq, dropout_p=p)
         return self.mlp_norm(self.mlp(h), residual=h, dropout_p=p)
 
 

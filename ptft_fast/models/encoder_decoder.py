@@ -193,10 +193,11 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
                 for attn in (layer.attn, layer.cross):
                     if attn is None:
                         continue
-                    proj = attn.q.weight if attn.cross else attn.qkv.weight
+                    cross = attn.fuse == "kv"
+                    proj = attn.q.weight if cross else attn.qkv.weight
                     nn.init.normal_(proj, 0.0, d**-0.5)  # keys and values
                     nn.init.normal_(proj[:inner], 0.0, (d * cfg.resolved_head_dim) ** -0.5)  # queries
-                    if attn.cross:
+                    if cross:
                         nn.init.normal_(attn.kv.weight, 0.0, d**-0.5)
                     nn.init.normal_(attn.out.weight, 0.0, inner**-0.5)
                 nn.init.normal_(layer.mlp.fc_in.weight, 0.0, d**-0.5)

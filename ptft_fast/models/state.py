@@ -91,6 +91,17 @@ class Packing:
         longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 1
         return cls(indices, cu, max(longest, 1), doc_ids.shape[0], doc_ids.shape[1])
 
+    def varlen_args(self, keys: Packing | None = None) -> dict:
+        """``cu_seqlens_q/k`` and ``max_seqlen_q/k`` for attention from these tokens (the queries)
+        to ``keys``' tokens (None: these, self-attention)."""
+        keys = self if keys is None else keys
+        return {
+            "cu_seqlens_q": self.cu_seqlens,
+            "cu_seqlens_k": keys.cu_seqlens,
+            "max_seqlen_q": self.max_seqlen,
+            "max_seqlen_k": keys.max_seqlen,
+        }
+
     def token_sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sequence index, position within it) of each packed token, (total,) int64 each."""
         return varlen_positions(self.cu_seqlens, self.indices.numel())

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptft_fast.models.blocks import Attention
+from ptft_fast.models.blocks import Layer
+from ptft_fast.nn.attention import Attention
 
 
 @dataclass
@@ -72,15 +73,13 @@ class PrefixAttention(nn.Module):
         self.attn = attn
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, P, H, D) each, set by PrefixTuning
 
-    def forward(self, x, *, past=None, key_padding_mask=None, attn_bias=None, packing=None, **kw):
+    def forward(self, x, *, past=None, key_padding_mask=None, attn_bias=None, **kw):
         """x: (B, T, C); past: (B, Tp, H, D) cached real keys/values (no prefix); key_padding_mask:
-        (B, Tp + T); attn_bias: (1 or B, H, T, Tp + T). Returns the output and the keys/values to
-        cache, (B, Tp + T, H, D), without the prefix."""
+        (B, Tp + T); attn_bias: (1 or B, H, T, Tp + T); the rest as ``Attention.forward``. Returns
+        the output and the keys/values to cache, (B, Tp + T, H, D), without the prefix."""
         if self.kv is None:
-            return self.attn(
-                x, past=past, key_padding_mask=key_padding_mask, attn_bias=attn_bias, packing=packing, **kw
-            )
-        if packing is not None:
+            return self.attn(x, past=past, key_padding_mask=key_padding_mask, attn_bias=attn_bias, **kw)
+        if kw.get("cu_seqlens_q") is not None:
             raise ValueError("prefix tuning does not support packed (varlen) batches")
         pk, pv = self.kv
         p = pk.shape[1]
@@ -108,14 +107,14 @@ class PrefixTuning(nn.Module):
         super().__init__()
         self.model = model
         self.num_virtual_tokens = config.num_virtual_tokens
-        self.wrappers = [(n, m) for n, m in model.named_modules() if isinstance(m, Attention) and not m.cross]
+        self.wrappers = [(f"{n}.attn", m.attn) for n, m in model.named_modules() if isinstance(m, Layer)]
         self.hf = not self.wrappers
         if self.hf:
             layers, heads, head_dim = _hf_dims(model.config)
         else:
             layers, heads, head_dim = (
                 len(self.wrappers),
-                self.wrappers[0][1].heads,
+                self.wrappers[0][1].num_kv_heads,
                 self.wrappers[0][1].head_dim,
             )
             for n, m in self.wrappers:

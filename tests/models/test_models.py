@@ -283,3 +283,23 @@ def test_models_build_on_the_public_norm_modules(preset):
 
     norms = [m for m in from_name(preset).modules() if "norm" in type(m).__name__.lower()]
     assert norms and all(type(m) in (LayerNorm, RMSNorm) for m in norms), {type(m) for m in norms}
+
+
+@pytest.mark.parametrize(
+    "preset, cross, bias",
+    [("bert-tiny-cpu", False, True), ("roberta-tiny", False, True), ("gpt-tiny", False, True),
+     ("t5-tiny", True, False), ("bart-tiny", True, True)],
+)  # fmt: skip
+def test_attention_is_the_public_module_with_the_checkpoint_names(preset, cross, bias):
+    """Every family's attention is ``ptft_fast.nn.Attention`` (fused qkv for self-attention, q + kv
+    for cross-attention) and keeps the state-dict names saved checkpoints and the HF mapping use."""
+    from ptft_fast.nn import Attention
+
+    model = from_name(preset)
+    layers = [m for n, m in model.named_modules() if n.endswith(".attn") or n.endswith(".cross")]
+    assert layers and all(type(m) is Attention for m in layers)
+    names = {k.split(".attn.")[-1] for k in model.state_dict() if ".attn." in k}
+    cross_names = {k.split(".cross.")[-1] for k in model.state_dict() if ".cross." in k}
+    params = ("weight", "bias") if bias else ("weight",)
+    assert names == {f"{p}.{w}" for p in ("qkv", "out") for w in params}
+    assert cross_names == ({f"{p}.{w}" for p in ("q", "kv", "out") for w in params} if cross else set())

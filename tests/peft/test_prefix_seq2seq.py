@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptft_fast.models import from_name
-from ptft_fast.models.blocks import Attention
+from ptft_fast.nn import Attention
 from ptft_fast.peft import PrefixTuningConfig, get_peft_model
 from ptft_fast.peft.prefix import PrefixAttention
 
