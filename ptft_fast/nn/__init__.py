@@ -2,9 +2,10 @@
 
 ``LayerNorm`` and ``RMSNorm`` subclass their ``torch.nn`` namesakes (same constructor, parameter
 names and state dict) and run ``ops.layer_norm``; ``LinearCrossEntropyLoss`` wraps
-``ops.linear_cross_entropy``; ``LoRALinear`` wraps ``ops.lora_linear``; ``Attention`` is a
-q/k/v/o-projection attention layer over ``ops.attention``. Every module takes ``backend=`` (None →
-the current default, see ``ptft_fast.ops.use_backend``).
+``ops.linear_cross_entropy``; ``LoRALinear`` wraps ``ops.lora_linear``; ``Attention`` is an
+attention layer over ``ops.attention`` with separate or fused (``qkv`` / ``kv``) projections, a KV
+cache and the varlen form: the models' self- and cross-attention. Every module takes
+``backend=`` (None → the current default, see ``ptft_fast.ops.use_backend``).
 """
 
 from ptft_fast.nn.attention import Attention
