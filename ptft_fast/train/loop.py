@@ -169,6 +169,7 @@ def rows_summary(stats: dict[str, int]) -> dict:
         "documents_per_row": stats["documents"] / rows if "documents" in stats else None,
         "padding_share": 1.0 - stats.get("tokens", 0) / max(stats.get("positions", 0), 1),
         "attention_across_documents": not separated,
+        "layout": "sentence_pairs" if stats.get("sentence_pairs", 0) == rows else "packed",
     }
 
 
@@ -186,6 +187,12 @@ def eval_data_summary(trainer) -> dict:
 
 
 def _rows_line(r: dict) -> str:
+    if r.get("layout") == "sentence_pairs":
+        return (
+            f"{r['positions_per_row']:.0f} positions, one sentence pair per row ([CLS] A [SEP] B [SEP]; "
+            "B follows A in its document in half the pairs and comes from another document in the "
+            f"others): {r['padding_share']:.1%} padding"
+        )
     docs = (
         ""
         if r["documents_per_row"] is None

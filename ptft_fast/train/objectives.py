@@ -89,6 +89,8 @@ def row_stats(batch: dict) -> dict[str, int]:
     }
     if ROW_SEGMENTS in batch:
         stats["documents"] = int(batch[ROW_SEGMENTS].sum())
+    if "next_sentence_label" in batch:  # mlm+nsp: one [CLS] A [SEP] B [SEP] pair per row
+        stats["sentence_pairs"] = int(ids.shape[0])
     stats["separated"] = int(any(k in batch for k in DOC_BOUNDARY_KEYS))
     return stats
 

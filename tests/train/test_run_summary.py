@@ -161,3 +161,12 @@ def test_summary_warns_when_eval_uses_training_documents(new_run, run_data, caps
     printed, s = _run(new_run(name="shards"), capsys, "--data", str(shard_folder))
     assert s["eval_data"]["held_out"] is False
     assert "on TRAINING documents" in printed and "not a held-out score" in printed
+
+
+def test_summary_of_an_nsp_run_describes_sentence_pairs_not_packed_documents(new_run, capsys):
+    printed, s = _run(new_run(), capsys, "--objective", "mlm+nsp")
+    assert s["rows"]["layout"] == "sentence_pairs" and s["rows"]["rows"] == 5 * 4
+    assert "one sentence pair per row ([CLS] A [SEP] B [SEP]" in printed
+    assert "documents packed end to end" not in printed and "documents per row" not in printed
+    packed, s = _run(new_run(name="mlm"), capsys)
+    assert s["rows"]["layout"] == "packed" and "documents packed end to end" in packed
