@@ -7,7 +7,8 @@
 # Prints what it checked; exits non-zero on any failure; skips (exit 0) when nvcc is absent.
 # Env: PYTHON (default .venv/bin/python, else python3), NVCC (default nvcc), CXX (default g++),
 # CUDA_HOME (default /usr/local/cuda), JOBS (parallel compiles, default 2), PTXAS_LOG_DIR (keep
-# each source's nvcc -Xptxas -v log there as <source>.log, e.g. for the kernel report card).
+# each source's nvcc -Xptxas -v log there as <source>.log and the PTX that same compile produced
+# as <source>.compute_80.ptx / .compute_90a.ptx (nvcc -keep), for the kernel report card).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,17 +42,22 @@ export NVCC CXX CUDA_INC incs abi tmp
 start=$SECONDS
 
 check_one() {
-  local src="$1" name what rc
+  local src="$1" name what rc keep=()
   name="$(basename "$src")"
   if [[ "$src" == *.cu ]]; then
+    if [[ -n "${PTXAS_LOG_DIR:-}" ]]; then mkdir -p "$tmp/$name.keep" && keep=(-keep -keep-dir "$tmp/$name.keep"); fi
     what="nvcc sm_80+sm_90a"
     # Same flags as setup.py's nvcc build, plus the half-precision defines torch adds.
     "$NVCC" -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -Icsrc \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
-      -Xptxas -v -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
+      -Xptxas -v "${keep[@]}" -c "$src" -o "$tmp/$name.o" >"$tmp/$name.log" 2>&1
     rc=$?
-    if [[ -n "${PTXAS_LOG_DIR:-}" ]]; then mkdir -p "$PTXAS_LOG_DIR" && cp "$tmp/$name.log" "$PTXAS_LOG_DIR/$name.log"; fi
+    if [[ -n "${PTXAS_LOG_DIR:-}" ]]; then
+      mkdir -p "$PTXAS_LOG_DIR" && cp "$tmp/$name.log" "$PTXAS_LOG_DIR/$name.log"
+      rm -f "$PTXAS_LOG_DIR/${name%.cu}".*.ptx
+      cp "$tmp/$name.keep/"*.ptx "$PTXAS_LOG_DIR/" 2>/dev/null
+    fi
     if [[ $rc -eq 0 ]] && grep -Eq "[1-9][0-9]* bytes spill (stores|loads)" "$tmp/$name.log"; then
       what="$what: register spills (ptxas -v)"
       grep -B2 -E "[1-9][0-9]* bytes spill (stores|loads)" "$tmp/$name.log" >"$tmp/$name.spills"

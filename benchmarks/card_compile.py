@@ -5,9 +5,10 @@ A launch is compiled the way a real one is: the kernel's own argument binder spe
 arguments (pointer alignment, integers equal to 1 or divisible by 16, constexprs), the backend
 parses the launch options (``num_stages`` defaults included), and Triton's bundled ptxas builds
 the cubin. From the result: registers and spill bytes (ptxas' report), shared memory (the launch
-metadata), tensor-core instruction kind, global atomics, cp.async / TMA (PTX).
+metadata), tensor-core instruction kind, global atomics, cp.async / TMA, ldmatrix (PTX).
 
-csrc kernels: the per-kernel lines of ``nvcc -Xptxas -v`` (registers, spills, static shared memory).
+csrc kernels: the per-kernel lines of ``nvcc -Xptxas -v`` (registers, spills, static shared memory)
+and the same facts as above from the PTX that compile keeps (``-keep``), per entry function.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ SM_LIMITS = {
     90: {"regs": 65536, "warps": 64, "blocks": 32, "smem": 233472, "smem_block": 232448},
     80: {"regs": 65536, "warps": 64, "blocks": 32, "smem": 167936, "smem_block": 166912},
 }
+# Bumped when Compiled gains or changes a field, so that older cached results are compiled again.
+FACTS_VERSION = 2
 CACHE_DIR = Path(os.environ.get("PTFT_CARD_CACHE", Path.home() / ".cache" / "ptft_fast" / "kernel_card"))
 
 
@@ -59,7 +62,7 @@ class Job:
 
     def key(self) -> str:
         kernel = jit_function(self.module, self.name)
-        text = repr((kernel.cache_key, self.args, self.options, self.arch, _triton_version()))
+        text = repr((kernel.cache_key, self.args, self.options, self.arch, _triton_version(), FACTS_VERSION))
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -71,6 +74,7 @@ class Compiled:
     tensor_core: str
     global_atomics: int
     async_copy: str
+    ldmatrix: int
     error: str = ""
     seconds: float = 0.0  # compile time on this machine (not a result; for the card's time budget)
 
@@ -95,8 +99,13 @@ def as_arg(value):
     return value
 
 
-def _ptx_facts(ptx: str) -> tuple[str, int, str]:
-    """(tensor-core kind, static count of global atomic instructions, async copy kind)."""
+PTX_FIELDS = ("tensor_core", "global_atomics", "async_copy", "ldmatrix")
+
+
+def ptx_facts(ptx: str) -> dict:
+    """What one kernel's PTX does: tensor-core kind ("wgmma" / "mma.sync" / "none"), static count
+    of global atomic instructions, async copy kind ("cp.async", "tma", both joined by "+", or
+    "none") and static count of ldmatrix instructions (.trans included)."""
     if "wgmma.mma_async" in ptx:
         tensor_core = "wgmma"
     elif re.search(r"\bmma\.sync\.", ptx):
@@ -114,7 +123,25 @@ def _ptx_facts(ptx: str) -> tuple[str, int, str]:
         kinds.append("tma")
     if re.search(r"cp\.async\.(ca|cg)\.", ptx):
         kinds.append("cp.async")
-    return tensor_core, atomics, "+".join(kinds) or "none"
+    return {
+        "tensor_core": tensor_core,
+        "global_atomics": atomics,
+        "async_copy": "+".join(kinds) or "none",
+        "ldmatrix": len(re.findall(r"\bldmatrix\.", ptx)),
+    }
+
+
+def ptx_entry_facts(ptx: str) -> dict[str, dict]:
+    """:func:`ptx_facts` of every entry function of a PTX module (one file of ``nvcc -ptx`` or
+    ``nvcc -keep`` output), keyed like :func:`parse_ptxas_log` as ``"function@sm_90a"`` with the
+    arch of the module's ``.target`` line."""
+    target = re.search(r"^\.target\s+(sm_\w+)", ptx, flags=re.M)
+    if target is None:
+        raise ValueError("PTX without a .target line")
+    return {
+        f"{m.group(1)}@{target.group(1)}": ptx_facts(m.group(2))
+        for m in re.finditer(r"\.entry\s+(\S+?)\s*\((.*?)\n\}", ptx, flags=re.S)
+    }
 
 
 def parse_ptxas_log(log: str) -> dict[str, dict[str, int]]:
@@ -168,14 +195,11 @@ def _compile(job: Job) -> Compiled:
         knobs.nvidia.dump_ptxas_log = True
         compiled = triton.compile(src, target=target, options=opts.__dict__)
     (report,) = parse_ptxas_log(log.getvalue()).values()
-    tensor_core, atomics, async_copy = _ptx_facts(compiled.asm["ptx"])
     return Compiled(
         registers=report["registers"],
         spill_bytes=report["spill_bytes"],
         smem_bytes=compiled.metadata.shared,
-        tensor_core=tensor_core,
-        global_atomics=atomics,
-        async_copy=async_copy,
+        **ptx_facts(compiled.asm["ptx"]),
     )
 
 
@@ -191,7 +215,7 @@ def compile_job(job: Job) -> Compiled:
         result.seconds = round(time.time() - start, 2)
     except Exception as exc:  # reported per row: one failing kernel must not hide the others
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return Compiled(0, 0, 0, "none", 0, "none", error=f"{type(exc).__name__}: {first[:200]}")
+        return Compiled(0, 0, 0, "none", 0, "none", 0, error=f"{type(exc).__name__}: {first[:200]}")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(asdict(result)))
@@ -210,23 +234,27 @@ def blocks_per_sm(arch: int, registers: int, num_warps: int, smem: int) -> int:
     return max(0, min(fits))
 
 
-def nvcc_ptxas_report(source: Path, archs=(80, 90), nvcc: str = "nvcc") -> str:
-    """``nvcc -Xptxas -v`` of one csrc/*.cu for the given architectures (sm_90 as sm_90a), with the
-    flags of setup.py's build; returns the compiler's report (stderr)."""
+def nvcc_ptxas_report(source: Path, archs=(80, 90), nvcc: str = "nvcc") -> tuple[str, list[str]]:
+    """``nvcc -Xptxas -v -keep`` of one csrc/*.cu for the given architectures (sm_90 as sm_90a),
+    with the flags of setup.py's build: (the compiler's report (stderr), the PTX module of each
+    architecture that the same compile produced)."""
+    import tempfile
+
     gencode = []
     for arch in archs:
         code = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
         gencode += ["-gencode", f"arch=compute_{code.removeprefix('sm_')},code={code}"]
-    cmd = [
-        nvcc, "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", f"-I{source.parent}",
-        "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-        "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-        *gencode, "-Xptxas", "-v", "-c", str(source), "-o", os.devnull,
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"nvcc failed on {source}: {done.stderr[-2000:]}")
-    return done.stderr
+    with tempfile.TemporaryDirectory() as keep:
+        cmd = [
+            nvcc, "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", f"-I{source.parent}",
+            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+            *gencode, "-Xptxas", "-v", "-keep", "-keep-dir", keep, "-c", str(source), "-o", os.devnull,
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"nvcc failed on {source}: {done.stderr[-2000:]}")
+        return done.stderr, [p.read_text() for p in sorted(Path(keep).glob("*.ptx"))]
 
 
 def demangle(names: list[str]) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """The kernel report card: every Triton kernel compiled for sm_90 and sm_80 on a machine without a
 GPU, for every autotune config, at the benchmark shapes and at edge shapes, plus every csrc kernel
-through ``nvcc -Xptxas -v``; what each compiled kernel needs and does (registers, spills, shared
-memory, blocks per SM, tensor-core instructions, global atomics, cp.async / TMA) and the analytic
-lower-bound time of each op next to the peer design's.
+through ``nvcc -Xptxas -v -keep`` (ptxas report and PTX of one compile); what each compiled kernel
+needs and does (registers, spills, shared memory, blocks per SM, tensor-core instructions, global
+atomics, cp.async / TMA, ldmatrix) and the analytic lower-bound time of each op next to the peer
+design's.
 
 Writes ``benchmarks/results/kernel_card.csv`` (one row per case × kernel launch × config × arch,
 then the csrc rows) and, with ``--doc``, the card's table into docs/gpu.md. ``--gate`` exits 1 when
@@ -23,6 +24,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ptft_fast.benchmarks.card_compile import (
+    PTX_FIELDS,
     SM_LIMITS,
     Job,
     as_arg,
@@ -31,6 +33,7 @@ from ptft_fast.benchmarks.card_compile import (
     demangle,
     nvcc_ptxas_report,
     parse_ptxas_log,
+    ptx_entry_facts,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +42,15 @@ DOC_BEGIN, DOC_END = "<!-- kernel-card:begin -->", "<!-- kernel-card:end -->"
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 # ops whose kernels must not use global atomics (the cross-entropy design has none)
 NO_ATOMIC_OPS = ("linear_cross_entropy",)
+# csrc kernels that load their tiles by cp.async and their mma operands by ldmatrix (the
+# FlashAttention-2 minimum: attention forward, and the backward's dK/dV + dQ kernel), on every
+# arch the csrc build targets; matched in the demangled (or, without c++filt, mangled) name
+CSRC_ASYNC_KERNELS = ("attention_fwd_cuda", "attention_bwd_cuda")
+CSRC_ARCHS = ("sm_80", "sm_90a")
 FIELDS = (
     "source", "arch", "op", "case", "dtype", "kernel", "config", "explicit_options", "pruned", "programs",
     "registers", "spill_bytes", "smem_bytes", "smem_limit", "blocks_per_sm", "tensor_core", "global_atomics",
-    "async_copy", "lower_bound_us", "peer", "peer_lower_bound_us", "error", "gate",
+    "async_copy", "ldmatrix", "lower_bound_us", "peer", "peer_lower_bound_us", "error", "gate",
     "triton", "commit", "timestamp",
 )  # fmt: skip
 
@@ -136,47 +144,83 @@ def compile_all(jobs, workers: int):
     return [None if j is None else results[j] for j in jobs]
 
 
-def csrc_rows(logs: str) -> list[dict]:
-    """One row per csrc kernel and arch from ``nvcc -Xptxas -v`` output."""
+def csrc_rows(logs: str, ptx_modules: list[str] = ()) -> list[dict]:
+    """One row per csrc kernel and arch from ``nvcc -Xptxas -v`` output (registers, spills, static
+    shared memory) and the PTX modules of the same compile (tensor-core kind, global atomics,
+    async copy, ldmatrix; empty where no PTX of that kernel and arch was given)."""
     report = parse_ptxas_log(logs)
+    ptx: dict[str, dict] = {}
+    for module in ptx_modules:
+        ptx.update(ptx_entry_facts(module))
     names = demangle(sorted({k.rsplit("@", 1)[0] for k in report}))
     rows = []
     for key, facts in sorted(report.items()):
         fn, arch = key.rsplit("@", 1)
-        rows.append({"source": "csrc", "arch": arch, "op": "", "kernel": names.get(fn, fn), **facts})
+        rows.append({"source": "csrc", "arch": arch, "op": "", "kernel": names.get(fn, fn), **facts,
+                     **ptx.get(key, dict.fromkeys(PTX_FIELDS, ""))})  # fmt: skip
     return rows
 
 
+def _csrc_rules(r: dict) -> list[str]:
+    """What one csrc row breaks: it spills; it is a CSRC_ASYNC_KERNELS kernel without cp.async or
+    ldmatrix in its PTX (or without PTX facts)."""
+    broken = [f"spills {r['spill_bytes']} B"] if r["spill_bytes"] else []
+    if any(k in r["kernel"] for k in CSRC_ASYNC_KERNELS):
+        if r["async_copy"] == "":
+            return [*broken, "no PTX facts (cp.async / ldmatrix unknown)"]
+        if "cp.async" not in r["async_copy"]:
+            broken.append("no cp.async in its PTX")
+        if not r["ldmatrix"]:
+            broken.append("no ldmatrix in its PTX")
+    return broken
+
+
+def _triton_rules(r: dict) -> list[str]:
+    """What one Triton row (a config that can launch) breaks."""
+    if r.get("error"):
+        return [f"does not compile: {r['error']}"]
+    broken = []
+    if not r["explicit_options"]:
+        broken.append("launched without explicit num_warps and num_stages")
+    if r["spill_bytes"]:
+        broken.append(f"spills {r['spill_bytes']} B")
+    if r["smem_bytes"] > r["smem_limit"]:
+        broken.append(f"shared memory {r['smem_bytes']} B > {r['smem_limit']} B")
+    if r["op"] in NO_ATOMIC_OPS and r["global_atomics"]:
+        broken.append(f"{r['global_atomics']} global atomic instructions")
+    if r["arch"] == "sm_90" and r["dtype"] in ("bfloat16", "float16") and r["tensor_core"] == "mma.sync":
+        broken.append("mma.sync, not wgmma, on sm_90")
+    return broken
+
+
 def gate(rows: list[dict]) -> list[str]:
-    """The CI rules on the Triton rows of every config that can launch (an autotune config the
-    pruner drops for a shape and GPU never runs there, and is not compiled; csrc rows are reported
-    only — their kernels have their own issue): every launch sets num_warps and num_stages; no
-    spills; shared memory within the GPU's per-block limit (sm_90: 232,448 B); zero global atomics
-    in the cross-entropy kernels; on sm_90 with 16-bit inputs a kernel that uses tensor cores uses
-    wgmma (Hopper's warpgroup MMA), not Ampere's mma.sync."""
+    """The CI rules. Triton rows, of every config that can launch (an autotune config the pruner
+    drops for a shape and GPU never runs there, and is not compiled): every launch sets num_warps
+    and num_stages; no spills; shared memory within the GPU's per-block limit (sm_90: 232,448 B);
+    zero global atomics in the cross-entropy kernels; on sm_90 with 16-bit inputs a kernel that
+    uses tensor cores uses wgmma (Hopper's warpgroup MMA), not Ampere's mma.sync. csrc rows (when
+    there are any): no spills; the attention forward and backward kernels (CSRC_ASYNC_KERNELS)
+    are compiled for each of CSRC_ARCHS and have cp.async and ldmatrix in their PTX there."""
     failures = []
     for r in rows:
-        if r["source"] != "triton" or r["pruned"]:
-            continue
-        what = f"{r['arch']} {r['kernel']} [{r['config']}] @ {r['case']}"
-        if r.get("error"):
-            failures.append(f"{what}: does not compile: {r['error']}")
-            continue
-        if not r["explicit_options"]:
-            failures.append(f"{what}: launched without explicit num_warps and num_stages")
-        if r["spill_bytes"]:
-            failures.append(f"{what}: spills {r['spill_bytes']} B")
-        if r["smem_bytes"] > r["smem_limit"]:
-            failures.append(f"{what}: shared memory {r['smem_bytes']} B > {r['smem_limit']} B")
-        if r["op"] in NO_ATOMIC_OPS and r["global_atomics"]:
-            failures.append(f"{what}: {r['global_atomics']} global atomic instructions")
-        if r["arch"] == "sm_90" and r["dtype"] in ("bfloat16", "float16") and r["tensor_core"] == "mma.sync":
-            failures.append(f"{what}: mma.sync, not wgmma, on sm_90")
+        if r["source"] == "triton" and not r["pruned"]:
+            what = f"{r['arch']} {r['kernel']} [{r['config']}] @ {r['case']}"
+            failures += [f"{what}: {b}" for b in _triton_rules(r)]
+        elif r["source"] == "csrc":
+            failures += [f"{r['arch']} csrc {r['kernel']}: {b}" for b in _csrc_rules(r)]
+    csrc = [r for r in rows if r["source"] == "csrc"]
+    for arch in CSRC_ARCHS if csrc else ():
+        for k in CSRC_ASYNC_KERNELS:
+            if not any(r["arch"] == arch and k in r["kernel"] for r in csrc):
+                failures.append(f"{arch} csrc {k}: not compiled")
     return failures
 
 
-def card(cases, archs=(90, 80), workers: int | None = None, csrc_logs: str | None = None) -> list[dict]:
-    """All rows of the card (Triton, then csrc when ``csrc_logs`` is given), gate column filled."""
+def card(
+    cases, archs=(90, 80), workers: int | None = None, csrc: tuple[str, list[str]] | None = None
+) -> list[dict]:
+    """All rows of the card (Triton, then csrc when ``csrc`` — the ptxas logs and PTX modules of
+    :func:`csrc_reports` — is given), gate column filled."""
     rows, jobs = plan(cases, archs)
     for row, result in zip(rows, compile_all(jobs, workers or os.cpu_count() or 1), strict=True):
         warps = row.pop("num_warps")
@@ -187,9 +231,10 @@ def card(cases, archs=(90, 80), workers: int | None = None, csrc_logs: str | Non
         row["blocks_per_sm"] = blocks_per_sm(
             int(row["arch"].removeprefix("sm_")), result.registers, warps, result.smem_bytes
         )
-        row["gate"] = "; ".join(f.split(": ", 1)[1] for f in gate([row])) or "ok"
-    if csrc_logs is not None:
-        rows += csrc_rows(csrc_logs)
+        row["gate"] = "; ".join(_triton_rules(row)) or "ok"
+    if csrc is not None:
+        for row in csrc_rows(*csrc):
+            rows.append({**row, "gate": "; ".join(_csrc_rules(row)) or "ok"})
     return rows
 
 
@@ -230,8 +275,8 @@ def markdown(rows: list[dict]) -> str:
                 f"| {r['op']} | {r['case']} | {_fmt_us(r['lower_bound_us'])} | {r['peer']} "
                 f"| {_fmt_us(r['peer_lower_bound_us'])} |"
             )
-    out += ["", "| arch | kernel | case | configs | regs | spill B | smem KiB | blocks/SM | MMA | atomics | async copy | gate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out += ["", "| arch | kernel | case | configs | regs | spill B | smem KiB | blocks/SM | MMA | atomics | async copy | ldmatrix | gate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["source"] == "triton" and not r["pruned"]:
@@ -244,28 +289,37 @@ def markdown(rows: list[dict]) -> str:
     for (arch, kernel, case), rs in groups.items():
         ok = [r for r in rs if not r.get("error")]
         if not ok:
-            out.append(f"| {arch} | `{kernel}` | {case} | {len(rs)} | | | | | | | | does not compile |")
+            out.append(f"| {arch} | `{kernel}` | {case} | {len(rs)} | | | | | | | | | does not compile |")
             continue
         verdict = "ok" if all(r["gate"] == "ok" for r in rs) else "FAIL"
         out.append(
             f"| {arch} | `{kernel}` | {case} | {len({r['config'] for r in rs})} | {span([r['registers'] for r in ok])} "
             f"| {max(r['spill_bytes'] for r in ok)} | {span([r['smem_bytes'] for r in ok], lambda b: f'{b / 1024:.0f}')} "
             f"| {span([r['blocks_per_sm'] for r in ok])} | {'/'.join(sorted({r['tensor_core'] for r in ok}))} "
-            f"| {max(r['global_atomics'] for r in ok)} | {'/'.join(sorted({r['async_copy'] for r in ok}))} | {verdict} |"
+            f"| {max(r['global_atomics'] for r in ok)} | {'/'.join(sorted({r['async_copy'] for r in ok}))} "
+            f"| {span([r['ldmatrix'] for r in ok])} | {verdict} |"
         )  # fmt: skip
     csrc: dict[str, dict[str, dict]] = {}
     for r in rows:
         if r["source"] == "csrc":
             csrc.setdefault(r["kernel"], {})[r["arch"]] = r
     if csrc:
-        out += ["", "| csrc kernel | regs sm_80 / sm_90a | spill B | static smem B |", "|---|---|---|---|"]
+        out += ["", "| csrc kernel | regs sm_80 / sm_90a | spill B | static smem B | MMA | atomics | async copy | ldmatrix | gate |",
+                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+        def per_arch(by_arch, key):
+            values = [str(by_arch[a][key]) if a in by_arch else "–" for a in CSRC_ARCHS]
+            return values[0] if len(set(values)) == 1 else " / ".join(values)
+
         for kernel, by_arch in csrc.items():
-            regs = " / ".join(
-                str(by_arch[a]["registers"]) if a in by_arch else "–" for a in ("sm_80", "sm_90a")
-            )
             spill = max(r["spill_bytes"] for r in by_arch.values())
             smem = max(r["smem_bytes"] for r in by_arch.values())
-            out.append(f"| `{kernel}` | {regs} | {spill} | {smem} |")
+            verdict = "ok" if all(r.get("gate", "ok") == "ok" for r in by_arch.values()) else "FAIL"
+            out.append(
+                f"| `{kernel}` | {' / '.join(str(by_arch[a]['registers']) if a in by_arch else '–' for a in CSRC_ARCHS)} "
+                f"| {spill} | {smem} | {per_arch(by_arch, 'tensor_core')} | {per_arch(by_arch, 'global_atomics')} "
+                f"| {per_arch(by_arch, 'async_copy')} | {per_arch(by_arch, 'ldmatrix')} | {verdict} |"
+            )  # fmt: skip
     return "\n".join(out)
 
 
@@ -279,14 +333,17 @@ def write_doc(rows: list[dict], path: Path) -> None:
     path.write_text(f"{head}{DOC_BEGIN}\n{markdown(rows)}\n{DOC_END}{tail}")
 
 
-def csrc_logs(csrc_dir: Path, log_dir: str | None, workers: int) -> str:
-    """``nvcc -Xptxas -v`` output of every csrc/*.cu: read from ``log_dir`` (``*.log`` written by
-    .ci/check_csrc.sh with PTXAS_LOG_DIR) when given, else compiled here."""
+def csrc_reports(csrc_dir: Path, log_dir: str | None, workers: int) -> tuple[str, list[str]]:
+    """(``nvcc -Xptxas -v`` output, PTX modules) of every csrc/*.cu for sm_80 and sm_90a: read from
+    ``log_dir`` (``*.log`` and ``*.ptx`` written by .ci/check_csrc.sh with PTXAS_LOG_DIR) when
+    given, else compiled here."""
     if log_dir:
-        return "\n".join(p.read_text() for p in sorted(Path(log_dir).glob("*.log")))
+        logs = "\n".join(p.read_text() for p in sorted(Path(log_dir).glob("*.log")))
+        return logs, [p.read_text() for p in sorted(Path(log_dir).glob("*.ptx"))]
     sources = sorted(csrc_dir.glob("*.cu"))
     with ProcessPoolExecutor(workers) as pool:
-        return "\n".join(pool.map(nvcc_ptxas_report, sources))
+        reports = list(pool.map(nvcc_ptxas_report, sources))
+    return "\n".join(log for log, _ in reports), [m for _, modules in reports for m in modules]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -300,10 +357,10 @@ def main(args: argparse.Namespace) -> int:
     start = time.time()
     archs = tuple(args.archs)
     workers = args.jobs or os.cpu_count() or 1
-    logs = None
+    csrc = None
     if args.csrc_logs or (args.csrc == "compile" and shutil.which("nvcc")):
-        logs = csrc_logs(REPO / "csrc", args.csrc_logs, workers)
-    rows = card(all_cases(), archs, workers, logs)
+        csrc = csrc_reports(REPO / "csrc", args.csrc_logs, workers)
+    rows = card(all_cases(), archs, workers, csrc)
     csv_path = Path(args.csv or CSV_PATH)
     write_csv(rows, csv_path)
     print(markdown(rows))

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cross_entropy_plan.h"
 #include "ptft_kernels.h"
 
 #ifndef PTFT_VERSION
@@ -110,7 +111,7 @@ PtftDropout dropout_arg(const char* op, const OptTensor& rng, double p, const at
 }
 
 int reduction_code(const char* op, c10::string_view reduction) {
-  if (reduction == "none") return 0;
+  if (reduction == "none") return kReductionNone;
   if (reduction == "sum") return 1;
   if (reduction == "mean") return 2;
   TORCH_CHECK_VALUE(false, op, ": reduction must be 'none', 'sum' or 'mean', got '", std::string(reduction), "'");
@@ -526,19 +527,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_bwd(
   // blocks of <= 2^24 elements; <= 2^22 columns keeps the dlogits grid's y dim under 65535
   const int64_t vchunk = std::min<int64_t>(
       {vocab, int64_t{1} << 22, std::max<int64_t>(64, ((int64_t{1} << 24) / rchunk) / 64 * 64)});
-  // dlogits in the 16-bit dtype (rounded once from fp32): two GEMMs with fp32 accumulation per
-  // block; for reduction none also its residual (two more GEMMs, see cross_entropy.cu); db sums
-  // the fp32 values inside the kernel
-  const bool residual = red == 0;
-  at::Tensor dlogits = at::empty({residual ? 2 : 1, rchunk * vchunk}, hidden.options());
+  // dlogits in the 16-bit dtype (rounded once from fp32), for reduction none also its residual
+  // (cross_entropy_plan.h): two GEMMs with fp32 accumulation per operand and block; db sums the
+  // fp32 values inside the kernel
+  const int operands = linear_cross_entropy_bwd_operands(red);
+  at::Tensor dlogits = at::empty({operands, rchunk * vchunk}, hidden.options());
   const int64_t row_blocks = (rchunk + 63) / 64;
   at::Tensor db_part = bias.has_value() ? at::empty({row_blocks * vchunk}, f32) : at::Tensor();
   for (int64_t r0 = 0; r0 < n; r0 += rchunk) {
     const int64_t nr = std::min(rchunk, n - r0);
     for (int64_t v0 = 0; v0 < vocab; v0 += vchunk) {
       const int64_t nv = std::min(vchunk, vocab - v0);
-      const at::Tensor d = dlogits[0].narrow(0, 0, nr * nv).view({nr, nv});  // dense (nr, nv)
-      const at::Tensor d_lo = residual ? dlogits[1].narrow(0, 0, nr * nv).view({nr, nv}) : at::Tensor();
+      std::vector<at::Tensor> d;  // dense (nr, nv) each: the value, then the residual
+      for (int k = 0; k < operands; ++k) d.push_back(dlogits[k].narrow(0, 0, nr * nv).view({nr, nv}));
       const at::Tensor part =
           bias.has_value() ? db_part.narrow(0, 0, (nr + 63) / 64 * nv).view({-1, nv}) : at::Tensor();
       PTFT_CHECK_LAUNCH(
@@ -546,15 +547,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_bwd(
                   dt, hidden.data_ptr(), weight.data_ptr(), ptr_or_null(bias), labels.data_ptr<int64_t>(),
                   rows.data_ptr<int32_t>(), count.data_ptr<int32_t>(), lse.data_ptr<float>(), grad.data_ptr<float>(),
                   red, n, vocab, h, static_cast<float>(label_smoothing), static_cast<float>(z_loss), r0, nr, v0, nv,
-                  d.data_ptr(), residual ? d_lo.data_ptr() : nullptr,
+                  d[0].data_ptr(), operands > 1 ? d[1].data_ptr() : nullptr,
                   bias.has_value() ? part.data_ptr<float>() : nullptr, stream()));
       const at::Tensor w_blk = weight.narrow(0, v0, nv), h_blk = hc.narrow(0, r0, nr);
       at::Tensor dh_blk = dh_c.narrow(0, r0, nr), dw_blk = dw.narrow(0, v0, nv);
-      dh_blk.add_(at::mm(d, w_blk, at::kFloat));
-      dw_blk.add_(at::mm(d.t(), h_blk, at::kFloat));
-      if (residual) {
-        dh_blk.add_(at::mm(d_lo, w_blk, at::kFloat));
-        dw_blk.add_(at::mm(d_lo.t(), h_blk, at::kFloat));
+      for (const at::Tensor& dk : d) {
+        dh_blk.add_(at::mm(dk, w_blk, at::kFloat));
+        dw_blk.add_(at::mm(dk.t(), h_blk, at::kFloat));
       }
       if (bias.has_value()) db.narrow(0, v0, nv).add_(part.sum(0));
     }

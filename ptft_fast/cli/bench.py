@@ -76,11 +76,12 @@ def add_parser(sub) -> None:
         "--jobs", type=int_at_least(1), default=None, help="parallel compiles (default: CPU count)"
     )
     card.add_argument("--csrc", choices=("compile", "skip"), default="compile",
-                      help="csrc rows by nvcc -Xptxas -v (skipped when nvcc is missing)")  # fmt: skip
+                      help="csrc rows by nvcc -Xptxas -v -keep (skipped when nvcc is missing)")  # fmt: skip
     card.add_argument(
         "--csrc-logs",
         default=None,
-        help="folder of nvcc -Xptxas -v logs to read instead of compiling (default: none)",
+        help="folder of nvcc -Xptxas -v logs (*.log) and PTX (*.ptx) to read instead of compiling, as "
+        ".ci/check_csrc.sh writes with PTXAS_LOG_DIR (default: none)",
     )
     p.set_defaults(func=run)
 

@@ -1,6 +1,8 @@
-// The csrc kernels' integer functions (csrc/philox.cuh, csrc/tile_layout.cuh) compiled for the
+// The csrc kernels' integer functions (csrc/philox.cuh, csrc/tile_layout.cuh) and the cross-entropy
+// backward's GEMM plan (csrc/cross_entropy_plan.h), compiled for the
 // host with g++ and exported with C linkage for ctypes: tests/csrc/test_csrc_host_model.py checks
 // them — the very code the kernels run — against known answers and independent Python models.
+#include "cross_entropy_plan.h"
 #include "philox.cuh"
 #include "tile_layout.cuh"
 
@@ -51,6 +53,8 @@ int m_frag_chunk(int C, int lane_chunk, int r0, int c0) {
 // pattern 0 = rows16, 1 = rows8x2: the lane's (row, chunk) in an ldmatrix x4
 int m_lane_row(int pattern, int lane) { return pattern == 0 ? lane_row_rows16(lane) : lane_row_rows8x2(lane); }
 int m_lane_chunk(int pattern, int lane) { return pattern == 0 ? lane_chunk_rows16(lane) : lane_chunk_rows8x2(lane); }
+
+int m_linear_cross_entropy_bwd_operands(int reduction) { return linear_cross_entropy_bwd_operands(reduction); }
 
 int m_fwd_key_end(int m0, int bm, int lq, int lk, int causal, int prefix) {
   return attn_fwd_key_end(m0, bm, lq, lk, causal, prefix);

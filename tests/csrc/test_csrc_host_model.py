@@ -71,6 +71,7 @@ def lib(tmp_path_factory):
         "m_fwd_key_end": (i32, [i32] * 6),
         "m_bwd_query_begin": (i32, [i32] * 6),
         "m_tile_all_visible": (i32, [i32] * 8),
+        "m_linear_cross_entropy_bwd_operands": (i32, [i32]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -537,3 +538,37 @@ def test_varlen_batches_with_one_token_sequences(lib):
                             bwd[i, j] += _visible(i, j, lq, lk, causal)
             want = np.array([[_visible(i, j, lq, lk, causal) for j in range(lk)] for i in range(lq)])
             assert (fwd == want).all() and (bwd == want).all()
+
+
+# ------------------------------------------------------------------------- cross-entropy backward
+
+
+def _function_body(source: str, signature: str) -> str:
+    """The brace-matched body of the C++ function whose definition starts with ``signature``."""
+    start = source.index("{", source.index(signature))
+    depth = 0
+    for i in range(start, len(source)):
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[start : i + 1]
+    raise ValueError(f"unbalanced braces after {signature!r}")
+
+
+def test_linear_cross_entropy_bwd_gemm_work_is_halved_for_sum_and_mean(lib):
+    """GEMMs per (row chunk x vocab chunk) block of the csrc cross-entropy backward: binding.cpp
+    multiplies each 16-bit d(logits) operand into dhidden and dweight (its at::mm calls, inside
+    its loop over the operands, and no other), and cross_entropy_plan.h decides the operands per
+    reduction. The issue's before: the hi + lo pair for every reduction, 4 GEMMs per block; now
+    2 for sum and mean (the training losses), 4 for none, whose rounding residual keeps the
+    gradient within the design's rule (test_linear_cross_entropy_dlogits_numerics.py)."""
+    binding = (CSRC / "binding.cpp").read_text()
+    bwd = _function_body(binding, "std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_bwd(")
+    per_operand = _function_body(bwd, "for (const at::Tensor& dk : d)").count("at::mm(")
+    assert per_operand == 2 and bwd.count("at::mm(") == per_operand
+    codes = _function_body(binding, "int reduction_code(")
+    reductions = {"none": "kReductionNone", "sum": "1", "mean": "2"}
+    for name, code in reductions.items():
+        assert f'if (reduction == "{name}") return {code};' in codes
+    gemms = {name: per_operand * lib.m_linear_cross_entropy_bwd_operands(code) for name, code in
+             (("none", 0), ("sum", 1), ("mean", 2))}  # fmt: skip
+    assert gemms == {"none": 4, "sum": 2, "mean": 2}
