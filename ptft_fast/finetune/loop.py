@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ptft_fast.finetune import ulmfit
 from ptft_fast.finetune.checkpoints import RunState, load_run, save_run
+from ptft_fast.finetune.distributed import full_parameters
 from ptft_fast.models.heads import IGNORE_INDEX
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.metrics import MetricsLog
@@ -266,7 +267,7 @@ def train(
                     restore_best,
                     params,
                     log,
-                    rank,
+                    strategy,
                 )
             if end_of_epoch:
                 run.epoch, run.pos = run.epoch + 1, 0
@@ -279,7 +280,7 @@ def train(
         for c, value in saved_flags:
             c.gradient_checkpointing = value
     if restore_best and run.best_weights is not None:
-        with torch.no_grad():
+        with torch.no_grad(), full_parameters(strategy, params, modifier_rank=0):
             for p, w in zip(params, run.best_weights):
                 p.copy_(w)
     return History(run.history, run.best, run.stopped_early)
@@ -301,7 +302,7 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     for m in micro:
         local = torch.tensor_split(m, world)[rank] if world > 1 else m
         if len(local) == 0 or units(take(data, local)) == 0:
-            strategy.backward(_zero_loss(model))  # DeepSpeed counts every micro-batch
+            strategy.backward(_zero_loss(model, strategy, take(data, idx), loss_fn))
             continue
         b = take(data, local)
         share = units(b) / total
@@ -314,12 +315,20 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     return float(summed)
 
 
-def _zero_loss(model) -> torch.Tensor:
+def _zero_loss(model, strategy, batch: dict, loss_fn) -> torch.Tensor:
+    """The loss of a rank whose slice of a micro-batch has nothing to learn from: DeepSpeed counts
+    every micro-batch. ZeRO-3 reduces gradients from the hooks of a forward on the whole (gathered)
+    parameters, so there the zero is a forward on the step's ``batch`` times 0."""
+    if getattr(strategy, "stage", 0) == 3:
+        return loss_fn(model, batch) * 0.0
     return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
 
 
-def _evaluate(model, evaluate, cfg, run, metric, higher, on_best, restore_best, params, log, rank) -> None:
-    """Score the dev split; record the row, keep the best, count evaluations without progress."""
+def _evaluate(
+    model, evaluate, cfg, run, metric, higher, on_best, restore_best, params, log, strategy
+) -> None:
+    """Score the dev split (on every rank); record the row, keep the best (ZeRO-3: gathered on
+    every rank, written by rank 0), count evaluations without progress."""
     model.eval()
     with torch.no_grad():
         scores = evaluate(model)
@@ -336,10 +345,11 @@ def _evaluate(model, evaluate, cfg, run, metric, higher, on_best, restore_best, 
         log.write({"kind": "dev", **row, "metric": metric, "value": scores[metric]})
     if better:
         run.best, run.since_best = row, 0
-        if restore_best:
-            run.best_weights = [p.detach().to("cpu", copy=True) for p in params]
-        if on_best is not None and rank == 0:
-            on_best(model, row)
+        with full_parameters(strategy, model.parameters()):
+            if restore_best:
+                run.best_weights = [p.detach().to("cpu", copy=True) for p in params]
+            if on_best is not None and getattr(strategy, "rank", 0) == 0:
+                on_best(model, row)
     else:
         run.since_best += 1
         if cfg.patience and run.since_best >= cfg.patience:
