@@ -156,7 +156,9 @@ def _strategy(model: nn.Module, params, cfg: FinetuneConfig, total: int):
     tcfg = cfg.train_config()
     groups = [
         dict(g, lr_scale=g["lr"] / cfg.lr)
-        for g in ulmfit.param_groups(model, params, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay)
+        for g in ulmfit.param_groups(
+            model, params, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay, per_layer=cfg.gradual_unfreeze
+        )
     ]
     mult = ulmfit.schedule(
         cfg.schedule, total, warmup_ratio=cfg.warmup_ratio, cut_frac=cfg.stlr_cut_frac, ratio=cfg.stlr_ratio
@@ -209,7 +211,9 @@ def train(
             raise ValueError("train: resume needs cfg.out (the run folder holding the checkpoints)")
         load_run(cfg, out, model, strategy, params, run)
     saved_flags = _set_checkpointing(model, True) if cfg.gradient_checkpointing else []
-    unfreezing = ulmfit.GradualUnfreezing(model, params) if cfg.gradual_unfreeze else None
+    unfreezing = None
+    if cfg.gradual_unfreeze:  # frozen groups: lr 0 (+ their gradients dropped unless DeepSpeed's)
+        unfreezing = ulmfit.GradualUnfreezing(model, params, strategy.optimizer)
     log = None
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +238,7 @@ def train(
             idx = order[run.pos * cfg.batch_size : (run.pos + 1) * cfg.batch_size]
             model.train()
             loss = _step(forward, strategy, train_data, idx, cfg.grad_accum, loss_fn, units, rank, world)
-            if unfreezing is not None:
+            if unfreezing is not None and forward is model:
                 unfreezing.drop_frozen_grads()
             result = strategy.step(run.step, run.elapsed)
             run.bad = check_step(run.bad, run.step + 1, [loss], result, cfg.train_config(), _ckpt_dir(out))

@@ -56,6 +56,31 @@ def run(out: Path, stage: int | None) -> dict:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def unfreeze_run(out: Path, stage: int | None, epochs: int = 4) -> None:
+    """``--gradual-unfreeze`` over ``epochs`` epochs (2 steps each); rank 0 writes the weights
+    after every epoch E to OUT/epoch_E.safetensors (the start is ``task_model()``'s)."""
+    from ptft_fast.train.deepspeed_config import DeepSpeedOptions
+
+    model = task_model()
+    ds = DeepSpeedOptions(zero_stage=stage) if stage is not None else None
+    cfg = FinetuneConfig(epochs=epochs, batch_size=8, grad_accum=2, lr=1e-2, weight_decay=0.1, progress=False,
+                         gradual_unfreeze=True, deepspeed=ds)  # fmt: skip
+    done = []
+
+    def evaluate(m):
+        weights = whole_weights(m)  # every rank (ZeRO-3 gathers)
+        done.append(len(done) + 1)
+        if _rank() == 0:
+            save_file(weights, out / f"epoch_{len(done)}.safetensors")
+        return {"acc": 0.0}
+
+    train(model, task_data(), evaluate, cfg, metric="acc")
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
 def saved_model(base: Path):
     """(task model without dropout, spec, tokenizer, config) on the model folder ``base``."""
     from ptft_fast.finetune import saved
@@ -118,9 +143,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--ds-json")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--unfreeze", action="store_true")
     a = p.parse_args(argv)
-    history = None
-    if a.base is None:
+    history, weights = None, {}
+    if a.unfreeze:
+        a.out.mkdir(parents=True, exist_ok=True)
+        unfreeze_run(a.out, a.stage)
+    elif a.base is None:
         weights = run(a.out, a.stage)
     else:
         ds = DeepSpeedOptions(config=a.ds_json, zero_stage=a.stage if a.ds_json is None else None)

@@ -29,3 +29,28 @@ def test_two_ranks_train_like_one_process(tmp_path, stage):
     diff = torch.cat([(got[k] - want[k]).flatten() for k in want])
     assert float(diff.norm()) < 1e-2 * float(moved.norm())
     assert (two / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_gradual_unfreezing_on_two_ranks_keeps_frozen_groups_until_their_epoch(tmp_path):
+    """DeepSpeed owns the gradients, so frozen layer groups are held by a zero lr in their own
+    optimizer groups (weight decay 0.1 on: a decayed frozen weight would move too)."""
+    from ptft_fast.finetune import ulmfit
+
+    proc = run_finetune(tmp_path, 2, "--unfreeze")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = task_model()
+    start = model.state_dict()
+    ids = {id(p): n for n, p in model.named_parameters()}
+    groups = [[ids[id(p)] for p in g] for g in ulmfit.layer_groups(model)]  # bottom, layers, top
+    assert len(groups) == 4
+    for epoch in range(1, 5):
+        snap = load_file(tmp_path / f"epoch_{epoch}.safetensors")
+        live = len(groups) - epoch  # groups below this index are still frozen
+        for i, group in enumerate(groups):
+            moved = [n for n in group if not torch.equal(snap[n], start[n])]
+            if i < live:
+                assert not moved, (epoch, i, moved[:3])
+            else:  # every group being trained has moved
+                assert moved, (epoch, i)
