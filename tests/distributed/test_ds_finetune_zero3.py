@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -95,3 +96,34 @@ def test_kill9_mid_run_then_resume_gives_the_uninterrupted_weights(tmp_path, ft_
     assert train_losses(out) == train_losses(ref)
     done = [json.loads((d / "done.json").read_text()) for d in (out, ref)]
     assert done[0]["history"] == done[1]["history"]
+
+
+def test_ptft_finetune_zero3_on_two_ranks_then_predict(tmp_path, ft_base):
+    """``ptft finetune --deepspeed z3.json`` as typed under the launcher: every rank scores --eval on
+    the kept model (a ZeRO-3 forward is a collective), rank 0 writes OUT/best, and ``ptft predict``
+    on that folder reproduces the eval accuracy task.json reports."""
+    from ptft_fast.cli import main
+
+    rows = [(f"{w} item {i} {'file path' if j < 4 else 'json object'}", "io" if j < 4 else "json")
+            for i in range(2) for j, w in enumerate(("open", "close", "seek", "tell", "load", "dump", "parse", "encode"))]  # fmt: skip
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "ptft_fast.train.ds_launch", "--nproc", "2", "--timeout", "200", "--",
+           sys.executable, "-m", "ptft_fast", "finetune", "--model", str(ft_base), "--task", "cls",
+           "--train", str(data), "--dev", str(data), "--eval", str(data), "--batch-size", "4", "--max-steps", "4",
+           "--eval-every", "2", "--deepspeed", str(zero3_config(tmp_path / "z3.json")), "--no-baselines",
+           "--no-progress", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kept the model of step" in proc.stdout
+    card = json.loads((out / "best" / "task.json").read_text())
+    assert (
+        main(
+            ["predict", "--model", str(out / "best"), "--input", str(data), "--out", str(tmp_path / "p.tsv")]
+        )
+        == 0
+    )
+    pred = [line.split("\t")[1] for line in (tmp_path / "p.tsv").read_text().splitlines()[1:]]
+    accuracy = sum(p == y for p, (_, y) in zip(pred, rows, strict=True)) / len(rows)
+    assert card["eval_metrics"]["accuracy"] == pytest.approx(accuracy)
