@@ -5,10 +5,12 @@
 ``saved_run``: the ``ptft finetune`` setup on a model folder (task head built by
 ``finetune.saved.build``, dev accuracy chooses the kept model, ``OUT/best`` written by
 ``finetune.saved.save``, the best weights restored at the end); any DeepSpeed JSON (ZeRO-3),
-``--resume latest``, a per-micro-batch pause (``PTFT_TEST_STEP_SLEEP``) for kill tests.
+``--resume latest``, a per-micro-batch pause (``PTFT_TEST_STEP_SLEEP``) for kill tests, the last
+step's weights instead of the best (``--last``).
 
 As a script: ``ds_finetune_worker.py OUT STAGE`` (``run``) or
-``ds_finetune_worker.py OUT --base FOLDER [--ds-json FILE | --stage N] [--steps N] [--resume]``.
+``ds_finetune_worker.py OUT [STAGE] --base FOLDER [--ds-json FILE] [--steps N] [--resume] [--last]``,
+``ds_finetune_worker.py OUT STAGE --unfreeze``.
 """
 
 from __future__ import annotations
@@ -96,9 +98,12 @@ def saved_model(base: Path):
     return model, spec, tok, config
 
 
-def saved_run(out: Path, base: Path, ds=None, steps: int = 4, resume: bool = False) -> tuple[dict, list]:
-    """Fine-tune like ``ptft finetune`` does; returns (final weights, whole tensors on every rank;
-    the dev history). ``ds``: DeepSpeedOptions or None (one process)."""
+def saved_run(
+    out: Path, base: Path, ds=None, steps: int = 4, resume: bool = False, restore_best: bool = True
+) -> tuple[dict, list]:
+    """Fine-tune like ``ptft finetune`` does; returns (final weights, whole tensors on every rank:
+    the best evaluation's, or the last step's without ``restore_best``; the dev history).
+    ``ds``: DeepSpeedOptions or None (one process)."""
     from ptft_fast.finetune import saved, tasks
 
     model, spec, tok, config = saved_model(base)
@@ -116,7 +121,7 @@ def saved_run(out: Path, base: Path, ds=None, steps: int = 4, resume: bool = Fal
         return default_loss(m, batch)
 
     hist = train(model, task_data(), lambda m: tasks.evaluate_cls(m, dev), cfg, metric="accuracy",
-                 on_best=on_best, loss_fn=loss_fn, restore_best=True)  # fmt: skip
+                 on_best=on_best, loss_fn=loss_fn, restore_best=restore_best)  # fmt: skip
     return whole_weights(model), hist.epochs
 
 
@@ -144,6 +149,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--unfreeze", action="store_true")
+    p.add_argument("--last", action="store_true", help="final weights of the last step (no restore_best)")
     a = p.parse_args(argv)
     history, weights = None, {}
     if a.unfreeze:
@@ -153,7 +159,7 @@ def main(argv: list[str]) -> None:
         weights = run(a.out, a.stage)
     else:
         ds = DeepSpeedOptions(config=a.ds_json, zero_stage=a.stage if a.ds_json is None else None)
-        weights, history = saved_run(a.out, a.base, ds, a.steps, a.resume)
+        weights, history = saved_run(a.out, a.base, ds, a.steps, a.resume, restore_best=not a.last)
     if torch.distributed.get_rank() == 0:
         save_file(weights, a.out / "final.safetensors")
         (a.out / "done.json").write_text(json.dumps({"ok": True, "history": history}))
