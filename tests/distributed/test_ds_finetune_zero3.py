@@ -68,8 +68,10 @@ def test_zero3_trains_like_one_process_and_saves_the_whole_model(tmp_path, ft_ba
     torch.testing.assert_close(_logits(kept.model, dev), _logits(ref, dev), rtol=1e-3, atol=1e-3)
 
 
-def test_kill9_mid_run_then_resume_gives_the_uninterrupted_weights(tmp_path, ft_base):
-    args = ("2", "--base", ft_base, "--steps", "8", "--last")  # ZeRO-2; the last step's weights
+@pytest.mark.parametrize("stage", [2, 3])
+def test_kill9_mid_run_then_resume_gives_the_uninterrupted_weights(tmp_path, ft_base, stage):
+    zero = ("--ds-json", zero3_config(tmp_path / "z3.json")) if stage == 3 else (str(stage),)
+    args = (*zero, "--base", ft_base, "--steps", "8", "--last")  # the last step's weights, not the best
     ref = tmp_path / "ref"
     proc = run_finetune(ref, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
