@@ -306,7 +306,7 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     for m in micro:
         local = torch.tensor_split(m, world)[rank] if world > 1 else m
         if len(local) == 0 or units(take(data, local)) == 0:
-            strategy.backward(_zero_loss(model, strategy, take(data, idx), loss_fn))
+            strategy.backward(_zero_loss(model, strategy, data, idx, loss_fn, units))
             continue
         b = take(data, local)
         share = units(b) / total
@@ -319,13 +319,15 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     return float(summed)
 
 
-def _zero_loss(model, strategy, batch: dict, loss_fn) -> torch.Tensor:
-    """The loss of a rank whose slice of a micro-batch has nothing to learn from: DeepSpeed counts
-    every micro-batch. ZeRO-3 reduces gradients from the hooks of a forward on the whole (gathered)
-    parameters, so there the zero is a forward on the step's ``batch`` times 0."""
-    if getattr(strategy, "stage", 0) == 3:
-        return loss_fn(model, batch) * 0.0
-    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+def _zero_loss(model, strategy, data, idx, loss_fn, units) -> torch.Tensor:
+    """The loss of a rank whose slice of a micro-batch has nothing to learn from (DeepSpeed counts
+    every micro-batch). On DeepSpeed it is a forward of one labeled row of the step's batch (rows
+    ``idx``) times 0: the other ranks' forwards give gradients to the same parameters in the same
+    order, which ZeRO's bucketed reductions (and ZeRO-3's gathering hooks) need to stay in step."""
+    if getattr(strategy, "engine", None) is None:
+        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+    row = next((i for i in idx.tolist() if units(take(data, torch.tensor([i]))) > 0), int(idx[0]))
+    return loss_fn(model, take(data, torch.tensor([row]))) * 0.0
 
 
 def _evaluate(
