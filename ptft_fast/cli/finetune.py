@@ -501,7 +501,10 @@ def _finetune(args) -> int:
         loss_fn=loss_fn,
         restore_best=True,
     )
-    if torch.distributed.is_initialized():  # DeepSpeed ranks: rank 0 scores, reports and writes
+    model.eval()
+    with torch.no_grad():  # every DeepSpeed rank scores (ZeRO-3: a forward gathers on all ranks)
+        test = evaluate_eval(model)  # the kept model: restore_best put its weights back
+    if torch.distributed.is_initialized():  # DeepSpeed ranks: rank 0 reports and writes
         torch.distributed.barrier()
         if torch.distributed.get_rank() != 0:
             torch.distributed.destroy_process_group()
@@ -511,9 +514,6 @@ def _finetune(args) -> int:
         scores = {k: v for k, v in row.items() if k not in ("epoch", "step", "train_loss")}
         print(f"{_when(args, row)}: train_loss={row['train_loss']:.4f}  dev {scores_text(scores)}")
     best = hist.best
-    model.eval()
-    with torch.no_grad():
-        test = evaluate_eval(model)  # the kept model: restore_best put its weights back
     saved.add_to_card(out / "best", eval_metrics=test, eval_file=str(args.eval))
     dev_scores = {k: v for k, v in best.items() if k not in ("epoch", "step", "train_loss")}
     kept = (

@@ -1,7 +1,8 @@
 """Hugging Face ``datasets`` on disk as input (no hub): a ``Dataset.save_to_disk`` folder, a
 ``.parquet`` file or an ``.arrow`` file (``Dataset.from_file``'s format, what datasets caches and
 saves). ``ptft pretrain --data`` reads the documents of one text column, ``ptft finetune
---train/--dev/--eval`` the rows as records (like a .jsonl file's).
+--train/--dev/--eval`` the rows as records (like a .jsonl file's; token classification and QA
+read their CoNLL / SQuAD columns from them, ``ClassLabel`` tags by name).
 
 A ``DatasetDict`` folder (``dataset_dict.json`` with one sub-folder per split) is refused with the
 splits named: pass ``DIR/<split>``.
@@ -95,6 +96,14 @@ def texts(path: str | Path, column: str | None = None) -> list[str]:
     ds = load(path)
     name = text_column(ds, path, column)
     return [t for t in ds[name] if t is not None and t.strip()]
+
+
+def class_names(path: str | Path, column: str) -> list[str] | None:
+    """The names of a ``ClassLabel`` column (or of a list of them, CoNLL's ``ner_tags``), by index;
+    None when the column holds values that are their own names."""
+    feature = load(path).features[column]
+    feature = getattr(feature, "feature", feature)  # a List / Sequence of ClassLabel
+    return list(feature.names) if hasattr(feature, "names") else None
 
 
 def records(path: str | Path) -> Iterator[tuple[int, dict]]:

@@ -8,10 +8,16 @@ weighted by its share of the *whole* batch's label units and ``DeepSpeedStrategy
 DeepSpeed's averaging over ranks, so the update equals single-process training on the batch.
 Checkpoints are the engine's (``train.deepspeed_trainer.save_engine_checkpoint``) with the run state
 as client state; dev evaluation runs on every rank, rank 0 logs and saves the kept model.
+
+ZeRO stage 3 keeps each parameter as a 1/world shard that the engine's module hooks gather for a
+forward, so evaluation (every rank runs it, on the same data) works as it is; what reads weights
+outside a forward — the best evaluation's weight snapshot, saving the kept model, putting the best
+weights back — runs inside :func:`full_parameters`, where every rank holds the whole tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -26,13 +32,6 @@ def deepspeed_strategy(model, tcfg: TrainConfig, opts, groups: list[dict], lr_at
     from ptft_fast.train.deepspeed_strategy import DeepSpeedStrategy, init_distributed
 
     rank, world = init_distributed()
-    if int(opts.zero_stage or 0) == 3 or _json_stage(opts) == 3:
-        from ptft_fast.train.config import TrainConfigError
-
-        raise TrainConfigError(
-            "fine-tuning runs on ZeRO stage 0, 1 or 2 (stage 3's partitioned parameters are not "
-            "supported by the fine-tuning loop yet); use --zero-stage 2"
-        )
     micro = max(1, math.ceil(tcfg.micro_batch_size / world))
     tcfg = dataclasses.replace(tcfg, micro_batch_size=micro)
     strategy = DeepSpeedStrategy(model, tcfg, build_config(opts, tcfg, world), groups=groups, lr_at=lr_at)
@@ -40,12 +39,15 @@ def deepspeed_strategy(model, tcfg: TrainConfig, opts, groups: list[dict], lr_at
     return strategy
 
 
-def _json_stage(opts) -> int:
-    import json
+def full_parameters(strategy, params, *, modifier_rank: int | None = None):
+    """Context in which ``params`` are whole tensors on every rank: ZeRO-3's shards gathered (a
+    collective: every rank must enter it; with ``modifier_rank`` that rank's changes are kept), a
+    no-op for every other strategy."""
+    if getattr(strategy, "stage", 0) != 3:
+        return contextlib.nullcontext()
+    import deepspeed
 
-    if opts.config is None:
-        return 0
-    return int(json.loads(Path(opts.config).read_text()).get("zero_optimization", {}).get("stage", 0))
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
 
 
 def save_engine_run(cfg, out: Path, strategy, run, settings: dict) -> Path:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ptft_fast.finetune import ulmfit
 from ptft_fast.finetune.checkpoints import RunState, load_run, save_run
+from ptft_fast.finetune.distributed import full_parameters
 from ptft_fast.models.heads import IGNORE_INDEX
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.metrics import MetricsLog
@@ -155,7 +156,9 @@ def _strategy(model: nn.Module, params, cfg: FinetuneConfig, total: int):
     tcfg = cfg.train_config()
     groups = [
         dict(g, lr_scale=g["lr"] / cfg.lr)
-        for g in ulmfit.param_groups(model, params, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay)
+        for g in ulmfit.param_groups(
+            model, params, cfg.lr, cfg.weight_decay, cfg.layer_lr_decay, per_layer=cfg.gradual_unfreeze
+        )
     ]
     mult = ulmfit.schedule(
         cfg.schedule, total, warmup_ratio=cfg.warmup_ratio, cut_frac=cfg.stlr_cut_frac, ratio=cfg.stlr_ratio
@@ -208,7 +211,9 @@ def train(
             raise ValueError("train: resume needs cfg.out (the run folder holding the checkpoints)")
         load_run(cfg, out, model, strategy, params, run)
     saved_flags = _set_checkpointing(model, True) if cfg.gradient_checkpointing else []
-    unfreezing = ulmfit.GradualUnfreezing(model, params) if cfg.gradual_unfreeze else None
+    unfreezing = None
+    if cfg.gradual_unfreeze:  # frozen groups: lr 0 (+ their gradients dropped unless DeepSpeed's)
+        unfreezing = ulmfit.GradualUnfreezing(model, params, strategy.optimizer)
     log = None
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +238,7 @@ def train(
             idx = order[run.pos * cfg.batch_size : (run.pos + 1) * cfg.batch_size]
             model.train()
             loss = _step(forward, strategy, train_data, idx, cfg.grad_accum, loss_fn, units, rank, world)
-            if unfreezing is not None:
+            if unfreezing is not None and forward is model:
                 unfreezing.drop_frozen_grads()
             result = strategy.step(run.step, run.elapsed)
             run.bad = check_step(run.bad, run.step + 1, [loss], result, cfg.train_config(), _ckpt_dir(out))
@@ -266,7 +271,7 @@ def train(
                     restore_best,
                     params,
                     log,
-                    rank,
+                    strategy,
                 )
             if end_of_epoch:
                 run.epoch, run.pos = run.epoch + 1, 0
@@ -279,7 +284,7 @@ def train(
         for c, value in saved_flags:
             c.gradient_checkpointing = value
     if restore_best and run.best_weights is not None:
-        with torch.no_grad():
+        with torch.no_grad(), full_parameters(strategy, params, modifier_rank=0):
             for p, w in zip(params, run.best_weights):
                 p.copy_(w)
     return History(run.history, run.best, run.stopped_early)
@@ -301,7 +306,7 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     for m in micro:
         local = torch.tensor_split(m, world)[rank] if world > 1 else m
         if len(local) == 0 or units(take(data, local)) == 0:
-            strategy.backward(_zero_loss(model))  # DeepSpeed counts every micro-batch
+            strategy.backward(_zero_loss(model, strategy, data, idx, loss_fn, units))
             continue
         b = take(data, local)
         share = units(b) / total
@@ -314,12 +319,22 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     return float(summed)
 
 
-def _zero_loss(model) -> torch.Tensor:
-    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+def _zero_loss(model, strategy, data, idx, loss_fn, units) -> torch.Tensor:
+    """The loss of a rank whose slice of a micro-batch has nothing to learn from (DeepSpeed counts
+    every micro-batch). On DeepSpeed it is a forward of one labeled row of the step's batch (rows
+    ``idx``) times 0: the other ranks' forwards give gradients to the same parameters in the same
+    order, which ZeRO's bucketed reductions (and ZeRO-3's gathering hooks) need to stay in step."""
+    if getattr(strategy, "engine", None) is None:
+        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+    row = next((i for i in idx.tolist() if units(take(data, torch.tensor([i]))) > 0), int(idx[0]))
+    return loss_fn(model, take(data, torch.tensor([row]))) * 0.0
 
 
-def _evaluate(model, evaluate, cfg, run, metric, higher, on_best, restore_best, params, log, rank) -> None:
-    """Score the dev split; record the row, keep the best, count evaluations without progress."""
+def _evaluate(
+    model, evaluate, cfg, run, metric, higher, on_best, restore_best, params, log, strategy
+) -> None:
+    """Score the dev split (on every rank); record the row, keep the best (ZeRO-3: gathered on
+    every rank, written by rank 0), count evaluations without progress."""
     model.eval()
     with torch.no_grad():
         scores = evaluate(model)
@@ -336,10 +351,11 @@ def _evaluate(model, evaluate, cfg, run, metric, higher, on_best, restore_best, 
         log.write({"kind": "dev", **row, "metric": metric, "value": scores[metric]})
     if better:
         run.best, run.since_best = row, 0
-        if restore_best:
-            run.best_weights = [p.detach().to("cpu", copy=True) for p in params]
-        if on_best is not None and rank == 0:
-            on_best(model, row)
+        with full_parameters(strategy, model.parameters()):
+            if restore_best:
+                run.best_weights = [p.detach().to("cpu", copy=True) for p in params]
+            if on_best is not None and getattr(strategy, "rank", 0) == 0:
+                on_best(model, row)
     else:
         run.since_best += 1
         if cfg.patience and run.since_best >= cfg.patience:

@@ -1,5 +1,6 @@
 """Task data readers: GLUE-style TSV/CSV/JSONL with column mapping, CoNLL token labels,
-SQuAD-style JSON. Every error names the file and the line (or record) it is about."""
+SQuAD-style JSON; any of them also from a Hugging Face ``datasets`` input (save_to_disk folder,
+.parquet, .arrow) read as records. Every error names the file and the line (or record) it is about."""
 
 from __future__ import annotations
 
@@ -184,13 +185,66 @@ def read_examples(
     return out
 
 
+# columns of a datasets input for token classification (CoNLL-2003's names first) and QA (SQuAD's)
+TOKEN_COLUMNS = ("tokens", "words")
+TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner", "pos_tags", "chunk_tags")
+SQUAD_COLUMNS = ("question", "context")
+
+
+def _column(path: Path, row: dict, names: tuple[str, ...], role: str) -> str:
+    found = next((c for c in names if c in row), None)
+    if found is None:
+        raise DataError(f"{path}:1: no {role} column among {sorted(row)} (expected one of {list(names)})")
+    return found
+
+
+def _check_tags(where: str, tags: list[str], label_set) -> None:
+    bad = next((t for t in tags if t not in label_set), None) if label_set is not None else None
+    if bad is not None:
+        raise DataError(f"{where}: tag {bad!r} not in the label set {label_set}")
+
+
+def _conll_records(path: Path, label_set, with_tags: bool) -> list[TokenExample]:
+    """A datasets input with a list-of-tokens column and a list-of-tags column (names or
+    ``ClassLabel`` indices), one sentence per row; rows without tokens are skipped."""
+    out: list[TokenExample] = []
+    words_col = tags_col = names = None
+    for n, row in _rows(path):
+        where = f"{path}:{n}"
+        if words_col is None:
+            words_col = _column(path, row, TOKEN_COLUMNS, "token")
+            if with_tags:
+                tags_col = _column(path, row, TAG_COLUMNS, "tag")
+                names = hf_datasets.class_names(path, tags_col)
+        words = [str(w) for w in row[words_col] or []]
+        if not words:
+            continue
+        if not with_tags:
+            out.append(TokenExample(words, ["O"] * len(words), where))
+            continue
+        tags = [names[t] if names else str(t) for t in row[tags_col] or []]
+        if len(tags) != len(words):
+            raise DataError(
+                f"{where}: {len(words)} tokens in {words_col!r} but {len(tags)} tags in {tags_col!r}"
+            )
+        _check_tags(where, tags, label_set)
+        out.append(TokenExample(words, tags, where))
+    return out
+
+
 def read_conll(
     path: str | Path, *, word_col: int = 0, tag_col: int = -1, label_set=None, with_tags: bool = True
 ) -> list[TokenExample]:
     """CoNLL: one token per line (whitespace-separated columns), blank line between sentences,
-    ``-DOCSTART-`` lines skipped. ``with_tags=False`` reads words only (a file to predict tags for;
-    its examples get "O" tags)."""
+    ``-DOCSTART-`` lines skipped; or a datasets input with ``tokens`` and ``ner_tags`` (or
+    TOKEN_COLUMNS / TAG_COLUMNS) columns. ``with_tags=False`` reads words only (a file to predict
+    tags for; its examples get "O" tags)."""
     path = Path(path)
+    if hf_datasets.is_dataset(path):
+        out = _conll_records(path, label_set, with_tags)
+        if not out:
+            raise DataError(f"{path}: no sentences")
+        return out
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     out: list[TokenExample] = []
@@ -212,8 +266,7 @@ def read_conll(
             if len(parts) < 2:
                 raise DataError(f"{path}:{line_no}: expected a token and a tag, got {line.strip()!r}")
             tag = parts[tag_col]
-            if label_set is not None and tag not in label_set:
-                raise DataError(f"{path}:{line_no}: tag {tag!r} not in the label set {label_set}")
+            _check_tags(f"{path}:{line_no}", [tag], label_set)
             words.append(parts[word_col])
             tags.append(tag)
     if words:
@@ -223,10 +276,44 @@ def read_conll(
     return out
 
 
+def _check_answers(where: str, ctx: str, answers: list[dict]) -> None:
+    for ans in answers:
+        s, t = ans.get("answer_start"), ans.get("text", "")
+        if not isinstance(s, int) or ctx[s : s + len(t)] != t:
+            raise DataError(f"{where}: answer {t!r} is not at answer_start={s} of the context")
+
+
+def _squad_records(path: Path) -> list[QAExample]:
+    """A datasets input in the SQuAD layout of the hub: ``question``, ``context`` and ``answers``
+    as ``{"text": [...], "answer_start": [...]}`` (a list of ``{text, answer_start}`` also does),
+    ``id`` optional."""
+    out = []
+    for n, row in _rows(path):
+        where = f"{path}:{n}"
+        for need in SQUAD_COLUMNS:
+            if not isinstance(row.get(need), str):
+                raise DataError(f"{where}: missing text column {need!r} (columns: {sorted(row)})")
+        answers = row.get("answers") or []
+        if isinstance(answers, dict):
+            answers = [
+                {"text": t, "answer_start": s} for t, s in zip(answers["text"], answers["answer_start"])
+            ]
+        answers = [{"text": a["text"], "answer_start": a["answer_start"]} for a in answers]
+        _check_answers(where, row["context"], answers)
+        out.append(QAExample(str(row.get("id", n)), row["question"], row["context"], answers))
+    return out
+
+
 def read_squad(path: str | Path) -> list[QAExample]:
-    """SQuAD v1/v2 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}; each
-    answer's ``answer_start`` must point at its text in the context."""
+    """SQuAD v1/v2 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}, or a
+    datasets input with SQuAD's columns (:func:`_squad_records`); each answer's ``answer_start``
+    must point at its text in the context."""
     path = Path(path)
+    if hf_datasets.is_dataset(path):
+        out = _squad_records(path)
+        if not out:
+            raise DataError(f"{path}: no questions")
+        return out
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -246,10 +333,7 @@ def read_squad(path: str | Path) -> list[QAExample]:
                 if "question" not in qa:
                     raise DataError(f"{where}: missing 'question'")
                 answers = qa.get("answers", [])
-                for ans in answers:
-                    s, t = ans.get("answer_start"), ans.get("text", "")
-                    if not isinstance(s, int) or ctx[s : s + len(t)] != t:
-                        raise DataError(f"{where}: answer {t!r} is not at answer_start={s} of the context")
+                _check_answers(where, ctx, answers)
                 out.append(QAExample(str(qa.get("id", f"{a}-{p}-{q}")), qa["question"], ctx, answers))
     if not out:
         raise DataError(f"{path}: no questions")

@@ -9,8 +9,13 @@ schedule the fine-tuning loop builds from it.
 - Slanted triangular learning rates (``schedule="stlr"``): a short linear rise over ``cut_frac`` of
   the steps from lr/ratio to lr, then a long linear decay back to lr/ratio.
 - Gradual unfreezing: in epoch e only the top e groups are trained; the others keep their weights
-  (their gradients are dropped before the step, so neither the update nor weight decay touches
-  them), until all are unfrozen.
+  until all are unfrozen. Each layer group has its own optimizer groups, whose lr is 0 while the
+  layer group is frozen (AdamW's update and its decoupled weight decay both scale with the lr, so
+  the weights stay bit for bit); on one process the frozen gradients are also dropped before the
+  step (AdamW skips those parameters: no moments, no step count, no share of the clipping norm).
+  DeepSpeed owns the gradients (ZeRO's flat buffers), so there only the zero lr holds the layers:
+  their gradients still enter the clipping norm and Adam's moments, which start warm when the
+  layer group opens.
 """
 
 from __future__ import annotations
@@ -51,13 +56,22 @@ def layer_groups(model: nn.Module, params: list[nn.Parameter] | None = None) -> 
 
 
 def param_groups(
-    model: nn.Module, params: list[nn.Parameter], lr: float, weight_decay: float, layer_lr_decay: float = 1.0
+    model: nn.Module,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    layer_lr_decay: float = 1.0,
+    *,
+    per_layer: bool = False,
 ) -> list[dict]:
     """AdamW parameter groups: per layer group lr · decay^(groups above it), weight decay on
-    matrices only (biases, norms and vectors such as (IA)³'s are not decayed)."""
+    matrices only (biases, norms and vectors such as (IA)³'s are not decayed). With a decay or
+    ``per_layer`` (gradual unfreezing) every group carries ``layer_group``: its layer group's index,
+    bottom to top, as :func:`layer_groups` numbers them."""
     if not 0.0 < layer_lr_decay <= 1.0:
         raise ValueError(f"layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
-    groups = layer_groups(model, params) if layer_lr_decay != 1.0 else [params]
+    split = per_layer or layer_lr_decay != 1.0
+    groups = layer_groups(model, params) if split else [params]
     out = []
     for depth, group in enumerate(reversed(groups)):
         group_lr = lr * layer_lr_decay**depth
@@ -67,6 +81,8 @@ def param_groups(
         ):
             if ps:
                 out.append({"params": ps, "lr": group_lr, "weight_decay": decay})
+                if split:
+                    out[-1]["layer_group"] = len(groups) - 1 - depth
     return out
 
 
@@ -101,17 +117,28 @@ def schedule(name: str, total_steps: int, *, warmup_ratio: float, cut_frac: floa
 
 
 class GradualUnfreezing:
-    """Epoch e trains the top e layer groups of the trainable parameters; call
-    :meth:`drop_frozen_grads` between backward and the optimizer step."""
+    """Epoch e trains the top e layer groups of the trainable parameters. ``optimizer``: one built
+    on :func:`param_groups` with ``per_layer`` (each group knows its ``layer_group``); a frozen
+    group's ``lr_scale`` is 0 (its open scale kept as ``open_lr_scale``). Call
+    :meth:`drop_frozen_grads` between backward and the optimizer step where the gradients are
+    the parameters' own (not DeepSpeed's)."""
 
-    def __init__(self, model: nn.Module, params: list[nn.Parameter]):
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer=None):
         self.groups = layer_groups(model, params)
         self.frozen: list[nn.Parameter] = []
+        self.optimizer_groups = [] if optimizer is None else optimizer.param_groups
+        for g in self.optimizer_groups:
+            if "layer_group" not in g:
+                raise ValueError("GradualUnfreezing: the optimizer's groups are not per layer group")
+            g.setdefault("open_lr_scale", g.get("lr_scale", 1.0))
 
     def start_epoch(self, epoch: int) -> int:
         """Freeze all but the top ``epoch`` groups (1-based epoch); returns how many train."""
         n = min(epoch, len(self.groups))
-        self.frozen = [p for g in self.groups[: len(self.groups) - n] for p in g]
+        live = len(self.groups) - n  # groups below this index stay frozen
+        self.frozen = [p for g in self.groups[:live] for p in g]
+        for g in self.optimizer_groups:
+            g["lr_scale"] = g["open_lr_scale"] if g["layer_group"] >= live else 0.0
         return n
 
     @torch.no_grad()

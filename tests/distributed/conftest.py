@@ -57,3 +57,23 @@ def zero3_partial(run_data, tmp_path_factory) -> Path:
     proc = run_worker("partial", out, zero3_config(out / "z3.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def ft_base(tmp_path_factory) -> Path:
+    """A model folder for fine-tuning: bert-tiny-cpu (dropout off) with a WordPiece tokenizer."""
+    import torch
+
+    from ptft_fast.data.corpus import embedded_corpus
+    from ptft_fast.data.tokenizer import TokenizerConfig, train_tokenizer
+    from ptft_fast.hf import save_pretrained
+    from ptft_fast.models import from_name
+
+    tok = train_tokenizer(embedded_corpus()[:200], TokenizerConfig(kind="wordpiece", vocab_size=256))
+    torch.manual_seed(0)
+    model = from_name("bert-tiny-cpu", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id or 0,
+                      dropout=0.0, attention_dropout=0.0)  # fmt: skip
+    base = tmp_path_factory.mktemp("ft_base")
+    save_pretrained(model, base)
+    tok.save(base)
+    return base

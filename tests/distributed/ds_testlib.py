@@ -83,3 +83,28 @@ def run_worker(mode: str, out: Path, ds_json: Path, timeout: float = 110.0) -> s
         sys.executable, str(WORKER), mode, str(out), str(ds_json),
     ]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 15)
+
+
+FINETUNE_WORKER = Path(__file__).resolve().parent / "ds_finetune_worker.py"
+
+
+def finetune_command(*args, nproc: int = 2, timeout: float = 200.0) -> list[str]:
+    """``ds_finetune_worker.py ARGS`` on ``nproc`` ranks under the watchdog launcher."""
+    return [
+        sys.executable, "-m", "ptft_fast.train.ds_launch", "--nproc", str(nproc), "--timeout", str(timeout), "--",
+        sys.executable, str(FINETUNE_WORKER), *map(str, args),
+    ]  # fmt: skip
+
+
+def worker_env(**extra: str) -> dict:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(FINETUNE_WORKER.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_finetune(*args, timeout: float = 200.0) -> subprocess.CompletedProcess:
+    """Run the fine-tuning worker on 2 ranks to completion (bounded by ``timeout``)."""
+    return subprocess.run(
+        finetune_command(*args, timeout=timeout), env=worker_env(), capture_output=True, text=True,
+        timeout=timeout + 30,
+    )  # fmt: skip

@@ -137,3 +137,109 @@ def test_qa_doc_stride_and_nbest(ft_wordpiece):
     logits[i][f.start, 0], logits[i][f.end, 1] = 0.0, 0.0
     logits[i][f.end, 0], logits[i][f.start, 1] = 10.0, 10.0
     assert decode_spans(ex, feats, logits, max_answer_len=1) != ["answer is"]
+
+
+CONLL = (
+    "-DOCSTART- O\n\nJohn B-PER\nreads O\nfiles O\n\nParis B-LOC\nopens O\n\nAnna B-PER\nsaw O\nRome B-LOC\n"
+)
+TAGS = ["O", "B-PER", "B-LOC"]
+CTX = "The open function returns a file object. " * 3
+SQUAD = [("q1", "What does open return?", CTX, "a file object", 26),
+         ("q2", "Which function?", CTX, "open", 4), ("q3", "What is returned?", CTX, "file object", 28)]  # fmt: skip
+
+
+def _squad_file(path):
+    qas = [{"id": i, "question": q, "answers": [{"text": t, "answer_start": s}]} for i, q, _, t, s in SQUAD]
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": CTX, "qas": qas}]}]}))
+    return path
+
+
+def _conll_dataset(datasets):
+    """CoNLL-2003's layout on the hub: tokens + ner_tags as ClassLabel indices."""
+    sents = [(["John", "reads", "files"], [1, 0, 0]), (["Paris", "opens"], [2, 0]),
+             (["Anna", "saw", "Rome"], [1, 0, 2])]  # fmt: skip
+    features = datasets.Features(
+        {
+            "tokens": datasets.List(datasets.Value("string")),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=TAGS)),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"tokens": [w for w, _ in sents], "ner_tags": [t for _, t in sents]}, features=features
+    )
+
+
+def _squad_dataset(datasets):
+    """SQuAD's layout on the hub: answers as {text: [...], answer_start: [...]}."""
+    columns = {"id": [r[0] for r in SQUAD], "question": [r[1] for r in SQUAD], "context": [r[2] for r in SQUAD],
+               "answers": [{"text": [r[3]], "answer_start": [r[4]]} for r in SQUAD]}  # fmt: skip
+    return datasets.Dataset.from_dict(columns)
+
+
+def _fields(examples):
+    return [{k: v for k, v in vars(e).items() if k != "where"} for e in examples]
+
+
+def test_conll_and_squad_from_datasets_inputs_read_like_the_files(tmp_path):
+    from installed import import_or_skip
+
+    datasets = import_or_skip("datasets")
+    (tmp_path / "t.conll").write_text(CONLL)
+    want = _fields(read_conll(tmp_path / "t.conll"))
+    tok = _conll_dataset(datasets)
+    tok.save_to_disk(str(tmp_path / "tok"))
+    named = tok.cast_column("ner_tags", datasets.List(datasets.Value("string")))  # tags as names
+    named = named.map(lambda r: {"ner_tags": [TAGS[int(t)] for t in r["ner_tags"]]})
+    named.to_parquet(str(tmp_path / "tok.parquet"))
+    for path in (tmp_path / "tok", tmp_path / "tok.parquet", next((tmp_path / "tok").glob("*.arrow"))):
+        assert _fields(read_conll(path)) == want, path
+        assert [e.words for e in read_conll(path, with_tags=False)] == [w["words"] for w in want]
+    with pytest.raises(DataError, match=r"tok:1: tag 'B-PER' not in the label set \['O', 'B-LOC'\]"):
+        read_conll(tmp_path / "tok", label_set=["O", "B-LOC"])
+    want = _fields(read_squad(_squad_file(tmp_path / "s.json")))
+    qa = _squad_dataset(datasets)
+    qa.save_to_disk(str(tmp_path / "qa"))
+    qa.to_parquet(str(tmp_path / "qa.parquet"))
+    for path in (tmp_path / "qa", tmp_path / "qa.parquet"):
+        assert _fields(read_squad(path)) == want, path
+    # the errors name the input, the row and the column
+    qa.remove_columns("context").to_parquet(str(tmp_path / "noctx.parquet"))
+    with pytest.raises(DataError, match=r"noctx.parquet:1: missing text column 'context'"):
+        read_squad(tmp_path / "noctx.parquet")
+    bad = qa.map(lambda r, i: {"answers": {"text": r["answers"]["text"], "answer_start": [3]}} if i == 1 else {},
+                 with_indices=True)  # fmt: skip
+    bad.to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"bad.parquet:2: answer 'open' is not at answer_start=3"):
+        read_squad(tmp_path / "bad.parquet")
+    tok.rename_column("tokens", "toks").to_parquet(str(tmp_path / "notok.parquet"))
+    with pytest.raises(DataError, match=r"notok.parquet:1: no token column among \['ner_tags', 'toks'\]"):
+        read_conll(tmp_path / "notok.parquet")
+
+
+def test_finetune_tok_and_qa_on_datasets_inputs_score_like_the_files(tmp_path, make_model_dir, ft_wordpiece):
+    from installed import import_or_skip
+
+    from ptft_fast.cli import main
+
+    datasets = import_or_skip("datasets")
+    base = make_model_dir("bert-tiny-cpu", ft_wordpiece)
+    (tmp_path / "t.conll").write_text(CONLL)
+    _conll_dataset(datasets).save_to_disk(str(tmp_path / "tok"))
+    _squad_file(tmp_path / "s.json")
+    _squad_dataset(datasets).to_parquet(str(tmp_path / "qa.parquet"))
+    common = ["--max-steps", "3", "--batch-size", "2", "--no-progress", "--no-baselines"]
+    cards = {}
+    for name, task, data, extra in (
+        ("conll", "tok", tmp_path / "t.conll", []),
+        ("tok-dataset", "tok", tmp_path / "tok", []),
+        ("squad", "qa", tmp_path / "s.json", ["--max-length", "32", "--doc-stride", "8"]),
+        ("qa-parquet", "qa", tmp_path / "qa.parquet", ["--max-length", "32", "--doc-stride", "8"]),
+    ):
+        out = tmp_path / f"o-{name}"
+        argv = ["finetune", "--model", str(base), "--task", task, "--train", str(data), "--dev", str(data),
+                "--eval", str(data), "--out", str(out), *common, *extra]  # fmt: skip
+        assert main(argv) == 0, name
+        cards[name] = json.loads((out / "best" / "task.json").read_text())
+    for name, ref in (("tok-dataset", "conll"), ("qa-parquet", "squad")):
+        for key in ("dev_metrics", "eval_metrics", "labels"):
+            assert cards[name][key] == cards[ref][key], (name, key)

@@ -154,7 +154,6 @@ def test_datasets_inputs_train_like_the_tsv(tmp_path, task_files):
         (["--precision", "fp8"], "--precision: invalid choice"),
         (["--report-to", "comet"], "--report-to: invalid choice"),
         (["--pack", "--peft", "prompt"], "--pack runs examples on the encoder's varlen path"),
-        (["--zero-stage", "1", "--gradual-unfreeze"], "--gradual-unfreeze runs on one process"),
     ],
 )
 def test_loop_options_bad_values_are_one_line(tmp_path, task_files, capsys, extra, says):
