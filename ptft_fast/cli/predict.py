@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from ptft_fast.cli.errors import UsageError, input_path, int_at_least, output_folder
+from ptft_fast.data import hf_datasets
 
 DESCRIPTION = """Predictions of a fine-tuned model (OUT/best of ptft finetune, or a ptft merge folder) for a file
 without labels: labels (cls), numbers (reg), CoNLL tags (tok), SQuAD-style answers (qa) or generated
@@ -39,7 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--model", required=True, help="a fine-tuned folder (OUT/best of ptft finetune, or ptft merge)"
     )
     p.add_argument(
-        "--input", required=True, help="file to predict on, in the task's format (labels not needed)"
+        "--input",
+        required=True,
+        help="file to predict on, in the task's format (labels not needed), or a datasets "
+        "save_to_disk folder / .parquet / .arrow file with the task's columns",
     )
     p.add_argument(
         "--out",
@@ -62,7 +66,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def validate(args) -> None:
     input_path("--model", args.model, kind="folder")
-    input_path("--input", args.input, kind="file")
+    if not hf_datasets.is_dataset(args.input):  # a datasets save_to_disk folder is an input too
+        input_path("--input", args.input, kind="file")
     if args.base is not None:
         input_path("--base", args.base, kind="folder")
     card = Path(args.model) / "task.json"

@@ -271,3 +271,17 @@ def test_user_mistakes_are_one_line(work, tmp_path, argv, words, capsys):
     assert len(err) == 1 and err[0].startswith(f"ptft {argv[0]}: error: "), err
     assert all(w in err[0] for w in words), err
     assert not (tmp_path / "new").exists()
+
+
+def test_predict_reads_a_datasets_folder_like_the_file(work, capsys):
+    datasets = import_or_skip("datasets")
+    best = finetune(work, "cls-ds", "--model", str(work / "bert-tiny-cpu"), "--task", "cls", "--train",
+                    str(work / "train.tsv"), "--lr", "3e-3")  # fmt: skip
+    rows = [line.split("\t") for line in TSV[1:]]
+    folder = work / "unlabeled_ds"
+    datasets.Dataset.from_dict({"sentence": [r[0] for r in rows]}).save_to_disk(str(folder))
+    from_file = predict(best, work / "train.tsv", work / "file.tsv").read_text()
+    from_folder = predict(best, folder, work / "folder.tsv").read_text()
+    assert from_folder == from_file and len(from_file.splitlines()) == len(rows) + 1
+    assert main(["predict", "--model", str(best), "--input", str(work), "--out", str(work / "x.tsv")]) == 2
+    assert "is not a file" in capsys.readouterr().err
