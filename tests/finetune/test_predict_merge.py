@@ -276,7 +276,7 @@ def test_user_mistakes_are_one_line(work, tmp_path, argv, words, capsys):
 def test_predict_reads_a_datasets_folder_like_the_file(work, capsys):
     datasets = import_or_skip("datasets")
     best = finetune(work, "cls-ds", "--model", str(work / "bert-tiny-cpu"), "--task", "cls", "--train",
-                    str(work / "train.tsv"), "--lr", "3e-3")  # fmt: skip
+                    str(work / "train.tsv"), "--eval", str(work / "train.tsv"), "--lr", "3e-3")  # fmt: skip
     rows = [line.split("\t") for line in TSV[1:]]
     folder = work / "unlabeled_ds"
     datasets.Dataset.from_dict({"sentence": [r[0] for r in rows]}).save_to_disk(str(folder))
