@@ -26,7 +26,6 @@ from ptft_fast.ops.graph_mode import static_shapes
 from ptft_fast.train.config import TrainConfig, TrainConfigError
 from ptft_fast.train.metrics import train_flops
 from ptft_fast.train.objectives import add_stats, label_counts, model_inputs, row_stats, token_counts
-from ptft_fast.train.schedule import lr_factor
 from ptft_fast.train.strategy import StepResult, build_adamw
 
 WARMUP_REPLAYS = 3  # eager runs on a side stream before capture: allocator, cuBLAS, autotuning
@@ -198,7 +197,7 @@ class GraphStep:
             for static, batch in zip(self.inputs, batches, strict=True):
                 for k, v in batch.items():
                     static[k].copy_(v, non_blocking=True)
-        lr = self.cfg.lr * lr_factor(step, self.cfg, elapsed_s)
+        lr = self.strategy.lr_at(step, elapsed_s)
         for share, count in zip(self.shares, counts, strict=True):
             share.fill_(count / sum(counts))
         self.lr_next.fill_(lr)

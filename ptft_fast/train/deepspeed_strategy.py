@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ptft_fast.train.config import TrainConfig
-from ptft_fast.train.schedule import lr_factor
+from ptft_fast.train.schedule import START, lr_factor
 from ptft_fast.train.strategy import StepResult, param_groups, set_lr
 
 
@@ -95,7 +95,10 @@ class DeepSpeedStrategy:
         self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
         check_precision_supported(cfg.precision)
         kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-        self.lr_at = lr_at or (lambda step, elapsed_s: cfg.lr * lr_factor(step, cfg, elapsed_s))
+        self.budget_start = START  # (step, elapsed s) where this invocation began: run_loop sets it
+        self.lr_at = lr_at or (
+            lambda step, elapsed_s: cfg.lr * lr_factor(step, cfg, elapsed_s, self.budget_start)
+        )
         groups = param_groups(model, cfg.weight_decay) if groups is None else groups
         optimizer = torch.optim.AdamW(groups, foreach=False, **kwargs)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(

@@ -40,6 +40,8 @@ def run_loop(trainer) -> dict:
     window_t, window_tok, window_flops, window_loss, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     window_steps, window_data, data_total, steps_run = 0, 0.0, 0.0, 0
     t_start, elapsed0, mfu_warned = time.perf_counter(), trainer.elapsed, False
+    # max_time_s is per invocation: a resumed run plans its schedule from where it began
+    start = trainer.strategy.budget_start = (trainer.step, elapsed0)
     recent: list[float] = []
     rows: dict[str, int] = {}
     if cfg.max_time_s > 0:
@@ -72,7 +74,7 @@ def run_loop(trainer) -> dict:
                     "tokens": trainer.tokens,
                     "tokens_per_s": window_tok / dt,
                     "data_ms": 1e3 * window_data / max(window_steps, 1),  # training thread, per step
-                    "planned_steps": planned_steps(step, cfg, trainer.elapsed),
+                    "planned_steps": planned_steps(step, cfg, trainer.elapsed, start),
                     "seq_len": seq_len_at(step - 1, cfg),
                     "elapsed_s": trainer.elapsed,
                 }
@@ -105,7 +107,7 @@ def run_loop(trainer) -> dict:
                 )
                 window_steps, window_data = 0, 0.0
             if cfg.max_time_s > 0:
-                bar.total = planned_steps(step, cfg, trainer.elapsed)
+                bar.total = planned_steps(step, cfg, trainer.elapsed, start)
             bar.update(1)
             # the budget is per invocation: a resumed run gets max_time_s again (and goes on to max_steps)
             out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s

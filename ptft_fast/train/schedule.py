@@ -9,6 +9,10 @@ laid out over a ``max_steps`` the run never reaches. The decay is planned to rea
 :data:`BUDGET_MARGIN_STEPS` steps before the estimated end: which step is the last one is known only
 once the time is up, and a last step slower than the mean (a loaded machine) would otherwise end
 the run a step or two above the floor.
+
+The budget is per invocation (a resumed run gets ``max_time_s`` again), so the plan of a resumed
+run is the steps made before it plus those that fit in its own budget at its own step rate:
+``start`` = (step, elapsed seconds) at which this invocation began.
 """
 
 from __future__ import annotations
@@ -20,24 +24,32 @@ from ptft_fast.train.config import TrainConfig
 BUDGET_MARGIN_STEPS = 2  # a time-budgeted decay ends this many (mean) steps before the budget
 
 
-def planned_steps(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> int:
-    """Steps the run will make: ``max_steps``, or with ``max_time_s`` the steps that fit in the
-    time budget at the rate of the first ``step`` steps, which took ``elapsed_s`` seconds."""
-    if cfg.max_time_s <= 0 or step <= 0 or elapsed_s <= 0:
+START = (0, 0.0)  # a run that was not resumed: its invocation began at step 0, 0 s
+
+
+def planned_steps(
+    step: int, cfg: TrainConfig, elapsed_s: float = 0.0, start: tuple[int, float] = START
+) -> int:
+    """Steps the run will make: ``max_steps``, or with ``max_time_s`` the steps made before this
+    invocation (``start``: its first step and the run's elapsed seconds then) plus those that fit
+    in its time budget at the rate it measured: ``step - start[0]`` steps in
+    ``elapsed_s - start[1]`` seconds."""
+    done, took = step - start[0], elapsed_s - start[1]
+    if cfg.max_time_s <= 0 or done <= 0 or took <= 0:
         return cfg.max_steps
-    return max(1, min(cfg.max_steps, round(step * cfg.max_time_s / elapsed_s)))
+    return max(1, min(cfg.max_steps, start[0] + round(done * cfg.max_time_s / took)))
 
 
-def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0, start: tuple[int, float] = START) -> float:
     """Multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based), ``elapsed_s`` seconds of
-    training after the run's start.
+    training after the run's start (``start``: where this invocation began, for a resumed run).
 
     Linear warm-up over the warm-up steps (step 0 gets 1/warmup), then: constant; linear or cosine
     decay to ``min_lr_ratio`` at the last planned step (:func:`planned_steps`; with a binding time
     budget :data:`BUDGET_MARGIN_STEPS` steps before it); or inverse-sqrt
     (``sqrt(warmup / step)``, the Transformer / T5 rule, floored at ``min_lr_ratio``).
     """
-    total = planned_steps(step, cfg, elapsed_s)
+    total = planned_steps(step, cfg, elapsed_s, start)
     warm = cfg.warmup_steps if cfg.warmup_steps >= 0 else total // 10
     if warm and step < warm:
         return (step + 1) / warm

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ptft_fast.train.config import TrainConfig
-from ptft_fast.train.schedule import lr_factor
+from ptft_fast.train.schedule import START, lr_factor
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -164,7 +164,10 @@ class TorchStrategy:
         lr_at: Callable[[int, float], float] | None = None,
     ) -> None:
         self.model, self.cfg, self.device = model, cfg, device
-        self.lr_at = lr_at or (lambda step, elapsed_s: cfg.lr * lr_factor(step, cfg, elapsed_s))
+        self.budget_start = START  # (step, elapsed s) where this invocation began: run_loop sets it
+        self.lr_at = lr_at or (
+            lambda step, elapsed_s: cfg.lr * lr_factor(step, cfg, elapsed_s, self.budget_start)
+        )
         self.optimizer = build_adamw(model, cfg, device, groups=groups)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = (

@@ -189,3 +189,26 @@ def test_time_bounded_run_ends_its_decay_at_the_budget(new_run, capsys):
     one_step = (1 - 0.1) * 1e-3 / (planned - planned // 10)  # the linear decay's change per step
     assert 1e-4 - 1e-12 <= lrs[-1] <= 1e-4 + one_step
     assert lrs[int(0.8 * len(lrs))] > 1e-4 + 0.05 * 0.9e-3  # not at the floor long before the end
+
+
+def test_resumed_time_budget_run_plans_its_own_budget(new_run):
+    """A time-budgeted run resumed with --resume gets max_time_s again: its schedule plans the
+    steps already made plus those that fit in the new budget (not the cumulative rate's plan,
+    which ends at the resume step and leaves the whole resumed invocation at the floor)."""
+    out = new_run()
+    sets = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 10**6, "max_time_s": 2, "log_every": 1}
+    sets.update(eval_every=0, save_every=0, eval_batches=1, plot="false", lr="1e-3", min_lr_ratio=0.1)
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    argv += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    assert main(argv) == 0
+    first = json.loads((out / "summary.json").read_text())["steps"]
+    assert main([*argv, "--resume", "latest"]) == 0
+    rows = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
+    resumed = [r for r in rows if r["step"] > first]
+    end = resumed[-1]["step"]
+    assert len(resumed) >= 10
+    assert 0.8 * end <= resumed[-1]["planned_steps"] <= 1.25 * end + 2  # planned ≈ where it ended
+    mid = resumed[len(resumed) // 2]
+    assert mid["planned_steps"] > mid["step"] and mid["lr"] > 2e-4  # still decaying, above the floor

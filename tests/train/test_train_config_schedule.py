@@ -83,3 +83,18 @@ def test_time_budget_schedule_runs_over_the_steps_that_fit():
     assert lr_factor(29, TrainConfig(**{**cfg.to_dict(), "warmup_steps": 30}), 29.0) == pytest.approx(1.0)
     assert planned_steps(10, TrainConfig(max_steps=50, max_time_s=100), 10.0) == 50
     assert lr_factor(55, TrainConfig(max_steps=100, warmup_steps=10), 1e9) == pytest.approx(0.55)
+
+
+def test_resumed_time_budget_plans_from_where_the_invocation_began():
+    """The budget is per invocation: a run that used its 100 s for 100 steps and is resumed plans
+    100 + the steps its own 100 s fit (at its own rate), and trains above the floor in between;
+    from the cumulative rate (110 steps in 110 s) it would plan 100 steps: all at the floor."""
+    cfg = TrainConfig(max_steps=100_000, max_time_s=100, schedule="cosine", min_lr_ratio=0.1)
+    start = (100, 100.0)  # resumed at step 100, 100 s into the run
+    assert planned_steps(100, cfg, 100.0, start) == 100_000  # nothing measured in this invocation
+    assert planned_steps(110, cfg, 110.0, start) == 200  # 10 steps in 10 s: 100 more fit
+    assert planned_steps(110, cfg, 120.0, start) == 150  # a slower machine now: 2 s a step
+    assert planned_steps(110, cfg, 110.0) == 100  # the cumulative rate: the run is "over"
+    # warm-up 20 (10 % of 200), cosine to the floor at 198: step 109 is half-way, 197 near the floor
+    assert lr_factor(109, cfg, 109.0, start) == pytest.approx(0.55)
+    assert lr_factor(198, cfg, 198.0, start) == pytest.approx(0.1)
