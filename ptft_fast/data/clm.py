@@ -82,7 +82,11 @@ class PrefixLMCollator:
     """Sequences → a prefix-LM batch.
 
     prefix_length: fixed prefix length (clipped to len - 1), or None for uniform in [1, len - 1]
-    per example. Output: input_ids, attention_mask, labels (-100 on the prefix and padding),
+    per example. prefix_fraction: if > 0 (and no prefix_length), the prefix is this fraction of
+    each sequence (rounded, within [1, len - 1]) instead of uniform. causal_share: the share of
+    sequences drawn as causal-LM ones — a 1-token prefix, every later token scored — the mixture
+    of causal and prefix-LM sequences in one batch of UniLM (Dong et al., 2019) and UL2's
+    causal/prefix modes (Tay et al., 2022); 0 = all prefix-LM sequences. Output: input_ids, attention_mask, labels (-100 on the prefix and padding),
     prefix_lengths (B,), prefix_mask (B, T) bool — True where attention is bidirectional (the
     prefix); use :func:`prefix_lm_attention_mask` for the dense (B, T, T) form.
     """
@@ -91,6 +95,8 @@ class PrefixLMCollator:
     prefix_length: int | None = None
     max_length: int | None = None
     seed: int = 0
+    prefix_fraction: float = 0.0
+    causal_share: float = 0.0
 
     def __post_init__(self) -> None:
         self._gen = torch.Generator().manual_seed(self.seed)
@@ -133,12 +139,20 @@ class PrefixLMCollator:
         }
 
     def _prefix_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """(N,) prefix length per sequence of ``lengths`` (each >= 2): uniform in [1, len - 1], or
-        the fixed prefix_length clipped to len - 1."""
-        if self.prefix_length is None:
+        """(N,) prefix length per sequence of ``lengths`` (each >= 2): uniform in [1, len - 1], the
+        fixed prefix_length, or prefix_fraction of each length, clipped to [1, len - 1]; then
+        causal_share of them set to 1 (causal sequences)."""
+        if self.prefix_length is not None:
+            prefix = torch.clamp(torch.full_like(lengths, self.prefix_length), max=lengths - 1)
+        elif self.prefix_fraction > 0:
+            prefix = (lengths.double() * self.prefix_fraction).round().long().clamp(1).clamp(max=lengths - 1)
+        else:
             u = torch.rand(len(lengths), generator=self._gen)
-            return 1 + (u * (lengths - 1).double()).long()
-        return torch.clamp(torch.full_like(lengths, self.prefix_length), max=lengths - 1)
+            prefix = 1 + (u * (lengths - 1).double()).long()
+        if self.causal_share > 0:
+            causal = torch.rand(len(lengths), generator=self._gen) < self.causal_share
+            prefix = prefix.masked_fill(causal, 1)
+        return prefix
 
     def _finish(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         if bool((lengths < 2).any()):

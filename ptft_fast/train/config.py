@@ -161,6 +161,15 @@ class TrainConfig:
         "each document attends only to itself, positions restart, a prefix per document",
         rule="only with objective clm or prefix-lm",
     )
+    prefix_fraction: float = setting(
+        0.0, "prefix-lm: the prefix as this fraction of each document (piece); 0 = uniform in [1, n - 1] tokens",
+        low=0, high=1, high_open=True, rule="only with objective prefix-lm",
+    )  # fmt: skip
+    prefix_lm_causal_share: float = setting(
+        0.0, "prefix-lm: share of documents drawn as causal-LM ones (a 1-token prefix, every later token "
+        "scored): UniLM/UL2's mix of causal and prefix-LM sequences in a batch; 0 = all prefix-LM",
+        low=0, high=1, high_open=True, rule="only with objective prefix-lm",
+    )  # fmt: skip
     electra_generator_size: float = setting(
         1 / 3, "electra: generator width as a fraction of the discriminator's (same depth, heads and MLP "
         "scaled with the width, embeddings shared; the paper found 1/4-1/2 best)", low=0, high=1,
@@ -266,6 +275,11 @@ class TrainConfig:
                 f"cross_document_attention is a clm/prefix-lm setting but objective is {self.objective!r} "
                 "(contradictory)"
             )
+        for key in ("prefix_fraction", "prefix_lm_causal_share"):
+            if getattr(self, key) and self.objective != "prefix-lm":
+                raise TrainConfigError(
+                    f"{key} is a prefix-lm setting but objective is {self.objective!r} (contradictory)"
+                )
         if self.cuda_graphs:
             self._check_graphable()
         if self.init_loss_scale != 2.0**16 and self.precision != "fp16":

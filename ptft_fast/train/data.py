@@ -280,7 +280,10 @@ class BatchSource:
         elif objective == "clm":
             self.collator = PackedCLMCollator()
         elif objective == "prefix-lm":
-            self.collator = PrefixLMCollator(pad_id=tok.pad_id, seed=seed)
+            self.collator = PrefixLMCollator(
+                pad_id=tok.pad_id, seed=seed, prefix_fraction=cfg.prefix_fraction,
+                causal_share=cfg.prefix_lm_causal_share,
+            )  # fmt: skip
         elif objective == "span":
             t5 = T5Config(cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length, seed=seed)
             self.collator = T5SpanCorruptionCollator(tok.sentinel_ids, tok.eos_id, tok.pad_id, t5)

@@ -76,6 +76,25 @@ def test_prefix_lm_random_prefix_is_uniform(wp_docs):
     assert np.allclose(np.bincount(p, minlength=10)[1:] / len(p), 1 / 9, atol=0.01)
 
 
+def test_prefix_lm_fixed_fraction_and_causal_share():
+    """prefix_fraction: the prefix is round(f·n) clipped to [1, n - 1], whatever the seed;
+    causal_share: that share of sequences gets a 1-token prefix (a causal-LM sequence, every later
+    token scored), the others keep their prefix."""
+    seqs = [list(range(1, n + 1)) for n in (2, 3, 4, 10, 64)]
+    half = PrefixLMCollator(pad_id=0, prefix_fraction=0.5)(seqs)
+    assert half["prefix_lengths"].tolist() == [1, 2, 2, 5, 32]  # n = 3: 1.5 rounds to 2 = n - 1
+    assert half["labels"][4, :32].eq(-100).all() and half["labels"][4, 32:].tolist() == list(range(33, 65))
+    mixed = PrefixLMCollator(pad_id=0, prefix_fraction=0.5, causal_share=0.25, seed=3)([seqs[-1]] * 20_000)
+    p = mixed["prefix_lengths"]
+    assert set(p.tolist()) == {1, 32} and abs(float((p == 1).float().mean()) - 0.25) < 0.01
+    causal = mixed["labels"][p == 1][0]
+    assert causal[0] == -100 and causal[1:].tolist() == list(range(2, 65))  # every later token scored
+    uniform = PrefixLMCollator(pad_id=0, seed=1)([seqs[-1]] * 100)["prefix_lengths"]
+    assert torch.equal(
+        uniform, PrefixLMCollator(pad_id=0, seed=1, causal_share=0.0)([seqs[-1]] * 100)["prefix_lengths"]
+    )  # the default draws are unchanged
+
+
 def test_packed_batch_drives_varlen_attention_without_leaks(wp_docs):
     b = PackedCLMCollator()(_packed_rows(wp_docs[:6], seq_len=48)[:6])
     bsz, t = b["input_ids"].shape

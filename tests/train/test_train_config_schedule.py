@@ -60,6 +60,9 @@ def test_merge_coerces_and_rejects_unknown_keys():
         ({"seq_len": 128, "long_seq_len": 64}, "long_seq_len"),
         ({"init_loss_scale": 1024.0}, "contradictory"),
         ({"cross_document_attention": True}, r"cross_document_attention is a clm/prefix-lm setting .* 'mlm'"),
+        ({"objective": "clm", "prefix_fraction": 0.5}, r"prefix_fraction is a prefix-lm setting .* 'clm'"),
+        ({"prefix_lm_causal_share": 0.5}, r"prefix_lm_causal_share is a prefix-lm setting .* 'mlm'"),
+        ({"objective": "prefix-lm", "prefix_fraction": 1.0}, r"prefix_fraction must be in \[0, 1\)"),
     ],
 )
 def test_validate_names_the_key(kw, match):
