@@ -111,7 +111,7 @@ PtftDropout dropout_arg(const char* op, const OptTensor& rng, double p, const at
 }
 
 int reduction_code(const char* op, c10::string_view reduction) {
-  if (reduction == "none") return kReductionNone;
+  if (reduction == "none") return ptft::kReductionNone;
   if (reduction == "sum") return 1;
   if (reduction == "mean") return 2;
   TORCH_CHECK_VALUE(false, op, ": reduction must be 'none', 'sum' or 'mean', got '", std::string(reduction), "'");
@@ -530,7 +530,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_bwd(
   // dlogits in the 16-bit dtype (rounded once from fp32), for reduction none also its residual
   // (cross_entropy_plan.h): two GEMMs with fp32 accumulation per operand and block; db sums the
   // fp32 values inside the kernel
-  const int operands = linear_cross_entropy_bwd_operands(red);
+  const int operands = ptft::linear_cross_entropy_bwd_operands(red);
   at::Tensor dlogits = at::empty({operands, rchunk * vchunk}, hidden.options());
   const int64_t row_blocks = (rchunk + 63) / 64;
   at::Tensor db_part = bias.has_value() ? at::empty({row_blocks * vchunk}, f32) : at::Tensor();
