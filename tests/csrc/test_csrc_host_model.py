@@ -566,7 +566,7 @@ def test_linear_cross_entropy_bwd_gemm_work_is_halved_for_sum_and_mean(lib):
     per_operand = _function_body(bwd, "for (const at::Tensor& dk : d)").count("at::mm(")
     assert per_operand == 2 and bwd.count("at::mm(") == per_operand
     codes = _function_body(binding, "int reduction_code(")
-    reductions = {"none": "kReductionNone", "sum": "1", "mean": "2"}
+    reductions = {"none": "ptft::kReductionNone", "sum": "1", "mean": "2"}
     for name, code in reductions.items():
         assert f'if (reduction == "{name}") return {code};' in codes
     gemms = {name: per_operand * lib.m_linear_cross_entropy_bwd_operands(code) for name, code in
