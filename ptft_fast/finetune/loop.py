@@ -201,7 +201,8 @@ def train(
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * per_epoch
     strategy = _strategy(model, params, cfg, total)
-    forward = getattr(strategy, "engine", model)  # DeepSpeed: the engine runs the model
+    on_engine = _on_deepspeed(strategy)
+    forward = strategy.engine if on_engine else model  # DeepSpeed: the engine runs the model
     rank, world = getattr(strategy, "rank", 0), getattr(strategy, "world_size", 1)
     run = RunState(gen=torch.Generator().manual_seed(cfg.seed))
     out = Path(cfg.out) if cfg.out else None
@@ -238,7 +239,7 @@ def train(
             idx = order[run.pos * cfg.batch_size : (run.pos + 1) * cfg.batch_size]
             model.train()
             loss = _step(forward, strategy, train_data, idx, cfg.grad_accum, loss_fn, units, rank, world)
-            if unfreezing is not None and forward is model:
+            if unfreezing is not None and not on_engine:  # DeepSpeed owns the gradients
                 unfreezing.drop_frozen_grads()
             result = strategy.step(run.step, run.elapsed)
             run.bad = check_step(run.bad, run.step + 1, [loss], result, cfg.train_config(), _ckpt_dir(out))
@@ -319,12 +320,17 @@ def _step(model, strategy, data, idx, accum, loss_fn, units, rank: int, world: i
     return float(summed)
 
 
+def _on_deepspeed(strategy) -> bool:
+    """The strategy runs a DeepSpeed engine (which owns the gradients and counts micro-batches)."""
+    return getattr(strategy, "engine", None) is not None
+
+
 def _zero_loss(model, strategy, data, idx, loss_fn, units) -> torch.Tensor:
     """The loss of a rank whose slice of a micro-batch has nothing to learn from (DeepSpeed counts
     every micro-batch). On DeepSpeed it is a forward of one labeled row of the step's batch (rows
     ``idx``) times 0: the other ranks' forwards give gradients to the same parameters in the same
     order, which ZeRO's bucketed reductions (and ZeRO-3's gathering hooks) need to stay in step."""
-    if getattr(strategy, "engine", None) is None:
+    if not _on_deepspeed(strategy):
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
     row = next((i for i in idx.tolist() if units(take(data, torch.tensor([i]))) > 0), int(idx[0]))
     return loss_fn(model, take(data, torch.tensor([row]))) * 0.0
