@@ -93,7 +93,7 @@ CASES = [
     ("pt-set-without-equals", [*PT, "--set", "max_steps"], ["--set", "'max_steps'"]),
     ("pt-set-unknown-key", [*PT, "--set", "nope=1"], ["nope"]),
     ("pt-set-not-a-number", [*PT, "--set", "max_steps=abc"], ["max_steps", "'abc'"]),
-    ("pt-max-steps-0", [*PT, "--set", "max_steps=0"], ["max_steps", "0"]),
+    ("pt-max-steps-negative", [*PT, "--set", "max_steps=-1"], ["max_steps", "-1"]),  # 0 = auto
     ("pt-lr-negative", [*PT, "--set", "lr=-1"], ["lr", "-1"]),
     ("pt-precision", [*PT, "--set", "precision=fp8"], ["precision", "fp8"]),
     ("pt-eval-fraction", [*PT, "--set", "eval_fraction=1.5"], ["eval_fraction", "1.5"]),

@@ -38,7 +38,8 @@ def test_short_document_corpus_prepare_pretrain_finetune(tmp_path, capsys):
             w.writerow([i, t, "a" if "the" in t.split() else "b"])
     out = tmp_path / "ft"
     argv = ["--model", str(run / "final"), "--task", "cls", "--train", str(task), "--eval", str(task)]
-    assert main(["finetune", *argv, "--label-column", "topic", "--out", str(out), "--no-progress"]) == 0
+    assert main(["finetune", *argv, "--out", str(out), "--no-progress"]) == 0  # columns detected
     printed = capsys.readouterr().out
-    assert "text column 'body' (detected" in printed and "fine-tuning recipe: lr" in printed
+    assert "text column 'body', label column 'topic' (the only column left besides the text)" in printed
+    assert "fine-tuning recipe: lr" in printed
     assert (out / "best" / "task.json").is_file()

@@ -30,7 +30,7 @@ DEBUG_HELP = "show the traceback of an error (default: one line)"
 EXAMPLES = """getting started:
   ptft models                          # the model presets: shape, parameters, intended use
   ptft pretrain --list-settings        # every --set key: type, default, range, meaning
-  ptft pretrain --model bert-tiny --set max_steps=3000 --set max_time_s=600
+  ptft pretrain --model bert-tiny --set max_time_s=600   # a ten-minute run
   ptft finetune --model runs/pretrain/final --task cls --train train.tsv --eval test.tsv
   ptft COMMAND --help                  # options and examples of one command
 """

@@ -116,16 +116,16 @@ def detect_columns(
     path: str | Path, text: str | None = None, text_pair: str | None = None, label: str | None = None
 ) -> tuple[Columns, list[str]]:
     """Columns of ``path`` for the roles not given: the label column by a known name; the text
-    column (or pair) by a known name, else the only column left besides label and id. Returns the
-    columns and what was detected (to print); ambiguity raises :class:`DataError` naming the
-    columns and the flag to pass."""
+    column (or pair) by a known name, else the only column left besides label and id; then, with
+    the text known and no label name found, the only column left besides the text and id is the
+    label (``body`` + ``package``). Returns the columns and what was detected (to print);
+    ambiguity raises :class:`DataError` naming the columns and the flag(s) to pass."""
     names = column_names(path)
     detected = []
     if label is None:
-        label = next((c for c in LABEL_COLUMNS if c in names), None)
-        if label is None:
-            raise DataError(f"{path}: no label column among {names}; name it with --label-column")
-        detected.append(f"label column {label!r}")
+        label = next((c for c in LABEL_COLUMNS if c in names and c not in (text, text_pair)), None)
+        if label is not None:
+            detected.append(f"label column {label!r}")
     if text is None:
         pair = next((p for p in PAIR_COLUMNS if p[0] in names and p[1] in names), None)
         if pair is not None and text_pair is None:
@@ -133,15 +133,39 @@ def detect_columns(
             detected.append(f"text pair columns {text!r}, {text_pair!r}")
         else:
             text = next((c for c in TEXT_COLUMNS if c in names and c != label), None)
-            rest = [c for c in names if c not in (label, text_pair) and c.lower() not in ID_COLUMNS]
-            if text is None and len(rest) == 1:
+            rest = _other_columns(names, label, text_pair)
+            if text is None and label is not None and len(rest) == 1:
                 text = rest[0]
+            if text is None and label is None:
+                raise DataError(
+                    f"{path}: cannot tell the text column from the label column among {rest}; "
+                    "name them with --text-column and --label-column"
+                )
             if text is None:
                 raise DataError(
                     f"{path}: cannot tell which of the columns {rest} holds the text; name it with --text-column"
                 )
             detected.append(f"text column {text!r}")
+    if label is None:
+        rest = _other_columns(names, text, text_pair)
+        if len(rest) != 1:
+            raise DataError(
+                f"{path}: no label column among {names} (none has a known label name, and "
+                f"{len(rest)} columns are left besides the text: {rest}); name it with --label-column"
+            )
+        label = rest[0]
+        detected.append(f"label column {label!r} (the only column left besides the text)")
     return Columns(text, text_pair, label), detected
+
+
+def _other_columns(names: list[str], *taken: str | None) -> list[str]:
+    """The columns of ``names`` that are not ``taken`` and not an id column (a known id name, or
+    one ending in ``_id``: ``doc_id``)."""
+    return [c for c in names if c not in taken and not is_id_column(c)]
+
+
+def is_id_column(name: str) -> bool:
+    return name.lower() in ID_COLUMNS or name.lower().endswith("_id")
 
 
 def read_examples(

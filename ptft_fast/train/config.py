@@ -36,6 +36,10 @@ OBJECTIVE_ARCHS = {
     "deshuffle": ("t5",),
 }
 DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5": "unigram", "bart": "bpe"}
+# max_steps=0 (the default) resolves to this without a time budget; with max_time_s > 0 the
+# budget alone ends the run (no step cap): a user who gives a time budget gets all of it.
+DEFAULT_MAX_STEPS = 300
+NO_STEP_CAP = 2**62
 
 
 # World-average carbon intensity of electricity generation in 2023 (the price tag's default CO2e).
@@ -176,7 +180,10 @@ class TrainConfig:
         low_open=True,
     )  # fmt: skip
     # --- optimization
-    max_steps: int = setting(300, "optimizer steps (the run stops earlier when max_time_s runs out)", low=1)
+    max_steps: int = setting(
+        0, f"optimizer steps; 0 = auto: {DEFAULT_MAX_STEPS}, or with max_time_s > 0 no cap (the time budget "
+        "ends the run); given with max_time_s, whichever comes first", low=0,
+    )  # fmt: skip
     micro_batch_size: int = setting(
         8, "rows per forward/backward pass (8 x 128 tokens: in a fixed time budget bert-tiny transferred better "
         "from 1.7x the steps of 8 rows than from 16-row steps: README)", low=1,
@@ -185,7 +192,7 @@ class TrainConfig:
     lr: float = setting(1e-3, "peak learning rate (AdamW)", low=0, low_open=True)
     min_lr_ratio: float = setting(0.1, "floor of the linear/cosine decay, as a fraction of lr", low=0, high=1)
     warmup_steps: int = setting(
-        -1, "linear warm-up steps from 0; -1 = 10% of max_steps", low=-1,
+        -1, "linear warm-up steps from 0; -1 = 10% of the steps (of those that fit in max_time_s)", low=-1,
         rule="< max_steps unless schedule=constant",
     )  # fmt: skip
     schedule: str = setting("cosine", "learning-rate decay after warm-up", choices=SCHEDULES)
@@ -208,8 +215,8 @@ class TrainConfig:
     max_time_s: float = setting(
         0.0,
         "> 0: stop (and save) after this many seconds of training in this invocation; the lr "
-        "schedule then runs over the steps that fit in the budget (re-estimated from the step rate, "
-        "capped by max_steps)",
+        "schedule then runs over the steps that fit in the budget (re-estimated from the step rate; "
+        "capped by max_steps only if max_steps is given)",
         low=0,
     )
     cpu_threads: int = setting(
@@ -258,10 +265,15 @@ class TrainConfig:
             problem = out_of_range(f, getattr(self, f.name))
             if problem:
                 raise TrainConfigError(f"{f.name} must be {problem}, got {getattr(self, f.name)!r}")
-        if self.warmup >= self.max_steps and self.schedule != "constant":
+        if self.warmup >= self.step_limit and self.schedule != "constant":
             raise TrainConfigError(
-                f"warmup_steps ({self.warmup}) must be < max_steps ({self.max_steps}) "
+                f"warmup_steps ({self.warmup}) must be < max_steps ({self.step_limit}) "
                 f"for schedule {self.schedule!r}"
+            )
+        if self.long_seq_len and self.step_limit == NO_STEP_CAP:
+            raise TrainConfigError(
+                f"long_seq_len switches at long_seq_len_start x max_steps, but max_steps is not given and "
+                f"max_time_s={self.max_time_s:g} leaves the steps uncapped: give max_steps too"
             )
         if self.long_seq_len and self.long_seq_len <= self.seq_len:
             raise TrainConfigError(
@@ -326,9 +338,20 @@ class TrainConfig:
             raise TrainConfigError(f"cuda_graphs needs fixed shapes and a device-only step: {why}")
 
     @property
+    def step_limit(self) -> int:
+        """The steps the run may make: ``max_steps`` if given; else :data:`DEFAULT_MAX_STEPS`, or with
+        a time budget :data:`NO_STEP_CAP` (the budget ends the run)."""
+        if self.max_steps:
+            return self.max_steps
+        return NO_STEP_CAP if self.max_time_s > 0 else DEFAULT_MAX_STEPS
+
+    @property
     def warmup(self) -> int:
-        """Warm-up steps with -1 resolved to 10% of max_steps."""
-        return self.max_steps // 10 if self.warmup_steps == -1 else self.warmup_steps
+        """Warm-up steps with -1 resolved to 10% of the step limit (without a time budget; with one
+        the schedule takes 10% of the planned steps: ``schedule.lr_factor``)."""
+        if self.warmup_steps != -1:
+            return self.warmup_steps
+        return 0 if self.step_limit == NO_STEP_CAP else self.step_limit // 10
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -103,7 +103,7 @@ class DeepSpeedTrainer(Trainer):
         self.step, self.tokens, self.flops, self.elapsed, self.bad = 0, 0, 0.0, 0.0, 0
         if resume is not None:
             self.load(resume)
-        self.finished = resume is not None and ckpt.run_finished(self.out, self.step, cfg.max_steps)
+        self.finished = resume is not None and ckpt.run_finished(self.out, self.step, cfg.step_limit)
         finished_or_other_rank = self.finished or self.rank != 0  # a finished run writes nothing
         self.log = (
             _NoLog()

@@ -10,6 +10,7 @@ import warnings
 import torch
 from tqdm import tqdm
 
+from ptft_fast.train.config import NO_STEP_CAP
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import add_stats, export_model
 from ptft_fast.train.schedule import planned_steps, seq_len_at
@@ -30,13 +31,37 @@ def _peak_tflops(trainer) -> float | None:
     return peaks.get(key)
 
 
+def plan_line(cfg) -> str:
+    """What the run will train for, printed before the first step: the step count, or the time
+    budget (and the step cap, only when ``max_steps`` was given)."""
+    if cfg.max_time_s <= 0:
+        why = (
+            "max_steps"
+            if cfg.max_steps
+            else "the default; --set max_time_s=SECONDS trains for a time budget instead"
+        )
+        return f"plan: {cfg.step_limit} steps ({why})"
+    cap = (
+        f"or max_steps={cfg.max_steps}, whichever comes first"
+        if cfg.max_steps
+        else "no step cap: max_steps not given"
+    )
+    return (
+        f"plan: train for the time budget max_time_s={cfg.max_time_s:g} ({cap}); learning-rate warm-up "
+        "and decay run over the steps that fit in it, estimated from the measured step rate at every "
+        "step (metrics column planned_steps)"
+    )
+
+
 def run_loop(trainer) -> dict:
     """Train to ``max_steps`` (or ``max_time_s``); returns the summary (also ``summary.json``)."""
     cfg, log = trainer.cfg, trainer.log
     peak = _peak_tflops(trainer)
     dev_name = device_name(trainer.device)
     meter = PowerMeter()
-    bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=not cfg.progress, desc=cfg.objective)
+    limit = cfg.step_limit
+    total = None if limit == NO_STEP_CAP else limit  # uncapped: the bar's total follows the plan
+    bar = tqdm(total=total, initial=trainer.step, disable=not cfg.progress, desc=cfg.objective)
     window_t, window_tok, window_flops, window_loss, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     window_steps, window_data, data_total, steps_run = 0, 0.0, 0.0, 0
     t_start, elapsed0, mfu_warned = time.perf_counter(), trainer.elapsed, False
@@ -44,14 +69,9 @@ def run_loop(trainer) -> dict:
     start = trainer.strategy.budget_start = (trainer.step, elapsed0)
     recent: list[float] = []
     rows: dict[str, int] = {}
-    if cfg.max_time_s > 0:
-        bar.write(
-            f"time budget max_time_s={cfg.max_time_s:g}: learning-rate warm-up and decay run over the steps "
-            f"that fit in it, estimated from the measured step rate at every step (capped by "
-            f"max_steps={cfg.max_steps}; metrics column planned_steps)"
-        )
+    bar.write(plan_line(cfg))
     try:
-        while trainer.step < cfg.max_steps:
+        while trainer.step < limit:
             out = trainer.train_step()
             trainer.elapsed = elapsed0 + time.perf_counter() - t_start
             window_tok, window_flops = window_tok + out.tokens, window_flops + out.flops
@@ -62,7 +82,7 @@ def run_loop(trainer) -> dict:
                 recent = [*recent, out.loss][-TRAIN_LOSS_WINDOW:]
             rows = add_stats(rows, out.rows)
             step = trainer.step
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if step % cfg.log_every == 0 or step == limit:
                 dt = max(time.perf_counter() - window_t, 1e-9)
                 row = {
                     "kind": "train",
@@ -111,7 +131,7 @@ def run_loop(trainer) -> dict:
             bar.update(1)
             # the budget is per invocation: a resumed run gets max_time_s again (and goes on to max_steps)
             out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < limit:
                 log.write({"kind": "eval", "step": step, **trainer.evaluate()})
             if cfg.save_every and step % cfg.save_every == 0 and not out_of_time:
                 trainer.save()

@@ -3,7 +3,7 @@ training time, both saved in checkpoints: resume-safe).
 
 With a time budget (``max_time_s`` > 0) the learning-rate schedule runs over the steps that fit in
 it: :func:`planned_steps` re-estimates them at every step from the step rate measured so far
-(steps done × max_time_s / elapsed), capped by ``max_steps``. Warm-up (10 % of the planned steps
+(steps done × max_time_s / elapsed), capped by ``max_steps`` if it is given. Warm-up (10 % of the planned steps
 unless ``warmup_steps`` is given) and decay therefore end when the time does, instead of being
 laid out over a ``max_steps`` the run never reaches. The decay is planned to reach its floor
 :data:`BUDGET_MARGIN_STEPS` steps before the estimated end: which step is the last one is known only
@@ -30,14 +30,15 @@ START = (0, 0.0)  # a run that was not resumed: its invocation began at step 0, 
 def planned_steps(
     step: int, cfg: TrainConfig, elapsed_s: float = 0.0, start: tuple[int, float] = START
 ) -> int:
-    """Steps the run will make: ``max_steps``, or with ``max_time_s`` the steps made before this
+    """Steps the run will make: its step limit (``TrainConfig.step_limit``), or with ``max_time_s``
+    (capped by the limit) the steps made before this
     invocation (``start``: its first step and the run's elapsed seconds then) plus those that fit
     in its time budget at the rate it measured: ``step - start[0]`` steps in
     ``elapsed_s - start[1]`` seconds."""
     done, took = step - start[0], elapsed_s - start[1]
     if cfg.max_time_s <= 0 or done <= 0 or took <= 0:
-        return cfg.max_steps
-    return max(1, min(cfg.max_steps, start[0] + round(done * cfg.max_time_s / took)))
+        return cfg.step_limit
+    return max(1, min(cfg.step_limit, start[0] + round(done * cfg.max_time_s / took)))
 
 
 def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0, start: tuple[int, float] = START) -> float:
@@ -59,7 +60,7 @@ def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0, start: tuple[
     if cfg.schedule == "inverse_sqrt":
         return max(floor, math.sqrt(max(warm, 1) / max(step + 1, 1)))
     end = total
-    if cfg.max_time_s > 0 and total < cfg.max_steps:  # the budget binds: finish the decay a little early
+    if cfg.max_time_s > 0 and total < cfg.step_limit:  # the budget binds: finish the decay a little early
         end = max(warm + 1, total - BUDGET_MARGIN_STEPS)
     progress = min(1.0, (step - warm) / max(1, end - warm))
     if cfg.schedule == "linear":
@@ -70,7 +71,7 @@ def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0, start: tuple[
 def seq_len_at(step: int, cfg: TrainConfig) -> int:
     """Sequence length for step ``step``: ``seq_len``, then ``long_seq_len`` from
     ``long_seq_len_start · max_steps`` on (BERT: 128 for 90% of the steps, then 512). The switch
-    follows ``max_steps`` also under a time budget."""
-    if cfg.long_seq_len and step >= math.ceil(cfg.long_seq_len_start * cfg.max_steps):
+    follows ``max_steps`` also under a time budget (which then needs ``max_steps`` given: validate)."""
+    if cfg.long_seq_len and step >= math.ceil(cfg.long_seq_len_start * cfg.step_limit):
         return cfg.long_seq_len
     return cfg.seq_len

@@ -145,7 +145,7 @@ class Trainer:
             resume_path = ckpt.resolve(resume, self.out)
             saved = ckpt.read_trainer_state(resume_path)
         self.step = saved["step"] if saved else 0
-        self.finished = saved is not None and ckpt.run_finished(self.out, saved["step"], cfg.max_steps)
+        self.finished = saved is not None and ckpt.run_finished(self.out, saved["step"], cfg.step_limit)
         if self.finished:
             return  # nothing to do and nothing to write: run() says so
         self.out.mkdir(parents=True, exist_ok=True)
@@ -291,5 +291,5 @@ class Trainer:
         from ptft_fast.train.loop import run_loop
 
         if getattr(self, "finished", False):
-            return {"finished": self.step, "max_steps": self.cfg.max_steps, "out": str(self.out)}
+            return {"finished": self.step, "max_steps": self.cfg.step_limit, "out": str(self.out)}
         return run_loop(self)

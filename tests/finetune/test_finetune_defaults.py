@@ -51,7 +51,21 @@ def test_columns_are_detected_when_unambiguous(tmp_path):
     p = _write(tmp_path, "d.tsv", ["title", "abstract", "label"], [["a", "b", "x"]])
     with pytest.raises(DataError, match=r"which of the columns \['title', 'abstract'\].*--text-column"):
         detect_columns(p)
-    p = _write(tmp_path, "e.tsv", ["text", "topic"], [["a", "x"]])
-    with pytest.raises(DataError, match=r"no label column among \['text', 'topic'\].*--label-column"):
+    # no known label name: with the text column known, the one column left is the label (a user's
+    # `body` + `package` file was refused before); with two left, or the text unknown too, it is not
+    p = _write(tmp_path, "e.tsv", ["id", "body", "package", "doc_id"], [["1", "a", "x", "7"]])
+    cols, said = detect_columns(p)
+    assert (cols.text, cols.text_pair, cols.label) == ("body", None, "package")
+    assert said == ["text column 'body'", "label column 'package' (the only column left besides the text)"]
+    assert detect_columns(p, text="body")[0].label == "package"
+    assert detect_columns(p, label="body")[0].text == "package"  # given roles are kept as given
+    p = _write(tmp_path, "f.tsv", ["text", "topic", "source"], [["a", "x", "y"]])
+    with pytest.raises(DataError, match=r"no label column among .*\['topic', 'source'\].*--label-column"):
         detect_columns(p)
     assert detect_columns(p, label="topic")[0].text == "text"
+    p = _write(tmp_path, "g.tsv", ["words", "topic"], [["a", "x"]])
+    with pytest.raises(DataError, match=r"among \['words', 'topic'\].*--text-column and --label-column"):
+        detect_columns(p)
+    p = _write(tmp_path, "h.tsv", ["text"], [["a"]])
+    with pytest.raises(DataError, match=r"no label column among \['text'\].*--label-column"):
+        detect_columns(p)

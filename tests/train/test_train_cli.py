@@ -132,7 +132,10 @@ def test_time_budget_run_warms_up_and_decays_within_the_budget(new_run, capsys):
     sets.update(eval_every=0, save_every=0, eval_batches=1, plot="false", lr="1e-3", min_lr_ratio=0.1)
     argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
     assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
-    assert "time budget max_time_s=4" in capsys.readouterr().out
+    assert (
+        "plan: train for the time budget max_time_s=4 (or max_steps=1000000, whichever"
+        in capsys.readouterr().out
+    )
     train = [
         r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
     ]
@@ -141,6 +144,34 @@ def test_time_budget_run_warms_up_and_decays_within_the_budget(new_run, capsys):
     assert max(lrs) >= 0.9e-3  # warm-up ended
     assert lrs[-1] <= 0.25e-3  # decayed towards the floor (1e-4) as the budget ran out
     assert 0.5 * len(train) <= train[-1]["planned_steps"] <= 2 * len(train)
+
+
+def test_time_budget_without_max_steps_uses_the_whole_budget(new_run, capsys):
+    """A user who gives only max_time_s gets all of it: the default step count (300) does not cap a
+    time budget (it did: a user's 120 s budget stopped after 300 steps, 6.1 s). This 64-wide model
+    on 16-token rows makes 300 steps in about 1.3 s on one CPU thread, so the old cap ended the
+    3 s run early; the plan printed first says the steps are uncapped."""
+    out = new_run()
+    sets = {"seq_len": 16, "micro_batch_size": 2, "max_time_s": 3, "log_every": 50}
+    sets.update(eval_every=0, save_every=0, eval_batches=1, plot="false")
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
+    said = capsys.readouterr().out
+    assert "plan: train for the time budget max_time_s=3 (no step cap: max_steps not given)" in said
+    assert "max_time_s=3.0 reached at step" in said
+    s = json.loads((out / "summary.json").read_text())
+    assert s["train_seconds"] >= 3.0
+    (state,) = out.glob("checkpoints/*/state/trainer.json")
+    assert json.loads(state.read_text())["config"]["max_steps"] == 0  # recorded as given: auto
+
+
+def test_max_steps_alone_is_the_plan(new_run, capsys):
+    out = new_run()
+    sets = {"seq_len": 16, "micro_batch_size": 2, "max_steps": 3, "eval_batches": 1, "plot": "false"}
+    argv = ["pretrain", "--model", "bert-tiny-cpu", "--objective", "mlm", "--out", str(out), "--no-progress"]
+    assert main(argv + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]) == 0
+    assert "plan: 3 steps (max_steps)" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
 
 
 def test_data_mixture_from_the_cli(new_run, tmp_path, capsys):

@@ -88,6 +88,37 @@ def test_time_budget_schedule_runs_over_the_steps_that_fit():
     assert lr_factor(55, TrainConfig(max_steps=100, warmup_steps=10), 1e9) == pytest.approx(0.55)
 
 
+def test_a_time_budget_without_max_steps_is_not_capped_by_the_default_steps(tmp_path):
+    """max_steps not given (0 = auto): 300 steps without a time budget, no cap with one — a
+    100 s budget at 10 steps/s plans 1,000 steps (the old default cap planned 300 and ended the
+    run after 30 s) with warm-up over the first 100. max_steps given still caps the budget.
+    YAML, --set and the DeepSpeed rank's parser give the same plan (one rule, in TrainConfig)."""
+    import argparse
+
+    from ptft_fast.cli import pretrain
+    from ptft_fast.train.config import DEFAULT_MAX_STEPS, NO_STEP_CAP, load_yaml, merge, parse_sets
+
+    assert TrainConfig().step_limit == DEFAULT_MAX_STEPS == 300 and TrainConfig().warmup == 30
+    cfg = TrainConfig(max_time_s=100, schedule="cosine", min_lr_ratio=0.1)
+    cfg.validate()
+    assert cfg.step_limit == NO_STEP_CAP
+    assert planned_steps(100, cfg, 10.0) == 1000
+    assert lr_factor(49, cfg, 4.9) == pytest.approx(0.5)  # warm-up: 10 % of the 1,000 planned
+    assert lr_factor(998, cfg, 99.8) == pytest.approx(0.1)  # the decay ends with the budget
+    assert planned_steps(100, TrainConfig(max_steps=300, max_time_s=100), 10.0) == 300
+    # the same from `ptft pretrain --config` / `--set` and from a DeepSpeed rank's --set merge
+    (tmp_path / "run.yaml").write_text("max_time_s: 100\n")
+    parser = argparse.ArgumentParser()
+    pretrain.add_parser(parser.add_subparsers())
+    for argv in (["--config", str(tmp_path / "run.yaml")], ["--set", "max_time_s=100"]):
+        assert pretrain.build_config(parser.parse_args(["pretrain", *argv])).step_limit == NO_STEP_CAP
+    assert merge(TrainConfig(), parse_sets(["max_time_s=100"]), "--set").step_limit == NO_STEP_CAP
+    assert merge(TrainConfig(), load_yaml(tmp_path / "run.yaml"), "run.yaml").step_limit == NO_STEP_CAP
+    with pytest.raises(TrainConfigError, match=r"long_seq_len switches .* give max_steps too"):
+        TrainConfig(max_time_s=100, seq_len=128, long_seq_len=512).validate()
+    TrainConfig(max_time_s=100, max_steps=1000, seq_len=128, long_seq_len=512).validate()
+
+
 def test_resumed_time_budget_plans_from_where_the_invocation_began():
     """The budget is per invocation: a run that used its 100 s for 100 steps and is resumed plans
     100 + the steps its own 100 s fit (at its own rate), and trains above the floor in between;
