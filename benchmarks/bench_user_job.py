@@ -51,10 +51,10 @@ from ptft_fast.utils.device import cpu_model
 LIBRARIES = ("numpy", "scipy", "pandas", "sympy", "transformers", "datasets")
 MIN_WORDS = 8  # a paragraph shorter than this is a heading or a fragment, not a document
 FIELDS = ["setting", "seed", "accuracy", "macro_f1", "bow_accuracy", "bow_macro_f1", "majority_accuracy",
-          "train_examples", "test_examples", "classes", "model", "pretrain_budget_s", "pretrain_steps",
-          "pretrain_eval_loss", "unigram_entropy", "pretrain_seconds", "prepare_seconds", "finetune_seconds",
-          "corpus_documents", "prepared_documents", "libraries", "note", "device", "cpu_model", "torch",
-          "python", "commit", "timestamp"]  # fmt: skip
+          "train_examples", "test_examples", "classes", "model", "pretrain_budget_s", "pretrain_sets",
+          "pretrain_steps", "pretrain_eval_loss", "unigram_entropy", "pretrain_seconds", "prepare_seconds",
+          "finetune_seconds", "corpus_documents", "prepared_documents", "libraries", "note", "device",
+          "cpu_model", "torch", "python", "commit", "timestamp"]  # fmt: skip
 
 
 def docstring_paragraphs(package: str) -> list[str]:
@@ -133,6 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=120.0, help="pre-training time budget (max_time_s)")
     p.add_argument("--model", default=None, help="pre-training model preset (default: ptft pretrain's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a pre-training setting")
     p.add_argument("--libraries", default=",".join(LIBRARIES), help="installed packages, one class each")
     p.add_argument("--per-class", type=int, default=30, help="labeled training paragraphs per library")
     p.add_argument("--test-per-class", type=int, default=100, help="held-out paragraphs per library")
@@ -157,8 +158,8 @@ def main(argv=None) -> int:
         shutil.rmtree(old, ignore_errors=True)
     prepare_s = ptft("prepare", str(out / "corpus.jsonl"), "--out", str(prep), "--no-progress")
     model = ["--model", args.model] if args.model else []
-    ptft("pretrain", *model, "--data", str(prep), "--set", f"max_time_s={args.budget_s:g}", "--out",
-         str(run), "--no-progress")  # fmt: skip
+    sets = [x for kv in [f"max_time_s={args.budget_s:g}", *args.set] for x in ("--set", kv)]
+    ptft("pretrain", *model, "--data", str(prep), *sets, "--out", str(run), "--no-progress")
     summary = json.loads((run / "summary.json").read_text())
     prepared = json.loads((prep / "report.json").read_text())
     device = torch.device("cpu")
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
               "unigram_entropy": summary["unigram_entropy"], "pretrain_seconds": summary["train_seconds"],
               "prepare_seconds": prepare_s, "prepared_documents": prepared["docs_out"],
               "libraries": " ".join(f"{lib}={metadata.version(lib)}" for lib in libraries),
-              "note": args.note}  # fmt: skip
+              "pretrain_sets": " ".join(args.set), "note": args.note}  # fmt: skip
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for setting in ("pretrained", "scratch"):

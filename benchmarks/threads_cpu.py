@@ -1,6 +1,6 @@
 """CPU pre-training tokens/s with 1 vs 2 intra-op threads: what ``cpu_threads=0`` (auto) picks.
 
-One ``Trainer`` per preset (MLM, the run defaults: 16 rows × 128 tokens, batches built on the
+One ``Trainer`` per preset (MLM, 128 tokens a row, ``--batch`` rows a step: default the run default, batches built on the
 prefetch thread as ``ptft pretrain`` does) alternates blocks of ``--block`` steps between the
 thread counts in ABBA order, so load from other processes hits both alike; the first step of
 each block is not timed (the OpenMP pool resizes). Each row records the 1-minute load average
@@ -33,21 +33,30 @@ FIELDS = [
 ]  # fmt: skip
 
 
-def _trainer(preset: str, objective: str, out: Path):
+def _trainer(preset: str, objective: str, out: Path, batch: int):
     from ptft_fast.train.config import TrainConfig
     from ptft_fast.train.trainer import Trainer
 
     cfg = TrainConfig(
-        model=preset, objective=objective, out=str(out), seq_len=128, micro_batch_size=16,
+        model=preset, objective=objective, out=str(out), seq_len=128, micro_batch_size=batch,
         max_steps=100_000, progress=False, plot=False,
     )  # fmt: skip
     return Trainer(cfg)
 
 
-def measure(preset: str, objective: str, steps: int, block: int, counts: list[int], env: dict, note: str):
+def measure(
+    preset: str,
+    objective: str,
+    steps: int,
+    block: int,
+    counts: list[int],
+    env: dict,
+    note: str,
+    batch: int = 16,
+):
     """Rows (one per thread count) for ``steps`` timed steps each."""
     out = Path(tempfile.mkdtemp()) / "run"
-    trainer = _trainer(preset, objective, out)
+    trainer = _trainer(preset, objective, out, batch)
     params = sum(p.numel() for p in trainer.model.parameters())
     times: dict[int, list[float]] = {n: [] for n in counts}
     tokens: dict[int, int] = dict.fromkeys(counts, 0)
@@ -87,7 +96,7 @@ def measure(preset: str, objective: str, steps: int, block: int, counts: list[in
                 load_max=max(loads[n]),
                 params=params,
                 steps=len(times[n]),
-                shape="B=16 T=128",
+                shape=f"B={batch} T=128",
                 prefetch=trainer.cfg.prefetch,
                 cores=os.cpu_count(),
                 cpu_model=cpu_model(),
@@ -101,10 +110,18 @@ def measure(preset: str, objective: str, steps: int, block: int, counts: list[in
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ptft_fast.train.config import TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="bert-tiny-cpu,bert-tiny", help="comma-separated MLM presets")
     parser.add_argument(
         "--threads", default="1,2", help="thread counts to compare; the first is the baseline"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=TrainConfig().micro_batch_size,
+        help="rows a step (default: ptft's default)",
     )
     parser.add_argument("--steps", type=int, default=40, help="timed steps per thread count (>= 2)")
     parser.add_argument("--block", type=int, default=5, help="timed steps per block (>= 1)")
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("triton", "cuda", "transformers", "peft"):
         env.pop(key)
     for preset in args.presets.split(","):
-        for row in measure(preset, "mlm", args.steps, args.block, counts, env, args.note):
+        for row in measure(preset, "mlm", args.steps, args.block, counts, env, args.note, args.batch):
             write_csv([row], args.csv, FIELDS)
             print(
                 f"[row] {row['preset']:14s} {row['threads']} thread(s) {row['tokens_per_s']:8.0f} tok/s  "

@@ -185,8 +185,9 @@ class TrainConfig:
         "ends the run); given with max_time_s, whichever comes first", low=0,
     )  # fmt: skip
     micro_batch_size: int = setting(
-        8, "rows per forward/backward pass (8 x 128 tokens: in a fixed time budget bert-tiny transferred better "
-        "from 1.7x the steps of 8 rows than from 16-row steps: README)", low=1,
+        8, "rows per forward/backward pass (8 x 128 tokens, as transformers' per-device Trainer default: in a "
+        "fixed time budget bert-tiny transferred better from 1.7x the steps of 8 rows than from 16-row steps: "
+        "README; larger models on a GPU: set it, or grad_accum_steps, for the batch you want)", low=1,
     )  # fmt: skip
     grad_accum_steps: int = setting(1, "micro-batches per optimizer step (batch = product of the two)", low=1)
     lr: float = setting(1e-3, "peak learning rate (AdamW)", low=0, low_open=True)

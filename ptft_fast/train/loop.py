@@ -14,6 +14,7 @@ from ptft_fast.train.config import NO_STEP_CAP
 from ptft_fast.train.metrics import PowerMeter, plot_loss, power_estimate, price_tag
 from ptft_fast.train.objectives import add_stats, export_model
 from ptft_fast.train.schedule import planned_steps, seq_len_at
+from ptft_fast.train.trainer import idle_threads_hint
 from ptft_fast.utils.atomic import atomic_write_json
 from ptft_fast.utils.device import device_name, device_peaks
 
@@ -70,6 +71,9 @@ def run_loop(trainer) -> dict:
     recent: list[float] = []
     rows: dict[str, int] = {}
     bar.write(plan_line(cfg))
+    hint = idle_threads_hint(cfg.cpu_threads, getattr(trainer, "cpu_threads", 0), trainer.device)
+    if hint and getattr(trainer, "rank", 0) == 0:
+        bar.write(hint)
     try:
         while trainer.step < limit:
             out = trainer.train_step()
