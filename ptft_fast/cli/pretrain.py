@@ -24,8 +24,7 @@ A tokenizer is trained on the corpus first; the run folder gets metrics, checkpo
 (Hugging Face format) and a summary. Every setting: --list-settings; every model: --list-models."""
 
 EXAMPLES = """examples:
-  ptft pretrain --model bert-tiny --objective mlm --set max_time_s=600   # ten minutes, steps uncapped
-  ptft pretrain --model bert-tiny --set max_steps=3000 --set max_time_s=600  # whichever ends first
+  ptft pretrain --model bert-tiny --set max_time_s=600   # ten minutes (max_steps=N would cap the steps too)
   ptft pretrain --model bert-tiny --objective spanbert --set mlm_probability=0.15 --data corpus.txt
   ptft pretrain --model bart-tiny --objective infill --set bart_noise=delete,rotate --resume latest
 """

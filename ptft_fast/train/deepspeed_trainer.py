@@ -156,6 +156,16 @@ class DeepSpeedTrainer(Trainer):
             rows = add_stats(rows, row_stats(b))
         return StepOutput(terms["lm"], terms, result, tokens, flops, rows, data_s)
 
+    def agreed_seconds(self, seconds: float) -> float:
+        """With a time budget, every rank acts on the slowest rank's elapsed time (one all-reduce a
+        step): each rank's own clock would plan a different learning rate and stop at a different
+        step, leaving the others waiting in a collective for ever."""
+        if self.world == 1 or self.cfg.max_time_s <= 0:
+            return seconds
+        t = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """``engine.save_checkpoint`` on every rank + per-rank RNG; rank 0 then moves ``latest``."""

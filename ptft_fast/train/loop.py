@@ -77,7 +77,7 @@ def run_loop(trainer) -> dict:
     try:
         while trainer.step < limit:
             out = trainer.train_step()
-            trainer.elapsed = elapsed0 + time.perf_counter() - t_start
+            trainer.elapsed = trainer.agreed_seconds(elapsed0 + time.perf_counter() - t_start)
             window_tok, window_flops = window_tok + out.tokens, window_flops + out.flops
             window_steps, window_data = window_steps + 1, window_data + out.data_s
             data_total, steps_run = data_total + out.data_s, steps_run + 1
@@ -134,7 +134,7 @@ def run_loop(trainer) -> dict:
                 bar.total = planned_steps(step, cfg, trainer.elapsed, start)
             bar.update(1)
             # the budget is per invocation: a resumed run gets max_time_s again (and goes on to max_steps)
-            out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
+            out_of_time = cfg.max_time_s > 0 and trainer.elapsed - elapsed0 >= cfg.max_time_s  # ranks agree
             if cfg.eval_every and step % cfg.eval_every == 0 and step < limit:
                 log.write({"kind": "eval", "step": step, **trainer.evaluate()})
             if cfg.save_every and step % cfg.save_every == 0 and not out_of_time:

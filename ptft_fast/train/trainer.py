@@ -309,6 +309,10 @@ class Trainer:
             result["nsp_accuracy"] = totals["nsp_correct"] / max(totals["nsp_pairs"], 1)
         return result
 
+    def agreed_seconds(self, seconds: float) -> float:
+        """The elapsed training time the run acts on (schedule, time budget): one process's own."""
+        return seconds
+
     def run(self) -> dict:
         """Train and return the summary; for a run resumed after it finished, ``{"finished": step}``
         (nothing trained, nothing written)."""
