@@ -95,9 +95,8 @@ def pretrain(args, eval_texts: set[str]) -> dict:
     print(
         f"pre-training corpus (pydoc topics + stdlib docstrings, eval texts excluded): {chars:,} characters"
     )
+    # a time budget alone is not capped by a step count (max_steps 0 = auto), as for `ptft pretrain`
     budget = {"max_steps": args.pretrain_steps} if args.pretrain_steps else {"max_time_s": args.budget_s}
-    if not args.pretrain_steps:
-        budget["max_steps"] = 10**9  # the time budget binds; the schedule follows it
     cfg = TrainConfig(model=args.model, objective="mlm", data=str(corpus), out=str(out / "pretrain"),
                       seed=args.seed, progress=args.progress, plot=False, **budget)  # fmt: skip
     cfg = merge(cfg, parse_sets(args.set), "--set")

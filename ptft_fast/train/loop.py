@@ -70,10 +70,11 @@ def run_loop(trainer) -> dict:
     start = trainer.strategy.budget_start = (trainer.step, elapsed0)
     recent: list[float] = []
     rows: dict[str, int] = {}
-    bar.write(plan_line(cfg))
-    hint = idle_threads_hint(cfg.cpu_threads, getattr(trainer, "cpu_threads", 0), trainer.device)
-    if hint and getattr(trainer, "rank", 0) == 0:
-        bar.write(hint)
+    if getattr(trainer, "rank", 0) == 0:  # once per job, not once per rank
+        bar.write(plan_line(cfg))
+        hint = idle_threads_hint(cfg.cpu_threads, getattr(trainer, "cpu_threads", 0), trainer.device)
+        if hint:
+            bar.write(hint)
     try:
         while trainer.step < limit:
             out = trainer.train_step()
