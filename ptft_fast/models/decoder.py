@@ -20,7 +20,7 @@ from ptft_fast.models.blocks import (
 )
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, LMHead
-from ptft_fast.models.state import KVCache, ModelOutput, Packing
+from ptft_fast.models.state import KVCache, ModelOutput, Packing, document_positions
 from ptft_fast.ops.graph_mode import in_graph
 
 
@@ -30,15 +30,6 @@ def prefix_ends(prefix_mask: torch.Tensor) -> torch.Tensor:
     t = prefix_mask.shape[-1]
     steps = torch.arange(1, t + 1, device=prefix_mask.device)
     return (prefix_mask.to(torch.int64) * steps).amax(-1)
-
-
-def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) position of each token within its run of equal document ids in the row."""
-    t = doc_ids.shape[1]
-    idx = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
-    start = torch.ones_like(doc_ids, dtype=torch.bool)
-    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    return idx - torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
 
 
 def document_targets(labels: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:

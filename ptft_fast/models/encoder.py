@@ -20,7 +20,7 @@ from ptft_fast.models.blocks import (
 )
 from ptft_fast.models.config import ModelConfig
 from ptft_fast.models.heads import IGNORE_INDEX, MLMHead, NSPHead
-from ptft_fast.models.state import ModelOutput, Packing
+from ptft_fast.models.state import ModelOutput, Packing, document_positions
 from ptft_fast.ops.graph_mode import in_graph
 
 
@@ -45,7 +45,14 @@ class Encoder(nn.Module):
             Layer(config, cross=False, pre_norm=False, rms=False, bias=True) for _ in range(config.num_layers)
         )
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """position_ids: (B, T) positions (None: 0..T-1; RoBERTa's from the padding), e.g. restarting
+        per document of a packed row; RoBERTa's offset (pad_token_id + 1) is added to given ones."""
         cfg = self.config
         offset = cfg.pad_token_id + 1 if cfg.arch == "roberta" else 0
         if input_ids.shape[1] + offset > cfg.max_position_embeddings:
@@ -53,7 +60,9 @@ class Encoder(nn.Module):
                 f"{cfg.arch}: sequence length {input_ids.shape[1]} (+ position offset {offset}) exceeds "
                 f"max_position_embeddings={cfg.max_position_embeddings}"
             )
-        if cfg.arch == "roberta":
+        if position_ids is not None:
+            positions = position_ids + offset
+        elif cfg.arch == "roberta":
             positions = roberta_positions(input_ids, cfg.pad_token_id)
         else:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
@@ -72,6 +81,7 @@ class Encoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         packing: Packing | None = None,
+        position_ids: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
         hidden_states: list[torch.Tensor] | None = None,
         attentions: list[torch.Tensor] | None = None,
@@ -85,7 +95,7 @@ class Encoder(nn.Module):
         keys/values still come from every token) and the result is (n_kept, C), in row-major
         order of the kept tokens: the masked-token loss needs no other rows.
         """
-        x = self.embed(input_ids, token_type_ids)
+        x = self.embed(input_ids, token_type_ids, position_ids)
         if self.training and self.config.dropout > 0.0:
             x = nn.functional.dropout(x, self.config.dropout, training=True)
         kw: dict = {"hidden_states": hidden_states, "attentions": attentions}
@@ -107,7 +117,7 @@ class Encoder(nn.Module):
             packing = Packing.from_mask(token_mask)
             x = packing.unpad(x)
         keep = keep & token_mask
-        queries = Packing.from_mask(keep)
+        queries = packing.select(keep)  # grouped as the keys are: by row, or by document
         rows = packing.unpad(keep).nonzero().squeeze(1)
         last = self.layers[-1]
         if checkpointing and self.training and torch.is_grad_enabled():
@@ -158,6 +168,7 @@ class EncoderForMaskedLM(nn.Module):
         labels: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
         *,
+        doc_ids: torch.Tensor | None = None,
         return_logits: bool | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -183,11 +194,19 @@ class EncoderForMaskedLM(nn.Module):
         collect = output_hidden_states or output_attentions  # per-layer outputs in the padded form
         varlen = self.config.varlen and attention_mask is not None and not static and not collect
         packing = Packing.from_mask(attention_mask) if varlen else None
+        positions = None
+        if doc_ids is not None:  # packed documents: each attends only to itself, positions restart
+            if static or collect:
+                raise ValueError("doc_ids (rows of packed documents) need the eager, padding-free path")
+            packing, positions = Packing.from_documents(doc_ids), document_positions(doc_ids)
+            attention_mask = doc_ids >= 0
         weight = self.encoder.embed_tokens.weight
         keep = labels != IGNORE_INDEX if labels is not None and not static else None
         if keep is not None and not return_logits and self.nsp is None and not collect and bool(keep.any()):
             # Loss only: the last layer runs at the labeled positions alone (exact for the loss).
-            h = self.encoder(input_ids, attention_mask, token_type_ids, packing=packing, keep=keep)
+            h = self.encoder(
+                input_ids, attention_mask, token_type_ids, packing=packing, position_ids=positions, keep=keep
+            )
             if attention_mask is not None:
                 keep = keep & attention_mask
             return ModelOutput(loss=self.mlm.loss(h, weight, labels[keep]))
@@ -198,6 +217,7 @@ class EncoderForMaskedLM(nn.Module):
             attention_mask,
             token_type_ids,
             packing=packing,
+            position_ids=positions,
             hidden_states=states,
             attentions=attentions,
         )

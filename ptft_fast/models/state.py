@@ -102,6 +102,18 @@ class Packing:
             "max_seqlen_k": keys.max_seqlen,
         }
 
+    def select(self, keep: torch.Tensor) -> Packing:
+        """The tokens of this packing where ``keep`` (B, T) bool is True, as queries grouped by this
+        packing's sequences (a sequence with none kept stays, empty): the layout of attention from
+        the kept tokens to all of theirs. Host read: the longest kept run."""
+        kept = self.unpad(keep)
+        seq, _ = self.token_sequences()
+        counts = torch.zeros(self.cu_seqlens.numel() - 1, dtype=torch.int64, device=keep.device)
+        counts.index_add_(0, seq[kept], torch.ones_like(seq[kept]))
+        cu = F.pad(torch.cumsum(counts, 0), (1, 0)).to(torch.int32)
+        longest = int(counts.max()) if counts.numel() else 1
+        return Packing(self.indices[kept], cu, max(longest, 1), self.batch, self.seqlen)
+
     def token_sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sequence index, position within it) of each packed token, (total,) int64 each."""
         return varlen_positions(self.cu_seqlens, self.indices.numel())
@@ -114,3 +126,12 @@ class Packing:
         """(total, ...) → (B, T, ...) with zeros at padding."""
         out = x.new_zeros(self.batch * self.seqlen, *x.shape[1:]).index_copy(0, self.indices, x)
         return out.view(self.batch, self.seqlen, *x.shape[1:])
+
+
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) position of each token within its run of equal document ids in the row."""
+    t = doc_ids.shape[1]
+    idx = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return idx - torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
