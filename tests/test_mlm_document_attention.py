@@ -41,3 +41,5 @@ def test_packed_documents_equal_their_documents_alone(arch):
     picked = torch.stack([alone[0][1], alone[1][1], alone[3][1]])
     want = torch.nn.functional.cross_entropy(picked, torch.stack([ids[0, 1], ids[0, 6], ids[1, 7]]))
     torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"doc_ids shape \(2, 9\) must equal input_ids shape \(2, 10\)"):
+        model(ids, doc_ids=doc_ids[:, :9])

@@ -161,11 +161,9 @@ def detect_columns(
 def _other_columns(names: list[str], *taken: str | None) -> list[str]:
     """The columns of ``names`` that are not ``taken`` and not an id column (a known id name, or
     one ending in ``_id``: ``doc_id``)."""
-    return [c for c in names if c not in taken and not is_id_column(c)]
-
-
-def is_id_column(name: str) -> bool:
-    return name.lower() in ID_COLUMNS or name.lower().endswith("_id")
+    return [
+        c for c in names if c not in taken and c.lower() not in ID_COLUMNS and not c.lower().endswith("_id")
+    ]
 
 
 def read_examples(

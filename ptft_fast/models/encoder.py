@@ -180,6 +180,10 @@ class EncoderForMaskedLM(nn.Module):
         probabilities (``attentions``, (B, H, T, T)), as transformers does; such a call runs the
         padded path (no varlen packing, no labeled-rows-only shortcut).
 
+        doc_ids: (B, T) int, the document of each token of rows of packed documents (< 0: padding;
+        replaces attention_mask): each document attends only to itself, on the padding-free path,
+        with positions restarting per document (eager only, no per-layer outputs).
+
         labels hold token ids at masked positions and IGNORE_INDEX (-100) elsewhere. The full
         (B, T, V) logits are computed when there are no labels or ``return_logits=True``. The
         loss alone (no NSP head) touches only the labeled rows: the last layer, the MLM transform
@@ -196,6 +200,10 @@ class EncoderForMaskedLM(nn.Module):
         packing = Packing.from_mask(attention_mask) if varlen else None
         positions = None
         if doc_ids is not None:  # packed documents: each attends only to itself, positions restart
+            if doc_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"doc_ids shape {tuple(doc_ids.shape)} must equal input_ids shape {tuple(input_ids.shape)}"
+                )
             if static or collect:
                 raise ValueError("doc_ids (rows of packed documents) need the eager, padding-free path")
             packing, positions = Packing.from_documents(doc_ids), document_positions(doc_ids)
