@@ -25,7 +25,7 @@ setup: $(VENV)/.ptft-installed
 
 $(VENV)/.ptft-installed: pyproject.toml setup.py $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c $(LOCK) pip setuptools wheel
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools setuptools-scm wheel
 	$(PY) -m pip install -q -c $(LOCK) "$(TORCH_SPEC)" numpy
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -c $(LOCK) -e ".[test,deepspeed]"
 	$(PY) -m pip check
@@ -35,7 +35,7 @@ $(VENV)/.ptft-installed: pyproject.toml setup.py $(LOCK)
 upgrade-check:
 	rm -rf $(UPGRADE_VENV)
 	python3 -m venv $(UPGRADE_VENV)
-	$(UPGRADE_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(UPGRADE_PY) -m pip install -q --upgrade pip setuptools setuptools-scm wheel
 	$(UPGRADE_PY) -m pip install -q "$(TORCH_SPEC)" numpy
 	DS_BUILD_OPS=0 $(UPGRADE_PY) -m pip install -q --no-build-isolation -e ".[test,deepspeed]"
 	$(UPGRADE_PY) -m pip check
