@@ -138,6 +138,27 @@ def row_segments(doc_ids: np.ndarray) -> np.ndarray:
     return (start & (doc_ids >= 0)).sum(axis=1)
 
 
+def framed_doc_ids(doc_ids: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """The doc_ids of rows framed as ``[CLS] tokens [SEP]`` (the MLM collator's rows): (B, width)
+    int64 from doc_ids (B, L) (-1 on padding) and each row's token count ``lengths`` (B,) ≥ 1; the
+    ``[CLS]`` belongs to the row's first document, the closing ``[SEP]`` to its last, -1 after."""
+    doc_ids, lengths = np.asarray(doc_ids), np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and int(lengths.min()) < 1:
+        raise ValueError("every framed row needs at least one token")
+    inner = width - 2
+    if int(lengths.max(initial=0)) > inner:
+        raise ValueError(f"a row of {int(lengths.max())} tokens does not fit {width} framed positions")
+    rows = np.arange(len(doc_ids))
+    out = np.full((len(doc_ids), width), -1, dtype=np.int64)
+    keep = min(inner, doc_ids.shape[1])
+    inside = np.arange(keep)[None, :] < lengths[:, None]
+    out[:, 1 : 1 + keep] = np.where(inside, doc_ids[:, :keep], -1)
+    if len(rows):
+        out[:, 0] = doc_ids[:, 0]
+        out[rows, lengths + 1] = doc_ids[rows, lengths - 1]
+    return out
+
+
 def segment_ids(doc_ids: np.ndarray) -> np.ndarray:
     """(B, T) per-row segment index: 0, 0, 1, 1, 1, ... increasing at each document change."""
     doc_ids = np.asarray(doc_ids)

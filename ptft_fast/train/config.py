@@ -40,6 +40,8 @@ DEFAULT_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "t5":
 # budget alone ends the run (no step cap): a user who gives a time budget gets all of it.
 DEFAULT_MAX_STEPS = 300
 NO_STEP_CAP = 2**62
+# Objectives whose packed rows may keep their documents apart (cross_document_attention).
+DOCUMENT_AWARE = ("clm", "prefix-lm", "mlm")
 
 
 # World-average carbon intensity of electricity generation in 2023 (the price tag's default CO2e).
@@ -158,12 +160,14 @@ class TrainConfig:
         low_open=True,
     )
     electra_disc_weight: float = setting(50.0, "electra: weight of the discriminator loss", low=0)
-    cross_document_attention: bool = setting(
-        False,
-        "clm/prefix-lm: a packed row is one sequence — its documents attend to the ones before them, "
-        "positions run on across the row, every token is scored (GPT-2's original packing); default: "
-        "each document attends only to itself, positions restart, a prefix per document",
-        rule="only with objective clm or prefix-lm",
+    cross_document_attention: bool | None = setting(
+        None,
+        "whether the documents packed into a row attend to each other. true: a row is one sequence "
+        "(positions run on across it; clm scores every token: GPT-2's packing; mlm: RoBERTa's "
+        "FULL-SENTENCES); false: each document attends only to itself and its positions restart "
+        "(clm/prefix-lm: a prefix per document; mlm: DOC-SENTENCES-like, eager only); "
+        "null = the objective's default (clm/prefix-lm false, mlm true)",
+        rule="only with objective clm, prefix-lm or mlm",
     )
     prefix_fraction: float = setting(
         0.0, "prefix-lm: the prefix as this fraction of each document (piece); 0 = uniform in [1, n - 1] tokens",
@@ -283,10 +287,16 @@ class TrainConfig:
         self._check_objective_settings()
         if not self.compile_backend:
             raise TrainConfigError("compile_backend must name a torch.compile backend, got ''")
-        if self.cross_document_attention and self.objective not in ("clm", "prefix-lm"):
+        if self.cross_document_attention is not None and self.objective not in DOCUMENT_AWARE:
             raise TrainConfigError(
-                f"cross_document_attention is a clm/prefix-lm setting but objective is {self.objective!r} "
-                "(contradictory)"
+                f"cross_document_attention is a {'/'.join(DOCUMENT_AWARE)} setting but objective is "
+                f"{self.objective!r} (contradictory)"
+            )
+        graphed = self.compile or self.cuda_graphs
+        if graphed and self.objective == "mlm" and not self.attends_across_documents:
+            raise TrainConfigError(
+                "mlm with cross_document_attention=false runs the encoder's eager padding-free path; "
+                "it cannot be combined with compile=true or cuda_graphs=true"
             )
         for key in ("prefix_fraction", "prefix_lm_causal_share"):
             if getattr(self, key) and self.objective != "prefix-lm":
@@ -337,6 +347,14 @@ class TrainConfig:
             why = "gradient checkpointing saves and restores RNG state on the host in backward"
         if why:
             raise TrainConfigError(f"cuda_graphs needs fixed shapes and a device-only step: {why}")
+
+    @property
+    def attends_across_documents(self) -> bool:
+        """cross_document_attention with null resolved: false for clm / prefix-lm (each document
+        attends to itself), true otherwise (every other objective packs rows as one sequence)."""
+        if self.cross_document_attention is not None:
+            return self.cross_document_attention
+        return self.objective not in ("clm", "prefix-lm")
 
     @property
     def step_limit(self) -> int:

@@ -34,7 +34,7 @@ from ptft_fast.data.masking import MaskingConfig
 from ptft_fast.data.mixture import MixtureShards, make_sampler, parse_mixture
 from ptft_fast.data.mlm import MLMCollator, MLMConfig
 from ptft_fast.data.nsp import NSPConfig, NSPStream
-from ptft_fast.data.packing import PackedStream, row_segments
+from ptft_fast.data.packing import PackedStream, framed_doc_ids, row_segments
 from ptft_fast.data.seq2seq_variants import Seq2SeqVariantCollator, Seq2SeqVariantConfig
 from ptft_fast.data.shards import INDEX_FILE, ShardConfig, TokenShards, write_shards
 from ptft_fast.data.t5 import T5Config, T5SpanCorruptionCollator, t5_raw_length
@@ -255,7 +255,9 @@ class BatchSource:
     ``seq_len`` model positions (T5: encoder positions after corruption). clm / prefix-lm rows
     carry ``doc_ids`` — the decoder attends within each document, positions restart, prefix-lm
     draws a prefix (``prefix_mask``) per document — unless ``cfg.cross_document_attention``: then
-    a row is one sequence (prefix-lm: one prefix per row).
+    a row is one sequence (prefix-lm: one prefix per row). mlm rows are one sequence unless
+    ``cross_document_attention`` is false: then they carry ``doc_ids`` too (the row's ``[CLS]``
+    belongs to its first document, the closing ``[SEP]`` to its last).
     """
 
     def __init__(self, objective: str, shards: TokenShards, tok: PtftTokenizer, cfg: TrainConfig, seed: int):
@@ -343,6 +345,8 @@ class BatchSource:
         lengths = (doc_ids >= 0).sum(axis=1)  # padding only ever follows a row's tokens
         if self.objective in (*MASKED, *SEQ2SEQ_VARIANTS):
             b = self.collator.collate_rows(ids, lengths)
+            if self.objective == "mlm" and not self.cfg.attends_across_documents:
+                b["doc_ids"] = torch.from_numpy(framed_doc_ids(doc_ids, lengths, b["input_ids"].shape[1]))
         else:
             b = self.collator([row[:n] for row, n in zip(ids, lengths)])
         return {**b, ROW_SEGMENTS: segments}
@@ -350,7 +354,7 @@ class BatchSource:
     def _lm_batch(self, ids: np.ndarray, doc_ids: np.ndarray) -> dict[str, torch.Tensor]:
         """clm / prefix-lm inputs of packed rows (B, T): document-aware (``doc_ids``), or one
         sequence per row with ``cross_document_attention``."""
-        cross = self.cfg.cross_document_attention
+        cross = self.cfg.attends_across_documents
         if self.objective == "prefix-lm":
             if cross:
                 b = self.collator.collate_rows(ids, (doc_ids >= 0).sum(axis=1))

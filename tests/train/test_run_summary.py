@@ -72,20 +72,22 @@ def test_mlm_document_count_matches_the_separators(short_docs):
 @pytest.mark.parametrize(
     ("objective", "preset", "kind", "cross", "crosses"),
     [
-        ("clm", "gpt-tiny", "bpe", False, False),
-        ("prefix-lm", "gpt-tiny", "bpe", False, False),
+        ("clm", "gpt-tiny", "bpe", None, False),
+        ("prefix-lm", "gpt-tiny", "bpe", None, False),
         ("clm", "gpt-tiny", "bpe", True, True),
         ("prefix-lm", "gpt-tiny", "bpe", True, True),
-        ("mlm", "bert-tiny-cpu", "wordpiece", False, True),
+        ("mlm", "bert-tiny-cpu", "wordpiece", None, True),
+        ("mlm", "bert-tiny-cpu", "wordpiece", False, False),
     ],
 )
 def test_the_attention_statement_is_what_the_model_does(objective, preset, kind, cross, crosses, short_docs):
     """Changing the first document of a row changes the outputs at the second one exactly when the
     summary says attention crosses documents: clm / prefix-lm by default keep each document to
-    itself, cross_document_attention=True (and MLM) let it see the earlier ones."""
+    itself, cross_document_attention=True (and MLM by default) let it see the earlier ones, MLM with
+    cross_document_attention=False does not."""
     shards = short_docs(kind)
     tok = shards.tokenizer()
-    b = _batches(objective, shards, n=1, **({"cross_document_attention": True} if cross else {}))[0]
+    b = _batches(objective, shards, n=1, **({} if cross is None else {"cross_document_attention": cross}))[0]
     torch.manual_seed(0)
     extra = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id} if preset == "gpt-tiny" else {}
     model = from_name(preset, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, **extra).eval()
@@ -170,3 +172,26 @@ def test_summary_of_an_nsp_run_describes_sentence_pairs_not_packed_documents(new
     assert "documents packed end to end" not in printed and "documents per row" not in printed
     packed, s = _run(new_run(name="mlm"), capsys)
     assert s["rows"]["layout"] == "packed" and "documents packed end to end" in packed
+
+
+@pytest.mark.parametrize("cross", [None, False, True])
+def test_mlm_batches_carry_documents_only_without_cross_document_attention(cross, short_docs):
+    """mlm rows are one sequence by default (and with cross_document_attention=true); with false
+    they carry doc_ids (B, T): -1 exactly on padding, and a new document starts only right after
+    a [SEP] (the separator the packer appends to each document)."""
+    shards = short_docs("wordpiece")
+    tok = shards.tokenizer()
+    cfg = TrainConfig(objective="mlm", cross_document_attention=cross)
+    b = BatchSource("mlm", shards, tok, cfg, seed=7).next(4, 64)
+    assert ("doc_ids" in b) == (cross is False)
+    if cross is not False:
+        return
+    doc_ids, mask = b["doc_ids"], b["attention_mask"].bool()
+    assert doc_ids.shape == b["input_ids"].shape
+    assert torch.equal(doc_ids >= 0, mask)
+    # the ids before masking: labels hold the original token where a position was masked
+    original = torch.where(b["labels"] != -100, b["labels"], b["input_ids"])
+    starts = (doc_ids[:, 1:] != doc_ids[:, :-1]) & mask[:, 1:]
+    assert int(starts.sum()) > 0, "short documents pack several to a row"
+    assert bool((original[:, :-1][starts] == tok.sep_id).all())
+    assert bool((original[:, 0] == tok.cls_id).all())

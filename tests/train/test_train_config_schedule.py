@@ -59,7 +59,11 @@ def test_merge_coerces_and_rejects_unknown_keys():
         ({"max_steps": 10, "warmup_steps": 10}, r"warmup_steps \(10\) must be < max_steps"),
         ({"seq_len": 128, "long_seq_len": 64}, "long_seq_len"),
         ({"init_loss_scale": 1024.0}, "contradictory"),
-        ({"cross_document_attention": True}, r"cross_document_attention is a clm/prefix-lm setting .* 'mlm'"),
+        (
+            {"objective": "span", "cross_document_attention": True},
+            r"cross_document_attention is a clm/prefix-lm/mlm setting .* 'span'",
+        ),
+        ({"cross_document_attention": False, "compile": True}, "cannot be combined with compile=true"),
         ({"objective": "clm", "prefix_fraction": 0.5}, r"prefix_fraction is a prefix-lm setting .* 'clm'"),
         ({"prefix_lm_causal_share": 0.5}, r"prefix_lm_causal_share is a prefix-lm setting .* 'mlm'"),
         ({"objective": "prefix-lm", "prefix_fraction": 1.0}, r"prefix_fraction must be in \[0, 1\)"),

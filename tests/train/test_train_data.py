@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ptft_fast.data.packing import framed_doc_ids
 from ptft_fast.data.shards import TokenShards
 from ptft_fast.train.config import TrainConfig
 from ptft_fast.train.data import BatchSource, unigram_entropy
@@ -79,3 +80,11 @@ def test_lm_batches_carry_documents_unless_cross_document_attention(objective, c
     ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2), labels, ignore_index=-100)
     torch.testing.assert_close(out.loss, ce, atol=1e-5, rtol=1e-5)
     assert label_counts(objective, b)["lm"] == int((labels != -100).sum()) > 0
+
+
+def test_framed_doc_ids_give_cls_to_the_first_document_and_the_closing_sep_to_the_last():
+    doc_ids = np.array([[5, 5, 7, 7, 7], [7, 9, 9, -1, -1]])
+    got = framed_doc_ids(doc_ids, np.array([5, 3]), 7)
+    assert got.tolist() == [[5, 5, 5, 7, 7, 7, 7], [7, 7, 9, 9, 9, -1, -1]]
+    with pytest.raises(ValueError, match="does not fit"):
+        framed_doc_ids(doc_ids, np.array([5, 3]), 6)
