@@ -24,21 +24,23 @@ from pathlib import Path
 from ptft_fast.benchmarks.harness import RESULTS_DIR, environment, write_csv
 
 FIELDS = ["config", "sets", "round", "steps", "steps_per_s", "ratio_to_default", "tokens_per_step",
-          "device", "torch", "commit", "timestamp"]  # fmt: skip
+          "device", "torch", "commit", "timestamp", "model", "data"]  # fmt: skip
 
 
-def rate(out: Path, sets: dict, steps: int, skip: int) -> tuple[float, int]:
-    """(steps/s after ``skip`` steps, tokens per step) of one short pre-training run."""
+def rate(out: Path, sets: dict, steps: int, skip: int, model: str, data: str | None) -> tuple[float, int]:
+    """(steps/s after ``skip`` steps, tokens per step) of one short pre-training run of ``model`` on
+    ``data`` (None: the transfer benchmark's corpus)."""
     from ptft_fast.benchmarks.bench_transfer import write_corpus
     from ptft_fast.train.config import TrainConfig, merge
     from ptft_fast.train.trainer import Trainer
 
-    corpus = out.parent / "corpus.jsonl"
-    if not corpus.exists():
-        write_corpus(corpus, set())
+    if data is None:
+        data = str(out.parent / "corpus.jsonl")
+        if not Path(data).exists():
+            write_corpus(Path(data), set())
     sets = dict(sets)
     threads = int(sets.pop("threads", 0))
-    cfg = TrainConfig(model="bert-tiny", objective="mlm", data=str(corpus), out=str(out), max_steps=steps,
+    cfg = TrainConfig(model=model, objective="mlm", data=data, out=str(out), max_steps=steps,
                       progress=False, plot=False, eval_every=0, save_every=0, log_every=1, cpu_threads=threads)  # fmt: skip
     cfg = merge(cfg, sets, "--config")
     Trainer(cfg).run()
@@ -60,6 +62,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--skip", type=int, default=20, help="start-up steps not timed")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--model", default="bert-tiny", help="model preset (default: the transfer benchmark's)")
+    p.add_argument(
+        "--data", default=None, help="what ptft pretrain reads (e.g. a prepared shard folder); default: "
+        "the transfer benchmark's corpus"
+    )  # fmt: skip
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "ptft-step-rate"))
     p.add_argument("--csv", default=str(RESULTS_DIR / "transfer_step_rate_cpu.csv"))
     args = p.parse_args(argv)
@@ -73,7 +80,7 @@ def main(argv=None) -> int:
         base = None
         for name, sets in configs:
             out = Path(args.out) / f"{name}-{r}"
-            sps, tps = rate(out, sets, args.steps, args.skip)
+            sps, tps = rate(out, sets, args.steps, args.skip, args.model, args.data)
             base = sps if name == "default" else base
             ratio = sps / base
             if name != "default":
@@ -83,7 +90,8 @@ def main(argv=None) -> int:
             )
             row = {"config": name, "sets": " ".join(f"{k}={v}" for k, v in sets.items()), "round": r,
                    "steps": args.steps, "steps_per_s": round(sps, 3), "ratio_to_default": round(ratio, 3),
-                   "tokens_per_step": tps, "timestamp": stamp, **env}  # fmt: skip
+                   "tokens_per_step": tps, "timestamp": stamp, "model": args.model,
+                   "data": args.data or "transfer corpus", **env}  # fmt: skip
             if args.csv:
                 write_csv([row], Path(args.csv), FIELDS)
     for name, rs in ratios.items():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ptft_fast import ops
 from ptft_fast.ops import reference as R
 from ptft_fast.ops import torch_backend
+from ptft_fast.ops.attention_args import AttentionArgs
 
 AWKWARD = [1, 7, 31, 127]
 
@@ -245,3 +246,27 @@ def test_lora_linear_matches_composition(shape, with_bias):
     g = torch.randn_like(out)
     for got, exp in zip(_grads(out, (x, a, b), g), _grads(want, (x, a, b), g)):
         torch.testing.assert_close(got, exp, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("causal,prefix", [(False, False), (True, False), (True, True)])
+def test_varlen_attention_by_length_groups_equals_the_padded_reference(causal, prefix, monkeypatch):
+    """The torch backend runs CPU varlen self-attention one length group at a time: values and
+    gradients equal the reference's single call padded to the longest sequence (GQA, sequences
+    sharing a group and alone in theirs, a 1-token one), with one reference call per group."""
+    lens = [1, 7, 5, 16, 3, 40, 6, 2]  # groups (length in (2^(g-1), 2^g]): 0, 3, 3, 4, 2, 6, 3, 1
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(sum(lens), 4, 8, requires_grad=True)
+    k, v = (torch.randn(sum(lens), 2, 8, requires_grad=True) for _ in range(2))
+    kw = dict(causal=causal, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=40, max_seqlen_k=40)
+    if prefix:
+        kw["prefix_lengths"] = torch.tensor([1, 4, 0, 9, 3, 17, 6, 1])
+    want = R.attention_ref(q, k, v, **kw)
+    calls = []
+    ref = R.attention_ref
+    monkeypatch.setattr(R, "attention_ref", lambda *a, **o: calls.append(1) or ref(*a, **o))
+    out = torch_backend.attention_torch(q, k, v, AttentionArgs(**kw))
+    assert len(calls) == 6
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(out)
+    for a, e in zip(_grads(out, (q, k, v), g), _grads(want, (q, k, v), g)):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-4)
