@@ -166,7 +166,7 @@ class TrainConfig:
         "(positions run on across it; clm scores every token: GPT-2's packing; mlm: RoBERTa's "
         "FULL-SENTENCES); false: each document attends only to itself and its positions restart "
         "(clm/prefix-lm: a prefix per document; mlm: DOC-SENTENCES-like, eager only); "
-        "null = the objective's default (clm/prefix-lm false, mlm true)",
+        "none (YAML: null) = the objective's default (clm/prefix-lm false, mlm true)",
         rule="only with objective clm, prefix-lm or mlm",
     )
     prefix_fraction: float = setting(
