@@ -108,8 +108,7 @@ class Packing:
         the kept tokens to all of theirs. Host read: the longest kept run."""
         kept = self.unpad(keep)
         seq, _ = self.token_sequences()
-        counts = torch.zeros(self.cu_seqlens.numel() - 1, dtype=torch.int64, device=keep.device)
-        counts.index_add_(0, seq[kept], torch.ones_like(seq[kept]))
+        counts = torch.bincount(seq[kept], minlength=self.cu_seqlens.numel() - 1)
         cu = F.pad(torch.cumsum(counts, 0), (1, 0)).to(torch.int32)
         longest = int(counts.max()) if counts.numel() else 1
         return Packing(self.indices[kept], cu, max(longest, 1), self.batch, self.seqlen)
